@@ -1,0 +1,1 @@
+"""gpd: Gap Preserving Distillation for PyTorch."""
