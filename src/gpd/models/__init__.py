@@ -1,0 +1,8 @@
+"""Model zoo: bundled CIFAR/ImageNet students plus torchvision (tv:NAME) and timm (timm:NAME)."""
+
+from __future__ import annotations
+
+from gpd.models import cifar_resnet, mobilenet, wrn  # noqa: F401  (imported to register)
+from gpd.models.registry import create_model, create_model_from_spec, list_models, register_model
+
+__all__ = ["create_model", "create_model_from_spec", "list_models", "register_model"]
