@@ -1,1 +1,23 @@
-"""gpd: Gap Preserving Distillation for PyTorch."""
+"""gpd: Gap Preserving Distillation for PyTorch.
+
+``gpd.expand(student, ratio)`` builds the dynamic teacher D (a wider copy of the
+student computing the same function) with the student as a channel slice of D;
+``GPDModel.export_student()`` extracts a plain student after training.
+"""
+
+from gpd.errors import ConfigError, DataError, ExpansionError, GPDError, ModelError
+from gpd.expansion import expand, register_expansion_rule
+from gpd.gpd_model import GPDModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "ExpansionError",
+    "GPDError",
+    "GPDModel",
+    "ModelError",
+    "expand",
+    "register_expansion_rule",
+]

@@ -1,0 +1,156 @@
+"""Channel maps: which student channel each channel of the dynamic teacher copies.
+
+Every expanded axis of the dynamic teacher D is described by a :class:`ChannelMap`:
+``source[j]`` is the student channel that D's channel ``j`` copies. With an integer
+ratio ``r`` the map is a plain tile (``[0..C-1, 0..C-1, ...]``); with a non-integer
+ratio the first ``C_D - C * floor(r)`` channels get one more copy (Net2Net-style
+replication). The student's own channels are always the first copy of each channel,
+so for a single segment they are a prefix of D's axis and can be read with a view.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+from gpd.errors import ExpansionError
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelMap:
+    """Where each of D's channels on one axis comes from in the student.
+
+    Attributes:
+        source: ``(C_D,)`` long tensor, the student channel copied by each D channel.
+        student_size: number of channels of the student on this axis.
+        student_index: ``(C_S,)`` long tensor, the position in D of each student
+            channel (the first copy).
+    """
+
+    source: torch.Tensor
+    student_size: int
+    student_index: torch.Tensor = field(repr=False)
+
+    @property
+    def teacher_size(self) -> int:
+        return int(self.source.numel())
+
+    @cached_property
+    def counts(self) -> torch.Tensor:
+        """Number of copies of each student channel in D, shape ``(C_S,)``."""
+        return torch.bincount(self.source, minlength=self.student_size)
+
+    @cached_property
+    def is_identity(self) -> bool:
+        return self.teacher_size == self.student_size and bool(
+            torch.equal(self.source, torch.arange(self.student_size))
+        )
+
+    @cached_property
+    def uniform_count(self) -> int | None:
+        """The number of copies when every channel has the same number, else None."""
+        counts = self.counts
+        first = int(counts[0]) if counts.numel() else 1
+        return first if bool((counts == first).all()) else None
+
+    @cached_property
+    def student_is_prefix(self) -> bool:
+        return bool(torch.equal(self.student_index, torch.arange(self.student_size)))
+
+    def expand(self, tensor: torch.Tensor, dim: int, divide: bool = False) -> torch.Tensor:
+        """Copy a student tensor onto D's channels along ``dim``.
+
+        With ``divide`` each copy is divided by the number of copies of its channel,
+        so that a layer reading all copies sums back to the student's value.
+        """
+        if tensor.shape[dim] != self.student_size:
+            raise ExpansionError(
+                f"cannot expand an axis of size {tensor.shape[dim]} with a channel map for "
+                f"{self.student_size} channels"
+            )
+        out = tensor.index_select(dim, self.source.to(tensor.device))
+        if divide and not self.is_identity:
+            out = out / self.copies_along(dim, out.ndim, out)
+        return out
+
+    def copies_along(self, dim: int, ndim: int, like: torch.Tensor) -> torch.Tensor | float:
+        """Copies of the source channel of each D channel, shaped to broadcast on ``dim``."""
+        if self.uniform_count is not None:
+            return float(self.uniform_count)
+        copies = self.counts[self.source].to(device=like.device, dtype=like.dtype)
+        shape = [1] * ndim
+        shape[dim] = -1
+        return copies.view(shape)
+
+    def select(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        """The student's channels of a D tensor along ``dim`` (a view when possible)."""
+        if self.student_is_prefix:
+            return tensor.narrow(dim, 0, self.student_size)
+        return tensor.index_select(dim, self.student_index.to(tensor.device))
+
+    def student_scale(self, dim: int, ndim: int, like: torch.Tensor) -> torch.Tensor | float:
+        """Per-student-channel number of copies, shaped to broadcast on ``dim``."""
+        if self.uniform_count is not None:
+            return float(self.uniform_count)
+        shape = [1] * ndim
+        shape[dim] = -1
+        return self.counts.to(device=like.device, dtype=like.dtype).view(shape)
+
+
+def identity_map(size: int) -> ChannelMap:
+    """The map of an axis that is not expanded."""
+    index = torch.arange(size)
+    return ChannelMap(source=index, student_size=size, student_index=index)
+
+
+def concat_maps(maps: list[ChannelMap]) -> ChannelMap:
+    """The map of an axis made of segments, each expanded on its own (e.g. fused qkv).
+
+    D's axis is laid out segment by segment, each segment holding its own copies.
+    """
+    sources, indices = [], []
+    student_offset = teacher_offset = 0
+    for m in maps:
+        sources.append(m.source + student_offset)
+        indices.append(m.student_index + teacher_offset)
+        student_offset += m.student_size
+        teacher_offset += m.teacher_size
+    return ChannelMap(
+        source=torch.cat(sources), student_size=student_offset, student_index=torch.cat(indices)
+    )
+
+
+@dataclass(frozen=True)
+class WidthPlan:
+    """How wide D is: one ratio, applied to every expanded axis.
+
+    The map of an axis depends only on its size, so a producer and all its consumers
+    (a residual add, a skip connection) agree on the layout without talking to each
+    other.
+    """
+
+    ratio: float
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.ratio, (int, float)) and math.isfinite(self.ratio)):
+            raise ExpansionError(f"ratio must be a number, got {self.ratio!r}")
+        if self.ratio < 1:
+            raise ExpansionError(f"ratio must be >= 1 (D is a wider copy of S), got {self.ratio}")
+
+    @property
+    def is_integer(self) -> bool:
+        return float(self.ratio).is_integer()
+
+    def teacher_size(self, student_size: int) -> int:
+        return int(round(student_size * self.ratio))
+
+    def map(self, student_size: int) -> ChannelMap:
+        """The channel map of an expanded axis of ``student_size`` channels."""
+        size = self.teacher_size(student_size)
+        index = torch.arange(student_size)
+        return ChannelMap(
+            source=torch.arange(size) % student_size, student_size=student_size, student_index=index
+        )

@@ -1,0 +1,175 @@
+"""Inverse Reparameterization: build the dynamic teacher D from the student.
+
+:func:`expand` traces the student once to find the layers that read the image and
+write the logits, applies the registered rule of every layer, sets up the student as
+a view of D's parameters, and checks numerically that D and the student view compute
+the student's function. It never returns a D that silently differs.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from gpd.errors import ExpansionError
+from gpd.expansion.channels import ChannelMap, WidthPlan
+from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
+from gpd.expansion.rules import LayerContext, ParamSlice
+from gpd.expansion.verify import locate_divergence, relative_error
+from gpd.gpd_model import ExpansionReport, GPDModel
+from gpd.sharing import StudentView
+
+
+def build_teacher(
+    student: nn.Module, plan: WidthPlan, roles: LayerRoles
+) -> tuple[nn.Module, dict[str, ParamSlice], dict[str, ChannelMap], dict[str, list[str]]]:
+    """D, the slice of every student parameter, each layer's output map, and the rules used."""
+    teacher = copy.deepcopy(student)
+    slices: dict[str, ParamSlice] = {}
+    output_maps: dict[str, ChannelMap] = {}
+    rules_used: dict[str, list[str]] = {}
+    for name, module, entry in iter_units(student):
+        if entry is None:
+            own = [n for n, _ in module.named_parameters()] + [n for n, _ in module.named_buffers()]
+            if own:
+                raise ExpansionError(
+                    f"layer '{name}' of class {type(module).__module__}.{type(module).__name__} has no "
+                    "expansion rule; register one with gpd.register_expansion_rule"
+                )
+            continue  # a parameter-free leaf: D keeps its copy as is
+        plain = name in roles.unexpanded
+        ctx = LayerContext(
+            name=name,
+            plan=plan,
+            expand_input=not plain and name not in roles.input_layers,
+            expand_output=not plain and name not in roles.output_layers,
+        )
+        layer = entry.rule(module, ctx)
+        if name:
+            teacher.set_submodule(name, layer.module)
+        else:
+            teacher = layer.module
+        prefix = f"{name}." if name else ""
+        slices.update({prefix + p: s for p, s in layer.params.items()})
+        if layer.output_map is not None:
+            output_maps[name] = layer.output_map
+        rule_name = getattr(entry.rule, "__name__", type(entry.rule).__name__)
+        rules_used.setdefault(rule_name, []).append(name)
+    return teacher, slices, output_maps, rules_used
+
+
+def infer_input_size(model: nn.Module) -> tuple[int, ...]:
+    """A plausible input size: timm's config, else the first conv's channels at 32 x 32."""
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(model, attr, None)
+        if isinstance(cfg, dict) and cfg.get("input_size"):
+            return tuple(cfg["input_size"])
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return (module.in_channels, 32, 32)
+    raise ExpansionError(
+        f"cannot tell the input size of {type(model).__name__}; pass example_input= or input_size=(C, H, W)"
+    )
+
+
+def _example(model: nn.Module, example_input: Any, input_size: tuple[int, ...] | None, batch: int = 2) -> tuple:
+    if example_input is not None:
+        return example_input if isinstance(example_input, tuple) else (example_input,)
+    size = tuple(input_size) if input_size is not None else infer_input_size(model)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    generator = torch.Generator().manual_seed(0)
+    return (torch.randn((batch, *size), generator=generator).to(device),)
+
+
+def add_symmetry_noise(model: GPDModel, std: float, generator: torch.Generator | None = None) -> None:
+    """Add N(0, std^2) noise to D's copies, leaving the student's own entries unchanged.
+
+    The copies get identical gradients from D's own loss; small noise lets them
+    diverge from the first step instead of only through the student's loss.
+    """
+    params = dict(model.teacher.named_parameters())
+    with torch.no_grad():
+        for name, param_slice in model.student.slices.items():
+            param = params[name]
+            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype) * std
+            noise[param_slice.student_mask(param.shape)] = 0
+            param.add_(noise.to(param.device))
+
+
+def verify(
+    student: nn.Module,
+    model: GPDModel,
+    example: tuple,
+    output_maps: dict[str, ChannelMap],
+    tolerance: float,
+) -> tuple[float, float]:
+    """Relative errors of D and of the student view against ``student``; raise on mismatch."""
+    modes = (student.training, model.training)
+    student.eval()
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = student(*example)
+            teacher_error = relative_error(model.forward_teacher(*example), expected)
+            student_error = relative_error(model.forward_student(*example), expected)
+        for who, error, modules, run in (
+            ("dynamic teacher", teacher_error, model.teacher, lambda: model.forward_teacher(*example)),
+            ("shared-parameter student", student_error, model.student.module, lambda: model.forward_student(*example)),
+        ):
+            if error > tolerance:
+                where = locate_divergence(student, modules, run, example, output_maps, tolerance)
+                detail = where.describe() if where else "no single layer differs (check functional ops in forward)"
+                measured = "a different output shape" if error == float("inf") else f"relative error {error:.2e}"
+                raise ExpansionError(
+                    f"the {who} does not compute the student's function at ratio {model.ratio} "
+                    f"({measured} > {tolerance:.0e}), {detail}; if a layer reads the input or writes "
+                    "the output through a functional op, name it with input_layers= or output_layers="
+                )
+    finally:
+        student.train(modes[0])
+        model.train(modes[1])
+    return teacher_error, student_error
+
+
+def expand(
+    model: nn.Module,
+    ratio: float = 2,
+    *,
+    example_input: Any = None,
+    input_size: tuple[int, ...] | None = None,
+    input_layers: list[str] | None = None,
+    output_layers: list[str] | None = None,
+    noise_std: float = 0.0,
+    tolerance: float = 1e-4,
+    check: bool = True,
+) -> GPDModel:
+    """Build the dynamic teacher of ``model`` at width ``ratio`` and share its parameters.
+
+    Args:
+        model: the student; it is not modified (the result holds copies).
+        ratio: D's width relative to the student's (>= 1; non-integer ratios replicate
+            channels Net2Net-style where that is exact).
+        example_input / input_size: an input, or its per-sample size (C, H, W), used
+            to trace the model and verify the expansion; inferred when omitted.
+        input_layers / output_layers: override the detected layers that read the
+            input and write the output (names from ``model.named_modules()``).
+        noise_std: symmetry-breaking noise added to D's copies (0 = exact copies).
+        tolerance: largest relative error accepted by the verification.
+        check: verify numerically (eval mode) and raise ExpansionError on mismatch.
+    """
+    plan = WidthPlan(ratio)
+    example = _example(model, example_input, input_size)
+    roles = detect_roles(model, example, input_layers, output_layers)
+    teacher, slices, output_maps, rules_used = build_teacher(model, plan, roles)
+    report = ExpansionReport(ratio=plan.ratio, roles=roles, rules_used=rules_used)
+    gpd_model = GPDModel(teacher, StudentView(model, slices), plan, report)
+    gpd_model.train(model.training)
+    if noise_std:
+        add_symmetry_noise(gpd_model, noise_std)
+    if check:
+        report.teacher_error, report.student_error = verify(model, gpd_model, example, output_maps, tolerance)
+    return gpd_model

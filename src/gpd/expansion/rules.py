@@ -1,0 +1,296 @@
+"""The registry of expansion rules: how each layer type becomes its wide copy in D.
+
+A rule receives the student's module and a :class:`LayerContext` (its name, the width
+plan, and whether its input and output axes are expanded). It returns an
+:class:`ExpandedLayer`: D's module, built by copying the student's module and
+replacing its tensors and size attributes (never by calling a constructor, so
+subclasses such as timm's ``BatchNormAct2d`` keep working), and for every parameter
+a :class:`ParamSlice` that says how the student's value is read back out of D's.
+
+Users add rules for their own layers with :func:`register_expansion_rule`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from gpd.errors import ExpansionError
+from gpd.expansion.channels import ChannelMap, WidthPlan, identity_map
+
+
+@dataclass(frozen=True)
+class LayerContext:
+    """What a rule needs to know about the layer it expands."""
+
+    name: str
+    plan: WidthPlan
+    expand_input: bool = True
+    expand_output: bool = True
+
+    def in_map(self, size: int) -> ChannelMap:
+        return self.plan.map(size) if self.expand_input else identity_map(size)
+
+    def out_map(self, size: int) -> ChannelMap:
+        return self.plan.map(size) if self.expand_output else identity_map(size)
+
+    def error(self, module: nn.Module, why: str) -> ExpansionError:
+        return ExpansionError(f"layer '{self.name}' ({type(module).__name__}): {why}")
+
+
+@dataclass(eq=False)
+class ParamSlice:
+    """How a student parameter is read out of the matching parameter of D.
+
+    ``dims`` maps each expanded axis to its channel map; the student's value is D's
+    tensor restricted to the student's channels on those axes, multiplied by the
+    number of copies on ``divided_dim`` (the axis whose copies D divided by that
+    number, so that reading all of them sums to the student's value).
+    """
+
+    dims: dict[int, ChannelMap] = field(default_factory=dict)
+    divided_dim: int | None = None
+    _scales: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(
+        default_factory=dict, repr=False
+    )
+
+    def derive(self, teacher_tensor: torch.Tensor) -> torch.Tensor:
+        """The student's tensor: a view of D's where no rescaling is needed."""
+        out = teacher_tensor
+        for dim, channel_map in self.dims.items():
+            out = channel_map.select(out, dim)
+        if self.divided_dim is not None:
+            out = out * self._scale(out)
+        return out
+
+    def _scale(self, like: torch.Tensor) -> torch.Tensor | float:
+        channel_map = self.dims[self.divided_dim]  # type: ignore[index]
+        if channel_map.uniform_count is not None:
+            return float(channel_map.uniform_count)
+        key = (like.device, like.dtype)
+        if key not in self._scales:
+            self._scales[key] = channel_map.student_scale(self.divided_dim, like.ndim, like)  # type: ignore[arg-type,assignment]
+        return self._scales[key]
+
+    def student_mask(self, teacher_shape: torch.Size) -> torch.Tensor:
+        """Boolean mask over D's tensor, True where the student's entries live."""
+        mask = torch.ones(teacher_shape, dtype=torch.bool)
+        for dim, channel_map in self.dims.items():
+            along = torch.zeros(teacher_shape[dim], dtype=torch.bool)
+            along[channel_map.student_index] = True
+            shape = [1] * len(teacher_shape)
+            shape[dim] = -1
+            mask = mask & along.view(shape)
+        return mask
+
+
+@dataclass
+class ExpandedLayer:
+    """A rule's result: D's module and how to derive each student parameter from it.
+
+    ``params`` is keyed by parameter name relative to the module ("weight",
+    "fc1.bias", ...). ``output_map`` describes D's output channels, used to compare
+    D's activations with the student's when verification fails.
+    """
+
+    module: nn.Module
+    params: dict[str, ParamSlice]
+    output_map: ChannelMap | None = None
+
+
+class ExpansionRule(Protocol):
+    def __call__(self, module: nn.Module, ctx: LayerContext) -> ExpandedLayer: ...
+
+
+@dataclass(frozen=True)
+class RuleEntry:
+    """A registered rule.
+
+    ``channelwise`` rules keep the channel layout of their input (norms, activations):
+    such a layer is left unexpanded where it sits before the layer that reads the
+    image or after the layer that writes the logits.
+    """
+
+    rule: ExpansionRule
+    channelwise: bool
+
+
+_RULES: dict[type, RuleEntry] = {}
+
+
+def register_expansion_rule(
+    module_class: type[nn.Module], rule: ExpansionRule, *, channelwise: bool = False
+) -> None:
+    """Register ``rule`` for ``module_class`` and its subclasses (the nearest class wins).
+
+    A rule registered for a container class handles all of its submodules; the
+    expansion does not descend into it.
+    """
+    if not (isinstance(module_class, type) and issubclass(module_class, nn.Module)):
+        raise TypeError(f"module_class must be an nn.Module subclass, got {module_class!r}")
+    _RULES[module_class] = RuleEntry(rule=rule, channelwise=channelwise)
+
+
+def find_rule(module: nn.Module) -> RuleEntry | None:
+    """The rule of the nearest registered class in ``module``'s MRO."""
+    for cls in type(module).__mro__:
+        if cls in _RULES:
+            return _RULES[cls]
+    return None
+
+
+def replace_tensors(
+    module: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
+    """A deep copy of ``module`` with the given parameters and buffers replaced."""
+    new = copy.deepcopy(module)
+    for name, value in params.items():
+        old = getattr(module, name)
+        setattr(new, name, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
+    for name, value in (buffers or {}).items():
+        setattr(new, name, value.detach().clone())
+    return new
+
+
+# --- built-in rules -------------------------------------------------------------------
+
+
+def _check_groups(module: nn.Module, ctx: LayerContext, in_map: ChannelMap, out_map: ChannelMap) -> int:
+    """The group count of D's grouped conv, after checking each D group copies one S group."""
+    groups = module.groups
+    in_per_group = module.in_channels // groups
+    out_per_group = module.out_channels // groups
+    if ctx.expand_input != ctx.expand_output:
+        raise ctx.error(module, "a grouped convolution must have both or neither of its sides expanded")
+    if in_map.teacher_size % in_per_group or out_map.teacher_size % out_per_group:
+        raise ctx.error(
+            module,
+            f"ratio {ctx.plan.ratio} gives {in_map.teacher_size} channels, not a multiple of the "
+            f"group width {in_per_group}; use an integer ratio",
+        )
+    new_groups = in_map.teacher_size // in_per_group
+    if out_map.teacher_size // out_per_group != new_groups:
+        raise ctx.error(module, f"ratio {ctx.plan.ratio} breaks the group structure; use an integer ratio")
+    src_in = in_map.source.view(new_groups, in_per_group)
+    src_out = out_map.source.view(new_groups, out_per_group)
+    group_of = src_in[:, 0] // in_per_group
+    exact = torch.equal(src_in, group_of[:, None] * in_per_group + torch.arange(in_per_group)) and torch.equal(
+        src_out, group_of[:, None] * out_per_group + torch.arange(out_per_group)
+    )
+    if not exact:
+        raise ctx.error(module, f"ratio {ctx.plan.ratio} splits a group across copies; use an integer ratio")
+    return new_groups
+
+
+def expand_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
+    """Conv1d/2d/3d: ungrouped convs divide by the input copies; grouped convs tile."""
+    if getattr(module, "transposed", False):
+        raise ctx.error(module, "transposed convolutions have no expansion rule yet")
+    in_map, out_map = ctx.in_map(module.in_channels), ctx.out_map(module.out_channels)
+    if module.groups == 1:
+        weight = in_map.expand(out_map.expand(module.weight, 0), 1, divide=True)
+        weight_slice = ParamSlice({0: out_map, 1: in_map}, divided_dim=1 if ctx.expand_input else None)
+        groups = 1
+    else:
+        groups = _check_groups(module, ctx, in_map, out_map)
+        weight = out_map.expand(module.weight, 0)
+        weight_slice = ParamSlice({0: out_map})
+    params = {"weight": weight}
+    slices = {"weight": weight_slice}
+    if module.bias is not None:
+        params["bias"] = out_map.expand(module.bias, 0)
+        slices["bias"] = ParamSlice({0: out_map})
+    new = replace_tensors(module, params)
+    new.in_channels, new.out_channels, new.groups = in_map.teacher_size, out_map.teacher_size, groups
+    return ExpandedLayer(new, slices, output_map=out_map)
+
+
+def expand_linear(module: nn.Linear, ctx: LayerContext) -> ExpandedLayer:
+    """Linear: like an ungrouped conv, on the last axis."""
+    in_map, out_map = ctx.in_map(module.in_features), ctx.out_map(module.out_features)
+    params = {"weight": in_map.expand(out_map.expand(module.weight, 0), 1, divide=True)}
+    slices = {"weight": ParamSlice({0: out_map, 1: in_map}, divided_dim=1 if ctx.expand_input else None)}
+    if module.bias is not None:
+        params["bias"] = out_map.expand(module.bias, 0)
+        slices["bias"] = ParamSlice({0: out_map})
+    new = replace_tensors(module, params)
+    new.in_features, new.out_features = in_map.teacher_size, out_map.teacher_size
+    return ExpandedLayer(new, slices, output_map=out_map)
+
+
+def expand_batchnorm(module: nn.modules.batchnorm._NormBase, ctx: LayerContext) -> ExpandedLayer:
+    """BatchNorm/InstanceNorm: per-channel affine and statistics are tiled."""
+    channel_map = ctx.out_map(module.num_features)
+    params = {n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n) is not None}
+    buffers = {
+        n: channel_map.expand(getattr(module, n), 0)
+        for n in ("running_mean", "running_var")
+        if getattr(module, n, None) is not None
+    }
+    new = replace_tensors(module, params, buffers)
+    new.num_features = channel_map.teacher_size
+    return ExpandedLayer(new, {n: ParamSlice({0: channel_map}) for n in params}, output_map=channel_map)
+
+
+def expand_layernorm(module: nn.LayerNorm, ctx: LayerContext) -> ExpandedLayer:
+    """LayerNorm over the channel axis: exact only when every channel has the same copies."""
+    if len(module.normalized_shape) != 1:
+        raise ctx.error(module, f"only a LayerNorm over one axis can be expanded, got {tuple(module.normalized_shape)}")
+    channel_map = ctx.out_map(module.normalized_shape[0])
+    if ctx.expand_output and channel_map.uniform_count is None:
+        raise ctx.error(
+            module,
+            f"ratio {ctx.plan.ratio} copies some channels more than others, which changes "
+            "LayerNorm's mean and variance; use an integer ratio",
+        )
+    params = {n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n, None) is not None}
+    new = replace_tensors(module, params)
+    new.normalized_shape = (channel_map.teacher_size,)
+    return ExpandedLayer(new, {n: ParamSlice({0: channel_map}) for n in params}, output_map=channel_map)
+
+
+def expand_groupnorm(module: nn.GroupNorm, ctx: LayerContext) -> ExpandedLayer:
+    """GroupNorm: r times the groups, so each D group is a copy of one student group."""
+    channel_map = ctx.out_map(module.num_channels)
+    count = channel_map.uniform_count
+    if count is None:
+        raise ctx.error(module, f"ratio {ctx.plan.ratio} is not an integer; GroupNorm needs whole copies")
+    params = {n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n) is not None}
+    new = replace_tensors(module, params)
+    new.num_channels, new.num_groups = channel_map.teacher_size, module.num_groups * count
+    return ExpandedLayer(new, {n: ParamSlice({0: channel_map}) for n in params}, output_map=channel_map)
+
+
+def keep_unchanged(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
+    """Parameter-free elementwise or per-channel layers need no change."""
+    return ExpandedLayer(copy.deepcopy(module), {})
+
+
+PARAMETER_FREE_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign,
+    nn.Tanhshrink, nn.Threshold, nn.LogSigmoid,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+)  # fmt: skip
+
+
+def _register_builtin_rules() -> None:
+    register_expansion_rule(nn.modules.conv._ConvNd, expand_conv)
+    register_expansion_rule(nn.Linear, expand_linear)
+    register_expansion_rule(nn.modules.batchnorm._NormBase, expand_batchnorm, channelwise=True)
+    register_expansion_rule(nn.LayerNorm, expand_layernorm, channelwise=True)
+    register_expansion_rule(nn.GroupNorm, expand_groupnorm, channelwise=True)
+    for layer in PARAMETER_FREE_LAYERS:
+        register_expansion_rule(layer, keep_unchanged, channelwise=True)
+
+
+_register_builtin_rules()

@@ -1,0 +1,112 @@
+"""Numerical verification: D and the student view compute the student's function.
+
+On failure, the first unit (in execution order) whose output no longer matches the
+original student's is named: D's activation is read at the student's channels
+(its first copy on every expanded axis) and compared with the student's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from gpd.expansion.channels import ChannelMap
+from gpd.expansion.roles import iter_units
+
+
+def relative_error(actual: Any, expected: Any) -> float:
+    """max |actual - expected| / max |expected| over all tensors of two outputs.
+
+    Returns ``inf`` when the outputs differ in structure or shape.
+    """
+    a_leaves = [t for t in tree_leaves(actual) if isinstance(t, torch.Tensor)]
+    e_leaves = [t for t in tree_leaves(expected) if isinstance(t, torch.Tensor)]
+    if len(a_leaves) != len(e_leaves):
+        return float("inf")
+    worst = 0.0
+    for a, e in zip(a_leaves, e_leaves):
+        if a.shape != e.shape:
+            return float("inf")
+        a, e = a.detach().double(), e.detach().double()
+        scale = e.abs().max().clamp_min(1e-12) if e.numel() else torch.tensor(1.0)
+        worst = max(worst, float((a - e).abs().max() / scale) if e.numel() else 0.0)
+    return worst
+
+
+def read_student_channels(tensor: torch.Tensor, shape: torch.Size, channel_map: ChannelMap | None) -> torch.Tensor | None:
+    """D's activation restricted to the student's channels, or None if shapes do not relate."""
+    for dim, (big, small) in enumerate(zip(tensor.shape, shape)):
+        if big == small:
+            continue
+        if channel_map is not None and channel_map.teacher_size == big and channel_map.student_size == small:
+            tensor = channel_map.select(tensor, dim)
+        elif big > small:
+            tensor = tensor.narrow(dim, 0, small)
+        else:
+            return None
+    return tensor if tensor.shape == shape else None
+
+
+@contextmanager
+def _record_first_outputs(model: nn.Module, store: dict[str, torch.Tensor]):
+    handles = []
+    for name, module, _ in iter_units(model):
+
+        def hook(mod: nn.Module, args: Any, output: Any, name: str = name) -> None:
+            if name not in store:
+                leaves = [t for t in tree_leaves(output) if isinstance(t, torch.Tensor)]
+                if leaves:
+                    store[name] = leaves[0].detach()
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first layer whose output differs, and by how much."""
+
+    layer: str
+    layer_class: str
+    error: float
+
+    def describe(self) -> str:
+        what = "a shape mismatch" if self.error == float("inf") else f"relative error {self.error:.2e}"
+        return f"first at layer '{self.layer}' ({self.layer_class}): {what}"
+
+
+def locate_divergence(
+    reference: nn.Module,
+    other_modules: nn.Module,
+    run_other: Callable[[], Any],
+    example: tuple,
+    output_maps: dict[str, ChannelMap],
+    tolerance: float,
+) -> Divergence | None:
+    """Run both models with hooks and return the first unit whose output differs."""
+    expected: dict[str, torch.Tensor] = {}
+    actual: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        with _record_first_outputs(reference, expected):
+            reference(*example)
+        with _record_first_outputs(other_modules, actual):
+            run_other()
+    classes = {name: type(module).__name__ for name, module, _ in iter_units(reference)}
+    for name, exp in expected.items():
+        if name not in actual:
+            continue
+        got = read_student_channels(actual[name], exp.shape, output_maps.get(name))
+        error = float("inf") if got is None else relative_error(got, exp)
+        if error > tolerance:
+            return Divergence(name, classes.get(name, "?"), error)
+    return None

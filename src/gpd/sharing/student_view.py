@@ -1,0 +1,63 @@
+"""The student as a view of the dynamic teacher's parameters (hard sharing).
+
+D's parameters are the only trainable ones. The student keeps its own module (its
+exact class and sizes) and its own buffers (BatchNorm running statistics are not
+shared), but its parameter slots are emptied: each forward pass reads the student's
+parameters out of D's with :class:`~gpd.expansion.rules.ParamSlice` and runs the
+student's module on them with ``torch.func.functional_call``. Gradients of the
+student's loss therefore land on D's tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from gpd.expansion.rules import ParamSlice
+
+
+def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return (module.get_submodule(path) if path else module), leaf
+
+
+class StudentView(nn.Module):
+    """The student's module with its parameters derived from D on every call.
+
+    ``module`` holds the student's buffers and structure but no parameters, so the
+    student adds nothing to ``parameters()`` of the model that owns it.
+    """
+
+    def __init__(self, student: nn.Module, slices: dict[str, ParamSlice]) -> None:
+        super().__init__()
+        names = [name for name, _ in student.named_parameters()]
+        missing = [name for name in names if name not in slices]
+        if missing:
+            raise ValueError(f"no ParamSlice for student parameters: {missing}")
+        self.slices = slices
+        self.requires_grad = {name: p.requires_grad for name, p in student.named_parameters()}
+        self.module = copy.deepcopy(student)
+        for name in names:
+            owner, leaf = _owner(self.module, name)
+            del owner._parameters[leaf]
+
+    def derive(self, teacher_params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The student's parameters, read out of D's (differentiable)."""
+        return {name: s.derive(teacher_params[name]) for name, s in self.slices.items()}
+
+    def forward(self, teacher_params: dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> Any:
+        return functional_call(self.module, self.derive(teacher_params), args, kwargs, strict=False)
+
+    def materialize(self, teacher_params: dict[str, torch.Tensor]) -> nn.Module:
+        """A standalone copy of the student with the derived parameters filled in."""
+        with torch.no_grad():
+            values = self.derive(teacher_params)
+        module = copy.deepcopy(self.module)
+        for name, requires_grad in self.requires_grad.items():  # the student's own order
+            owner, leaf = _owner(module, name)
+            owner.register_parameter(leaf, nn.Parameter(values[name].detach().clone(), requires_grad=requires_grad))
+        return module
