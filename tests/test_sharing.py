@@ -1,0 +1,175 @@
+"""Hard parameter sharing: D's parameters are the only ones, and the student is a slice of them.
+
+The expected student after an optimizer step is computed here independently of the
+library's ParamSlice code: D's tensor restricted to the first s[d] entries of every
+axis d, times r for the weight of an ungrouped conv/linear whose input axis D widened.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.nn import functional as F
+
+import gpd
+from helpers import bundled_model_names, create_bundled, randomize_batchnorm, rel_err
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+RATIO = 2
+_BUNDLED = bundled_model_names()
+_CIFAR_RESNETS = [n for n in ("resnet8", "resnet20", "resnet8x4") if n in _BUNDLED]
+
+
+def make_student(arch: str) -> nn.Module:
+    torch.manual_seed(0)
+    if arch == "tv_resnet18":
+        model = torchvision.models.resnet18(num_classes=10)
+    else:
+        if not _CIFAR_RESNETS:
+            pytest.skip("no bundled CIFAR resnet in gpd.models yet")
+        model = create_bundled(_CIFAR_RESNETS[0], in_chans=3)
+    randomize_batchnorm(model, torch.Generator().manual_seed(0), example=torch.randn(8, 3, 32, 32))
+    return model
+
+
+ARCHS = ["cifar_resnet", "tv_resnet18"]
+
+
+def batch(seed: int, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=gen), torch.randint(0, 10, (n,), generator=gen)
+
+
+def predicted_student_params(gm: gpd.GPDModel, student: nn.Module, ratio: int) -> dict[str, torch.Tensor]:
+    """The student's parameters read out of D by hand (prefix slice; x r on widened conv/linear inputs)."""
+    teacher_params = dict(gm.teacher.named_parameters())
+    out = {}
+    for name, s_param in student.named_parameters():
+        d_param = teacher_params[name].detach()
+        value = d_param[tuple(slice(0, n) for n in s_param.shape)]
+        owner = student.get_submodule(name.rpartition(".")[0])
+        ungrouped = isinstance(owner, nn.Linear) or (
+            isinstance(owner, nn.modules.conv._ConvNd) and owner.groups == 1
+        )
+        is_weight = name.rpartition(".")[2] == "weight"
+        if ungrouped and is_weight and s_param.ndim >= 2 and d_param.shape[1] == ratio * s_param.shape[1]:
+            value = value * ratio
+        out[name] = value.clone()
+    return out
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_parameters_are_the_teachers_only(arch: str) -> None:
+    gm = gpd.expand(make_student(arch), RATIO, input_size=(3, 32, 32))
+    params = list(gm.parameters())
+    teacher_params = list(gm.teacher.parameters())
+    assert len(params) == len(teacher_params)
+    assert {id(p) for p in params} == {id(p) for p in teacher_params}
+    assert list(gm.student.parameters()) == []
+    assert list(gm.student.module.parameters()) == []
+    # the student keeps its own BatchNorm statistics as buffers
+    assert any(name.startswith("student.") for name, _ in gm.named_buffers())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_student_parameters_are_the_prefix_slices_at_init(arch: str) -> None:
+    student = make_student(arch)
+    gm = gpd.expand(student, RATIO, input_size=(3, 32, 32))
+    derived = gm.student_parameters()
+    expected = predicted_student_params(gm, student, RATIO)
+    assert set(derived) == set(expected) == {n for n, _ in student.named_parameters()}
+    original = dict(student.named_parameters())
+    for name, value in derived.items():
+        assert torch.equal(value, expected[name]), name
+        assert torch.equal(value, original[name]), name
+
+
+# ---------------------------------------------------------------------------- one SGD step
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sgd_step_moves_the_student_as_the_slice_rule_predicts(arch: str) -> None:
+    student = make_student(arch)
+    gm = gpd.expand(student, RATIO, input_size=(3, 32, 32))
+    opt = torch.optim.SGD(gm.parameters(), lr=0.1, momentum=0.0)
+    x, y = batch(1)
+
+    gm.train()
+    before = {n: v.detach().clone() for n, v in gm.student_parameters().items()}
+    loss = F.cross_entropy(gm.forward_teacher(x), y) + F.cross_entropy(gm.forward_student(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+    derived = {n: v.detach() for n, v in gm.student_parameters().items()}
+    predicted = predicted_student_params(gm, student, RATIO)
+    moved = [n for n in derived if not torch.equal(derived[n], before[n])]
+    assert len(moved) > len(derived) // 2, "the step did not change the student"
+    for name, value in predicted.items():
+        assert rel_err(derived[name], value) <= 1e-6, name
+
+    # a fresh copy of the student with the predicted values computes forward_student
+    fresh = copy.deepcopy(student)
+    with torch.no_grad():
+        for name, p in fresh.named_parameters():
+            p.copy_(predicted[name])
+    for name, buf in gm.student.module.named_buffers():  # the student's own running stats
+        fresh.get_buffer(name).copy_(buf)
+    fresh.eval()
+    gm.eval()
+    x_eval, _ = batch(2)
+    with torch.no_grad():
+        expected = fresh(x_eval)
+        assert rel_err(gm.forward_student(x_eval), expected) <= 1e-5
+        # and the step really changed the function
+        assert rel_err(student.eval()(x_eval), expected) > 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_student_loss_only_reaches_the_first_block(arch: str) -> None:
+    student = make_student(arch)
+    gm = gpd.expand(student, RATIO, input_size=(3, 32, 32)).train()
+    x, y = batch(3)
+    gm.zero_grad()
+    F.cross_entropy(gm.forward_student(x), y).backward()
+
+    conv_name = "layer1.0.conv1.weight"
+    s_shape = dict(student.named_parameters())[conv_name].shape
+    grad = dict(gm.teacher.named_parameters())[conv_name].grad
+    c_out, c_in = s_shape[0], s_shape[1]
+    assert grad is not None and grad.shape[:2] == (RATIO * c_out, RATIO * c_in)
+    assert grad[:c_out, :c_in].abs().max() > 0
+    assert grad[c_out:].abs().max() == 0
+    assert grad[:, c_in:].abs().max() == 0
+
+    # every parameter of D: no gradient outside the student's block
+    s_params = dict(student.named_parameters())
+    for name, param in gm.teacher.named_parameters():
+        if param.grad is None:
+            continue
+        mask = torch.ones_like(param.grad, dtype=torch.bool)
+        mask[tuple(slice(0, n) for n in s_params[name].shape)] = False
+        if mask.any():
+            assert param.grad[mask].abs().max().item() == 0, name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_teacher_loss_gives_tiled_gradients(arch: str) -> None:
+    """D's own loss treats the copies alike (the symmetry only the student's loss breaks)."""
+    student = make_student(arch)
+    gm = gpd.expand(student, RATIO, input_size=(3, 32, 32)).train()
+    x, y = batch(4)
+    gm.zero_grad()
+    F.cross_entropy(gm.forward_teacher(x), y).backward()
+    grad = gm.teacher.get_submodule("layer1.0.conv1").weight.grad
+    c_out = grad.shape[0] // RATIO
+    assert grad[c_out:].abs().max() > 0
+    assert rel_err(grad[c_out:], grad[:c_out]) <= 1e-4
