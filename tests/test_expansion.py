@@ -303,13 +303,6 @@ def test_symmetry_noise_breaks_bit_identity_but_keeps_student_exact() -> None:
         assert 0 < rel_err(noisy.forward_teacher(x), expected) <= 1e-2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=gpd.ExpansionError,
-    reason="expand() verifies D after adding the symmetry noise, with the tolerance meant for the exact "
-    "expansion: noise_std=1e-6 alone moves resnet18's logits by ~1e-4 relative, so verification fails "
-    "for many seeds (src/gpd/expansion/expand.py, expand(): add_symmetry_noise runs before verify)",
-)
 def test_symmetry_noise_passes_verification_at_default_tolerance() -> None:
     for seed in range(3):
         torch.manual_seed(seed)
@@ -341,13 +334,6 @@ class ChannelSumNet(nn.Module):
         return self.fc(self.conv(x).sum((1, 2, 3))[:, None])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="verify() runs D without catching its exceptions: when D crashes (here fc gets 1 feature "
-    "instead of 2) expand() raises a raw RuntimeError instead of a one-line ExpansionError naming the "
-    "layer (src/gpd/expansion/expand.py, verify(): model.forward_teacher(*example) is not guarded)",
-)
 def test_teacher_that_crashes_raises_expansion_error() -> None:
     torch.manual_seed(0)
     with pytest.raises(gpd.ExpansionError) as info:
@@ -357,12 +343,6 @@ def test_teacher_that_crashes_raises_expansion_error() -> None:
     assert "'fc'" in message, message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="a wrong input_size makes the tracing forward fail with a raw RuntimeError (src/gpd/expansion/"
-    "roles.py, trace_calls(): model(*inputs) is not guarded) instead of a one-line ExpansionError",
-)
 def test_wrong_input_size_raises_expansion_error() -> None:
     with pytest.raises(gpd.ExpansionError) as info:
         gpd.expand(tv_resnet18(), 2, input_size=(1, 32, 32))

@@ -5,13 +5,17 @@ student computing the same function) with the student as a channel slice of D;
 ``GPDModel.export_student()`` extracts a plain student after training.
 """
 
-from gpd.errors import ConfigError, DataError, ExpansionError, GPDError, ModelError
+from gpd.distill import Distiller
+from gpd.errors import CheckpointError, ConfigError, DataError, ExpansionError, GPDError, ModelError
 from gpd.expansion import expand, register_expansion_rule
+from gpd.export import load_student
 from gpd.gpd_model import GPDModel
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "Distiller",
     "ConfigError",
     "DataError",
     "ExpansionError",
@@ -19,5 +23,6 @@ __all__ = [
     "GPDModel",
     "ModelError",
     "expand",
+    "load_student",
     "register_expansion_rule",
 ]

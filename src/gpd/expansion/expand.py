@@ -9,6 +9,7 @@ the student's function. It never returns a D that silently differs.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -100,6 +101,27 @@ def add_symmetry_noise(model: GPDModel, std: float, generator: torch.Generator |
             param.add_(noise.to(param.device))
 
 
+def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], example: tuple) -> Any:
+    """Run ``run(*example)``; if it fails, raise ExpansionError naming the layer that failed."""
+    current: list[str] = []
+    handles = [
+        module.register_forward_pre_hook(lambda mod, args, name=name: current.append(name))
+        for name, module, _ in iter_units(modules)
+    ]
+    try:
+        return run(*example)
+    except Exception as err:
+        where = f" in layer '{current[-1]}'" if current else ""
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ExpansionError(
+            f"the {who} fails to run{where}: {first}; the model probably mixes channels in a functional op "
+            "that has no expansion rule"
+        ) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def verify(
     student: nn.Module,
     model: GPDModel,
@@ -114,8 +136,10 @@ def verify(
     try:
         with torch.no_grad():
             expected = student(*example)
-            teacher_error = relative_error(model.forward_teacher(*example), expected)
-            student_error = relative_error(model.forward_student(*example), expected)
+            teacher_error = relative_error(run_or_explain("dynamic teacher", model.teacher, model.forward_teacher, example), expected)
+            student_error = relative_error(
+                run_or_explain("shared-parameter student", model.student.module, model.forward_student, example), expected
+            )
         for who, error, modules, run in (
             ("dynamic teacher", teacher_error, model.teacher, lambda: model.forward_teacher(*example)),
             ("shared-parameter student", student_error, model.student.module, lambda: model.forward_student(*example)),
@@ -168,8 +192,10 @@ def expand(
     report = ExpansionReport(ratio=plan.ratio, roles=roles, rules_used=rules_used)
     gpd_model = GPDModel(teacher, StudentView(model, slices), plan, report)
     gpd_model.train(model.training)
+    if check:  # the rules must be exact; the noise below is a deliberate, reported departure
+        report.teacher_error, report.student_error = verify(model, gpd_model, example, output_maps, tolerance)
     if noise_std:
         add_symmetry_noise(gpd_model, noise_std)
-    if check:
-        report.teacher_error, report.student_error = verify(model, gpd_model, example, output_maps, tolerance)
+        if check:
+            report.teacher_error, report.student_error = verify(model, gpd_model, example, output_maps, float("inf"))
     return gpd_model

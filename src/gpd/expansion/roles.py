@@ -97,7 +97,15 @@ def trace_calls(model: nn.Module, example_input: Any) -> tuple[list[_Call], list
     try:
         with torch.no_grad():
             inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-            output = model(*inputs)
+            try:
+                output = model(*inputs)
+            except Exception as err:
+                shapes = ", ".join(str(tuple(t.shape)) for t in _tensors(inputs))
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise ExpansionError(
+                    f"the student does not run on the example input of shape {shapes}: {first}; "
+                    "pass the right example_input= or input_size=(C, H, W)"
+                ) from err
     finally:
         model.train(was_training)
         for handle in handles:

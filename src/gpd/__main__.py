@@ -1,0 +1,3 @@
+from gpd.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Load a run's configuration: defaults, then a YAML file, then ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from gpd.config.schema import Config
+from gpd.errors import ConfigError
+
+DEFAULT_CONFIG = "fashion_mnist/scratch_gpd"
+
+
+def bundled_config_names() -> list[str]:
+    """Names of the configs shipped with gpd, such as ``fashion_mnist/scratch_gpd``."""
+    root = resources.files("gpd.config") / "bundled"
+    names = []
+    for group in sorted(p for p in root.iterdir() if p.is_dir()):
+        names += [f"{group.name}/{f.name[:-5]}" for f in sorted(group.iterdir(), key=lambda f: f.name) if f.name.endswith(".yaml")]
+    return names
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path as given, or the file of a bundled config name."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    name = name_or_path.removesuffix(".yaml")
+    if name in bundled_config_names():
+        return Path(str(resources.files("gpd.config") / "bundled" / f"{name}.yaml"))
+    raise ConfigError(
+        f"unknown config '{name_or_path}': give a YAML file or one of {', '.join(bundled_config_names())}"
+    )
+
+
+def _one_line(err: OmegaConfBaseException) -> str:
+    msg = str(getattr(err, "msg", err)).splitlines()[0]
+    key = getattr(err, "full_key", None)
+    if isinstance(err, ConfigKeyError):
+        return f"unknown config key '{key}'" + (f" ({msg.split('. ', 1)[1]})" if "Did you mean" in msg else "")
+    return f"bad value for '{key}': {msg}" if key else msg
+
+
+def load_config(config: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Merge the schema's defaults, a config file (or bundled name) and dotted overrides."""
+    layers: list[DictConfig] = [OmegaConf.structured(Config)]
+    if config is not None:
+        path = resolve_config_path(config)
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as err:  # YAML syntax errors come in many classes
+            raise ConfigError(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.epochs=5)")
+    try:
+        if overrides:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+    except (ConfigKeyError, ValidationError, OmegaConfBaseException) as err:
+        raise ConfigError(_one_line(err)) from None
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(cfg)
+    return cfg
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    t, g, d = cfg.train, cfg.gpd, cfg.data
+    _require(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
+    _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+    _require(t.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
+    _require(t.lr > 0 and math.isfinite(t.lr), f"train.lr must be a positive number, got {t.lr}")
+    _require(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    _require(t.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {t.warmup_epochs}")
+    _require(0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    _require(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip must be > 0 or null, got {t.grad_clip}")
+    _require(
+        t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
+        f"train.device must be auto, cpu, cuda, cuda:N or mps, got '{t.device}'",
+    )
+    _require(math.isfinite(g.ratio) and g.ratio >= 1, f"gpd.ratio must be >= 1 (the dynamic teacher is wider), got {g.ratio}")
+    _require(g.kd_weight >= 0, f"gpd.kd_weight must be >= 0, got {g.kd_weight}")
+    _require(0 <= g.sce_eps <= 1, f"gpd.sce_eps must be in [0, 1], got {g.sce_eps}")
+    _require(g.noise_std >= 0, f"gpd.noise_std must be >= 0, got {g.noise_std}")
+    _require(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
+    _require(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
+    _require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,67 @@
+"""The typed configuration of a training run.
+
+The dataclasses are the single source of truth for keys, types and defaults;
+OmegaConf checks every YAML file and ``key=value`` override against them, so an
+unknown key or a value of the wrong type is an error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"  # fashion_mnist | mnist | cifar10 | cifar100 | imagefolder
+    root: Optional[str] = None  # None: $GPD_DATA, ./data, ~/.cache/gpd/data (and Debian's folder)
+    train_subset: Optional[int] = None  # keep only this many training samples
+    download: bool = False  # let torchvision download the set (needs internet)
+    augment: bool = True  # random crop and flip where the data set uses them
+    image_size: Optional[int] = None  # resize; None keeps the native size
+    num_workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class ModelConfig:
+    student: str = "resnet8"  # a bundled name, tv:NAME (torchvision) or timm:NAME
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model's factory
+
+
+@dataclass
+class GPDConfig:
+    enabled: bool = True  # false: the plain student trains alone (the baseline)
+    ratio: float = 2.0  # width of the dynamic teacher relative to the student
+    kd_weight: float = 3.0  # lambda: weight of SCE(student || stop_grad(dynamic teacher))
+    sce_eps: float = 0.1  # label smoothing of the dynamic teacher's soft targets
+    noise_std: float = 0.0  # symmetry-breaking noise on the teacher's copies
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 2
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    optimizer: str = "sgd"  # any timm optimizer name ('sgd' is SGD with Nesterov momentum)
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"  # any timm scheduler: cosine | step | multistep | poly | ...
+    warmup_epochs: float = 0.1
+    min_lr: float = 0.0
+    decay_milestones: list[int] = field(default_factory=list)  # epochs, for scheduler=multistep
+    decay_rate: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: Optional[float] = 5.0  # max global gradient norm; null disables clipping
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    channels_last: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gpd: GPDConfig = field(default_factory=GPDConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: Optional[str] = None  # None: runs/<data>-<student>-<gpd|baseline>-<time>

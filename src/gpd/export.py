@@ -1,0 +1,66 @@
+"""Save and load an exported student without the training config.
+
+``student.pt`` holds the student's architecture spec (enough to rebuild it with
+:func:`gpd.models.create_model_from_spec`), its state_dict, and what evaluation needs
+(data set name, input size). It is read with ``torch.load(weights_only=True)``, so
+loading a file runs no code from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gpd.errors import CheckpointError, GPDError
+from gpd.models import create_model_from_spec
+
+STUDENT_FORMAT = "gpd-student/1"
+
+
+def student_payload(student: nn.Module, **metadata: Any) -> dict[str, Any]:
+    """The dict saved as student.pt; ``student`` must come from gpd.models.create_model."""
+    spec = getattr(student, "gpd_spec", None)
+    if spec is None:
+        raise CheckpointError(
+            f"{type(student).__name__} was not built by gpd.models.create_model, so it cannot be "
+            "rebuilt from a file; save its state_dict with torch.save instead"
+        )
+    return {
+        "format": STUDENT_FORMAT,
+        "spec": spec,
+        "state_dict": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+        "metadata": metadata,
+    }
+
+
+def read_student_file(path: str | Path) -> dict[str, Any]:
+    """Read and check a student.pt file (or the one inside a run directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "student.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no exported student at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read {path} as a gpd student file: {str(err).splitlines()[0][:200]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != STUDENT_FORMAT:
+        raise CheckpointError(f"{path} is not a gpd student file (expected format {STUDENT_FORMAT})")
+    return payload
+
+
+def load_student(path: str | Path) -> nn.Module:
+    """Rebuild an exported student from ``student.pt`` (or a run directory), in eval mode."""
+    payload = read_student_file(path)
+    try:
+        model = create_model_from_spec(payload["spec"])
+    except GPDError as err:
+        raise CheckpointError(f"cannot rebuild the student saved in {path}: {err}") from None
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not match the architecture {payload['spec'].get('name')}: {str(err).splitlines()[0]}") from None
+    return model.eval()

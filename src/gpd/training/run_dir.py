@@ -1,0 +1,96 @@
+"""A run directory: resolved config, metrics, checkpoint and exported student.
+
+Nothing that exists is overwritten unless asked: a run directory that already holds
+files is refused, and every file is written to a temporary name first and renamed,
+so a crash never leaves a half-written checkpoint in place of a good one.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpd.config import Config, to_yaml
+from gpd.errors import ConfigError
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.csv"
+CHECKPOINT_FILE = "checkpoint.pt"
+STUDENT_FILE = "student.pt"
+
+
+def default_output_dir(cfg: Config) -> Path:
+    mode = f"gpd{cfg.gpd.ratio:g}" if cfg.gpd.enabled else "baseline"
+    student = cfg.model.student.replace(":", "_").replace("/", "_")
+    return Path("runs") / f"{cfg.data.name}-{student}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(cfg: Config, overwrite: bool = False) -> Path:
+    """Create the run directory (refusing a non-empty one unless ``overwrite``) and write config.yaml."""
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output_dir {run_dir} exists and is not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"output_dir {run_dir} already holds a run; choose another output_dir or pass --overwrite")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in (METRICS_FILE, CHECKPOINT_FILE, STUDENT_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+    cfg.output_dir = str(run_dir)
+    atomic_write_text(run_dir / CONFIG_FILE, to_yaml(cfg))
+    return run_dir
+
+
+def _temp_in(path: Path) -> tuple[int, str]:
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = _temp_in(path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    fd, tmp = _temp_in(path)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class MetricsCSV:
+    """Append one row per epoch; the header comes from the first row's keys."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fields: list[str] | None = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        new_file = self.fields is None
+        if self.fields is None:
+            self.fields = list(row)
+        with open(self.path, "a" if not new_file else "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields)
+            if new_file:
+                writer.writeheader()
+            writer.writerow({k: _fmt(row.get(k)) for k in self.fields})
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
