@@ -7,7 +7,7 @@ student computing the same function) with the student as a channel slice of D;
 
 from gpd.distill import Distiller
 from gpd.errors import CheckpointError, ConfigError, DataError, ExpansionError, GPDError, ModelError
-from gpd.expansion import expand, register_expansion_rule
+from gpd.expansion import expand, register_channel_tensors, register_expansion_rule
 from gpd.export import load_student
 from gpd.gpd_model import GPDModel
 
@@ -24,5 +24,6 @@ __all__ = [
     "ModelError",
     "expand",
     "load_student",
+    "register_channel_tensors",
     "register_expansion_rule",
 ]

@@ -8,9 +8,13 @@ from gpd.expansion.rules import (
     LayerContext,
     ParamSlice,
     find_rule,
+    register_channel_tensors,
     register_expansion_rule,
     replace_tensors,
 )
+from gpd.expansion.timm_rules import register_timm_rules
+
+register_timm_rules()
 
 __all__ = [
     "ChannelMap",
@@ -21,6 +25,7 @@ __all__ = [
     "WidthPlan",
     "expand",
     "find_rule",
+    "register_channel_tensors",
     "register_expansion_rule",
     "replace_tensors",
 ]

@@ -17,7 +17,7 @@ from torch import nn
 
 from gpd.errors import ExpansionError
 from gpd.expansion.channels import ChannelMap, WidthPlan
-from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
+from gpd.expansion.roles import LayerRoles, detect_roles, iter_channel_tensor_holders, iter_units
 from gpd.expansion.rules import LayerContext, ParamSlice
 from gpd.expansion.verify import locate_divergence, relative_error
 from gpd.gpd_model import ExpansionReport, GPDModel
@@ -59,6 +59,20 @@ def build_teacher(
             output_maps[name] = layer.output_map
         rule_name = getattr(entry.rule, "__name__", type(entry.rule).__name__)
         rules_used.setdefault(rule_name, []).append(name)
+    for name, module, axes in iter_channel_tensor_holders(student):
+        target = teacher.get_submodule(name) if name else teacher
+        prefix = f"{name}." if name else ""
+        for tensor_name, axis in axes.items():
+            value = getattr(module, tensor_name)
+            dim = axis % value.ndim
+            channel_map = plan.map(value.shape[dim])
+            tiled = channel_map.expand(value, dim)
+            if isinstance(value, nn.Parameter):
+                setattr(target, tensor_name, nn.Parameter(tiled.detach().clone(), requires_grad=value.requires_grad))
+                slices[prefix + tensor_name] = ParamSlice({dim: channel_map})
+            else:
+                setattr(target, tensor_name, tiled.detach().clone())
+            rules_used.setdefault("channel_tensors", []).append(prefix + tensor_name)
     return teacher, slices, output_maps, rules_used
 
 

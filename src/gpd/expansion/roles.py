@@ -3,10 +3,13 @@
 D keeps the student's input and output shapes: the layers that read the model's
 input see it unexpanded, and the layers that write the model's output produce it
 unexpanded. They are found by tracing one forward pass with hooks on every *unit*
-(a module that has an expansion rule, or a leaf module): a unit whose input is the
-model's input reads the image; a unit whose output is the model's output writes it.
-Channel-wise units (normalisation, activations, dropout, flatten) pass that status
-on, so an input normalisation or a dropout after the classifier is handled too.
+(a module that has an expansion rule, or a leaf module) and following the autograd
+graph: a unit reads the image when data flows to it from the input without passing
+through another unit, and writes the output when data flows from it to the output
+that way; functional ops in between (indexing, ``torch.cat``, averaging two heads)
+are followed. Channel-wise units (normalisation, activations, dropout, flatten) pass
+that status on, so an input normalisation or a dropout after the classifier is
+handled too.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from gpd.errors import ExpansionError
-from gpd.expansion.rules import RuleEntry, find_rule
+from gpd.expansion.rules import RuleEntry, channel_tensor_axes, find_rule
 
 
 def iter_units(model: nn.Module) -> Iterator[tuple[str, nn.Module, RuleEntry | None]]:
@@ -40,15 +43,29 @@ def iter_units(model: nn.Module) -> Iterator[tuple[str, nn.Module, RuleEntry | N
         own = [n for n, _ in module.named_parameters(recurse=False)] + [
             n for n, _ in module.named_buffers(recurse=False)
         ]
-        if own:
+        undeclared = [n for n in own if n not in channel_tensor_axes(module)]
+        if undeclared:
             raise ExpansionError(
                 f"module '{prefix or '(root)'}' of class {type(module).__name__} holds tensors of its own "
-                f"({', '.join(own)}) and has no expansion rule; register one with gpd.register_expansion_rule"
+                f"({', '.join(undeclared)}) and has no expansion rule; register one with "
+                "gpd.register_expansion_rule, or declare their channel axes with gpd.register_channel_tensors"
             )
         for name, child in children:
             yield from walk(f"{prefix}.{name}" if prefix else name, child)
 
     yield from walk("", model)
+
+
+def iter_channel_tensor_holders(model: nn.Module) -> Iterator[tuple[str, nn.Module, dict[str, int]]]:
+    """Containers (outside rule-handled units) with declared tensors of their own, and their axes."""
+    inside_units = [name for name, _, entry in iter_units(model) if entry is not None]
+    for name, module in model.named_modules():
+        if any(name == unit or name.startswith(unit + ".") for unit in inside_units if unit != name) or name in inside_units:
+            continue
+        own = {n for n, _ in module.named_parameters(recurse=False)} | {n for n, _ in module.named_buffers(recurse=False)}
+        axes = {n: axis for n, axis in channel_tensor_axes(module).items() if n in own}
+        if axes:
+            yield name, module, axes
 
 
 def is_channelwise(module: nn.Module, entry: RuleEntry | None) -> bool:
@@ -71,32 +88,53 @@ class LayerRoles:
 
 @dataclass
 class _Call:
+    """One call of a unit during the trace, with the autograd nodes of its tensors."""
+
     name: str
     channelwise: bool
-    inputs: list[torch.Tensor]
-    outputs: list[torch.Tensor]
+    inputs: list[Any]
+    outputs: list[Any]
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:
     return [t for t in tree_leaves(obj) if isinstance(t, torch.Tensor)]
 
 
-def trace_calls(model: nn.Module, example_input: Any) -> tuple[list[_Call], list[torch.Tensor], list[torch.Tensor]]:
-    """Run ``model`` once in eval mode and record each unit call's tensors in order."""
+def _nodes(obj: Any) -> list[Any]:
+    return [t.grad_fn for t in tree_leaves(obj) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+
+
+def _parents(node: Any) -> list[Any]:
+    return [parent for parent, _ in getattr(node, "next_functions", ()) if parent is not None]
+
+
+def trace_calls(model: nn.Module, example_input: Any) -> tuple[list[_Call], list[Any], list[Any]]:
+    """Run ``model`` once in eval mode, recording each unit call's autograd nodes in order.
+
+    The autograd graph links every tensor to the ones it was computed from, through
+    functional ops too (``torch.cat``, indexing, ``(a + b) / 2``), so role detection
+    can follow the data from the input and back from the output. The nodes are kept
+    alive by the records, so their identities are stable while they are compared.
+    """
     calls: list[_Call] = []
     handles = []
     for name, module, entry in iter_units(model):
         channelwise = is_channelwise(module, entry)
 
         def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name, cw: bool = channelwise) -> None:
-            calls.append(_Call(name, cw, _tensors((args, kwargs)), _tensors(output)))
+            calls.append(_Call(name, cw, _nodes((args, kwargs)), _nodes(output)))
 
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     was_training = model.training
     model.eval()
+    raw = example_input if isinstance(example_input, tuple) else (example_input,)
+    # a clone gives each input its own autograd node, distinct from any parameter's
+    inputs = tuple(
+        t.detach().requires_grad_(True).clone() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+        for t in raw
+    )
     try:
-        with torch.no_grad():
-            inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+        with torch.enable_grad():
             try:
                 output = model(*inputs)
             except Exception as err:
@@ -110,7 +148,23 @@ def trace_calls(model: nn.Module, example_input: Any) -> tuple[list[_Call], list
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return calls, _tensors(inputs), _tensors(output)
+    return calls, _nodes(inputs), _nodes(output)
+
+
+def _reads_plain(start: list[Any], plain: set[int], unit_outputs: set[int]) -> bool:
+    """Whether data flows from a plain (unexpanded) node to ``start`` without passing through a unit."""
+    stack, seen = list(start), set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if id(node) in plain:
+            return True
+        if id(node) in unit_outputs:
+            continue
+        stack.extend(_parents(node))
+    return False
 
 
 def detect_roles(
@@ -119,7 +173,13 @@ def detect_roles(
     input_layers: list[str] | None = None,
     output_layers: list[str] | None = None,
 ) -> LayerRoles:
-    """Find the layers that read the input and write the output; overrides win."""
+    """Find the layers that read the input and write the output; overrides win.
+
+    Forward from the input: a unit reads the image if data reaches it from the input
+    through functional ops or channel-wise units only. Backward from the output: a
+    unit writes the output if data flows from it to the output the same way. Several
+    heads (``(head(x) + head_dist(x)) / 2``) are all found.
+    """
     calls, inputs, outputs = trace_calls(model, example_input)
     units = {name: is_channelwise(m, e) for name, m, e in iter_units(model)}
     for given in (input_layers or []) + (output_layers or []):
@@ -130,25 +190,39 @@ def detect_roles(
     found_inputs: set[str] = set()
     found_outputs: set[str] = set()
 
-    plain = {id(t) for t in inputs}
+    plain = {id(node) for node in inputs}
+    unit_outputs: set[int] = set()
     for call in calls:
-        if not any(id(t) in plain for t in call.inputs):
-            continue
-        if call.channelwise:
-            unexpanded.add(call.name)
-            plain.update(id(t) for t in call.outputs)
-        else:
-            found_inputs.add(call.name)
+        if _reads_plain(call.inputs, plain, unit_outputs):
+            if call.channelwise:
+                unexpanded.add(call.name)
+                plain.update(id(node) for node in call.outputs)
+            else:
+                found_inputs.add(call.name)
+        unit_outputs.update(id(node) for node in call.outputs)
 
-    plain = {id(t) for t in outputs}
-    for call in reversed(calls):
-        if not any(id(t) in plain for t in call.outputs):
+    producers: dict[int, list[_Call]] = {}
+    for call in calls:
+        for node in call.outputs:
+            producers.setdefault(id(node), []).append(call)
+    stack, seen = list(outputs), set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
             continue
-        if call.channelwise:
+        seen.add(id(node))
+        made_by = producers.get(id(node))
+        if not made_by:
+            stack.extend(_parents(node))
+            continue
+        mixing = [call for call in made_by if not call.channelwise]
+        if mixing:
+            found_outputs.add(mixing[-1].name)
+            unexpanded.update(call.name for call in made_by if call.channelwise and call is not mixing[-1])
+            continue
+        for call in made_by:
             unexpanded.add(call.name)
-            plain.update(id(t) for t in call.inputs)
-        else:
-            found_outputs.add(call.name)
+            stack.extend(call.inputs)
 
     called = list(dict.fromkeys(call.name for call in calls))
     return LayerRoles(

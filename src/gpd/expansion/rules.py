@@ -120,6 +120,7 @@ class RuleEntry:
 
 
 _RULES: dict[type, RuleEntry] = {}
+_CHANNEL_TENSORS: dict[type, dict[str, int]] = {}
 
 
 def register_expansion_rule(
@@ -133,6 +134,24 @@ def register_expansion_rule(
     if not (isinstance(module_class, type) and issubclass(module_class, nn.Module)):
         raise TypeError(f"module_class must be an nn.Module subclass, got {module_class!r}")
     _RULES[module_class] = RuleEntry(rule=rule, channelwise=channelwise)
+
+
+def register_channel_tensors(module_class: type[nn.Module], axes: dict[str, int]) -> None:
+    """Declare tensors a container holds directly (class token, position embedding, ...).
+
+    ``axes`` maps each attribute name to its channel axis. D holds them tiled on that
+    axis, not divided: they are added to or concatenated with activations, never
+    summed over.
+    """
+    _CHANNEL_TENSORS[module_class] = dict(axes)
+
+
+def channel_tensor_axes(module: nn.Module) -> dict[str, int]:
+    """The declared channel axes of ``module``'s own tensors (from every class in its MRO)."""
+    axes: dict[str, int] = {}
+    for cls in reversed(type(module).__mro__):
+        axes.update(_CHANNEL_TENSORS.get(cls, {}))
+    return axes
 
 
 def find_rule(module: nn.Module) -> RuleEntry | None:
@@ -209,17 +228,21 @@ def expand_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
     return ExpandedLayer(new, slices, output_map=out_map)
 
 
-def expand_linear(module: nn.Linear, ctx: LayerContext) -> ExpandedLayer:
-    """Linear: like an ungrouped conv, on the last axis."""
-    in_map, out_map = ctx.in_map(module.in_features), ctx.out_map(module.out_features)
+def expand_linear_with_maps(module: nn.Linear, in_map: ChannelMap, out_map: ChannelMap) -> ExpandedLayer:
+    """A Linear whose input and output axes follow the given maps (divided on the input)."""
     params = {"weight": in_map.expand(out_map.expand(module.weight, 0), 1, divide=True)}
-    slices = {"weight": ParamSlice({0: out_map, 1: in_map}, divided_dim=1 if ctx.expand_input else None)}
+    slices = {"weight": ParamSlice({0: out_map, 1: in_map}, divided_dim=None if in_map.is_identity else 1)}
     if module.bias is not None:
         params["bias"] = out_map.expand(module.bias, 0)
         slices["bias"] = ParamSlice({0: out_map})
     new = replace_tensors(module, params)
     new.in_features, new.out_features = in_map.teacher_size, out_map.teacher_size
     return ExpandedLayer(new, slices, output_map=out_map)
+
+
+def expand_linear(module: nn.Linear, ctx: LayerContext) -> ExpandedLayer:
+    """Linear: like an ungrouped conv, on the last axis."""
+    return expand_linear_with_maps(module, ctx.in_map(module.in_features), ctx.out_map(module.out_features))
 
 
 def expand_batchnorm(module: nn.modules.batchnorm._NormBase, ctx: LayerContext) -> ExpandedLayer:
@@ -240,8 +263,12 @@ def expand_layernorm(module: nn.LayerNorm, ctx: LayerContext) -> ExpandedLayer:
     """LayerNorm over the channel axis: exact only when every channel has the same copies."""
     if len(module.normalized_shape) != 1:
         raise ctx.error(module, f"only a LayerNorm over one axis can be expanded, got {tuple(module.normalized_shape)}")
-    channel_map = ctx.out_map(module.normalized_shape[0])
-    if ctx.expand_output and channel_map.uniform_count is None:
+    return expand_layernorm_with_map(module, ctx, ctx.out_map(module.normalized_shape[0]))
+
+
+def expand_layernorm_with_map(module: nn.LayerNorm, ctx: LayerContext, channel_map: ChannelMap) -> ExpandedLayer:
+    """A LayerNorm whose normalised axis follows ``channel_map``."""
+    if not channel_map.is_identity and channel_map.uniform_count is None:
         raise ctx.error(
             module,
             f"ratio {ctx.plan.ratio} copies some channels more than others, which changes "
@@ -263,6 +290,18 @@ def expand_groupnorm(module: nn.GroupNorm, ctx: LayerContext) -> ExpandedLayer:
     new = replace_tensors(module, params)
     new.num_channels, new.num_groups = channel_map.teacher_size, module.num_groups * count
     return ExpandedLayer(new, {n: ParamSlice({0: channel_map}) for n in params}, output_map=channel_map)
+
+
+def expand_channel_vectors(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
+    """Layers whose parameters are all per-channel vectors (layer scale, PReLU with C slopes)."""
+    params, slices = {}, {}
+    for name, param in module.named_parameters(recurse=False):
+        if param.ndim != 1:
+            raise ctx.error(module, f"parameter '{name}' of shape {tuple(param.shape)} is not a per-channel vector")
+        channel_map = ctx.out_map(param.numel()) if param.numel() > 1 else identity_map(1)
+        params[name] = channel_map.expand(param, 0)
+        slices[name] = ParamSlice({0: channel_map})
+    return ExpandedLayer(replace_tensors(module, params), slices)
 
 
 def keep_unchanged(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
@@ -289,6 +328,7 @@ def _register_builtin_rules() -> None:
     register_expansion_rule(nn.modules.batchnorm._NormBase, expand_batchnorm, channelwise=True)
     register_expansion_rule(nn.LayerNorm, expand_layernorm, channelwise=True)
     register_expansion_rule(nn.GroupNorm, expand_groupnorm, channelwise=True)
+    register_expansion_rule(nn.PReLU, expand_channel_vectors, channelwise=True)
     for layer in PARAMETER_FREE_LAYERS:
         register_expansion_rule(layer, keep_unchanged, channelwise=True)
 

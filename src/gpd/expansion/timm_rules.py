@@ -1,0 +1,100 @@
+"""Expansion rules for timm's layers: attention, layer scale, tokens and embeddings.
+
+Multi-head attention keeps its head dimension and multiplies its number of heads:
+the fused qkv projection is expanded per segment (``[q..q, k..k, v..v]``), so head
+``j + H`` of D starts as a copy of head ``j`` and D's attention output is the tiled
+student output. Class/distillation tokens, position embeddings and layer-scale
+vectors are tiled on the channel axis, never divided.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from gpd.expansion.channels import ChannelMap, concat_maps
+from gpd.expansion.rules import (
+    ExpandedLayer,
+    LayerContext,
+    expand_channel_vectors,
+    expand_layernorm_with_map,
+    expand_linear_with_maps,
+    register_channel_tensors,
+    register_expansion_rule,
+)
+
+
+def _check_whole_heads(module: nn.Module, ctx: LayerContext, channel_map: ChannelMap, head_dim: int) -> None:
+    """Each of D's heads must copy one whole student head, in order."""
+    size = channel_map.teacher_size
+    if size % head_dim:
+        raise ctx.error(
+            module,
+            f"ratio {ctx.plan.ratio} gives {size} channels, not a whole number of heads of {head_dim}; "
+            "use an integer ratio",
+        )
+    source = channel_map.source.view(-1, head_dim)
+    if not torch.equal(source, source[:, :1] + torch.arange(head_dim)) or bool((source[:, 0] % head_dim).any()):
+        raise ctx.error(module, f"ratio {ctx.plan.ratio} splits attention heads; use an integer ratio")
+
+
+def expand_timm_attention(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
+    """timm's Attention: r times the heads, qkv expanded per segment."""
+    if not (ctx.expand_input and ctx.expand_output):
+        raise ctx.error(module, "attention that reads the input or writes the output is not supported")
+    dim = module.qkv.in_features
+    head_dim = module.head_dim
+    attn_dim = getattr(module, "attn_dim", module.num_heads * head_dim)
+    in_map = ctx.plan.map(dim)
+    head_map = ctx.plan.map(attn_dim)
+    _check_whole_heads(module, ctx, head_map, head_dim)
+
+    layers: dict[str, ExpandedLayer] = {
+        "qkv": expand_linear_with_maps(module.qkv, in_map, concat_maps([head_map] * 3)),
+        "proj": expand_linear_with_maps(module.proj, head_map, ctx.plan.map(module.proj.out_features)),
+    }
+    if getattr(module, "gate", None) is not None:
+        layers["gate"] = expand_linear_with_maps(module.gate, in_map, head_map)
+    for name in ("q_norm", "k_norm", "norm"):
+        child = getattr(module, name, None)
+        if child is None or not any(True for _ in child.parameters()):
+            continue
+        if not isinstance(child, nn.LayerNorm) or len(child.normalized_shape) != 1:
+            raise ctx.error(module, f"'{name}' is a {type(child).__name__}, which the attention rule does not expand")
+        if child.normalized_shape[0] == head_dim and name != "norm":
+            continue  # q/k norm over the head dimension, which D keeps
+        layers[name] = expand_layernorm_with_map(child, ctx, head_map)
+
+    new = _copy_with_children(module, {name: layer.module for name, layer in layers.items()})
+    new.num_heads = head_map.teacher_size // head_dim
+    if hasattr(new, "attn_dim"):
+        new.attn_dim = head_map.teacher_size
+    params = {f"{name}.{p}": s for name, layer in layers.items() for p, s in layer.params.items()}
+    return ExpandedLayer(new, params, output_map=layers["proj"].output_map)
+
+
+def _copy_with_children(module: nn.Module, children: dict[str, nn.Module]) -> nn.Module:
+    """A deep copy of ``module`` whose named children are replaced (they are not copied)."""
+    memo = {id(getattr(module, name)): None for name in children}  # skip copying replaced children
+    new = copy.deepcopy(module, memo)
+    for name, child in children.items():
+        setattr(new, name, child)
+    return new
+
+
+def register_timm_rules() -> None:
+    """Register the rules for timm's layers, if timm is installed."""
+    try:
+        from timm.layers import LayerScale, LayerScale2d
+        from timm.layers.attention import Attention
+        from timm.models import convnext, vision_transformer
+    except ImportError:  # timm is optional for the expansion engine
+        return
+    register_expansion_rule(Attention, expand_timm_attention)
+    register_expansion_rule(LayerScale, expand_channel_vectors, channelwise=True)
+    register_expansion_rule(LayerScale2d, expand_channel_vectors, channelwise=True)
+    tokens = {"cls_token": -1, "reg_token": -1, "pos_embed": -1, "dist_token": -1}
+    register_channel_tensors(vision_transformer.VisionTransformer, tokens)
+    register_channel_tensors(convnext.ConvNeXtBlock, {"gamma": 0})
