@@ -14,11 +14,12 @@ import pytest
 import timm
 import torch
 import torchvision
-from helpers import assert_nontrivial, randomize_batchnorm, rel_err
+from helpers import assert_nontrivial, rel_err
 from torch import nn
 
 import gpd
 from gpd.models import create_model
+from gpd.testing import perturbed_for_verification
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -58,13 +59,7 @@ TRANSFORMERS: list = [
 def prepared(factory: Factory, seed: int = 0) -> nn.Module:
     """A model with every parameter perturbed and random BatchNorm statistics, in eval mode."""
     torch.manual_seed(seed)
-    model = factory()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
-    randomize_batchnorm(model, gen, example=torch.randn(8, 3, 32, 32, generator=gen))
-    return model.eval()
+    return perturbed_for_verification(factory(), (3, 32, 32), seed)
 
 
 def check_exact(factory: Factory, ratio: float) -> None:

@@ -1,4 +1,4 @@
-"""The ``gpd`` command line: ``gpd train`` and ``gpd eval``.
+"""The ``gpd`` command line: ``gpd train``, ``gpd eval``, ``gpd expand`` and ``gpd export``.
 
 User errors (a bad key, missing data, an unreadable checkpoint) print one line and
 exit with code 2; no traceback.
@@ -53,6 +53,80 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_expand(args: argparse.Namespace) -> int:
+    from gpd.cli.expand_cmd import run_expand
+
+    report = run_expand(
+        args.model,
+        ratio=args.ratio,
+        num_classes=args.num_classes,
+        in_chans=args.in_chans,
+        input_size=args.input_size,
+        img_size=args.img_size,
+        kwargs=args.kwarg,
+        tolerance=args.tolerance,
+    )
+    print(report)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gpd.cli.export_cmd import format_result, run_export
+
+    result = run_export(
+        args.path, args.format, output=args.output, overwrite=args.overwrite, input_size=args.input_size
+    )
+    print(format_result(result))
+    return 0
+
+
+def _add_expand_parser(sub: argparse._SubParsersAction) -> None:
+    expand = sub.add_parser(
+        "expand",
+        help="build a model's dynamic teacher and report its size, FLOPs and the rules used",
+        description=(
+            "Build MODEL (a bundled name, tv:NAME or timm:NAME), expand it into its dynamic teacher D, "
+            "verify D numerically and report parameters, FLOPs per image, the layers that read the "
+            "input and write the output, and which rule expanded which layers."
+        ),
+    )
+    expand.add_argument("model", help="e.g. resnet8, tv:resnet18, timm:vit_tiny_patch16_224")
+    expand.add_argument("--ratio", type=float, default=2.0, help="width of D relative to the student (default 2)")
+    expand.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default 10)")
+    expand.add_argument("--in-chans", type=int, default=None, help="input channels (default 3, or C of --input-size)")
+    size = expand.add_mutually_exclusive_group()
+    size.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="size of one input sample")
+    size.add_argument(
+        "--img-size", type=int, metavar="S", help="square images of S pixels (also passed to timm models built for one size)"
+    )
+    expand.add_argument(
+        "--kwarg", action="append", default=[], metavar="KEY=VALUE", help="extra model argument (repeatable), e.g. drop_rate=0.1"
+    )
+    expand.add_argument("--tolerance", type=float, default=1e-4, help="largest relative error accepted (default 1e-4)")
+    expand.set_defaults(func=cmd_expand)
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser(
+        "export",
+        help="convert an exported student to .pt, .safetensors or .onnx",
+        description=(
+            "Convert the student of a run directory (or a student.pt) to another format. The output goes "
+            "next to the input (student.safetensors, student.onnx) unless --output is given; an existing "
+            "file is never replaced without --overwrite."
+        ),
+    )
+    export.add_argument("path", help="a run directory or a student.pt file")
+    export.add_argument("--format", required=True, choices=["pt", "safetensors", "onnx"], help="output format")
+    export.add_argument("--output", default=None, metavar="FILE", help="output file (or folder)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    export.add_argument(
+        "--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
+        help="ONNX input size of one sample (default: the size recorded in student.pt)",
+    )
+    export.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpd", description="Gap Preserving Distillation: train a student with a dynamic teacher.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -75,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("path", help="a run directory or a student.pt file")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.root=... train.device=cpu")
     evaluate.set_defaults(func=cmd_eval)
+
+    _add_expand_parser(sub)
+    _add_export_parser(sub)
     return parser
 
 

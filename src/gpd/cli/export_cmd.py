@@ -1,0 +1,219 @@
+"""``gpd export``: convert an exported student (student.pt) to a deployable format.
+
+* ``pt``: the gpd student.pt format again (checked by rebuilding the model), to copy
+  a student out of a run directory;
+* ``safetensors``: the state_dict, with the architecture spec as JSON in the
+  metadata (key ``gpd_spec``) so the weights can be matched to a model without gpd;
+* ``onnx``: the eval-mode student with a dynamic batch axis.
+
+Every file is written to a temporary name and renamed, and an existing file is never
+replaced without ``overwrite``: an export must not destroy a previous one by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gpd.errors import ConfigError
+from gpd.export import load_student, read_student_file
+
+FORMATS: dict[str, str] = {"pt": ".pt", "safetensors": ".safetensors", "onnx": ".onnx"}
+STUDENT_FILE = "student.pt"
+ONNX_OPSET = 17
+ONNX_CHECK_BATCH = 2
+ONNX_TOLERANCE = 1e-4  # relative to the output scale (at least 1)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``gpd export`` wrote, for the printed summary."""
+
+    path: Path
+    format: str
+    size: int
+    note: str = ""
+
+
+def student_source(path: str | Path) -> Path:
+    """The student.pt named by ``path`` (a file, or a run directory holding one)."""
+    path = Path(path)
+    return path / STUDENT_FILE if path.is_dir() else path
+
+
+def default_output(source: Path, fmt: str) -> Path:
+    """Next to the input, same stem: runs/x/student.pt -> runs/x/student.onnx."""
+    return source.with_suffix(FORMATS[fmt])
+
+
+def resolve_output(source: Path, fmt: str, output: str | Path | None, overwrite: bool) -> Path:
+    """The file to write; refuse the input itself and, unless ``overwrite``, any existing file."""
+    target = default_output(source, fmt) if output is None else Path(output)
+    if target.is_dir():
+        target = target / default_output(source, fmt).name
+    if target.exists() and target.resolve() == source.resolve():
+        raise ConfigError(f"{target} is the input file; choose another file with --output")
+    if target.exists() and not overwrite:
+        raise ConfigError(f"{target} already exists; choose another file with --output or pass --overwrite")
+    return target
+
+
+def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``target``, then rename it over ``target``.
+
+    A failed or interrupted export leaves no half-written file behind. The writer
+    creates the temporary file itself (not mkstemp), so it gets the usual
+    permissions of the user's umask rather than mkstemp's owner-only 0600.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{target.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_pt(payload: dict[str, Any], model: nn.Module, target: Path, input_size: Sequence[int] | None) -> str:
+    """The payload as read (spec, state_dict, metadata), after ``model`` proved it loads."""
+    write_atomically(target, lambda tmp: torch.save(payload, tmp))
+    return ""
+
+
+def safetensors_metadata(payload: dict[str, Any]) -> dict[str, str]:
+    """safetensors metadata is str -> str: the spec and the student's metadata as JSON."""
+    return {
+        "format": str(payload.get("format", "")),
+        "gpd_spec": json.dumps(payload["spec"], sort_keys=True),
+        "gpd_metadata": json.dumps(payload.get("metadata") or {}, sort_keys=True, default=str),
+    }
+
+
+def write_safetensors(payload: dict[str, Any], model: nn.Module, target: Path, input_size: Sequence[int] | None) -> str:
+    """The state_dict; each tensor cloned contiguous because safetensors refuses shared storage."""
+    from safetensors.torch import save_file
+
+    tensors = {name: value.detach().contiguous().clone() for name, value in model.state_dict().items()}
+    metadata = safetensors_metadata(payload)
+    write_atomically(target, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return ""
+
+
+def onnx_input_size(payload: dict[str, Any], input_size: Sequence[int] | None) -> tuple[int, ...]:
+    """The size of one sample: --input-size if given, else the student file's metadata."""
+    if input_size is not None:
+        return tuple(int(s) for s in input_size)
+    recorded = (payload.get("metadata") or {}).get("input_size")
+    if not recorded:
+        raise ConfigError("the student file records no input size; pass --input-size C H W")
+    return tuple(int(s) for s in recorded)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """torch.onnx.export with the TorchScript exporter and a dynamic batch axis.
+
+    The torch.export-based exporter (the default since torch 2.9) needs the
+    ``onnxscript`` package; the TorchScript one needs nothing beyond torch and still
+    exports every model gpd builds. Its deprecation notice and tracer warnings are
+    silenced because the export is checked numerically with onnxruntime instead.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+
+
+def onnx_difference(path: Path, model: nn.Module, example: torch.Tensor) -> str:
+    """How far onnxruntime's output is from PyTorch's on ``example``, as a short note."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return "not checked: onnxruntime is not installed"
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"input": example.numpy()})[0])
+    with torch.no_grad():
+        expected = model(example)
+    diff = float((got - expected).abs().max())
+    scale = float(expected.abs().max())
+    verdict = "matches" if diff <= ONNX_TOLERANCE * max(scale, 1.0) else "DIFFERS FROM"
+    return f"onnxruntime {verdict} PyTorch: max abs diff {diff:.1e} (output scale {scale:.1e})"
+
+
+def write_onnx(payload: dict[str, Any], model: nn.Module, target: Path, input_size: Sequence[int] | None) -> str:
+    """ONNX of the eval-mode student, traced at batch 2 so no size-1 batch gets baked in."""
+    size = onnx_input_size(payload, input_size)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn((ONNX_CHECK_BATCH, *size), generator=generator)
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"the student does not run on inputs of size {'x'.join(map(str, size))}: {first}") from None
+    write_atomically(target, lambda tmp: export_onnx(model, example, tmp))
+    return onnx_difference(target, model, example)
+
+
+WRITERS: dict[str, Callable[[dict[str, Any], nn.Module, Path, Sequence[int] | None], str]] = {
+    "pt": write_pt,
+    "safetensors": write_safetensors,
+    "onnx": write_onnx,
+}
+
+
+def run_export(
+    path: str | Path,
+    fmt: str,
+    *,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    input_size: Sequence[int] | None = None,
+) -> ExportResult:
+    """Convert the student at ``path`` (student.pt or a run directory) to ``fmt``.
+
+    The student is rebuilt from its spec and loaded strictly before anything is
+    written, so a corrupt or mismatched file fails with CheckpointError.
+    """
+    if fmt not in WRITERS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(WRITERS)}")
+    source = student_source(path)
+    payload = read_student_file(source)
+    target = resolve_output(source, fmt, output, overwrite)
+    model = load_student(source)
+    note = WRITERS[fmt](payload, model, target, input_size)
+    return ExportResult(path=target, format=fmt, size=target.stat().st_size, note=note)
+
+
+def human_size(size: int) -> str:
+    """Bytes in B/kB/MB/GB (powers of 1000, like ``ls --si``)."""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def format_result(result: ExportResult) -> str:
+    line = f"wrote {result.path} ({result.format}, {human_size(result.size)})"
+    return f"{line}\n{result.note}" if result.note else line

@@ -1,0 +1,83 @@
+"""Helpers to check an expansion on a model of your own, as gpd's tests do.
+
+A freshly initialised network is a weak test subject: identity BatchNorm statistics
+and tiny weights can make its output nearly constant, so a relative-error check
+passes trivially. These helpers give a model random, well-scaled statistics first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def _uniform(shape: Iterable[int], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(tuple(shape), generator=generator) * (high - low) + low
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, example: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to the batch statistics of ``example``.
+
+    Keeps activations at a sensible scale in eval mode (a freshly initialised deep net
+    with identity statistics can make its features vanish or blow up, which would let
+    a relative-error check pass trivially).
+    """
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    saved = [(m, m.momentum) for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one batch sets the stats to its own
+    model.train()
+    try:
+        model(example)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.zero_()
+        model.train(was_training)
+
+
+@torch.no_grad()
+def randomize_batchnorm(
+    model: nn.Module, generator: torch.Generator, example: torch.Tensor | None = None
+) -> nn.Module:
+    """Give every BatchNorm random affine parameters and random running statistics.
+
+    ``running_mean`` and ``running_var`` (positive) are drawn at random; with
+    ``example`` they are first calibrated on it and then perturbed randomly, so that
+    eval-mode activations keep a sensible scale. ``weight`` ~ U(0.5, 1.5),
+    ``bias`` ~ N(0, 0.2^2). Returns ``model``.
+    """
+    if example is not None:
+        calibrate_batchnorm(model, example)
+    for m in model.modules():
+        if not isinstance(m, _BatchNorm):
+            continue
+        c = m.num_features
+        if m.affine:
+            m.weight.copy_(_uniform((c,), 0.5, 1.5, generator))
+            m.bias.copy_(torch.randn(c, generator=generator) * 0.2)
+        if m.track_running_stats and m.running_mean is not None:
+            if example is None:
+                m.running_mean.copy_(torch.randn(c, generator=generator) * 0.2)
+                m.running_var.copy_(_uniform((c,), 0.5, 2.0, generator))
+            else:
+                std = m.running_var.clamp_min(1e-6).sqrt()
+                m.running_mean.add_(torch.randn(c, generator=generator) * 0.1 * std)
+                m.running_var.mul_(_uniform((c,), 0.7, 1.4, generator))
+    return model
+
+
+@torch.no_grad()
+def perturbed_for_verification(model: nn.Module, input_size: tuple[int, ...], seed: int = 0) -> nn.Module:
+    """``model`` with every parameter perturbed by N(0, 0.02^2) and random BatchNorm statistics, in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    for param in model.parameters():
+        param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+    randomize_batchnorm(model, generator, example=torch.randn(8, *input_size, generator=generator))
+    return model.eval()
