@@ -23,8 +23,9 @@ class ExpansionReport:
     ratio: float
     roles: LayerRoles
     rules_used: dict[str, list[str]] = field(default_factory=dict)
-    teacher_error: float | None = None
+    teacher_error: float | None = None  # float32 (the model's dtype) relative errors
     student_error: float | None = None
+    checked_in_float64: bool = False  # float32 rounding exceeded the tolerance; float64 confirmed exactness
 
 
 class GPDModel(nn.Module):

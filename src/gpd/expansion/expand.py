@@ -9,6 +9,7 @@ the student's function. It never returns a D that silently differs.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -77,17 +78,27 @@ def build_teacher(
 
 
 def infer_input_size(model: nn.Module) -> tuple[int, ...]:
-    """A plausible input size: timm's config, else the first conv's channels at 32 x 32."""
-    for attr in ("pretrained_cfg", "default_cfg"):
-        cfg = getattr(model, attr, None)
-        if isinstance(cfg, dict) and cfg.get("input_size"):
-            return tuple(cfg["input_size"])
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return (module.in_channels, 32, 32)
-    raise ExpansionError(
-        f"cannot tell the input size of {type(model).__name__}; pass example_input= or input_size=(C, H, W)"
-    )
+    """A plausible per-sample input size (C, H, W).
+
+    Channels come from the first convolution; the spatial size from how the model was
+    built (``img_size`` in gpd's model spec, a timm patch embedding), else timm's
+    default config, else 32 x 32 (enough for any CNN with global pooling).
+    """
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    cfg = next((c for c in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None)) if isinstance(c, dict)), {})
+    cfg_size = tuple(cfg.get("input_size") or ())
+    channels = first_conv.in_channels if first_conv is not None else (cfg_size[0] if cfg_size else None)
+    if channels is None:
+        raise ExpansionError(
+            f"cannot tell the input size of {type(model).__name__}; pass example_input= or input_size=(C, H, W)"
+        )
+    spec_size = (getattr(model, "gpd_spec", None) or {}).get("kwargs", {}).get("img_size")
+    patch_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    for size in (spec_size, patch_size, cfg_size[1:] if cfg_size else None):
+        if size:
+            height, width = (size, size) if isinstance(size, int) else tuple(size)
+            return (channels, int(height), int(width))
+    return (channels, 32, 32)
 
 
 def _example(model: nn.Module, example_input: Any, input_size: tuple[int, ...] | None, batch: int = 2) -> tuple:
@@ -115,6 +126,9 @@ def add_symmetry_noise(model: GPDModel, std: float, generator: torch.Generator |
             param.add_(noise.to(param.device))
 
 
+FLOAT64_TOLERANCE = 1e-9
+
+
 def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], example: tuple) -> Any:
     """Run ``run(*example)``; if it fails, raise ExpansionError naming the layer that failed."""
     current: list[str] = []
@@ -136,41 +150,66 @@ def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], exampl
             handle.remove()
 
 
+def _measure(student: nn.Module, model: GPDModel, example: tuple) -> tuple[float, float]:
+    """Relative errors of D and of the student view against ``student`` (eval mode, no grad)."""
+    with torch.no_grad():
+        expected = student(*example)
+        teacher = run_or_explain("dynamic teacher", model.teacher, model.forward_teacher, example)
+        view = run_or_explain("shared-parameter student", model.student.module, model.forward_student, example)
+    return relative_error(teacher, expected), relative_error(view, expected)
+
+
+def _raise_mismatch(
+    student: nn.Module, model: GPDModel, example: tuple, output_maps: dict[str, ChannelMap], errors: tuple[float, float], tolerance: float
+) -> None:
+    for who, error, modules, run in (
+        ("dynamic teacher", errors[0], model.teacher, lambda: model.forward_teacher(*example)),
+        ("shared-parameter student", errors[1], model.student.module, lambda: model.forward_student(*example)),
+    ):
+        if error > tolerance:
+            where = locate_divergence(student, modules, run, example, output_maps, tolerance)
+            detail = where.describe() if where else "no single layer differs (check functional ops in forward)"
+            measured = "a different output shape" if error == float("inf") else f"relative error {error:.2e}"
+            raise ExpansionError(
+                f"the {who} does not compute the student's function at ratio {model.ratio} "
+                f"({measured} > {tolerance:.0e}), {detail}; channel concatenation, split or shuffle in "
+                "forward() breaks the copy layout, and a layer that reads the input or writes the output "
+                "through a functional op can be named with input_layers= or output_layers="
+            )
+
+
 def verify(
     student: nn.Module,
     model: GPDModel,
     example: tuple,
     output_maps: dict[str, ChannelMap],
     tolerance: float,
-) -> tuple[float, float]:
-    """Relative errors of D and of the student view against ``student``; raise on mismatch."""
+) -> tuple[float, float, bool]:
+    """Relative errors of D and of the student view, and whether float64 settled it; raise on mismatch.
+
+    Deep float32 networks accumulate rounding differences between a sum over C
+    channels and a sum over r * C halves. When the float32 errors exceed
+    ``tolerance``, the check is repeated on float64 copies: an exact mapping then
+    agrees to ~1e-12 and is accepted (the float32 errors are still reported); a wrong
+    one is located and refused.
+    """
     modes = (student.training, model.training)
     student.eval()
     model.eval()
     try:
-        with torch.no_grad():
-            expected = student(*example)
-            teacher_error = relative_error(run_or_explain("dynamic teacher", model.teacher, model.forward_teacher, example), expected)
-            student_error = relative_error(
-                run_or_explain("shared-parameter student", model.student.module, model.forward_student, example), expected
-            )
-        for who, error, modules, run in (
-            ("dynamic teacher", teacher_error, model.teacher, lambda: model.forward_teacher(*example)),
-            ("shared-parameter student", student_error, model.student.module, lambda: model.forward_student(*example)),
-        ):
-            if error > tolerance:
-                where = locate_divergence(student, modules, run, example, output_maps, tolerance)
-                detail = where.describe() if where else "no single layer differs (check functional ops in forward)"
-                measured = "a different output shape" if error == float("inf") else f"relative error {error:.2e}"
-                raise ExpansionError(
-                    f"the {who} does not compute the student's function at ratio {model.ratio} "
-                    f"({measured} > {tolerance:.0e}), {detail}; if a layer reads the input or writes "
-                    "the output through a functional op, name it with input_layers= or output_layers="
-                )
+        errors = _measure(student, model, example)
+        if max(errors) <= tolerance:
+            return (*errors, False)
+        student64, model64 = copy.deepcopy(student).double(), copy.deepcopy(model).double()
+        example64 = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in example)
+        errors64 = _measure(student64, model64, example64)
+        if max(errors64) <= FLOAT64_TOLERANCE:
+            return (*errors, True)
+        _raise_mismatch(student64, model64, example64, output_maps, errors64, tolerance)
+        raise AssertionError("unreachable: _raise_mismatch raises")
     finally:
         student.train(modes[0])
         model.train(modes[1])
-    return teacher_error, student_error
 
 
 def expand(
@@ -203,13 +242,22 @@ def expand(
     example = _example(model, example_input, input_size)
     roles = detect_roles(model, example, input_layers, output_layers)
     teacher, slices, output_maps, rules_used = build_teacher(model, plan, roles)
+    unverified = sorted(n for n in roles.unused if any(True for _ in model.get_submodule(n).parameters()))
+    if unverified:
+        warnings.warn(
+            f"layers never called on the example input were expanded on both sides without verification: "
+            f"{', '.join(unverified)} (a train-only head? name it with output_layers=)",
+            stacklevel=2,
+        )
     report = ExpansionReport(ratio=plan.ratio, roles=roles, rules_used=rules_used)
     gpd_model = GPDModel(teacher, StudentView(model, slices), plan, report)
     gpd_model.train(model.training)
     if check:  # the rules must be exact; the noise below is a deliberate, reported departure
-        report.teacher_error, report.student_error = verify(model, gpd_model, example, output_maps, tolerance)
+        report.teacher_error, report.student_error, report.checked_in_float64 = verify(
+            model, gpd_model, example, output_maps, tolerance
+        )
     if noise_std:
         add_symmetry_noise(gpd_model, noise_std)
         if check:
-            report.teacher_error, report.student_error = verify(model, gpd_model, example, output_maps, float("inf"))
+            report.teacher_error, report.student_error, _ = verify(model, gpd_model, example, output_maps, float("inf"))
     return gpd_model

@@ -48,7 +48,12 @@ def prepare_run_dir(cfg: Config, overwrite: bool = False) -> Path:
 
 
 def _temp_in(path: Path) -> tuple[int, str]:
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """A temporary file beside ``path``, with the permissions a plain open() would give."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
 
 
 def atomic_write_text(path: Path, text: str) -> None:
