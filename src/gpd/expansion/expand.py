@@ -242,7 +242,10 @@ def expand(
     example = _example(model, example_input, input_size)
     roles = detect_roles(model, example, input_layers, output_layers)
     teacher, slices, output_maps, rules_used = build_teacher(model, plan, roles)
-    unverified = sorted(n for n in roles.unused if any(True for _ in model.get_submodule(n).parameters()))
+    named = roles.input_layers | roles.output_layers
+    unverified = sorted(
+        n for n in roles.unused - named if any(True for _ in model.get_submodule(n).parameters())
+    )
     if unverified:
         warnings.warn(
             f"layers never called on the example input were expanded on both sides without verification: "
