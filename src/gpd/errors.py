@@ -30,3 +30,9 @@ class ExpansionError(GPDError):
 
 class CheckpointError(GPDError):
     """A checkpoint or exported model that is missing, corrupt or of another architecture."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (or its class name), for one-line reports."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gpd.errors import CheckpointError, GPDError
+from gpd.errors import CheckpointError, GPDError, first_line
 from gpd.models import create_model_from_spec
 
 STUDENT_FORMAT = "gpd-student/1"
@@ -46,7 +46,7 @@ def read_student_file(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"cannot read {path} as a gpd student file: {str(err).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"cannot read {path} as a gpd student file: {first_line(err)[:200]}") from None
     if not isinstance(payload, dict) or payload.get("format") != STUDENT_FORMAT:
         raise CheckpointError(f"{path} is not a gpd student file (expected format {STUDENT_FORMAT})")
     return payload
@@ -62,5 +62,5 @@ def load_student(path: str | Path) -> nn.Module:
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{path} does not match the architecture {payload['spec'].get('name')}: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} does not match the architecture {payload['spec'].get('name')}: {first_line(err)}") from None
     return model.eval()

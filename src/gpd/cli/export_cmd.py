@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gpd.errors import ConfigError
+from gpd.errors import ConfigError, first_line
 from gpd.export import load_student, read_student_file
 
 FORMATS: dict[str, str] = {"pt": ".pt", "safetensors": ".safetensors", "onnx": ".onnx"}
@@ -168,8 +168,7 @@ def write_onnx(payload: dict[str, Any], model: nn.Module, target: Path, input_si
         with torch.no_grad():
             model(example)
     except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"the student does not run on inputs of size {'x'.join(map(str, size))}: {first}") from None
+        raise ConfigError(f"the student does not run on inputs of size {'x'.join(map(str, size))}: {first_line(err)}") from None
     write_atomically(target, lambda tmp: export_onnx(model, example, tmp))
     return onnx_difference(target, model, example)
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from gpd.config.schema import Config
-from gpd.errors import ConfigError
+from gpd.errors import ConfigError, first_line
 
 DEFAULT_CONFIG = "fashion_mnist/scratch_gpd"
 
@@ -55,7 +55,7 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
         try:
             layers.append(OmegaConf.load(path))
         except Exception as err:  # YAML syntax errors come in many classes
-            raise ConfigError(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"cannot read config {path}: {first_line(err)}") from None
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.epochs=5)")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gpd.errors import ExpansionError
+from gpd.errors import ExpansionError, first_line
 from gpd.expansion.channels import ChannelMap, WidthPlan
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_channel_tensor_holders, iter_units
 from gpd.expansion.rules import LayerContext, ParamSlice
@@ -140,9 +140,8 @@ def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], exampl
         return run(*example)
     except Exception as err:
         where = f" in layer '{current[-1]}'" if current else ""
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ExpansionError(
-            f"the {who} fails to run{where}: {first}; the model probably mixes channels in a functional op "
+            f"the {who} fails to run{where}: {first_line(err)}; the model probably mixes channels in a functional op "
             "that has no expansion rule"
         ) from err
     finally:

@@ -14,7 +14,7 @@ handled too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from gpd.errors import ExpansionError
+from gpd.errors import ExpansionError, first_line
 from gpd.expansion.rules import RuleEntry, channel_tensor_axes, find_rule
 
 
@@ -139,9 +139,8 @@ def trace_calls(model: nn.Module, example_input: Any) -> tuple[list[_Call], list
                 output = model(*inputs)
             except Exception as err:
                 shapes = ", ".join(str(tuple(t.shape)) for t in _tensors(inputs))
-                first = str(err).splitlines()[0] if str(err) else type(err).__name__
                 raise ExpansionError(
-                    f"the student does not run on the example input of shape {shapes}: {first}; "
+                    f"the student does not run on the example input of shape {shapes}: {first_line(err)}; "
                     "pass the right example_input= or input_size=(C, H, W)"
                 ) from err
     finally:
@@ -151,20 +150,22 @@ def trace_calls(model: nn.Module, example_input: Any) -> tuple[list[_Call], list
     return calls, _nodes(inputs), _nodes(output)
 
 
-def _reads_plain(start: list[Any], plain: set[int], unit_outputs: set[int]) -> bool:
-    """Whether data flows from a plain (unexpanded) node to ``start`` without passing through a unit."""
+def _walk(start: list[Any], step: Callable[[Any], list[Any]]) -> Iterator[Any]:
+    """Visit autograd nodes once each, from ``start``; ``step(node)`` says where to go next."""
     stack, seen = list(start), set()
     while stack:
         node = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if id(node) in plain:
-            return True
-        if id(node) in unit_outputs:
-            continue
-        stack.extend(_parents(node))
-    return False
+        yield node
+        stack.extend(step(node))
+
+
+def _reads_plain(start: list[Any], plain: set[int], unit_outputs: set[int]) -> bool:
+    """Whether data flows from a plain (unexpanded) node to ``start`` without passing through a unit."""
+    step = lambda node: [] if id(node) in unit_outputs else _parents(node)  # noqa: E731
+    return any(id(node) in plain for node in _walk(start, step))
 
 
 def detect_roles(
@@ -205,24 +206,21 @@ def detect_roles(
     for call in calls:
         for node in call.outputs:
             producers.setdefault(id(node), []).append(call)
-    stack, seen = list(outputs), set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
+
+    def step(node: Any) -> list[Any]:
         made_by = producers.get(id(node))
         if not made_by:
-            stack.extend(_parents(node))
-            continue
+            return _parents(node)
         mixing = [call for call in made_by if not call.channelwise]
         if mixing:
             found_outputs.add(mixing[-1].name)
-            unexpanded.update(call.name for call in made_by if call.channelwise and call is not mixing[-1])
-            continue
-        for call in made_by:
-            unexpanded.add(call.name)
-            stack.extend(call.inputs)
+            unexpanded.update(call.name for call in made_by if call.channelwise)
+            return []
+        unexpanded.update(call.name for call in made_by)
+        return [n for call in made_by for n in call.inputs]
+
+    for _ in _walk(outputs, step):
+        pass
 
     called = list(dict.fromkeys(call.name for call in calls))
     return LayerRoles(
