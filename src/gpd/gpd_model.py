@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -70,14 +69,21 @@ class GPDModel(nn.Module):
         raise ValueError(f"role must be 'student' or 'teacher', got {role!r}")
 
     def export_student(self) -> nn.Module:
-        """A standalone student of the original class; its state_dict loads strictly into a fresh one."""
-        exported = self.student.materialize(dict(self.teacher.named_parameters()))
+        """A standalone student of the original class; its state_dict loads strictly into a fresh one.
+
+        Multi-branch blocks, if the student has them, are merged into plain convolutions.
+        """
+        from gpd.branches import merge_branches
+
+        exported = merge_branches(self.student.materialize(dict(self.teacher.named_parameters())))
         exported.train(self.training)
         return exported
 
     def export_teacher(self) -> nn.Module:
-        """A standalone copy of D, a plain wide network."""
-        return copy.deepcopy(self.teacher)
+        """A standalone copy of D, a plain wide network (branch blocks merged)."""
+        from gpd.branches import merge_branches
+
+        return merge_branches(self.teacher)
 
     def extra_repr(self) -> str:
         return f"ratio={self.plan.ratio}"

@@ -66,9 +66,10 @@ def dct_prior(out_channels: int, *, dtype: torch.dtype | None = None, device: to
     orthonormal DCT-II factors c(0) = sqrt(1/3), c(k > 0) = sqrt(2/3), so the nine
     bases are orthonormal (each has unit Frobenius norm; basis 0 is the constant 1/3).
     """
-    n = torch.arange(3, dtype=torch.float64)
+    position = torch.arange(3, dtype=torch.float64)  # h or w
+    frequency = position[:, None]  # u or v
     factor = torch.tensor([math.sqrt(1 / 3), math.sqrt(2 / 3), math.sqrt(2 / 3)], dtype=torch.float64)
-    cosines = factor[:, None] * torch.cos(math.pi * (2 * n[None, :] + 1) * torch.arange(3.0, dtype=torch.float64)[:, None] / 6)
+    cosines = factor[:, None] * torch.cos(math.pi * (2 * position[None, :] + 1) * frequency / 6)  # (u, h)
     bases = torch.einsum("uh,vw->uvhw", cosines, cosines).reshape(9, 3, 3)  # index u * 3 + v
     prior = bases[torch.arange(out_channels) % 9]
     return prior.to(dtype=dtype or torch.get_default_dtype(), device=device)
@@ -116,7 +117,9 @@ def check_convertible(conv: nn.Module) -> None:
     if _pair(conv.stride) != (1, 1):
         raise ModelError(f"OREPAConv2d replaces stride-1 convolutions, got stride {tuple(conv.stride)}")
     if conv.padding_mode != "zeros":
-        raise ModelError(f"OREPAConv2d needs zero padding (its branches commute with it), got padding_mode '{conv.padding_mode}'")
+        raise ModelError(
+            f"OREPAConv2d needs zero padding (its branches commute with it), got padding_mode '{conv.padding_mode}'"
+        )
 
 
 class OREPAConv2d(nn.Module):
@@ -191,7 +194,8 @@ class OREPAConv2d(nn.Module):
                 tensor.copy_(_uniform(tuple(tensor.shape), fan_in, like, generator))
             block.weight_id_1x1.zero_()
             scales = DEFAULT_SCALES if init == "default" else IDENTITY_SCALES
-            block.branch_scales.copy_(torch.tensor(scales, dtype=like.dtype, device=like.device)[:, None].expand(-1, block.out_channels))
+            rows = torch.tensor(scales, dtype=like.dtype, device=like.device)[:, None]
+            block.branch_scales.copy_(rows.expand(-1, block.out_channels))
             if block.bias is not None:
                 block.bias.copy_(conv.bias)  # type: ignore[arg-type]
         block.train(conv.training)

@@ -94,6 +94,10 @@ def validate(cfg: Config) -> None:
     _require(g.kd_weight >= 0, f"gpd.kd_weight must be >= 0, got {g.kd_weight}")
     _require(0 <= g.sce_eps <= 1, f"gpd.sce_eps must be in [0, 1], got {g.sce_eps}")
     _require(g.noise_std >= 0, f"gpd.noise_std must be >= 0, got {g.noise_std}")
+    _require(g.branches in ("none", "orepa"), f"gpd.branches must be none or orepa, got '{g.branches}'")
+    _require(
+        g.branch_init in ("default", "identity"), f"gpd.branch_init must be default or identity, got '{g.branch_init}'"
+    )
     _require(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
     _require(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")

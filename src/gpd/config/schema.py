@@ -35,6 +35,8 @@ class GPDConfig:
     kd_weight: float = 3.0  # lambda: weight of SCE(student || stop_grad(dynamic teacher))
     sce_eps: float = 0.1  # label smoothing of the dynamic teacher's soft targets
     noise_std: float = 0.0  # symmetry-breaking noise on the teacher's copies
+    branches: str = "none"  # orepa: train 3x3 stride-1 convs as six-branch blocks (merged on export)
+    branch_init: str = "default"  # default (from scratch) | identity (blocks start equal to the convs)
 
 
 @dataclass

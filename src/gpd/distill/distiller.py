@@ -7,14 +7,15 @@ user's own loop use this same object.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpd.branches import merge_branches
 from gpd.expansion import expand
+from gpd.expansion.expand import with_branches
 from gpd.gpd_model import GPDModel
 from gpd.losses import sce
 
@@ -31,7 +32,9 @@ class Distiller(nn.Module):
     ``dynamic_teacher=False`` the student trains on CE alone.
 
     ``parameters()`` are the trainable parameters: D's when GPD is on, the student's
-    otherwise. ``export_student()`` returns a plain student of the original class.
+    otherwise. ``branches="orepa"`` trains every 3x3 stride-1 convolution as a
+    six-branch block (Channel-Branch Reparameterization). ``export_student()`` returns
+    a plain student of the original class, branches merged.
     """
 
     def __init__(
@@ -46,6 +49,8 @@ class Distiller(nn.Module):
         noise_std: float = 0.0,
         input_size: tuple[int, ...] | None = None,
         example_input: Any = None,
+        branches: str | None = None,
+        branch_init: str = "default",
     ) -> None:
         super().__init__()
         self.sce_weight = sce_weight
@@ -55,10 +60,16 @@ class Distiller(nn.Module):
         self.plain: nn.Module | None = None
         if dynamic_teacher:
             self.gpd = expand(
-                student, ratio, input_size=input_size, example_input=example_input, noise_std=noise_std
+                student,
+                ratio,
+                input_size=input_size,
+                example_input=example_input,
+                noise_std=noise_std,
+                branches=branches,
+                branch_init=branch_init,
             )
         else:
-            self.plain = student
+            self.plain = with_branches(student, branches, branch_init)
 
     @property
     def has_dynamic_teacher(self) -> bool:
@@ -90,5 +101,5 @@ class Distiller(nn.Module):
         if self.gpd is not None:
             student = self.gpd.export_student()
         else:
-            student = copy.deepcopy(self.plain)
+            student = merge_branches(self.plain)
         return student.eval()  # type: ignore[union-attr]

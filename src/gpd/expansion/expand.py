@@ -211,6 +211,17 @@ def verify(
         model.train(modes[1])
 
 
+def with_branches(model: nn.Module, branches: str | None, branch_init: str) -> nn.Module:
+    """``model`` with multi-branch blocks added as asked (a copy), or ``model`` itself."""
+    if branches in (None, "none"):
+        return model
+    if branches != "orepa":
+        raise ExpansionError(f"branches must be 'orepa' or 'none', got {branches!r}")
+    from gpd.branches import add_branches  # the branch package registers rules with this one
+
+    return add_branches(model, init=branch_init)
+
+
 def expand(
     model: nn.Module,
     ratio: float = 2,
@@ -222,6 +233,8 @@ def expand(
     noise_std: float = 0.0,
     tolerance: float = 1e-4,
     check: bool = True,
+    branches: str | None = None,
+    branch_init: str = "default",
 ) -> GPDModel:
     """Build the dynamic teacher of ``model`` at width ``ratio`` and share its parameters.
 
@@ -236,9 +249,15 @@ def expand(
         noise_std: symmetry-breaking noise added to D's copies (0 = exact copies).
         tolerance: largest relative error accepted by the verification.
         check: verify numerically (eval mode) and raise ExpansionError on mismatch.
+        branches: "orepa" turns every 3x3 stride-1 convolution of the student into a
+            six-branch block first (Channel-Branch Reparameterization); None or
+            "none" keeps the student as it is. Exports merge the blocks back.
+        branch_init: "default" (training from scratch) or "identity" (each block starts
+            equal to its convolution: for a pretrained student).
     """
     plan = WidthPlan(ratio)
-    example = _example(model, example_input, input_size)
+    example = _example(model, example_input, input_size)  # before branches hide the stem conv
+    model = with_branches(model, branches, branch_init)
     roles = detect_roles(model, example, input_layers, output_layers)
     teacher, slices, output_maps, rules_used = build_teacher(model, plan, roles)
     named = roles.input_layers | roles.output_layers

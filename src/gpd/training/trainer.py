@@ -86,6 +86,8 @@ class Trainer:
             label_smoothing=cfg.train.label_smoothing,
             noise_std=cfg.gpd.noise_std,
             input_size=self.data.input_size,
+            branches=cfg.gpd.branches,
+            branch_init=cfg.gpd.branch_init,
         ).to(self.device)
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.distiller.to(memory_format=self.memory_format)

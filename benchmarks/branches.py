@@ -1,0 +1,84 @@
+"""Training-step cost of Channel-Branch Reparameterization (six-branch blocks).
+
+Measures, side by side in one run, the median training-step time and the peak
+resident memory of a student trained alone and with GPD, each with and without
+branches. Each configuration runs in its own process so peak memory is its own.
+
+    .venv/bin/python benchmarks/branches.py [--steps 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+CASES = [
+    # (student, in_chans, image size, batch)
+    ("resnet8", 1, 28, 128),
+    ("resnet20", 3, 32, 64),
+]
+
+
+def worker(student: str, in_chans: int, size: int, batch: int, gpd_on: bool, branches: str, steps: int, threads: int) -> dict:
+    import torch
+
+    from gpd.distill import Distiller
+    from gpd.models import create_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = create_model(student, num_classes=10, in_chans=in_chans)
+    distiller = Distiller(model, dynamic_teacher=gpd_on, input_size=(in_chans, size, size), branches=branches)
+    distiller.to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(distiller.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, in_chans, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    times = []
+    for step in range(steps + 3):
+        started = time.perf_counter()
+        loss = sum(distiller(x, y).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step >= 3:  # warm-up steps excluded
+            times.append(time.perf_counter() - started)
+    return {"step_ms": 1000 * statistics.median(times), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(**json.loads(args.worker), steps=args.steps, threads=args.threads)))
+        return
+    print(f"| student | input, batch | mode | step ms, no branches | step ms, branches | time ratio | peak RSS MB, no branches | peak RSS MB, branches |")
+    print("|---|---|---|---|---|---|---|---|")
+    for student, in_chans, size, batch in CASES:
+        for gpd_on in (False, True):
+            row = {}
+            for branches in ("none", "orepa"):
+                spec = dict(student=student, in_chans=in_chans, size=size, batch=batch, gpd_on=gpd_on, branches=branches)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--worker", json.dumps(spec), "--steps", str(args.steps), "--threads", str(args.threads)],
+                    capture_output=True, text=True, check=True,
+                )
+                row[branches] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(
+                f"| {student} | {in_chans}x{size}x{size}, {batch} | {'GPD r=2' if gpd_on else 'student alone'} "
+                f"| {row['none']['step_ms']:.0f} | {row['orepa']['step_ms']:.0f} "
+                f"| {row['orepa']['step_ms'] / row['none']['step_ms']:.2f}x "
+                f"| {row['none']['peak_rss_mb']:.0f} | {row['orepa']['peak_rss_mb']:.0f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
