@@ -12,7 +12,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from gpd.config.schema import Config
 from gpd.errors import ConfigError, first_line
 
-DEFAULT_CONFIG = "fashion_mnist/scratch_gpd"
+DEFAULT_CONFIG = "fashion_mnist/demo"
 
 
 def bundled_config_names() -> list[str]:

@@ -22,6 +22,7 @@ from timm.scheduler import create_scheduler_v2
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from gpd.branches import count_branch_blocks
 from gpd.config import Config
 from gpd.data import DataBundle, build_datasets
 from gpd.distill import Distiller
@@ -197,6 +198,9 @@ class Trainer:
             )
         else:
             line += "; trained alone (gpd.enabled=false)"
+        if self.cfg.gpd.branches != "none":
+            trained = d.gpd.student.module if d.gpd is not None else d.plain
+            line += f"; {count_branch_blocks(trained)} convolutions trained as six-branch blocks ({self.cfg.gpd.branches})"
         log(line)
         log(f"device: {self.device}, {torch.get_num_threads()} threads")
 
