@@ -64,3 +64,40 @@ def load_student(path: str | Path) -> nn.Module:
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not match the architecture {payload['spec'].get('name')}: {first_line(err)}") from None
     return model.eval()
+
+
+def load_weights(model: nn.Module, path: str | Path, what: str = "model") -> nn.Module:
+    """Load a checkpoint into ``model`` strictly: a run directory, a student.pt or a state_dict file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "student.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{what} checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read {what} checkpoint {path}: {first_line(err)[:200]}") from None
+    state = _state_dict_of(payload)
+    if state is None:
+        raise CheckpointError(f"{what} checkpoint {path} holds no state_dict (a gpd student.pt, a run directory or a state_dict file)")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{what} checkpoint {path} does not fit {type(model).__name__}: {first_line(err)}"
+        ) from None
+    return model
+
+
+def _state_dict_of(payload: Any) -> dict[str, torch.Tensor] | None:
+    if not isinstance(payload, dict):
+        return None
+    if payload.get("format") == STUDENT_FORMAT:
+        return payload["state_dict"]
+    if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload
+    for key in ("state_dict", "model"):
+        inner = payload.get(key)
+        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return inner
+    return None

@@ -98,6 +98,14 @@ def validate(cfg: Config) -> None:
     _require(
         g.branch_init in ("default", "identity"), f"gpd.branch_init must be default or identity, got '{g.branch_init}'"
     )
+    _require(cfg.kd.method in ("none", "kd", "dkd"), f"kd.method must be none, kd or dkd, got '{cfg.kd.method}'")
+    has_teacher = cfg.teacher.model is not None or cfg.teacher.checkpoint is not None
+    _require(
+        has_teacher == (cfg.kd.method != "none"),
+        "a static teacher (teacher.model / teacher.checkpoint) goes with a KD method (kd.method=kd or dkd), "
+        f"got kd.method={cfg.kd.method} and {'a' if has_teacher else 'no'} teacher",
+    )
+    _require(cfg.kd.temperature > 0 and cfg.dkd.temperature > 0, "kd.temperature and dkd.temperature must be > 0")
     _require(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
     _require(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")

@@ -40,6 +40,34 @@ class GPDConfig:
 
 
 @dataclass
+class StudentConfig:
+    checkpoint: Optional[str] = None  # fine-tuning: a run dir, student.pt or state_dict file (strict load)
+
+
+@dataclass
+class TeacherConfig:
+    model: Optional[str] = None  # the static teacher's architecture (not needed for a gpd student.pt)
+    checkpoint: Optional[str] = None  # a run dir, student.pt or state_dict file of the teacher
+    pretrained: bool = False  # torchvision/timm weights (needs internet)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class KDConfig:
+    method: str = "none"  # none | kd | dkd: the KD method against the static teacher
+    temperature: float = 4.0  # for kd
+    weight: float = 1.0  # for kd
+
+
+@dataclass
+class DKDConfig:
+    alpha: float = 1.0
+    beta: float = 8.0
+    temperature: float = 4.0
+    warmup_epochs: float = 20.0  # linear ramp of the DKD loss
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 2
     batch_size: int = 128
@@ -65,5 +93,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     gpd: GPDConfig = field(default_factory=GPDConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+    dkd: DKDConfig = field(default_factory=DKDConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: Optional[str] = None  # None: runs/<data>-<student>-<gpd|baseline>-<time>

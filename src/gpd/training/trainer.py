@@ -27,9 +27,10 @@ from gpd.config import Config
 from gpd.data import DataBundle, build_datasets
 from gpd.distill import Distiller
 from gpd.errors import ConfigError, GPDError
-from gpd.export import student_payload
+from gpd.export import load_weights, student_payload
 from gpd.models import create_model
 from gpd.training.evaluate import accuracy
+from gpd.training.static_teacher import build_static_teacher, check_fits
 from gpd.training.run_dir import CHECKPOINT_FILE, METRICS_FILE, STUDENT_FILE, MetricsCSV, atomic_torch_save
 
 CHECKPOINT_FORMAT = "gpd-checkpoint/1"
@@ -78,8 +79,25 @@ class Trainer:
         student = create_model(
             cfg.model.student, num_classes=self.data.num_classes, in_chans=self.data.in_chans, **cfg.model.kwargs
         )
+        if cfg.student.checkpoint is not None:  # fine-tuning: D starts equal to this student (IR)
+            load_weights(student, cfg.student.checkpoint, what="student")
+        check_fits(student, self.data, "student")
+        static_teacher = build_static_teacher(cfg, self.data)
+        kd_options = (
+            {"temperature": cfg.kd.temperature, "weight": cfg.kd.weight}
+            if cfg.kd.method == "kd"
+            else {
+                "alpha": cfg.dkd.alpha,
+                "beta": cfg.dkd.beta,
+                "temperature": cfg.dkd.temperature,
+                "warmup_epochs": cfg.dkd.warmup_epochs,
+            }
+        )
         self.distiller = Distiller(
             student,
+            static_teacher,
+            cfg.kd.method,
+            kd_options=kd_options if cfg.kd.method != "none" else None,
             dynamic_teacher=cfg.gpd.enabled,
             ratio=cfg.gpd.ratio,
             sce_weight=cfg.gpd.kd_weight,
@@ -123,6 +141,7 @@ class Trainer:
             updates_per_epoch=len(self.train_loader),
         )
         self.num_updates = 0
+        self.static_teacher_acc: float | None = None
         self.metrics = MetricsCSV(run_dir / METRICS_FILE)
 
     # -- one epoch ---------------------------------------------------------------------
@@ -144,7 +163,7 @@ class Trainer:
         for step, (x, y) in enumerate(self.train_loader):
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = y.to(self.device, non_blocking=True)
-            losses = self.distiller(x, y)
+            losses = self.distiller(x, y, epoch=epoch - 1 + step / len(self.train_loader))
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
@@ -178,7 +197,11 @@ class Trainer:
         models = {"student": self.distiller.student_logits}
         if self.distiller.has_dynamic_teacher:
             models["teacher"] = self.distiller.teacher_logits
-        return accuracy(models, self.test_loader, self.device, channels_last=self.cfg.train.channels_last)
+        if self.distiller.static_teacher is not None and self.static_teacher_acc is None:  # frozen: once
+            models["static_teacher"] = self.distiller.static_teacher
+        result = accuracy(models, self.test_loader, self.device, channels_last=self.cfg.train.channels_last)
+        self.static_teacher_acc = result.pop("static_teacher", self.static_teacher_acc)
+        return result
 
     # -- the run -----------------------------------------------------------------------
 
@@ -198,6 +221,11 @@ class Trainer:
             )
         else:
             line += "; trained alone (gpd.enabled=false)"
+        if d.static_teacher is not None:
+            line += (
+                f"; static teacher {self.cfg.teacher.model or self.cfg.teacher.checkpoint} "
+                f"({count_parameters(d.static_teacher) / 1e6:.3f}M parameters, frozen), KD method {self.cfg.kd.method}"
+            )
         if self.cfg.gpd.branches != "none":
             trained = d.gpd.student.module if d.gpd is not None else d.plain
             line += f"; {count_branch_blocks(trained)} convolutions trained as six-branch blocks ({self.cfg.gpd.branches})"
@@ -221,6 +249,7 @@ class Trainer:
                 "student_acc": acc["student"],
                 "teacher_acc": acc.get("teacher", ""),
                 "gap": acc["teacher"] - acc["student"] if "teacher" in acc else "",
+                "static_teacher_acc": self.static_teacher_acc if self.static_teacher_acc is not None else "",
                 "img_per_s": train["img_per_s"],
                 "seconds": time.perf_counter() - epoch_started,
             }
@@ -232,6 +261,8 @@ class Trainer:
             )
             if "teacher" in acc:
                 summary += f"  teacher {acc['teacher']:.2f}%  gap {row['gap']:+.2f}"
+            if self.static_teacher_acc is not None:
+                summary += f"  static teacher {self.static_teacher_acc:.2f}%"
             summary += f"  {train['img_per_s']:.0f} img/s  {row['seconds']:.1f} s"
             log(summary)
         self.export(row)

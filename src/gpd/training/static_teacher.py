@@ -1,0 +1,73 @@
+"""Build the frozen static teacher of a run, and check it fits the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gpd.config import Config
+from gpd.data import DataBundle
+from gpd.errors import CheckpointError, ConfigError, first_line
+from gpd.export import STUDENT_FORMAT, load_student, load_weights
+from gpd.models import create_model
+
+
+def _is_student_file(path: Path) -> bool:
+    path = path / "student.pt" if path.is_dir() else path
+    if not path.is_file():
+        return False
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(payload, dict) and payload.get("format") == STUDENT_FORMAT
+
+
+def build_static_teacher(cfg: Config, data: DataBundle) -> nn.Module | None:
+    """The static teacher described by ``cfg.teacher``, or None when the run has none.
+
+    A gpd student.pt (or a run directory) rebuilds its own architecture; any other
+    checkpoint needs ``teacher.model``. The teacher must accept the data's images and
+    predict its number of classes.
+    """
+    t = cfg.teacher
+    if t.model is None and t.checkpoint is None:
+        return None
+    if t.checkpoint is not None and t.model is None:
+        if not _is_student_file(Path(t.checkpoint)):
+            raise ConfigError(
+                f"teacher.checkpoint {t.checkpoint} is not a gpd student file or run directory; "
+                "also give teacher.model, the architecture its state_dict belongs to"
+            )
+        teacher = load_student(t.checkpoint)
+    else:
+        teacher = create_model(
+            t.model, num_classes=data.num_classes, in_chans=data.in_chans, pretrained=t.pretrained, **t.kwargs  # type: ignore[arg-type]
+        )
+        if t.checkpoint is not None:
+            load_weights(teacher, t.checkpoint, what="teacher")
+    check_fits(teacher, data, "teacher")
+    return teacher
+
+
+@torch.no_grad()
+def check_fits(model: nn.Module, data: DataBundle, role: str) -> None:
+    """Run one example through ``model``; refuse another input size or class count."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(torch.zeros(2, *data.input_size))
+    except Exception as err:
+        raise CheckpointError(
+            f"the {role} does not run on {data.name} images of size {'x'.join(map(str, data.input_size))}: "
+            f"{first_line(err)}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if logits.ndim != 2 or logits.shape[-1] != data.num_classes:
+        raise ConfigError(
+            f"the {role} predicts {logits.shape[-1]} classes but {data.name} has {data.num_classes}; "
+            f"give a {role} trained on this data set"
+        )

@@ -1,0 +1,114 @@
+"""The Distiller with a static teacher (KD, DKD) and the fine-tuning start."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_cli import needs_fashion_mnist
+
+import gpd
+from gpd.cli.main import main
+from gpd.config import load_config
+from gpd.export import student_payload
+from gpd.models import create_model
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def small_pair(seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model("resnet8", 10, 1), create_model("resnet20", 10, 1)
+
+
+def test_static_teacher_is_frozen_and_stays_in_eval_mode():
+    student, teacher = small_pair()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    distiller = gpd.Distiller(student, teacher, kd="kd", ratio=2, input_size=(1, 28, 28)).train()
+    assert not distiller.static_teacher.training
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    sum(distiller(x, y).values()).backward()
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    for key, value in teacher.state_dict().items():  # BatchNorm statistics did not move
+        assert torch.equal(value, before[key]), key
+    assert all(id(p) not in {id(q) for q in teacher.parameters()} for p in distiller.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("dynamic_teacher", [True, False])
+@pytest.mark.parametrize("method", ["kd", "dkd"])
+def test_loss_terms(method, dynamic_teacher):
+    student, teacher = small_pair()
+    distiller = gpd.Distiller(student, teacher, kd=method, dynamic_teacher=dynamic_teacher, input_size=(1, 28, 28))
+    losses = distiller(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)), epoch=30.0)
+    expected = {"ce_student", "kd_student"} | ({"ce_teacher", "kd_teacher", "sce"} if dynamic_teacher else set())
+    assert set(losses) == expected
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+
+
+def test_kd_term_matches_the_public_loss():
+    student, teacher = small_pair()
+    distiller = gpd.Distiller(student, teacher, kd="kd", kd_options={"temperature": 2.0}, dynamic_teacher=False)
+    distiller.eval()
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        expected = gpd.losses.kd(student(x), teacher(x), 2.0)
+        assert torch.allclose(distiller(x, y)["kd_student"], expected)
+
+
+def test_dkd_warms_up_linearly():
+    student, teacher = small_pair()
+    distiller = gpd.Distiller(student, teacher, kd="dkd", kd_options={"warmup_epochs": 10}, dynamic_teacher=False).eval()
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        full = distiller(x, y, epoch=10.0)["kd_student"]
+        assert distiller(x, y, epoch=0.0)["kd_student"].item() == 0.0
+        assert torch.allclose(distiller(x, y, epoch=5.0)["kd_student"], 0.5 * full)
+        assert torch.allclose(distiller(x, y, epoch=20.0)["kd_student"], full)
+
+
+def test_teacher_and_method_go_together():
+    student, teacher = small_pair()
+    with pytest.raises(gpd.ConfigError, match="static teacher"):
+        gpd.Distiller(student, teacher, kd="none")
+    with pytest.raises(gpd.ConfigError, match="static teacher"):
+        gpd.Distiller(student, None, kd="dkd")
+    with pytest.raises(gpd.ConfigError, match="kd.method"):
+        load_config(None, ["kd.method=dkd"])
+
+
+@needs_fashion_mnist
+def test_teacher_with_other_class_count_is_refused(tmp_path, capsys):
+    path = tmp_path / "teacher.pt"
+    torch.save(student_payload(create_model("resnet8", 5, 1)), path)
+    assert main(["train", f"output_dir={tmp_path / 'run'}", f"teacher.checkpoint={path}", "kd.method=kd"]) == 2
+    err = capsys.readouterr().err
+    assert "predicts 5 classes but fashion_mnist has 10" in err and err.count("\n") == 1
+
+
+@needs_fashion_mnist
+def test_teacher_checkpoint_of_another_architecture_is_refused(tmp_path, capsys):
+    path = tmp_path / "weights.pt"
+    torch.save(create_model("resnet20", 10, 1).state_dict(), path)
+    args = ["train", f"output_dir={tmp_path / 'run'}", "teacher.model=resnet8", f"teacher.checkpoint={path}", "kd.method=kd"]
+    assert main(args) == 2
+    assert "does not fit" in capsys.readouterr().err
+
+
+@needs_fashion_mnist
+def test_finetuning_starts_with_d_predicting_exactly_like_the_student(tmp_path):
+    from gpd.training import Trainer, prepare_run_dir
+
+    torch.manual_seed(0)
+    pretrained = create_model("resnet8", 10, 1)
+    path = tmp_path / "pretrained.pt"
+    torch.save(student_payload(pretrained), path)
+    cfg = load_config(None, [f"student.checkpoint={path}", f"output_dir={tmp_path / 'ft'}", "gpd.branches=orepa",
+                             "gpd.branch_init=identity"])  # fmt: skip
+    trainer = Trainer(cfg, prepare_run_dir(cfg))
+    distiller = trainer.distiller.eval()
+    with torch.no_grad():
+        for x, _ in trainer.test_loader:
+            x = x.contiguous(memory_format=torch.channels_last)
+            d_pred = distiller.teacher_logits(x).argmax(-1)
+            s_pred = distiller.student_logits(x).argmax(-1)
+            assert torch.equal(d_pred, s_pred)
+            assert torch.equal(s_pred, pretrained.eval()(x).argmax(-1))
