@@ -37,7 +37,8 @@ def architectures() -> list[tuple[str, Callable[[], nn.Module], tuple[float, ...
             for n in ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"]]
     vits.append(("timm:convnext_atto", lambda: timm.create_model("convnext_atto", num_classes=10), CNN_RATIOS))
     ours = [(n, lambda n=n: create_model(n, 10, 3, **({"small_input": True} if n == "mobilenetv1" else {})), CNN_RATIOS)
-            for n in list_models()]
+            for n in list_models() if not n.startswith("rvt")]
+    vits += [(f"{n} (img_size 32)", lambda n=n: create_model(n, 10, 3, img_size=32), CNN_RATIOS) for n in ("rvt_tiny", "rvt_small")]
     return tv + tm + ours + vits  # fmt: skip
 
 

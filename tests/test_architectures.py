@@ -46,13 +46,14 @@ CNNS: list = [
       for n in ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "vgg11_bn"]),
     *(pytest.param(f"timm:{n}", tm(n), id=f"timm:{n}") for n in ["resnet18", "mobilenetv1_100"]),
     *(pytest.param(n, bundled(n), marks=[pytest.mark.slow] if n in SLOW_BUNDLED else [], id=n)
-      for n in gpd.models.list_models()),
+      for n in gpd.models.list_models() if not n.startswith("rvt")),
 ]  # fmt: skip
 TRANSFORMERS: list = [
     pytest.param(tm("vit_tiny_patch16_224", img_size=32), id="timm:vit_tiny_patch16_224"),
     pytest.param(tm("deit_tiny_patch16_224", img_size=32), id="timm:deit_tiny_patch16_224"),
     pytest.param(tm("deit_tiny_distilled_patch16_224", img_size=32), id="timm:deit_tiny_distilled_patch16_224"),
     pytest.param(tm("convnext_atto"), id="timm:convnext_atto"),
+    pytest.param(lambda: create_model("rvt_tiny", 10, 3, img_size=32), id="rvt_tiny"),
 ]
 
 

@@ -18,6 +18,7 @@ BUNDLED = [
     "wrn_16_1", "wrn_16_2", "wrn_16_4", "wrn_40_1", "wrn_40_2", "wrn_40_4", "wrn_28_4", "wrn_28_10",
     "mobilenetv1",
 ]  # fmt: skip
+TRANSFORMERS = ["rvt_tiny", "rvt_small"]  # tested in test_rvt.py
 
 ALLOWED_LAYERS = (
     nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Flatten,
@@ -30,7 +31,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_list_models_has_all_bundled_names() -> None:
-    assert list_models() == sorted(BUNDLED)
+    assert list_models() == sorted(BUNDLED + TRANSFORMERS)
 
 
 @pytest.mark.parametrize("name", BUNDLED)
