@@ -25,7 +25,7 @@ def _is_student_file(path: Path) -> bool:
     return isinstance(payload, dict) and payload.get("format") == STUDENT_FORMAT
 
 
-def build_static_teacher(cfg: Config, data: DataBundle) -> nn.Module | None:
+def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint: bool = False) -> nn.Module | None:
     """The static teacher described by ``cfg.teacher``, or None when the run has none.
 
     A gpd student.pt (or a run directory) rebuilds its own architecture; any other
@@ -35,6 +35,13 @@ def build_static_teacher(cfg: Config, data: DataBundle) -> nn.Module | None:
     t = cfg.teacher
     if t.model is None and t.checkpoint is None:
         return None
+    if allow_missing_checkpoint and t.checkpoint is not None and not Path(t.checkpoint).exists():
+        if t.model is None:
+            raise ConfigError(f"teacher.checkpoint {t.checkpoint} does not exist yet; set teacher.model for a dry run")
+        print(f"dry run: teacher.checkpoint {t.checkpoint} does not exist yet -> a random {t.model} stands in")
+        teacher = create_model(t.model, num_classes=data.num_classes, in_chans=data.in_chans, **t.kwargs)  # type: ignore[arg-type]
+        check_fits(teacher, data, "teacher")
+        return teacher
     if t.checkpoint is not None and t.model is None:
         if not _is_student_file(Path(t.checkpoint)):
             raise ConfigError(

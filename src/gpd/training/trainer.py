@@ -11,6 +11,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ from tqdm import tqdm
 
 from gpd.branches import count_branch_blocks
 from gpd.config import Config
-from gpd.data import DataBundle, build_datasets
+from gpd.data import DataBundle, build_datasets, synthetic_bundle
+from gpd.data.synthetic import SHAPES
 from gpd.distill import Distiller
-from gpd.errors import ConfigError, GPDError
+from gpd.errors import ConfigError, DataError, GPDError
 from gpd.export import load_weights, student_payload
 from gpd.models import create_model
 from gpd.training.evaluate import accuracy
@@ -34,6 +36,8 @@ from gpd.training.static_teacher import build_static_teacher, check_fits
 from gpd.training.run_dir import CHECKPOINT_FILE, METRICS_FILE, STUDENT_FILE, MetricsCSV, atomic_torch_save
 
 CHECKPOINT_FORMAT = "gpd-checkpoint/1"
+DRY_RUN_STEPS = 2
+DRY_RUN_IMAGE_SIZE = 32
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,27 +66,23 @@ def log(message: str) -> None:
 class Trainer:
     """Builds a run from its config and trains it, writing into ``run_dir``."""
 
-    def __init__(self, cfg: Config, run_dir: Path) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, dry_run: bool = False) -> None:
+        """``dry_run``: a quick check of the whole configuration (DRY_RUN_STEPS steps, small
+        images, a synthetic data set and random weights standing in for missing files)."""
         self.cfg = cfg
         self.run_dir = run_dir
+        self.dry_run = dry_run
         self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
-        self.data: DataBundle = build_datasets(
-            cfg.data.name,
-            root=cfg.data.root,
-            train_subset=cfg.data.train_subset,
-            augment=cfg.data.augment,
-            image_size=cfg.data.image_size,
-            download=cfg.data.download,
-            seed=cfg.train.seed,
-        )
+        self.data = self._build_data()
         student = create_model(
             cfg.model.student, num_classes=self.data.num_classes, in_chans=self.data.in_chans, **cfg.model.kwargs
         )
         if cfg.student.checkpoint is not None:  # fine-tuning: D starts equal to this student (IR)
-            load_weights(student, cfg.student.checkpoint, what="student")
+            if self._present(cfg.student.checkpoint, "student.checkpoint"):
+                load_weights(student, cfg.student.checkpoint, what="student")
         check_fits(student, self.data, "student")
-        static_teacher = build_static_teacher(cfg, self.data)
+        static_teacher = build_static_teacher(cfg, self.data, allow_missing_checkpoint=dry_run)
         kd_options = (
             {"temperature": cfg.kd.temperature, "weight": cfg.kd.weight}
             if cfg.kd.method == "kd"
@@ -144,6 +144,27 @@ class Trainer:
         self.static_teacher_acc: float | None = None
         self.metrics = MetricsCSV(run_dir / METRICS_FILE)
 
+    def _build_data(self) -> DataBundle:
+        d = self.cfg.data
+        if not self.dry_run:
+            return build_datasets(
+                d.name, root=d.root, train_subset=d.train_subset, augment=d.augment,
+                image_size=d.image_size, download=d.download, seed=self.cfg.train.seed,
+            )  # fmt: skip
+        size = min(d.image_size or SHAPES.get(d.name, (0, 32))[1], DRY_RUN_IMAGE_SIZE)
+        try:
+            return build_datasets(d.name, root=d.root, train_subset=4 * self.cfg.train.batch_size, image_size=size)
+        except DataError as err:
+            log(f"dry run: {err} -> using a SYNTHETIC stand-in of random images")
+            return synthetic_bundle(d.name, image_size=size, samples=4 * self.cfg.train.batch_size)
+
+    def _present(self, path: str, key: str) -> bool:
+        """Whether a checkpoint file exists; a dry run goes on without it (random weights)."""
+        if self.dry_run and not Path(path).exists():
+            log(f"dry run: {key} {path} does not exist yet -> random weights stand in")
+            return False
+        return True
+
     # -- one epoch ---------------------------------------------------------------------
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
@@ -185,6 +206,8 @@ class Trainer:
             bar.update(y.numel())
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            if self.dry_run and step + 1 >= DRY_RUN_STEPS:
+                break
         bar.close()
         seconds = time.perf_counter() - started
         result = {name: float(total) / seen for name, total in sums.items()}
@@ -199,7 +222,8 @@ class Trainer:
             models["teacher"] = self.distiller.teacher_logits
         if self.distiller.static_teacher is not None and self.static_teacher_acc is None:  # frozen: once
             models["static_teacher"] = self.distiller.static_teacher
-        result = accuracy(models, self.test_loader, self.device, channels_last=self.cfg.train.channels_last)
+        batches = islice(self.test_loader, DRY_RUN_STEPS) if self.dry_run else self.test_loader
+        result = accuracy(models, batches, self.device, channels_last=self.cfg.train.channels_last)
         self.static_teacher_acc = result.pop("static_teacher", self.static_teacher_acc)
         return result
 
@@ -236,7 +260,7 @@ class Trainer:
         self.describe()
         run_started = time.perf_counter()
         row: dict[str, Any] = {}
-        for epoch in range(1, self.cfg.train.epochs + 1):
+        for epoch in range(1, (1 if self.dry_run else self.cfg.train.epochs) + 1):
             epoch_started = time.perf_counter()
             train = self.train_one_epoch(epoch)
             lr = self.optimizer.param_groups[0]["lr"]  # as of the epoch's last step
