@@ -112,3 +112,23 @@ def test_finetuning_starts_with_d_predicting_exactly_like_the_student(tmp_path):
             s_pred = distiller.student_logits(x).argmax(-1)
             assert torch.equal(d_pred, s_pred)
             assert torch.equal(s_pred, pretrained.eval()(x).argmax(-1))
+
+
+@pytest.mark.parametrize("dynamic_teacher", [True, False])
+def test_reviewkd_gives_student_and_d_their_own_fusion_heads(dynamic_teacher):
+    student, teacher = small_pair()
+    distiller = gpd.Distiller(student, teacher, kd="reviewkd", dynamic_teacher=dynamic_teacher, input_size=(1, 28, 28))
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    losses = distiller(x, y)
+    expected = {"ce_student", "reviewkd_student"} | ({"ce_teacher", "reviewkd_teacher", "sce"} if dynamic_teacher else set())
+    assert set(losses) == expected
+    sum(losses.values()).backward()
+    heads = distiller.review_heads
+    assert all(p.grad is not None for p in heads.parameters())
+    widths = {role: [abf.reduce[0].in_channels for abf in head.abfs] for role, head in heads.items()}
+    assert widths["student"] == [16, 32, 64]
+    if dynamic_teacher:
+        assert widths["teacher"] == [32, 64, 128]  # D's own fusion head, sized to D's widths
+    exported = distiller.export_student()
+    assert type(exported) is type(student)
+    exported.load_state_dict(create_model("resnet8", 10, 1).state_dict(), strict=True)  # no head inside

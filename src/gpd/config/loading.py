@@ -98,11 +98,15 @@ def validate(cfg: Config) -> None:
     _require(
         g.branch_init in ("default", "identity"), f"gpd.branch_init must be default or identity, got '{g.branch_init}'"
     )
-    _require(cfg.kd.method in ("none", "kd", "dkd"), f"kd.method must be none, kd or dkd, got '{cfg.kd.method}'")
+    _require(
+        cfg.kd.method in ("none", "kd", "dkd", "reviewkd"),
+        f"kd.method must be none, kd, dkd or reviewkd, got '{cfg.kd.method}'",
+    )
+    _require(cfg.reviewkd.mid_channels >= 1, f"reviewkd.mid_channels must be >= 1, got {cfg.reviewkd.mid_channels}")
     has_teacher = cfg.teacher.model is not None or cfg.teacher.checkpoint is not None
     _require(
         has_teacher == (cfg.kd.method != "none"),
-        "a static teacher (teacher.model / teacher.checkpoint) goes with a KD method (kd.method=kd or dkd), "
+        "a static teacher (teacher.model / teacher.checkpoint) goes with a KD method (kd.method=kd, dkd or reviewkd), "
         f"got kd.method={cfg.kd.method} and {'a' if has_teacher else 'no'} teacher",
     )
     _require(cfg.kd.temperature > 0 and cfg.dkd.temperature > 0, "kd.temperature and dkd.temperature must be > 0")

@@ -54,7 +54,7 @@ class TeacherConfig:
 
 @dataclass
 class KDConfig:
-    method: str = "none"  # none | kd | dkd: the KD method against the static teacher
+    method: str = "none"  # none | kd | dkd | reviewkd: the KD method against the static teacher
     temperature: float = 4.0  # for kd
     weight: float = 1.0  # for kd
 
@@ -65,6 +65,12 @@ class DKDConfig:
     beta: float = 8.0
     temperature: float = 4.0
     warmup_epochs: float = 20.0  # linear ramp of the DKD loss
+
+
+@dataclass
+class ReviewKDConfig:
+    weight: float = 1.0  # weight of the hierarchical context loss
+    mid_channels: int = 64  # width of the attention-based fusion modules
 
 
 @dataclass
@@ -97,5 +103,6 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     kd: KDConfig = field(default_factory=KDConfig)
     dkd: DKDConfig = field(default_factory=DKDConfig)
+    reviewkd: ReviewKDConfig = field(default_factory=ReviewKDConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: Optional[str] = None  # None: runs/<data>-<student>-<gpd|baseline>-<time>

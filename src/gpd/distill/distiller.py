@@ -7,6 +7,7 @@ user's own loop use this same object.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -14,12 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpd.branches import merge_branches
+from gpd.distill.features import feature_stage_names, stage_features
 from gpd.distill.kd_methods import KDLoss, build_kd_method
 from gpd.errors import ConfigError
 from gpd.expansion import expand
 from gpd.expansion.expand import with_branches
 from gpd.gpd_model import GPDModel
-from gpd.losses import sce
+from gpd.losses import ReviewKDHead, reviewkd_loss, sce
 
 
 def freeze(teacher: nn.Module) -> nn.Module:
@@ -39,8 +41,9 @@ class Distiller(nn.Module):
         CE(z_D, y) + CE(z_S, y) + sce_weight * SCE(z_S || sg(z_D))
 
     (DESIGN.md section 5, scratch and fine-tuning scenarios). With a frozen static
-    ``teacher`` and a KD method (``kd="kd"`` or ``"dkd"``, options in ``kd_options``)
-    the method's loss against the static teacher is added for D and for the student.
+    ``teacher`` and a KD method (``kd="kd"``, ``"dkd"`` or ``"reviewkd"``, options in
+    ``kd_options``) the method's loss against the static teacher is added for D and for
+    the student; ReviewKD gives the student and D each a fusion head of its own widths.
     With ``dynamic_teacher=False`` the student trains alone: CE, plus KD if a static
     teacher is given (the baselines).
 
@@ -69,8 +72,14 @@ class Distiller(nn.Module):
         branch_init: str = "default",
     ) -> None:
         super().__init__()
-        self.kd_loss = build_kd_method(kd, **(kd_options or {})) if isinstance(kd, str) else kd
-        if (teacher is None) != (self.kd_loss is None):
+        options = dict(kd_options or {})
+        self.reviewkd_weight = float(options.pop("weight", 1.0)) if kd == "reviewkd" else 0.0
+        reviewkd_mid = int(options.pop("mid_channels", 64)) if kd == "reviewkd" else 0
+        if kd == "reviewkd":
+            self.kd_loss: KDLoss | None = None
+        else:
+            self.kd_loss = build_kd_method(kd, **options) if isinstance(kd, str) else kd
+        if (teacher is None) != (self.kd_loss is None and kd != "reviewkd"):
             raise ConfigError(
                 "a static teacher needs a KD method and a KD method needs a static teacher "
                 f"(teacher {'given' if teacher is not None else 'missing'}, kd={kd!r})"
@@ -93,6 +102,9 @@ class Distiller(nn.Module):
             )
         else:
             self.plain = with_branches(student, branches, branch_init)
+        self.review_heads = nn.ModuleDict()
+        if kd == "reviewkd":
+            self._build_review_heads(reviewkd_mid, input_size, example_input)
 
     @property
     def has_dynamic_teacher(self) -> bool:
@@ -105,6 +117,36 @@ class Distiller(nn.Module):
         if self.gpd is None:
             raise RuntimeError("this Distiller trains the student alone; it has no dynamic teacher")
         return self.gpd.forward_teacher(x)
+
+    def _student_module(self) -> nn.Module:
+        return self.gpd.student.module if self.gpd is not None else self.plain  # type: ignore[return-value]
+
+    def _build_review_heads(self, mid_channels: int, input_size: tuple[int, ...] | None, example_input: Any) -> None:
+        """One ReviewKD fusion head for the student and one for D, sized by a probing forward pass."""
+        self.student_stages = feature_stage_names(self._student_module())
+        self.teacher_stages = feature_stage_names(self.static_teacher)  # type: ignore[arg-type]
+        if len(self.student_stages) != len(self.teacher_stages):
+            raise ConfigError(
+                f"ReviewKD pairs stages one to one: the student has {len(self.student_stages)} "
+                f"({', '.join(self.student_stages)}), the static teacher {len(self.teacher_stages)}"
+            )
+        if example_input is None:
+            if input_size is None:
+                raise ConfigError("ReviewKD needs input_size= or example_input= to size its fusion heads")
+            example_input = torch.zeros(2, *input_size)
+        with torch.no_grad():
+            with stage_features(self.static_teacher, self.teacher_stages) as t_feats:  # type: ignore[arg-type]
+                self.static_teacher(example_input)  # type: ignore[misc]
+            with stage_features(self._student_module(), self.student_stages) as s_feats:
+                self.student_logits(example_input)
+            widths = {"student": [f.shape[1] for f in s_feats]}
+            if self.gpd is not None:
+                with stage_features(self.gpd.teacher, self.student_stages) as d_feats:
+                    self.gpd.forward_teacher(example_input)
+                widths["teacher"] = [f.shape[1] for f in d_feats]
+        targets = [f.shape[1] for f in t_feats]
+        for role, channels in widths.items():
+            self.review_heads[role] = ReviewKDHead(channels, targets, mid_channels)
 
     def train(self, mode: bool = True) -> Distiller:
         """Train mode for the student and D; the static teacher stays frozen in eval mode."""
@@ -119,25 +161,46 @@ class Distiller(nn.Module):
         ``epoch`` (fractional, from 0) drives KD warm-up schedules such as DKD's.
         """
         ce = lambda logits: F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)  # noqa: E731
-        static_logits = None
+        reviewing = len(self.review_heads) > 0
+        static_logits, static_feats = None, []
         if self.static_teacher is not None:
-            with torch.no_grad():
+            with torch.no_grad(), self._taps(self.static_teacher, "teacher_stages", reviewing) as static_feats:
                 static_logits = self.static_teacher(x)
         losses: dict[str, torch.Tensor] = {}
         if self.gpd is not None:
-            teacher_logits = self.gpd.forward_teacher(x)
+            with self._taps(self.gpd.teacher, "student_stages", reviewing) as feats:
+                teacher_logits = self.gpd.forward_teacher(x)
             losses["ce_teacher"] = ce(teacher_logits)
-            if static_logits is not None:
-                losses["kd_teacher"] = self.kd_loss(teacher_logits, static_logits, y, epoch)  # type: ignore[misc]
-            student_logits = self.gpd.forward_student(x)
-        else:
-            student_logits = self.plain(x)  # type: ignore[misc]
+            self._add_kd(losses, "teacher", teacher_logits, feats, static_logits, static_feats, y, epoch)
+        with self._taps(self._student_module(), "student_stages", reviewing) as feats:
+            student_logits = self.student_logits(x)
         losses["ce_student"] = ce(student_logits)
-        if static_logits is not None:
-            losses["kd_student"] = self.kd_loss(student_logits, static_logits, y, epoch)  # type: ignore[misc]
+        self._add_kd(losses, "student", student_logits, feats, static_logits, static_feats, y, epoch)
         if self.gpd is not None:
             losses["sce"] = self.sce_weight * sce(student_logits, teacher_logits, eps=self.sce_eps)
         return losses
+
+    def _taps(self, model: nn.Module, stages_attr: str, active: bool) -> AbstractContextManager[list[torch.Tensor]]:
+        return stage_features(model, getattr(self, stages_attr)) if active else nullcontext([])
+
+    def _add_kd(
+        self,
+        losses: dict[str, torch.Tensor],
+        role: str,
+        logits: torch.Tensor,
+        feats: list[torch.Tensor],
+        static_logits: torch.Tensor | None,
+        static_feats: list[torch.Tensor],
+        y: torch.Tensor,
+        epoch: float | None,
+    ) -> None:
+        """The KD term of ``role`` (student or teacher) against the static teacher, if any."""
+        if static_logits is None:
+            return
+        if self.review_heads:
+            losses[f"reviewkd_{role}"] = self.reviewkd_weight * reviewkd_loss(self.review_heads[role], feats, static_feats)
+        else:
+            losses[f"kd_{role}"] = self.kd_loss(logits, static_logits, y, epoch)  # type: ignore[misc]
 
     def export_student(self) -> nn.Module:
         """A standalone copy of the student, in eval mode."""

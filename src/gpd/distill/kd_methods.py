@@ -15,7 +15,7 @@ import torch
 from gpd.errors import ConfigError
 from gpd.losses import dkd, kd
 
-KD_METHODS = ("none", "kd", "dkd")
+KD_METHODS = ("none", "kd", "dkd")  # logit-based; "reviewkd" (features) lives in the Distiller
 
 KDLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "float | None"], torch.Tensor]
 

@@ -83,21 +83,21 @@ class Trainer:
                 load_weights(student, cfg.student.checkpoint, what="student")
         check_fits(student, self.data, "student")
         static_teacher = build_static_teacher(cfg, self.data, allow_missing_checkpoint=dry_run)
-        kd_options = (
-            {"temperature": cfg.kd.temperature, "weight": cfg.kd.weight}
-            if cfg.kd.method == "kd"
-            else {
+        kd_options = {
+            "kd": {"temperature": cfg.kd.temperature, "weight": cfg.kd.weight},
+            "dkd": {
                 "alpha": cfg.dkd.alpha,
                 "beta": cfg.dkd.beta,
                 "temperature": cfg.dkd.temperature,
                 "warmup_epochs": cfg.dkd.warmup_epochs,
-            }
-        )
+            },
+            "reviewkd": {"weight": cfg.reviewkd.weight, "mid_channels": cfg.reviewkd.mid_channels},
+        }.get(cfg.kd.method)
         self.distiller = Distiller(
             student,
             static_teacher,
             cfg.kd.method,
-            kd_options=kd_options if cfg.kd.method != "none" else None,
+            kd_options=kd_options,
             dynamic_teacher=cfg.gpd.enabled,
             ratio=cfg.gpd.ratio,
             sce_weight=cfg.gpd.kd_weight,
