@@ -36,17 +36,25 @@ def student_payload(student: nn.Module, **metadata: Any) -> dict[str, Any]:
     }
 
 
-def read_student_file(path: str | Path) -> dict[str, Any]:
-    """Read and check a student.pt file (or the one inside a run directory)."""
+def _load_file(path: str | Path, missing: str, unreadable: str) -> tuple[Path, Any]:
+    """``torch.load`` (weights only) of a file or of a run directory's student.pt, with one-line errors.
+
+    ``missing`` and ``unreadable`` describe the file in the messages ("{path}" is filled in).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "student.pt"
     if not path.is_file():
-        raise CheckpointError(f"no exported student at {path}")
+        raise CheckpointError(missing.format(path=path))
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return path, torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"cannot read {path} as a gpd student file: {first_line(err)[:200]}") from None
+        raise CheckpointError(f"{unreadable.format(path=path)}: {first_line(err)[:200]}") from None
+
+
+def read_student_file(path: str | Path) -> dict[str, Any]:
+    """Read and check a student.pt file (or the one inside a run directory)."""
+    path, payload = _load_file(path, "no exported student at {path}", "cannot read {path} as a gpd student file")
     if not isinstance(payload, dict) or payload.get("format") != STUDENT_FORMAT:
         raise CheckpointError(f"{path} is not a gpd student file (expected format {STUDENT_FORMAT})")
     return payload
@@ -68,15 +76,7 @@ def load_student(path: str | Path) -> nn.Module:
 
 def load_weights(model: nn.Module, path: str | Path, what: str = "model") -> nn.Module:
     """Load a checkpoint into ``model`` strictly: a run directory, a student.pt or a state_dict file."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "student.pt"
-    if not path.is_file():
-        raise CheckpointError(f"{what} checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read {what} checkpoint {path}: {first_line(err)[:200]}") from None
+    path, payload = _load_file(path, f"{what} checkpoint {{path}} does not exist", f"cannot read {what} checkpoint {{path}}")
     state = _state_dict_of(payload)
     if state is None:
         raise CheckpointError(f"{what} checkpoint {path} holds no state_dict (a gpd student.pt, a run directory or a state_dict file)")
