@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from gpd.config import load_config
 from gpd.data import build_datasets
-from gpd.export import load_student, read_student_file
+from gpd.export import read_student_file, student_from_payload
 from gpd.training.evaluate import accuracy
 from gpd.training.run_dir import CONFIG_FILE, STUDENT_FILE
 from gpd.training.trainer import resolve_device
@@ -35,7 +35,7 @@ def evaluate_exported(path: str | Path, overrides: list[str] | None = None) -> d
         if size and len(size) == 3:
             defaults.append(f"data.image_size={size[-1]}")
         cfg = load_config(None, defaults + list(overrides or []))
-    model = load_student(student_file)
+    model = student_from_payload(payload, student_file)
     device = resolve_device(cfg.train.device)
     model.to(device)
     data = build_datasets(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, augment=False)

@@ -60,9 +60,8 @@ def read_student_file(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_student(path: str | Path) -> nn.Module:
-    """Rebuild an exported student from ``student.pt`` (or a run directory), in eval mode."""
-    payload = read_student_file(path)
+def student_from_payload(payload: dict[str, Any], path: str | Path) -> nn.Module:
+    """Rebuild the student held by a payload read with :func:`read_student_file`, in eval mode."""
     try:
         model = create_model_from_spec(payload["spec"])
     except GPDError as err:
@@ -72,6 +71,11 @@ def load_student(path: str | Path) -> nn.Module:
     except RuntimeError as err:
         raise CheckpointError(f"{path} does not match the architecture {payload['spec'].get('name')}: {first_line(err)}") from None
     return model.eval()
+
+
+def load_student(path: str | Path) -> nn.Module:
+    """Rebuild an exported student from ``student.pt`` (or a run directory), in eval mode."""
+    return student_from_payload(read_student_file(path), path)
 
 
 def load_weights(model: nn.Module, path: str | Path, what: str = "model") -> nn.Module:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from gpd.errors import ConfigError, first_line
-from gpd.export import load_student, read_student_file
+from gpd.export import read_student_file, student_from_payload
 
 FORMATS: dict[str, str] = {"pt": ".pt", "safetensors": ".safetensors", "onnx": ".onnx"}
 STUDENT_FILE = "student.pt"
@@ -198,7 +198,7 @@ def run_export(
     source = student_source(path)
     payload = read_student_file(source)
     target = resolve_output(source, fmt, output, overwrite)
-    model = load_student(source)
+    model = student_from_payload(payload, source)
     note = WRITERS[fmt](payload, model, target, input_size)
     return ExportResult(path=target, format=fmt, size=target.stat().st_size, note=note)
 

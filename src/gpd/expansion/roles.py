@@ -60,8 +60,8 @@ def iter_channel_tensor_holders(model: nn.Module) -> Iterator[tuple[str, nn.Modu
     """Containers (outside rule-handled units) with declared tensors of their own, and their axes."""
     inside_units = [name for name, _, entry in iter_units(model) if entry is not None]
     for name, module in model.named_modules():
-        if any(name == unit or name.startswith(unit + ".") for unit in inside_units if unit != name) or name in inside_units:
-            continue
+        if any(name == unit or name.startswith(unit + ".") for unit in inside_units):
+            continue  # a rule handles this module's tensors
         own = {n for n, _ in module.named_parameters(recurse=False)} | {n for n, _ in module.named_buffers(recurse=False)}
         axes = {n: axis for n, axis in channel_tensor_axes(module).items() if n in own}
         if axes:

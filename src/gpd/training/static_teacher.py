@@ -10,19 +10,8 @@ from torch import nn
 from gpd.config import Config
 from gpd.data import DataBundle
 from gpd.errors import CheckpointError, ConfigError, first_line
-from gpd.export import STUDENT_FORMAT, load_student, load_weights
+from gpd.export import load_weights, read_student_file, student_from_payload
 from gpd.models import create_model
-
-
-def _is_student_file(path: Path) -> bool:
-    path = path / "student.pt" if path.is_dir() else path
-    if not path.is_file():
-        return False
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return False
-    return isinstance(payload, dict) and payload.get("format") == STUDENT_FORMAT
 
 
 def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint: bool = False) -> nn.Module | None:
@@ -43,12 +32,14 @@ def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint
         check_fits(teacher, data, "teacher")
         return teacher
     if t.checkpoint is not None and t.model is None:
-        if not _is_student_file(Path(t.checkpoint)):
+        try:
+            payload = read_student_file(t.checkpoint)
+        except CheckpointError:
             raise ConfigError(
                 f"teacher.checkpoint {t.checkpoint} is not a gpd student file or run directory; "
                 "also give teacher.model, the architecture its state_dict belongs to"
-            )
-        teacher = load_student(t.checkpoint)
+            ) from None
+        teacher = student_from_payload(payload, t.checkpoint)
     else:
         teacher = create_model(
             t.model, num_classes=data.num_classes, in_chans=data.in_chans, pretrained=t.pretrained, **t.kwargs  # type: ignore[arg-type]
