@@ -87,11 +87,9 @@ def test_expand_passes_img_size_to_fixed_size_timm_models(capsys):
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["expand", "no_such_model"], "unknown model 'no_such_model'"),
         (["expand", "resnet8", "--kwarg", "width"], "--kwarg expects key=value"),
         (["expand", "resnet8", "--kwarg", "nonsense=1"], "unknown argument"),
         (["expand", "resnet8", "--in-chans", "3", "--input-size", "1", "28", "28"], "disagrees"),
-        (["expand", "resnet8", "--ratio", "0.5"], "ratio must be >= 1"),
     ],
 )
 def test_expand_errors_are_one_line(argv, needle, capsys):
@@ -203,15 +201,6 @@ def test_export_onnx_needs_an_input_size(tmp_path: Path, capsys):
     assert not path.with_suffix(".onnx").exists()
     assert main(["export", str(path), "--format", "onnx", "--input-size", "1", "20", "20"]) == 0
     assert_close_to_scale(onnx_outputs(path.with_suffix(".onnx"), torch.ones(1, 1, 20, 20)), reference_output(path, torch.ones(1, 1, 20, 20)))
-
-
-def test_export_of_a_missing_or_foreign_file_is_one_line(tmp_path: Path, capsys):
-    assert main(["export", str(tmp_path), "--format", "onnx"]) == 2
-    assert "no exported student" in one_line_error(capsys)
-    bogus = tmp_path / "bogus.pt"
-    torch.save({"weights": torch.zeros(1)}, bogus)
-    assert main(["export", str(bogus), "--format", "safetensors"]) == 2
-    assert "not a gpd student file" in one_line_error(capsys)
 
 
 def test_export_onnx_of_an_expanded_vit_student(tmp_path: Path, capsys):

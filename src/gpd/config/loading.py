@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import is_dataclass
 from importlib import resources
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from gpd.config.schema import Config
-from gpd.errors import ConfigError, first_line
+from gpd.errors import ConfigError, ModelError, first_line
 
 DEFAULT_CONFIG = "fashion_mnist/demo"
 
@@ -39,35 +40,90 @@ def resolve_config_path(name_or_path: str) -> Path:
     )
 
 
-def _one_line(err: OmegaConfBaseException) -> str:
-    msg = str(getattr(err, "msg", err)).splitlines()[0]
+def _one_line(err: Exception, base: DictConfig, layer: DictConfig, where: str) -> str:
+    """A one-line message for an error of merging ``layer`` (from ``where``) into ``base``."""
+    msg = str(getattr(err, "msg", None) or err).strip()
+    msg = msg.splitlines()[0] if msg else type(err).__name__
     key = getattr(err, "full_key", None)
+    in_file = f" {where}" if where.startswith("in ") else ""  # an override names its key already
     if isinstance(err, ConfigKeyError):
-        return f"unknown config key '{key}'" + (f" ({msg.split('. ', 1)[1]})" if "Did you mean" in msg else "")
-    return f"bad value for '{key}': {msg}" if key else msg
+        if not key:
+            return f"empty config key {where}"
+        hint = f" ({msg.split('. ', 1)[1]})" if "Did you mean" in msg else ""
+        return f"unknown config key '{key}'{hint}{in_file}"
+    if key:
+        return f"bad value for '{key}'{in_file}: {msg}"
+    section = _misused_section(base, layer)
+    if section is not None:
+        first = next(iter(OmegaConf.select(base, section)), "...")
+        return f"'{section}' is a section of the config, not a value; set its keys instead, e.g. {section}.{first}=..."
+    return f"{msg} {where}"
+
+
+def _misused_section(base: DictConfig, layer: DictConfig, prefix: str = "") -> str | None:
+    """The dotted key where ``layer`` puts a plain value in place of a config section, if any."""
+    for key in layer:
+        if key not in base:
+            continue
+        if is_dataclass(OmegaConf.get_type(base, key)):
+            value = layer._get_node(key)
+            if not isinstance(value, DictConfig):
+                return f"{prefix}{key}"
+            found = _misused_section(base[key], value, f"{prefix}{key}.")
+            if found:
+                return found
+    return None
+
+
+def _merge(base: DictConfig, layer: DictConfig, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)  # type: ignore[return-value]
+    except (OmegaConfBaseException, TypeError, ValueError) as err:
+        raise ConfigError(_one_line(err, base, layer, where)) from None
 
 
 def load_config(config: str | None = None, overrides: list[str] | None = None) -> Config:
     """Merge the schema's defaults, a config file (or bundled name) and dotted overrides."""
-    layers: list[DictConfig] = [OmegaConf.structured(Config)]
+    merged: DictConfig = OmegaConf.structured(Config)
     if config is not None:
         path = resolve_config_path(config)
         try:
-            layers.append(OmegaConf.load(path))
+            layer = OmegaConf.load(path)
         except Exception as err:  # YAML syntax errors come in many classes
             raise ConfigError(f"cannot read config {path}: {first_line(err)}") from None
+        if not isinstance(layer, DictConfig):
+            raise ConfigError(
+                f"config {path} must be a mapping of sections (data:, model:, train: ...), not a list"
+            )
+        merged = _merge(merged, layer, f"in {path}")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.epochs=5)")
-    try:
-        if overrides:
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
-        merged = OmegaConf.merge(*layers)
-    except (ConfigKeyError, ValidationError, OmegaConfBaseException) as err:
-        raise ConfigError(_one_line(err)) from None
+    for item in overrides or []:  # one at a time, so an error names its override
+        try:
+            layer = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"bad override '{item}': {first_line(err)}") from None
+        merged = _merge(merged, layer, f"(override '{item}')")
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(cfg)
+    _check_names(cfg)
     return cfg
+
+
+def _check_names(cfg: Config) -> None:
+    """Refuse an unknown data set or model name now, before a run directory is made or data is loaded."""
+    from gpd.data.datasets import KNOWN_DATASETS  # not at the top: these import much of gpd
+    from gpd.models import check_model_name
+
+    if cfg.data.name.lower().replace("-", "_") not in KNOWN_DATASETS:
+        raise ConfigError(f"data.name: unknown data set '{cfg.data.name}'; known data sets: {', '.join(KNOWN_DATASETS)}")
+    for key, name in (("model.student", cfg.model.student), ("teacher.model", cfg.teacher.model)):
+        if name is not None:
+            try:
+                check_model_name(name)
+            except ModelError as err:
+                raise ConfigError(f"{key}: {err}") from None
 
 
 def _require(ok: bool, message: str) -> None:

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from gpd.models import cifar_resnet, mobilenet, rvt, wrn  # noqa: F401  (imported to register)
-from gpd.models.registry import create_model, create_model_from_spec, list_models, register_model
+from gpd.models.registry import check_model_name, create_model, create_model_from_spec, list_models, register_model
 
-__all__ = ["create_model", "create_model_from_spec", "list_models", "register_model"]
+__all__ = ["check_model_name", "create_model", "create_model_from_spec", "list_models", "register_model"]

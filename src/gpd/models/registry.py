@@ -91,6 +91,21 @@ def create_model(
     return model
 
 
+def check_model_name(name: str) -> None:
+    """Raise :class:`ModelError` if ``name`` names no bundled, torchvision or timm model.
+
+    Cheap (nothing is built), so a config can be checked before any data is loaded.
+    """
+    if not isinstance(name, str):
+        raise ModelError(f"model name must be a string, got {type(name).__name__}")
+    if name.startswith(TV_PREFIX):
+        _check_torchvision_name(name[len(TV_PREFIX) :])
+    elif name.startswith(TIMM_PREFIX):
+        _check_timm_name(name[len(TIMM_PREFIX) :])
+    elif name not in _REGISTRY:
+        raise ModelError(_unknown_name_message(name))
+
+
 def create_model_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Rebuild a (randomly initialised) model from a ``gpd_spec`` dict.
 
@@ -153,6 +168,25 @@ def _unknown_name_message(name: str) -> str:
     )
 
 
+def _check_torchvision_name(arch: str) -> None:
+    import torchvision.models as tvm
+
+    known = tvm.list_models(module=tvm)
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=1)
+        hint = f" (did you mean 'tv:{close[0]}'?)" if close else ""
+        raise ModelError(f"unknown torchvision classification model 'tv:{arch}'{hint}")
+
+
+def _check_timm_name(arch: str) -> None:
+    import timm
+
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=1)
+        hint = f" (did you mean 'timm:{close[0]}'?)" if close else ""
+        raise ModelError(f"unknown timm model 'timm:{arch}'{hint}")
+
+
 def _create_bundled(
     name: str, num_classes: int, in_chans: int, pretrained: bool, kwargs: dict[str, Any]
 ) -> nn.Module:
@@ -183,11 +217,7 @@ def _create_torchvision(
 ) -> nn.Module:
     import torchvision.models as tvm
 
-    known = tvm.list_models(module=tvm)
-    if arch not in known:
-        close = difflib.get_close_matches(arch, known, n=1)
-        hint = f" (did you mean 'tv:{close[0]}'?)" if close else ""
-        raise ModelError(f"unknown torchvision classification model 'tv:{arch}'{hint}")
+    _check_torchvision_name(arch)
     try:
         if pretrained:
             # torchvision cannot resize a pretrained head, so load the 1000-class model
@@ -265,10 +295,7 @@ def _create_timm(
 ) -> nn.Module:
     import timm
 
-    if not timm.is_model(arch):
-        close = difflib.get_close_matches(arch, timm.list_models(), n=1)
-        hint = f" (did you mean 'timm:{close[0]}'?)" if close else ""
-        raise ModelError(f"unknown timm model 'timm:{arch}'{hint}")
+    _check_timm_name(arch)
     try:
         return timm.create_model(
             arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs

@@ -10,7 +10,7 @@ from torch import nn
 from gpd.config import Config
 from gpd.data import DataBundle
 from gpd.errors import CheckpointError, ConfigError, first_line
-from gpd.export import load_weights, read_student_file, student_from_payload
+from gpd.export import is_student_payload, load_weights, read_checkpoint, student_from_payload
 from gpd.models import create_model
 
 
@@ -32,14 +32,13 @@ def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint
         check_fits(teacher, data, "teacher")
         return teacher
     if t.checkpoint is not None and t.model is None:
-        try:
-            payload = read_student_file(t.checkpoint)
-        except CheckpointError:
+        path, payload = read_checkpoint(t.checkpoint, "teacher.checkpoint")  # missing or unreadable: one line
+        if not is_student_payload(payload):
             raise ConfigError(
-                f"teacher.checkpoint {t.checkpoint} is not a gpd student file or run directory; "
+                f"teacher.checkpoint {path} is not a gpd student file or run directory; "
                 "also give teacher.model, the architecture its state_dict belongs to"
-            ) from None
-        teacher = student_from_payload(payload, t.checkpoint)
+            )
+        teacher = student_from_payload(payload, path)
     else:
         teacher = create_model(
             t.model, num_classes=data.num_classes, in_chans=data.in_chans, pretrained=t.pretrained, **t.kwargs  # type: ignore[arg-type]
