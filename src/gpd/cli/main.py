@@ -95,6 +95,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from gpd.cli.report_cmd import format_result, run_report
+
+    print(format_result(run_report(args.run_dirs, output=args.output, overwrite=args.overwrite)))
+    return 0
+
+
 def _add_expand_parser(sub: argparse._SubParsersAction) -> None:
     expand = sub.add_parser(
         "expand",
@@ -142,6 +149,23 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     export.set_defaults(func=cmd_export)
 
 
+def _add_report_parser(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser(
+        "report",
+        help="plot and summarise one or more run directories (accuracy, gap, losses, lr; report.md)",
+        description=(
+            "Read the config.yaml and metrics.csv of each RUN_DIR and write accuracy.png, gap.png, "
+            "losses.png, lr.png and report.md (a comparison table, the figures, per-epoch tables). "
+            "One run reports into RUN_DIR/report/; several runs need --output. An existing report is "
+            "never replaced without --overwrite."
+        ),
+    )
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run directory written by gpd train")
+    report.add_argument("--output", default=None, metavar="DIR", help="folder of the report (default RUN_DIR/report)")
+    report.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    report.set_defaults(func=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpd", description="Gap Preserving Distillation: train a student with a dynamic teacher.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -173,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_expand_parser(sub)
     _add_export_parser(sub)
+    _add_report_parser(sub)
     return parser
 
 

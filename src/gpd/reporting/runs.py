@@ -1,0 +1,188 @@
+"""Read finished (or running) training runs back from their run directories.
+
+A run directory written by ``gpd train`` holds ``config.yaml`` and ``metrics.csv``;
+this module turns them into a :class:`RunRecord` that the plots and the summary share,
+so that the CSV is parsed, and its errors reported, in one place.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpd.errors import DataError
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.csv"
+LOSS_PREFIX = "loss_"
+
+Row = dict[str, float | None]
+
+
+@dataclass
+class RunRecord:
+    """One run: where it lives, how it is labelled in a report, its config and metrics.
+
+    ``rows`` holds one dict per epoch, column name to number; an empty cell (a
+    column that does not apply to the run) is ``None``.
+    """
+
+    path: Path
+    label: str
+    config: dict[str, Any]
+    rows: list[Row]
+
+    @property
+    def columns(self) -> list[str]:
+        """The metrics.csv columns, in file order."""
+        return list(self.rows[0]) if self.rows else []
+
+    @property
+    def epochs(self) -> list[float | None]:
+        return self.values("epoch")
+
+    @property
+    def loss_terms(self) -> list[str]:
+        """``train_loss`` and the ``loss_<term>`` columns that hold a value."""
+        names = ["train_loss"] + [c for c in self.columns if c.startswith(LOSS_PREFIX)]
+        return [name for name in names if self.has(name)]
+
+    def values(self, column: str) -> list[float | None]:
+        """One value per epoch; ``None`` where the cell is empty or the column absent."""
+        return [row.get(column) for row in self.rows]
+
+    def has(self, column: str) -> bool:
+        """Whether any epoch has a (non-NaN) value in ``column``."""
+        return any(_is_number(v) for v in self.values(column))
+
+    def last(self, column: str) -> float | None:
+        """The value of the last epoch that has one."""
+        numbers = [v for v in self.values(column) if _is_number(v)]
+        return numbers[-1] if numbers else None
+
+    def best(self, column: str) -> tuple[float, float | None] | None:
+        """The largest value and the epoch it was reached (first one on ties), or ``None``."""
+        pairs = [(v, e) for v, e in zip(self.values(column), self.epochs) if _is_number(v)]
+        if not pairs:
+            return None
+        top = max(v for v, _ in pairs)
+        return next((v, e) for v, e in pairs if v == top)
+
+    def total(self, column: str) -> float | None:
+        numbers = [v for v in self.values(column) if _is_number(v)]
+        return sum(numbers) if numbers else None
+
+    def setting(self, dotted: str, default: Any = None) -> Any:
+        """A config value by dotted key (``"gpd.ratio"``), or ``default`` when absent."""
+        node: Any = self.config
+        for key in dotted.split("."):
+            if not isinstance(node, dict) or key not in node:
+                return default
+            node = node[key]
+        return node
+
+
+def _is_number(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
+
+
+def read_run(path: str | Path, label: str | None = None) -> RunRecord:
+    """Read one run directory; a :class:`DataError` says what is missing or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"run directory {path} does not exist; pass a directory written by gpd train")
+    if not path.is_dir():
+        raise DataError(f"{path} is not a directory; pass a run directory written by gpd train")
+    return RunRecord(
+        path=path,
+        label=label or _name_of(path),
+        config=read_config(path / CONFIG_FILE),
+        rows=read_metrics(path / METRICS_FILE),
+    )
+
+
+def read_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
+    """Read several runs, with labels made unique when directory names repeat."""
+    return [read_run(path, label) for path, label in zip(paths, unique_labels([Path(p) for p in paths]))]
+
+
+def unique_labels(paths: Sequence[Path]) -> list[str]:
+    """Directory names; a repeated name gets its parent folder in front, then a counter if still repeated."""
+    names = [_name_of(p) for p in paths]
+    labels = [
+        f"{p.resolve().parent.name}/{name}" if names.count(name) > 1 and p.resolve().parent.name else name
+        for p, name in zip(paths, names)
+    ]
+    seen: dict[str, int] = {}
+    result = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        result.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return result
+
+
+def _name_of(path: Path) -> str:
+    return path.resolve().name or str(path)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The run's config as plain dicts; ``{}`` when the run has no config.yaml."""
+    if not path.is_file():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path} cannot be read as YAML ({reason}); restore it from the run or delete it") from None
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def read_metrics(path: Path) -> list[Row]:
+    """Parse metrics.csv: numbers, ``None`` for empty cells; refuse anything else."""
+    if not path.is_file():
+        raise DataError(
+            f"{path.parent} has no {METRICS_FILE}; pass a run directory written by gpd train "
+            "(it writes the file after the first epoch)"
+        )
+    try:
+        with open(path, newline="") as f:
+            lines = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error, OSError) as err:
+        raise DataError(f"{path} is not a readable CSV file ({type(err).__name__}); restore it from the run") from None
+    lines = [line for line in lines if any(cell.strip() for cell in line)]
+    if not lines:
+        raise DataError(f"{path} is empty; report the run once it has finished an epoch")
+    header = [name.strip() for name in lines[0]]
+    if "epoch" not in header:
+        raise DataError(f"{path} has no 'epoch' column in its header; it is not a metrics file written by gpd train")
+    if len(lines) == 1:
+        raise DataError(f"{path} has a header but no epochs; report the run once it has finished an epoch")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        if len(line) > len(header):
+            raise DataError(
+                f"{path} line {number} has {len(line)} cells for {len(header)} columns; fix or delete that line"
+            )
+        rows.append({name: _number(path, number, name, cell) for name, cell in zip(header, line)})
+        rows[-1].update({name: None for name in header[len(line):]})  # a cut-off last line
+        if rows[-1]["epoch"] is None:
+            raise DataError(f"{path} line {number} has no epoch number; fix or delete that line")
+    return rows
+
+
+def _number(path: Path, line: int, column: str, cell: str) -> float | None:
+    cell = cell.strip()
+    if not cell:
+        return None
+    try:
+        return float(cell)
+    except ValueError:
+        raise DataError(
+            f"{path} line {line}: column '{column}' holds {cell!r}, not a number; fix or delete that line"
+        ) from None

@@ -1,0 +1,198 @@
+"""The report's text: ``report.md`` with a comparison table, the figures and per-epoch tables.
+
+Markdown, so the report reads well on a code host or in any editor, and the figures
+are linked by relative paths so the report folder can be moved or shared whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from gpd.reporting.runs import RunRecord
+
+MISSING = "—"
+MAX_EPOCH_ROWS = 25  # longer runs show every k-th epoch, plus the best and the last
+
+FIGURE_CAPTIONS = {
+    "accuracy.png": "Test accuracy per epoch",
+    "gap.png": "Gap between the dynamic teacher and the student",
+    "losses.png": "Training loss terms per epoch",
+    "lr.png": "Learning rate per epoch",
+}
+
+# (column, header) of the per-epoch tables; columns without any value are left out
+EPOCH_COLUMNS = [
+    ("epoch", "epoch"),
+    ("lr", "lr"),
+    ("train_loss", "train loss"),
+    ("student_acc", "student acc (%)"),
+    ("teacher_acc", "dyn. teacher acc (%)"),
+    ("gap", "gap"),
+    ("ema_student_acc", "EMA student acc (%)"),
+    ("ema_teacher_acc", "EMA teacher acc (%)"),
+    ("img_per_s", "img/s"),
+    ("seconds", "time (s)"),
+]
+
+
+def acc(value: float | None) -> str:
+    return MISSING if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as people read them: 42.1 s, 4 min 15 s, 2 h 05 min."""
+    if seconds is None:
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def final_gap(run: RunRecord) -> float | None:
+    """Teacher minus student accuracy at the last epoch that evaluated both."""
+    pairs = [
+        (t, s)
+        for t, s in zip(run.values("teacher_acc"), run.values("student_acc"))
+        if t is not None and s is not None and not math.isnan(t - s)
+    ]
+    return pairs[-1][0] - pairs[-1][1] if pairs else None
+
+
+def gpd_setting(run: RunRecord) -> str:
+    enabled = run.setting("gpd.enabled")
+    if enabled is None:
+        return "on" if run.has("teacher_acc") else MISSING
+    if not enabled:
+        return "off"
+    ratio = run.setting("gpd.ratio")
+    return f"on, r={ratio:g}" if isinstance(ratio, (int, float)) else "on"
+
+
+def kd_setting(run: RunRecord) -> str:
+    method = run.setting("kd.method") or "none"
+    checkpoint = run.setting("teacher.checkpoint")
+    teacher = run.setting("teacher.model") or (Path(str(checkpoint)).name if checkpoint else None)
+    return f"{method} (teacher {teacher})" if teacher else str(method)
+
+
+def epochs_done(run: RunRecord) -> str:
+    planned = run.setting("train.epochs")
+    done = len(run.rows)
+    return f"{done} of {planned}" if isinstance(planned, int) and planned > done else str(done)
+
+
+def _best(run: RunRecord) -> str:
+    best = run.best("student_acc")
+    if best is None:
+        return MISSING
+    value, epoch = best
+    return f"{value:.2f} (epoch {epoch:g})" if epoch is not None else f"{value:.2f}"
+
+
+def comparison_table(runs: Sequence[RunRecord]) -> list[str]:
+    """One row per run: settings, final and best accuracies, gap, time."""
+    with_ema = any(run.has("ema_student_acc") for run in runs)
+    header = [
+        "run", "student", "GPD", "KD", "epochs", "final student acc (%)", "best student acc (%)",
+        "final dyn. teacher acc (%)", "final gap", "static teacher acc (%)",
+    ]
+    header += ["final EMA student acc (%)"] if with_ema else []
+    header += ["training time"]
+    rows = []
+    for run in runs:
+        gap = final_gap(run)
+        row = [
+            run.label,
+            run.setting("model.student", MISSING),
+            gpd_setting(run),
+            kd_setting(run),
+            epochs_done(run),
+            acc(run.last("student_acc")),
+            _best(run),
+            acc(run.last("teacher_acc")),
+            MISSING if gap is None else f"{gap:+.2f}",
+            acc(run.last("static_teacher_acc")),
+        ]
+        row += [acc(run.last("ema_student_acc"))] if with_ema else []
+        row += [duration(run.total("seconds"))]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def _shown_epochs(run: RunRecord) -> list[int]:
+    """Row indices of the per-epoch table: all of them, or every k-th plus the best and the last."""
+    n = len(run.rows)
+    if n <= MAX_EPOCH_ROWS:
+        return list(range(n))
+    step = math.ceil(n / (MAX_EPOCH_ROWS - 5))
+    keep = set(range(0, n, step)) | {n - 1}
+    best = run.best("student_acc")
+    if best is not None and best[1] is not None:
+        keep.add(run.epochs.index(best[1]))
+    return sorted(keep)
+
+
+def _format(column: str, value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return MISSING
+    if column == "epoch":
+        return f"{value:g}"
+    if column == "lr":
+        return f"{value:.4g}"
+    if column == "gap":
+        return f"{value:+.2f}"
+    if column in ("img_per_s", "seconds"):
+        return f"{value:.0f}" if column == "img_per_s" else f"{value:.1f}"
+    if column.endswith("_acc"):
+        return f"{value:.2f}"
+    return f"{value:.4f}"
+
+
+def epoch_table(run: RunRecord) -> list[str]:
+    columns = [(c, h) for c, h in EPOCH_COLUMNS if run.has(c)]
+    shown = _shown_epochs(run)
+    rows = [[_format(c, run.rows[i].get(c)) for c, _ in columns] for i in shown]
+    lines = _table([h for _, h in columns], rows)
+    if len(shown) < len(run.rows):
+        step = shown[1] - shown[0]
+        lines += ["", f"One epoch in {step} of {len(run.rows)} shown, with the best and the last; metrics.csv has all."]
+    return lines
+
+
+def render_report(runs: Sequence[RunRecord], figures: Mapping[str, str], notes: Sequence[str] = ()) -> str:
+    """The whole report.md; ``figures`` maps an image file name (relative to report.md) to its caption."""
+    title = f"Training report: {runs[0].label}" if len(runs) == 1 else f"Training report: {len(runs)} runs"
+    lines = [f"# {title}", ""]
+    lines += comparison_table(runs)
+    lines += [
+        "",
+        "Accuracies are test accuracies in percent; gap = dynamic teacher − student at the last epoch; "
+        "training time is the sum of the epochs' times.",
+        "",
+        "## Figures",
+        "",
+    ]
+    for name, caption in figures.items():
+        lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
+    lines += [f"*{note}*\n" for note in notes]
+    for run in runs:
+        lines += [f"## {run.label}", "", f"Run directory: `{run.path.resolve()}`", ""]
+        lines += epoch_table(run)
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
