@@ -433,21 +433,11 @@ def test_output_dir_that_is_a_file(tmp_path, capsys):
     assert f"output_dir {target} exists and is not a directory" in err
 
 
-@pytest.mark.xfail(
-    reason="prepare_run_dir(overwrite=True) deletes the old run's files before the Trainer checks the input; "
-    "cmd_train must build and check everything first (or defer the deletion), then clear the old run",
-    strict=True,
-)
 def test_bad_input_with_overwrite_keeps_the_old_run(old_run, files, capsys):
     with untouched(old_run):
         fails(["train", f"output_dir={old_run}", f"student.checkpoint={files / 'missing.pt'}", "--overwrite"], capsys)
 
 
-@pytest.mark.xfail(
-    reason="cmd_train calls prepare_run_dir (mkdir + config.yaml) before the Trainer checks data and checkpoints, "
-    "so a failed start leaves an output_dir that the corrected command then refuses as 'already holds a run'",
-    strict=True,
-)
 @pytest.mark.parametrize("bad", ["student.checkpoint={files}/missing.pt", "data.root={files}/empty_dir"])
 def test_failed_start_leaves_no_output_dir(bad, files, tmp_path, capsys):
     fails(["train", bad.replace("{files}", str(files)), f"output_dir={tmp_path / 'run'}"], capsys)

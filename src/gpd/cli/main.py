@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gpd.config import DEFAULT_CONFIG, bundled_config_names, load_config
-from gpd.errors import GPDError
+from gpd.errors import ConfigError, GPDError
 
 EXIT_USAGE = 2
 
@@ -33,27 +33,22 @@ def _split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gpd.training import prepare_run_dir, train
+    from gpd.training import dry_run, launch, resume_config
 
     config, overrides = _split_config_and_overrides(args.items)
+    if args.resume is not None:
+        if config is not None:
+            raise ConfigError(f"--resume takes the run's own config.yaml; drop '{config}' (overrides like train.epochs=N are fine)")
+        if args.overwrite or args.dry_run:
+            raise ConfigError("--resume cannot be combined with --overwrite or --dry-run")
+        launch(resume_config(Path(args.resume), overrides), resume=True)
+        return 0
     cfg = load_config(config or DEFAULT_CONFIG, overrides)
     if args.dry_run:
-        return dry_run(cfg, config or DEFAULT_CONFIG)
-    run_dir = prepare_run_dir(cfg, overwrite=args.overwrite)
-    train(cfg, run_dir)
-    return 0
-
-
-def dry_run(cfg, name: str) -> int:
-    """Build everything, run a couple of steps in a temporary directory, keep nothing."""
-    import tempfile
-
-    from gpd.training import Trainer, prepare_run_dir
-
-    with tempfile.TemporaryDirectory(prefix="gpd-dry-run-") as tmp:
-        cfg.output_dir = str(Path(tmp) / "run")
-        Trainer(cfg, prepare_run_dir(cfg), dry_run=True).fit()
-    print(f"dry run of {name} passed: data, models, losses, 2 optimisation steps and the export all work")
+        dry_run(cfg)
+        print(f"dry run of {config or DEFAULT_CONFIG} passed: data, models, losses, 2 optimisation steps and the export all work")
+        return 0
+    launch(cfg, overwrite=args.overwrite)
     return 0
 
 
@@ -177,11 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train a run. CONFIG is a YAML file or a bundled config "
             f"({', '.join(bundled_config_names())}); default {DEFAULT_CONFIG}. "
-            "Overrides are dotted keys, e.g. train.epochs=5 gpd.ratio=3 data.train_subset=10000."
+            "Overrides are dotted keys, e.g. train.epochs=5 gpd.ratio=3 data.train_subset=10000. "
+            "On several GPUs: torchrun --nproc_per_node=N $(which gpd) train ..."
         ),
     )
     train.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]")
-    train.add_argument("--overwrite", action="store_true", help="reuse an output_dir that already holds a run")
+    train.add_argument("--overwrite", action="store_true", help="replace the run an output_dir already holds")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue an interrupted run from its last checkpoint, with its own config "
+        "(train.epochs=N may extend it)",
+    )
     train.add_argument(
         "--dry-run",
         action="store_true",

@@ -146,6 +146,16 @@ def validate(cfg: Config) -> None:
         t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
         f"train.device must be auto, cpu, cuda, cuda:N or mps, got '{t.device}'",
     )
+    _require(t.precision in ("fp32", "bf16", "fp16"), f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
+    _require(
+        t.memory_mode in ("joint", "sequential"), f"train.memory_mode must be joint or sequential, got '{t.memory_mode}'"
+    )
+    _require(
+        not (t.compile and t.memory_mode == "sequential"),
+        "train.compile works with train.memory_mode=joint only; set one of them differently",
+    )
+    _require(0 < t.ema_decay < 1, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
+    _require(t.on_nonfinite in ("stop", "skip"), f"train.on_nonfinite must be stop or skip, got '{t.on_nonfinite}'")
     _require(math.isfinite(g.ratio) and g.ratio >= 1, f"gpd.ratio must be >= 1 (the dynamic teacher is wider), got {g.ratio}")
     _require(g.kd_weight >= 0, f"gpd.kd_weight must be >= 0, got {g.kd_weight}")
     _require(0 <= g.sce_eps <= 1, f"gpd.sce_eps must be in [0, 1], got {g.sce_eps}")
@@ -168,6 +178,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.kd.temperature > 0 and cfg.dkd.temperature > 0, "kd.temperature and dkd.temperature must be > 0")
     _require(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
     _require(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
+    _require(d.test_subset is None or d.test_subset >= 1, f"data.test_subset must be >= 1, got {d.test_subset}")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
 
 

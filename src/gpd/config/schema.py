@@ -16,6 +16,7 @@ class DataConfig:
     name: str = "fashion_mnist"  # fashion_mnist | mnist | cifar10 | cifar100 | imagefolder
     root: Optional[str] = None  # None: $GPD_DATA, ./data, ~/.cache/gpd/data (and Debian's folder)
     train_subset: Optional[int] = None  # keep only this many training samples
+    test_subset: Optional[int] = None  # evaluate on only this many test samples (quick runs)
     download: bool = False  # let torchvision download the set (needs internet)
     augment: bool = True  # random crop and flip where the data set uses them
     image_size: Optional[int] = None  # resize; None keeps the native size
@@ -90,8 +91,16 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: Optional[float] = 5.0  # max global gradient norm; null disables clipping
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process takes its LOCAL_RANK GPU)
     channels_last: bool = True
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (autocast + gradient scaler, GPU)
+    compile: bool = False  # torch.compile the training forward pass (memory_mode=joint)
+    memory_mode: str = "joint"  # joint: one backward of the summed loss; sequential: D's backward, then S's
+    ema: bool = False  # keep an exponential moving average of the trained weights and evaluate it too
+    ema_decay: float = 0.9998
+    ema_warmup: bool = False  # timm's EMA warm-up (the decay ramps up over the first steps)
+    on_nonfinite: str = "stop"  # stop: end the run at a NaN/inf loss; skip: drop that step and go on
+    deterministic: bool = False  # deterministic algorithms (bitwise reproducible runs and resumes; slower on GPU)
 
 
 @dataclass

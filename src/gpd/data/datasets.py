@@ -93,12 +93,14 @@ def build_datasets(
     image_size: int | None = None,
     download: bool = False,
     seed: int = 0,
+    test_subset: int | None = None,
 ) -> DataBundle:
     """Load the named data set's train and test splits.
 
     ``root=None`` searches $GPD_DATA, ./data and ~/.cache/gpd/data (and Debian's folder for
     Fashion-MNIST). ``train_subset=N`` keeps N training samples drawn with a permutation
-    seeded by ``seed``; N above the set's size keeps all of it. ``image_size`` resizes to a
+    seeded by ``seed``; N above the set's size keeps all of it; ``test_subset`` likewise
+    for the test split (quick runs). ``image_size`` resizes to a
     square (default: native size; 224 for imagefolder). Raises DataError when the files are
     missing or unreadable.
     """
@@ -118,6 +120,8 @@ def build_datasets(
         raise DataError(f"unknown data set {name!r}; known data sets: {', '.join(KNOWN_DATASETS)}")
     if train_subset is not None:
         bundle.train = _subset(bundle.train, train_subset, seed)
+    if test_subset is not None:
+        bundle.test = _subset(bundle.test, test_subset, seed)
     return bundle
 
 

@@ -8,7 +8,7 @@ user's own loop use this same object.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,13 @@ from gpd.expansion import expand
 from gpd.expansion.expand import with_branches
 from gpd.gpd_model import GPDModel
 from gpd.losses import ReviewKDHead, reviewkd_loss, sce
+
+
+class StaticTargets(NamedTuple):
+    """What the frozen static teacher says about a batch: logits and, for ReviewKD, stage features."""
+
+    logits: torch.Tensor | None
+    features: list[torch.Tensor]
 
 
 def freeze(teacher: nn.Module) -> nn.Module:
@@ -160,25 +167,54 @@ class Distiller(nn.Module):
 
         ``epoch`` (fractional, from 0) drives KD warm-up schedules such as DKD's.
         """
-        ce = lambda logits: F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)  # noqa: E731
-        reviewing = len(self.review_heads) > 0
-        static_logits, static_feats = None, []
-        if self.static_teacher is not None:
-            with torch.no_grad(), self._taps(self.static_teacher, "teacher_stages", reviewing) as static_feats:
-                static_logits = self.static_teacher(x)
-        losses: dict[str, torch.Tensor] = {}
-        if self.gpd is not None:
-            with self._taps(self.gpd.teacher, "student_stages", reviewing) as feats:
-                teacher_logits = self.gpd.forward_teacher(x)
-            losses["ce_teacher"] = ce(teacher_logits)
-            self._add_kd(losses, "teacher", teacher_logits, feats, static_logits, static_feats, y, epoch)
-        with self._taps(self._student_module(), "student_stages", reviewing) as feats:
+        targets = self.static_targets(x)
+        losses, teacher_logits = self.teacher_losses(x, y, targets, epoch=epoch)
+        losses.update(self.student_losses(x, y, targets, teacher_logits, epoch=epoch))
+        return losses
+
+    # The two halves of forward(), for the sequential memory mode: D's loss is
+    # back-propagated (and its graph freed) before the student's forward pass runs.
+
+    def static_targets(self, x: torch.Tensor) -> StaticTargets:
+        """The frozen static teacher's logits (and stage features for ReviewKD), without gradients."""
+        if self.static_teacher is None:
+            return StaticTargets(None, [])
+        with torch.no_grad(), self._taps(self.static_teacher, "teacher_stages", bool(self.review_heads)) as feats:
+            logits = self.static_teacher(x)
+        return StaticTargets(logits, feats)
+
+    def teacher_losses(
+        self, x: torch.Tensor, y: torch.Tensor, targets: StaticTargets, *, epoch: float | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """D's loss terms and D's logits (no terms and ``None`` when there is no dynamic teacher)."""
+        if self.gpd is None:
+            return {}, None
+        with self._taps(self.gpd.teacher, "student_stages", bool(self.review_heads)) as feats:
+            teacher_logits = self.gpd.forward_teacher(x)
+        losses = {"ce_teacher": self._ce(teacher_logits, y)}
+        self._add_kd(losses, "teacher", teacher_logits, feats, targets, y, epoch)
+        return losses, teacher_logits
+
+    def student_losses(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        targets: StaticTargets,
+        teacher_logits: torch.Tensor | None,
+        *,
+        epoch: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The student's loss terms; SCE towards ``teacher_logits`` (no gradient flows into them)."""
+        with self._taps(self._student_module(), "student_stages", bool(self.review_heads)) as feats:
             student_logits = self.student_logits(x)
-        losses["ce_student"] = ce(student_logits)
-        self._add_kd(losses, "student", student_logits, feats, static_logits, static_feats, y, epoch)
-        if self.gpd is not None:
+        losses = {"ce_student": self._ce(student_logits, y)}
+        self._add_kd(losses, "student", student_logits, feats, targets, y, epoch)
+        if teacher_logits is not None:
             losses["sce"] = self.sce_weight * sce(student_logits, teacher_logits, eps=self.sce_eps)
         return losses
+
+    def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def _taps(self, model: nn.Module, stages_attr: str, active: bool) -> AbstractContextManager[list[torch.Tensor]]:
         return stage_features(model, getattr(self, stages_attr)) if active else nullcontext([])
@@ -189,18 +225,17 @@ class Distiller(nn.Module):
         role: str,
         logits: torch.Tensor,
         feats: list[torch.Tensor],
-        static_logits: torch.Tensor | None,
-        static_feats: list[torch.Tensor],
+        targets: StaticTargets,
         y: torch.Tensor,
         epoch: float | None,
     ) -> None:
         """The KD term of ``role`` (student or teacher) against the static teacher, if any."""
-        if static_logits is None:
+        if targets.logits is None:
             return
         if self.review_heads:
-            losses[f"reviewkd_{role}"] = self.reviewkd_weight * reviewkd_loss(self.review_heads[role], feats, static_feats)
+            losses[f"reviewkd_{role}"] = self.reviewkd_weight * reviewkd_loss(self.review_heads[role], feats, targets.features)
         else:
-            losses[f"kd_{role}"] = self.kd_loss(logits, static_logits, y, epoch)  # type: ignore[misc]
+            losses[f"kd_{role}"] = self.kd_loss(logits, targets.logits, y, epoch)  # type: ignore[misc]
 
     def export_student(self) -> nn.Module:
         """A standalone copy of the student, in eval mode."""

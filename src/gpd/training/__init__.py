@@ -1,6 +1,7 @@
 """The training engine behind ``gpd train``."""
 
+from gpd.training.launch import dry_run, launch, resume_config
 from gpd.training.run_dir import prepare_run_dir
 from gpd.training.trainer import Trainer, train
 
-__all__ = ["Trainer", "prepare_run_dir", "train"]
+__all__ = ["Trainer", "dry_run", "launch", "prepare_run_dir", "resume_config", "train"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 STUDENT_FILE = "student.pt"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def default_output_dir(cfg: Config) -> Path:
@@ -31,18 +33,42 @@ def default_output_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.data.name}-{student}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(cfg: Config, overwrite: bool = False) -> Path:
-    """Create the run directory (refusing a non-empty one unless ``overwrite``) and write config.yaml."""
+def choose_run_dir(cfg: Config, overwrite: bool = False) -> Path:
+    """The run directory of ``cfg``, checked but not created: one that already holds a run
+    is refused unless ``overwrite`` (a folder holding only the config.yaml of a start that
+    failed before its first epoch is reused)."""
     run_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output_dir {run_dir} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"output_dir {run_dir} already holds a run; choose another output_dir or pass --overwrite")
+    content = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    if content - {CONFIG_FILE} and not overwrite:
+        raise ConfigError(
+            f"output_dir {run_dir} already holds a run; continue it with --resume {run_dir}, "
+            "choose another output_dir, or pass --overwrite to replace it"
+        )
+    return run_dir
+
+
+def create_run_dir(cfg: Config, run_dir: Path, overwrite: bool = False) -> Path:
+    """Create ``run_dir`` (clearing the previous run's files if ``overwrite``) and write config.yaml."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for name in (METRICS_FILE, CHECKPOINT_FILE, STUDENT_FILE):
             (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
     cfg.output_dir = str(run_dir)
+    atomic_write_text(run_dir / CONFIG_FILE, to_yaml(cfg))
+    return run_dir
+
+
+def prepare_run_dir(cfg: Config, overwrite: bool = False) -> Path:
+    """Choose and create the run directory of ``cfg`` in one step."""
+    return create_run_dir(cfg, choose_run_dir(cfg, overwrite), overwrite)
+
+
+def rewrite_config(cfg: Config) -> Path:
+    """Resume: the run directory exists; write its (possibly extended) config.yaml again."""
+    run_dir = Path(cfg.output_dir)  # type: ignore[arg-type]
     atomic_write_text(run_dir / CONFIG_FILE, to_yaml(cfg))
     return run_dir
 
@@ -80,18 +106,38 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 class MetricsCSV:
-    """Append one row per epoch; the header comes from the first row's keys."""
+    """One row per epoch; the header comes from the first row's keys.
+
+    On resume, :meth:`truncate` keeps the rows of the epochs the checkpoint holds and
+    drops any written after it (a crash between the two writes)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fields: list[str] | None = None
+
+    def truncate(self, last_epoch: int) -> None:
+        if not self.path.is_file():
+            return
+        with open(self.path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            rows = [row for row in reader if row.get("epoch", "").isdigit() and int(row["epoch"]) <= last_epoch]
+        if not fields:
+            return
+        self.fields = fields
+        fd, tmp = _temp_in(self.path)
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
 
     def write(self, row: dict[str, Any]) -> None:
         new_file = self.fields is None
         if self.fields is None:
             self.fields = list(row)
         with open(self.path, "a" if not new_file else "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields)
+            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             if new_file:
                 writer.writeheader()
             writer.writerow({k: _fmt(row.get(k)) for k in self.fields})

@@ -1,8 +1,10 @@
-"""The training loop of ``gpd train``: data, models, optimisation, metrics, export.
+"""The training loop of ``gpd train``: data, models, optimisation, metrics, checkpoints, export.
 
 The loop knows nothing about GPD: the :class:`~gpd.distill.Distiller` returns a dict
 of loss terms and the loop sums them, as in torchvision's reference scripts with
-mdistiller's distiller contract.
+mdistiller's distiller contract. Around that sit the engine's concerns: one process
+per device under torchrun (DistributedDataParallel), mixed precision, EMA, exact
+resume from a checkpoint, and the two memory modes of a GPD step.
 """
 
 from __future__ import annotations
@@ -13,40 +15,52 @@ import time
 from collections import defaultdict
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from torch.utils.data import DataLoader
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from gpd.branches import count_branch_blocks
+from gpd.branches import count_branch_blocks, merge_branches
 from gpd.config import Config
 from gpd.data import DataBundle, build_datasets, synthetic_bundle
 from gpd.data.synthetic import SHAPES
 from gpd.distill import Distiller
-from gpd.errors import ConfigError, DataError, GPDError
+from gpd.errors import CheckpointError, ConfigError, DataError, GPDError
 from gpd.export import load_weights, student_payload
+from gpd.gpd_model import GPDModel
 from gpd.models import create_model
-from gpd.training.evaluate import accuracy
+from gpd.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from gpd.training.distributed import (
+    DistContext,
+    all_reduce_sum,
+    average_gradients,
+    broadcast_buffers,
+    gather_objects,
+    resolve_device,
+    shard,
+)
+from gpd.training.evaluate import correct_counts
+from gpd.training.precision import Precision
+from gpd.training.run_dir import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    STUDENT_FILE,
+    TENSORBOARD_DIR,
+    MetricsCSV,
+    atomic_torch_save,
+)
 from gpd.training.static_teacher import build_static_teacher, check_fits
-from gpd.training.run_dir import CHECKPOINT_FILE, METRICS_FILE, STUDENT_FILE, MetricsCSV, atomic_torch_save
 
-CHECKPOINT_FORMAT = "gpd-checkpoint/1"
 DRY_RUN_STEPS = 2
 DRY_RUN_IMAGE_SIZE = 32
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but no CUDA device is available; use train.device=cpu")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -55,75 +69,66 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def count_parameters(module: torch.nn.Module) -> int:
+def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def log(message: str) -> None:
-    tqdm.write(message, file=sys.stdout)
+def student_forward(core: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The student's forward pass of a trained core (a GPDModel, or the plain student)."""
+    return core.forward_student if isinstance(core, GPDModel) else core
+
+
+def export_student_of(core: nn.Module) -> nn.Module:
+    """A standalone student of the original class from a trained core (branches merged)."""
+    student = core.export_student() if isinstance(core, GPDModel) else merge_branches(core)
+    return student.eval()
+
+
+def canonical_strides(module: nn.Module) -> None:
+    """Give parameters whose layout is contiguous anyway (1x1 kernels, one input channel)
+    standard strides: ``.to(channels_last)`` leaves odd strides on their size-1 dimensions,
+    which the gradients do not follow, and DDP warns about (and copies) every such one."""
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.is_contiguous() and param.stride() != torch.empty(param.shape, device="meta").stride():
+                param.data = param.data.clone(memory_format=torch.contiguous_format)
 
 
 class Trainer:
-    """Builds a run from its config and trains it, writing into ``run_dir``."""
+    """Builds a run from its config and trains it, writing into ``run_dir`` (rank 0 only)."""
 
-    def __init__(self, cfg: Config, run_dir: Path, dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        dry_run: bool = False,
+        *,
+        ctx: DistContext | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         """``dry_run``: a quick check of the whole configuration (DRY_RUN_STEPS steps, small
-        images, a synthetic data set and random weights standing in for missing files)."""
+        images, a synthetic data set and random weights standing in for missing files).
+        ``ctx``/``device``: this process's place under torchrun (default: a single process)."""
         self.cfg = cfg
         self.run_dir = run_dir
         self.dry_run = dry_run
-        self.device = resolve_device(cfg.train.device)
-        seed_everything(cfg.train.seed)
-        self.data = self._build_data()
-        student = create_model(
-            cfg.model.student, num_classes=self.data.num_classes, in_chans=self.data.in_chans, **cfg.model.kwargs
-        )
-        if cfg.student.checkpoint is not None:  # fine-tuning: D starts equal to this student (IR)
-            if self._present(cfg.student.checkpoint, "student.checkpoint"):
-                load_weights(student, cfg.student.checkpoint, what="student")
-        check_fits(student, self.data, "student")
-        static_teacher = build_static_teacher(cfg, self.data, allow_missing_checkpoint=dry_run)
-        kd_options = {
-            "kd": {"temperature": cfg.kd.temperature, "weight": cfg.kd.weight},
-            "dkd": {
-                "alpha": cfg.dkd.alpha,
-                "beta": cfg.dkd.beta,
-                "temperature": cfg.dkd.temperature,
-                "warmup_epochs": cfg.dkd.warmup_epochs,
-            },
-            "reviewkd": {"weight": cfg.reviewkd.weight, "mid_channels": cfg.reviewkd.mid_channels},
-        }.get(cfg.kd.method)
-        self.distiller = Distiller(
-            student,
-            static_teacher,
-            cfg.kd.method,
-            kd_options=kd_options,
-            dynamic_teacher=cfg.gpd.enabled,
-            ratio=cfg.gpd.ratio,
-            sce_weight=cfg.gpd.kd_weight,
-            sce_eps=cfg.gpd.sce_eps,
-            label_smoothing=cfg.train.label_smoothing,
-            noise_std=cfg.gpd.noise_std,
-            input_size=self.data.input_size,
-            branches=cfg.gpd.branches,
-            branch_init=cfg.gpd.branch_init,
-        ).to(self.device)
-        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-        self.distiller.to(memory_format=self.memory_format)
-        self.student_params = count_parameters(student)
-
-        generator = torch.Generator().manual_seed(cfg.train.seed)
-        if len(self.data.train) < cfg.train.batch_size:
-            raise ConfigError(
-                f"train.batch_size={cfg.train.batch_size} is larger than the {len(self.data.train)} training samples"
-            )
-        loader_args: dict[str, Any] = dict(num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda")
-        self.train_loader = DataLoader(
-            self.data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True, generator=generator, **loader_args
-        )
-        self.test_loader = DataLoader(self.data.test, batch_size=cfg.train.eval_batch_size, **loader_args)
-
+        self.ctx = ctx or DistContext()
+        self.device = device or resolve_device(cfg.train.device)
         t = cfg.train
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        seed_everything(t.seed)
+        self.data = self._build_data()
+        self.distiller = self._build_distiller()
+        self.core: nn.Module = self.distiller.gpd if self.distiller.gpd is not None else self.distiller.plain  # type: ignore[assignment]
+        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.distiller.to(self.device).to(memory_format=self.memory_format)
+        canonical_strides(self.distiller)
+        self.train_module = self._wrap_for_training()
+        seed_everything(t.seed + self.ctx.rank)  # each process augments its own samples differently
+
+        self.train_loader, self.sampler, self.test_loader = self._build_loaders()
         self.optimizer = create_optimizer_v2(
             self.distiller, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum
         )
@@ -140,99 +145,281 @@ class Trainer:
             step_on_epochs=False,
             updates_per_epoch=len(self.train_loader),
         )
+        self.precision = Precision(t.precision, self.device)
+        self.ema = ModelEmaV3(self.core, decay=t.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
+        self.trainable = [p for p in self.distiller.parameters() if p.requires_grad]
         self.num_updates = 0
+        self.start_epoch = 1
+        self.best: dict[str, Any] = {"student_acc": None, "epoch": None}
         self.static_teacher_acc: float | None = None
+        self._rng_to_restore: dict[str, Any] | None = None
         self.metrics = MetricsCSV(run_dir / METRICS_FILE)
+
+    # -- construction ------------------------------------------------------------------
 
     def _build_data(self) -> DataBundle:
         d = self.cfg.data
         if not self.dry_run:
             return build_datasets(
-                d.name, root=d.root, train_subset=d.train_subset, augment=d.augment,
-                image_size=d.image_size, download=d.download, seed=self.cfg.train.seed,
+                d.name, root=d.root, train_subset=d.train_subset, augment=d.augment, image_size=d.image_size,
+                download=d.download, seed=self.cfg.train.seed, test_subset=d.test_subset,
             )  # fmt: skip
         size = min(d.image_size or SHAPES.get(d.name, (0, 32))[1], DRY_RUN_IMAGE_SIZE)
+        samples = 4 * self.cfg.train.batch_size
         try:
-            return build_datasets(d.name, root=d.root, train_subset=4 * self.cfg.train.batch_size, image_size=size)
+            return build_datasets(d.name, root=d.root, train_subset=samples, image_size=size, test_subset=samples)
         except DataError as err:
-            log(f"dry run: {err} -> using a SYNTHETIC stand-in of random images")
-            return synthetic_bundle(d.name, image_size=size, samples=4 * self.cfg.train.batch_size)
+            self.log(f"dry run: {err} -> using a SYNTHETIC stand-in of random images")
+            return synthetic_bundle(d.name, image_size=size, samples=samples)
 
     def _present(self, path: str, key: str) -> bool:
         """Whether a checkpoint file exists; a dry run goes on without it (random weights)."""
         if self.dry_run and not Path(path).exists():
-            log(f"dry run: {key} {path} does not exist yet -> random weights stand in")
+            self.log(f"dry run: {key} {path} does not exist yet -> random weights stand in")
             return False
         return True
+
+    def _build_distiller(self) -> Distiller:
+        cfg = self.cfg
+        student = create_model(
+            cfg.model.student, num_classes=self.data.num_classes, in_chans=self.data.in_chans, **cfg.model.kwargs
+        )
+        if cfg.student.checkpoint is not None:  # fine-tuning: D starts equal to this student (IR)
+            if self._present(cfg.student.checkpoint, "student.checkpoint"):
+                load_weights(student, cfg.student.checkpoint, what="student")
+        check_fits(student, self.data, "student")
+        static_teacher = build_static_teacher(cfg, self.data, allow_missing_checkpoint=self.dry_run)
+        kd_options = {
+            "kd": {"temperature": cfg.kd.temperature, "weight": cfg.kd.weight},
+            "dkd": {
+                "alpha": cfg.dkd.alpha,
+                "beta": cfg.dkd.beta,
+                "temperature": cfg.dkd.temperature,
+                "warmup_epochs": cfg.dkd.warmup_epochs,
+            },
+            "reviewkd": {"weight": cfg.reviewkd.weight, "mid_channels": cfg.reviewkd.mid_channels},
+        }.get(cfg.kd.method)
+        self.student_params = count_parameters(student)
+        return Distiller(
+            student,
+            static_teacher,
+            cfg.kd.method,
+            kd_options=kd_options,
+            dynamic_teacher=cfg.gpd.enabled,
+            ratio=cfg.gpd.ratio,
+            sce_weight=cfg.gpd.kd_weight,
+            sce_eps=cfg.gpd.sce_eps,
+            label_smoothing=cfg.train.label_smoothing,
+            noise_std=cfg.gpd.noise_std,
+            input_size=self.data.input_size,
+            branches=cfg.gpd.branches,
+            branch_init=cfg.gpd.branch_init,
+        )
+
+    def _wrap_for_training(self) -> nn.Module:
+        """DistributedDataParallel (joint mode) and torch.compile around the distiller, as configured.
+
+        The sequential mode runs two backward passes per step, which DDP's gradient
+        hooks cannot follow; it starts from rank 0's weights and averages gradients
+        itself after both passes (:func:`~gpd.training.distributed.average_gradients`).
+        """
+        module: nn.Module = self.distiller
+        if self.ctx.enabled:
+            if self.cfg.train.memory_mode == "joint":
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                module = DistributedDataParallel(self.distiller, device_ids=ids, gradient_as_bucket_view=True)
+            else:
+                broadcast_buffers(self.distiller, self.ctx, parameters=True)
+        if self.cfg.train.compile:
+            module = torch.compile(module)  # type: ignore[assignment]
+        return module
+
+    def _build_loaders(self) -> tuple[DataLoader, DistributedSampler, DataLoader]:
+        """Each epoch's order is a permutation seeded by (seed, epoch), split across processes,
+        so a resumed run and a run on N processes see the same samples at each global step."""
+        t, world = self.cfg.train, self.ctx.world_size
+        if t.batch_size % world:
+            raise ConfigError(
+                f"train.batch_size={t.batch_size} is the global batch and must divide evenly over {world} processes"
+            )
+        if len(self.data.train) < t.batch_size:
+            raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(self.data.train)} training samples")
+        sampler = DistributedSampler(
+            self.data.train, num_replicas=world, rank=self.ctx.rank, shuffle=True, seed=t.seed, drop_last=True
+        )
+        args: dict[str, Any] = dict(num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+        train_loader = DataLoader(self.data.train, batch_size=t.batch_size // world, sampler=sampler, drop_last=True, **args)
+        test_loader = DataLoader(shard(self.data.test, self.ctx), batch_size=t.eval_batch_size, **args)
+        return train_loader, sampler, test_loader
+
+    # -- resume ------------------------------------------------------------------------
+
+    def load_state(self, path: Path) -> None:
+        """Continue from a checkpoint: weights, optimizer, scheduler, scaler, EMA, counters, RNGs."""
+        state = load_checkpoint(path)
+        model_state = state["model"]
+        result = self.distiller.load_state_dict(model_state, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("static_teacher.")]
+        if missing or result.unexpected_keys:
+            raise CheckpointError(
+                f"{path} holds another model than this config builds (missing {missing[:3]}, "
+                f"unexpected {result.unexpected_keys[:3]}); resume with the run's own config.yaml"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("scaler", {}))
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise CheckpointError(f"{path} has no EMA weights but train.ema=true; resume with train.ema=false")
+            self.ema.load_state_dict(state["ema"])
+        self.num_updates = int(state["num_updates"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best = dict(state["best"])
+        self.static_teacher_acc = state.get("static_teacher_acc")
+        rng_states = state["rng"]
+        if len(rng_states) == self.ctx.world_size:
+            self._rng_to_restore = rng_states[self.ctx.rank]
+        else:
+            self.log(
+                f"warning: the checkpoint was written by {len(rng_states)} processes, this run has "
+                f"{self.ctx.world_size}: random augmentation continues from fresh seeds (not bit-exact)"
+            )
+        self.metrics.truncate(int(state["epoch"]))
 
     # -- one epoch ---------------------------------------------------------------------
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         self.distiller.train()
+        self.sampler.set_epoch(epoch)
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-        seen = 0
+        seen = torch.zeros((), device=self.device)
+        skipped = 0
         started = time.perf_counter()
+        steps = len(self.train_loader)
         bar = tqdm(
-            total=len(self.train_loader) * self.cfg.train.batch_size,
+            total=steps * self.cfg.train.batch_size,
             desc=f"epoch {epoch}/{self.cfg.train.epochs}",
             unit="img",
             unit_scale=True,
             leave=False,
             dynamic_ncols=True,
-            disable=None,
+            disable=None if self.ctx.is_main else True,
         )
         for step, (x, y) in enumerate(self.train_loader):
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = y.to(self.device, non_blocking=True)
-            losses = self.distiller(x, y, epoch=epoch - 1 + step / len(self.train_loader))
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-                raise GPDError(
-                    f"the loss became non-finite at epoch {epoch}, step {step} ({terms}); lower train.lr or "
-                    "set train.grad_clip; the last good checkpoint is kept"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.distiller.parameters(), self.cfg.train.grad_clip)
-            self.optimizer.step()
-            self.num_updates += 1
-            self.scheduler.step_update(num_updates=self.num_updates)
-            for name, value in losses.items():
-                sums[name] += value.detach() * y.numel()
-            sums["loss"] += loss.detach() * y.numel()
-            seen += y.numel()
-            bar.update(y.numel())
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            losses = self.train_step(x, y, epoch_progress=epoch - 1 + step / steps, where=f"epoch {epoch}, step {step}")
+            if losses is None:
+                skipped += 1
+            else:
+                for name, value in losses.items():
+                    sums[name] += value * y.numel()
+                sums["loss"] += sum(losses.values()) * y.numel()
+                seen += y.numel()
+            bar.update(y.numel() * self.ctx.world_size)
+            if step % 20 == 0 and losses is not None:
+                bar.set_postfix(loss=f"{float(sum(losses.values())):.3f}")
             if self.dry_run and step + 1 >= DRY_RUN_STEPS:
                 break
         bar.close()
         seconds = time.perf_counter() - started
-        result = {name: float(total) / seen for name, total in sums.items()}
+        names = sorted(sums)
+        totals = all_reduce_sum(torch.stack([sums[n] for n in names] + [seen]), self.ctx).tolist()
+        total_seen = max(totals[-1], 1.0)
+        result = {name: value / total_seen for name, value in zip(names, totals)}
         result["train_seconds"] = seconds
-        result["img_per_s"] = seen / seconds
+        result["img_per_s"] = totals[-1] / seconds
+        result["skipped_steps"] = skipped
         return result
 
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float, where: str) -> dict[str, torch.Tensor] | None:
+        """One optimisation step; returns the detached loss terms, or None if the step was skipped."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.train.memory_mode == "joint":
+            with self.precision.autocast():
+                losses = self.train_module(x, y, epoch=epoch_progress)
+            self.precision.backward(sum(losses.values()))
+        else:
+            losses = self._sequential_backward(x, y, epoch_progress)
+        losses = {name: value.detach().float() for name, value in losses.items()}
+        total = sum(losses.values())
+        bad = all_reduce_sum((~torch.isfinite(total)).float().reshape(1), self.ctx)
+        if bad.item() > 0:
+            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+            if self.cfg.train.on_nonfinite == "skip":
+                self.log(f"warning: non-finite loss at {where} ({terms}); step skipped (train.on_nonfinite=skip)")
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            raise GPDError(
+                f"the loss became non-finite at {where} ({terms}); the last good checkpoint is kept; lower train.lr, "
+                "set train.grad_clip, or pass train.on_nonfinite=skip to drop such steps"
+            )
+        if self.cfg.train.grad_clip:
+            self.precision.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.train.grad_clip)
+        self.precision.step(self.optimizer)
+        self.num_updates += 1
+        self.scheduler.step_update(num_updates=self.num_updates)
+        if self.ema is not None:
+            self.ema.update(self.core, step=self.num_updates)
+        return losses
+
+    def _sequential_backward(self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float) -> dict[str, torch.Tensor]:
+        """D's loss backward first (its graph is freed), then the student's forward and backward.
+
+        Peak activation memory is that of the larger network instead of both together;
+        the gradients are the same as the joint mode's, since SCE sends no gradient into D.
+        """
+        d = self.distiller
+        with self.precision.autocast():
+            targets = d.static_targets(x)
+            losses, teacher_logits = d.teacher_losses(x, y, targets, epoch=epoch_progress)
+        if losses:
+            self.precision.backward(sum(losses.values()))
+        teacher_logits = teacher_logits.detach() if teacher_logits is not None else None
+        with self.precision.autocast():
+            student_losses = d.student_losses(x, y, targets, teacher_logits, epoch=epoch_progress)
+        self.precision.backward(sum(student_losses.values()))
+        average_gradients(self.trainable, self.ctx)
+        return {**losses, **student_losses}
+
     def evaluate(self) -> dict[str, float]:
+        """Test accuracy of the student, D, their EMA and the static teacher (once: it is frozen).
+
+        Every process evaluates its own share of the test set with rank 0's BatchNorm
+        statistics; the counts are summed, so the accuracy is exact for any process count."""
         self.distiller.eval()
-        models = {"student": self.distiller.student_logits}
+        broadcast_buffers(self.distiller, self.ctx)
+        models: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"student": self.distiller.student_logits}
         if self.distiller.has_dynamic_teacher:
             models["teacher"] = self.distiller.teacher_logits
-        if self.distiller.static_teacher is not None and self.static_teacher_acc is None:  # frozen: once
+        if self.distiller.static_teacher is not None and self.static_teacher_acc is None:
             models["static_teacher"] = self.distiller.static_teacher
+        if self.ema is not None:
+            broadcast_buffers(self.ema, self.ctx)
+            models["ema_student"] = student_forward(self.ema.module)
+            if isinstance(self.ema.module, GPDModel):
+                models["ema_teacher"] = self.ema.module.forward_teacher
         batches = islice(self.test_loader, DRY_RUN_STEPS) if self.dry_run else self.test_loader
-        result = accuracy(models, batches, self.device, channels_last=self.cfg.train.channels_last)
+        correct, total = correct_counts(
+            models, batches, self.device, self.cfg.train.channels_last, autocast=self.precision.autocast
+        )
+        names = list(correct)
+        counts = all_reduce_sum(torch.stack([correct[n] for n in names] + [total]), self.ctx).tolist()
+        result = {name: 100.0 * c / max(counts[-1], 1) for name, c in zip(names, counts)}
         self.static_teacher_acc = result.pop("static_teacher", self.static_teacher_acc)
         return result
 
     # -- the run -----------------------------------------------------------------------
 
+    def log(self, message: str) -> None:
+        if self.ctx.is_main:
+            tqdm.write(message, file=sys.stdout)
+
     def describe(self) -> None:
         d = self.distiller
-        log(f"run directory: {self.run_dir}")
-        log(
+        self.log(f"run directory: {self.run_dir}")
+        self.log(
             f"data: {self.data.name}, {len(self.data.train)} train / {len(self.data.test)} test images of "
             f"{'x'.join(map(str, self.data.input_size))}, {self.data.num_classes} classes"
         )
@@ -253,74 +440,160 @@ class Trainer:
         if self.cfg.gpd.branches != "none":
             trained = d.gpd.student.module if d.gpd is not None else d.plain
             line += f"; {count_branch_blocks(trained)} convolutions trained as six-branch blocks ({self.cfg.gpd.branches})"
-        log(line)
-        log(f"device: {self.device}, {torch.get_num_threads()} threads")
+        self.log(line)
+        t = self.cfg.train
+        engine = f"device: {self.device}, {torch.get_num_threads()} threads, precision {t.precision}, memory mode {t.memory_mode}"
+        if self.ctx.enabled:
+            engine += f", {self.ctx.world_size} processes ({t.batch_size // self.ctx.world_size} images each per step)"
+        if self.ema is not None:
+            engine += f", EMA decay {t.ema_decay:g}"
+        if t.compile:
+            engine += ", torch.compile"
+        self.log(engine)
 
     def fit(self) -> dict[str, Any]:
         self.describe()
+        if self.start_epoch > 1:
+            self.log(f"resuming after epoch {self.start_epoch - 1} (step {self.num_updates})")
+        if self._rng_to_restore is not None:
+            restore_rng(self._rng_to_restore)
+        writer = self._tensorboard()
         run_started = time.perf_counter()
+        last_epoch = 1 if self.dry_run else self.cfg.train.epochs
         row: dict[str, Any] = {}
-        for epoch in range(1, (1 if self.dry_run else self.cfg.train.epochs) + 1):
-            epoch_started = time.perf_counter()
-            train = self.train_one_epoch(epoch)
-            lr = self.optimizer.param_groups[0]["lr"]  # as of the epoch's last step
-            acc = self.evaluate()
-            row = {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": train["loss"],
-                **{f"loss_{k}": v for k, v in train.items() if k not in ("loss", "train_seconds", "img_per_s")},
-                "student_acc": acc["student"],
-                "teacher_acc": acc.get("teacher", ""),
-                "gap": acc["teacher"] - acc["student"] if "teacher" in acc else "",
-                "static_teacher_acc": self.static_teacher_acc if self.static_teacher_acc is not None else "",
-                "img_per_s": train["img_per_s"],
-                "seconds": time.perf_counter() - epoch_started,
-            }
-            self.metrics.write(row)
-            self.save_checkpoint(epoch)
-            summary = (
-                f"epoch {epoch}/{self.cfg.train.epochs}  lr {lr:.4g}  loss {train['loss']:.4f}  "
-                f"student {acc['student']:.2f}%"
+        try:
+            for epoch in range(self.start_epoch, last_epoch + 1):
+                row = self.run_epoch(epoch)
+                if writer is not None:
+                    for key, value in row.items():
+                        if key != "epoch" and isinstance(value, (int, float)):
+                            writer.add_scalar(_tensorboard_tag(key), value, epoch)
+                    writer.flush()
+        finally:
+            if writer is not None:
+                writer.close()
+        if not row:
+            raise ConfigError(
+                f"the run in {self.run_dir} already finished its {self.cfg.train.epochs} epochs; "
+                "to train longer, resume with a larger train.epochs=N"
             )
-            if "teacher" in acc:
-                summary += f"  teacher {acc['teacher']:.2f}%  gap {row['gap']:+.2f}"
-            if self.static_teacher_acc is not None:
-                summary += f"  static teacher {self.static_teacher_acc:.2f}%"
-            summary += f"  {train['img_per_s']:.0f} img/s  {row['seconds']:.1f} s"
-            log(summary)
-        self.export(row)
+        exported = self.export(row)
         total = time.perf_counter() - run_started
-        log(f"done in {total:.1f} s: student test accuracy {row['student_acc']:.2f}%; exported to {self.run_dir / STUDENT_FILE}")
-        return {**row, "total_seconds": total}
+        self.log(
+            f"done in {total:.1f} s: student test accuracy {row['student_acc']:.2f}%; exported the {exported} "
+            f"weights to {self.run_dir / STUDENT_FILE}"
+        )
+        return {**row, "total_seconds": total, "exported": exported}
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        epoch_started = time.perf_counter()
+        train = self.train_one_epoch(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]  # as of the epoch's last step
+        acc = self.evaluate()
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": train["loss"] if "loss" in train else float("nan"),
+            **{f"loss_{k}": v for k, v in train.items() if k not in ("loss", "train_seconds", "img_per_s", "skipped_steps")},
+            "student_acc": acc["student"],
+            "teacher_acc": acc.get("teacher", ""),
+            "gap": acc["teacher"] - acc["student"] if "teacher" in acc else "",
+            "static_teacher_acc": self.static_teacher_acc if self.static_teacher_acc is not None else "",
+        }
+        if self.ema is not None:
+            row["ema_student_acc"] = acc["ema_student"]
+            row["ema_teacher_acc"] = acc.get("ema_teacher", "")
+        if self.cfg.train.on_nonfinite == "skip":
+            row["skipped_steps"] = train["skipped_steps"]
+        row["img_per_s"] = train["img_per_s"]
+        if self.best["student_acc"] is None or acc["student"] > self.best["student_acc"]:
+            self.best = {"student_acc": acc["student"], "epoch": epoch}
+        self.save_checkpoint(epoch)
+        row["seconds"] = time.perf_counter() - epoch_started
+        if self.ctx.is_main:
+            self.metrics.write(row)
+        summary = f"epoch {epoch}/{self.cfg.train.epochs}  lr {lr:.4g}  loss {row['train_loss']:.4f}  student {acc['student']:.2f}%"
+        if "teacher" in acc:
+            summary += f"  teacher {acc['teacher']:.2f}%  gap {row['gap']:+.2f}"
+        if self.ema is not None:
+            summary += f"  EMA student {acc['ema_student']:.2f}%"
+        if self.static_teacher_acc is not None:
+            summary += f"  static teacher {self.static_teacher_acc:.2f}%"
+        summary += f"  {train['img_per_s']:.0f} img/s  {row['seconds']:.1f} s"
+        self.log(summary)
+        return row
+
+    def _tensorboard(self) -> Any:
+        if not self.ctx.is_main or self.dry_run:
+            return None
+        from torch.utils.tensorboard import SummaryWriter  # imported here: it is slow to import
+
+        return SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=self.start_epoch)
 
     def save_checkpoint(self, epoch: int) -> None:
+        """Rank 0 writes the full state after each epoch (atomically); every process adds its RNG state."""
+        rng = gather_objects(capture_rng(), self.ctx)
+        if not self.ctx.is_main:
+            return
+        model_state = {k: v for k, v in self.distiller.state_dict().items() if not k.startswith("static_teacher.")}
         state = {
-            "format": CHECKPOINT_FORMAT,
             "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
             "epoch": epoch,
             "num_updates": self.num_updates,
-            "model": self.distiller.state_dict(),
+            "best": self.best,
+            "static_teacher_acc": self.static_teacher_acc,
+            "model": model_state,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "scaler": self.precision.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng,
         }
-        atomic_torch_save(state, self.run_dir / CHECKPOINT_FILE)
+        save_checkpoint(state, self.run_dir / CHECKPOINT_FILE)
 
-    def export(self, final_row: dict[str, Any]) -> None:
-        student = self.distiller.export_student().to(memory_format=torch.contiguous_format).cpu()
+    def export(self, final_row: dict[str, Any]) -> str:
+        """Write student.pt from the final weights or their EMA, whichever has the higher test
+        accuracy at the last epoch; returns which ("final" or "EMA")."""
+        use_ema = self.ema is not None and final_row["ema_student_acc"] > final_row["student_acc"]
+        which = "EMA" if use_ema else "final"
+        if not self.ctx.is_main:
+            return which
+        core = self.ema.module if use_ema else self.core  # type: ignore[union-attr]
+        student = export_student_of(core).to(memory_format=torch.contiguous_format).cpu()
         metadata = {
             "data": self.data.name,
             "input_size": list(self.data.input_size),
             "mean": list(self.data.mean),
             "std": list(self.data.std),
             "class_names": list(self.data.class_names),
-            "student_acc": final_row.get("student_acc"),
+            "student_acc": final_row["ema_student_acc" if use_ema else "student_acc"],
             "gpd_ratio": self.cfg.gpd.ratio if self.cfg.gpd.enabled else None,
+            "weights": "ema" if use_ema else "final",
         }
         atomic_torch_save(student_payload(student, **metadata), self.run_dir / STUDENT_FILE)
+        return which
 
 
-def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Train the run described by ``cfg`` into ``run_dir`` and return the last epoch's metrics."""
-    return Trainer(cfg, run_dir).fit()
+def _tensorboard_tag(column: str) -> str:
+    """Group metrics.csv columns into TensorBoard sections."""
+    if column.endswith("_acc"):
+        return f"accuracy/{column.removesuffix('_acc')}"
+    if column.startswith("loss_") or column == "train_loss":
+        return f"loss/{column.removeprefix('loss_')}"
+    return f"train/{column}"
+
+
+def train(
+    cfg: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    ctx: DistContext | None = None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """Train the run described by ``cfg`` into ``run_dir`` (continuing its checkpoint if
+    ``resume``) and return the last epoch's metrics."""
+    trainer = Trainer(cfg, run_dir, ctx=ctx, device=device)
+    if resume:
+        trainer.load_state(run_dir / CHECKPOINT_FILE)
+    return trainer.fit()

@@ -1,0 +1,74 @@
+"""Start, resume or dry-run a training run: one call per process, torchrun or not."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gpd.config import Config, load_config
+from gpd.errors import ConfigError
+from gpd.training.distributed import init_distributed, run_on_main, shutdown_distributed
+from gpd.training.run_dir import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    choose_run_dir,
+    create_run_dir,
+    prepare_run_dir,
+    rewrite_config,
+)
+from gpd.training.trainer import Trainer
+
+# What may change when a run is resumed: nothing that changes the computation of a step.
+RESUMABLE_KEYS = ("train.epochs", "train.device", "train.eval_batch_size", "data.root", "data.num_workers")
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The config a run was started with, plus the few overrides a resume may make."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {run_dir}: no such run directory")
+    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / CHECKPOINT_FILE).is_file():
+        raise ConfigError(
+            f"--resume {run_dir}: not a resumable run (it needs {CONFIG_FILE} and {CHECKPOINT_FILE}, written after "
+            "the first epoch); start it again instead"
+        )
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if key not in RESUMABLE_KEYS:
+            raise ConfigError(
+                f"--resume keeps the run's config; '{key}' cannot change (allowed: {', '.join(RESUMABLE_KEYS)})"
+            )
+    cfg = load_config(str(run_dir / CONFIG_FILE), overrides)
+    cfg.output_dir = str(run_dir)
+    return cfg
+
+
+def launch(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` (or continue it, ``resume``); under torchrun every process calls this.
+
+    The run directory is checked first and created only once the data, the models and
+    the losses are built, so a configuration error leaves nothing behind."""
+    ctx, device = init_distributed(cfg.train.device)
+    try:
+        run_dir = Path(cfg.output_dir) if resume else run_on_main(lambda: choose_run_dir(cfg, overwrite), ctx)  # type: ignore[arg-type]
+        trainer = Trainer(cfg, run_dir, ctx=ctx, device=device)
+        if resume:
+            trainer.load_state(run_dir / CHECKPOINT_FILE)
+            run_on_main(lambda: rewrite_config(cfg), ctx)
+        else:
+            run_on_main(lambda: create_run_dir(cfg, run_dir, overwrite), ctx)
+        return trainer.fit()
+    finally:
+        shutdown_distributed()
+
+
+def dry_run(cfg: Config) -> None:
+    """Build everything and run a couple of steps in a temporary directory; keep nothing."""
+    ctx, device = init_distributed(cfg.train.device)
+    try:
+        with tempfile.TemporaryDirectory(prefix="gpd-dry-run-") as tmp:
+            cfg.output_dir = str(Path(tmp) / "run")
+            run_dir = run_on_main(lambda: prepare_run_dir(cfg), ctx)
+            Trainer(cfg, run_dir, dry_run=True, ctx=ctx, device=device).fit()
+    finally:
+        shutdown_distributed()
