@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from gpd.errors import GPDError
 from gpd.models import create_model
 from gpd.training import Trainer, prepare_run_dir
 from gpd.training.checkpoint import capture_rng, load_checkpoint, restore_rng
+from gpd.training.steps import sequential_backward
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -199,10 +201,8 @@ def test_sequential_mode_gives_the_joint_gradients():
 
     distiller.load_state_dict(state)  # BatchNorm statistics as before the joint pass
     distiller.zero_grad(set_to_none=True)
-    targets = distiller.static_targets(x)
-    teacher_terms, teacher_logits = distiller.teacher_losses(x, y, targets)
-    sum(teacher_terms.values()).backward()
-    sum(distiller.student_losses(x, y, targets, teacher_logits.detach()).values()).backward()
+    losses = sequential_backward(distiller, x, y, 0.0, nullcontext, lambda loss: loss.backward())
+    assert set(losses) == {"ce_teacher", "ce_student", "sce"}
     for a, b, (name, _) in zip(joint, [p.grad for p in params], distiller.named_parameters()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=name)
 

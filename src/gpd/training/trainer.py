@@ -58,6 +58,7 @@ from gpd.training.run_dir import (
     atomic_torch_save,
 )
 from gpd.training.static_teacher import build_static_teacher, check_fits
+from gpd.training.steps import joint_backward, sequential_backward
 
 DRY_RUN_STEPS = 2
 DRY_RUN_IMAGE_SIZE = 32
@@ -335,12 +336,12 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float, where: str) -> dict[str, torch.Tensor] | None:
         """One optimisation step; returns the detached loss terms, or None if the step was skipped."""
         self.optimizer.zero_grad(set_to_none=True)
+        p = self.precision
         if self.cfg.train.memory_mode == "joint":
-            with self.precision.autocast():
-                losses = self.train_module(x, y, epoch=epoch_progress)
-            self.precision.backward(sum(losses.values()))
+            losses = joint_backward(self.train_module, x, y, epoch_progress, p.autocast, p.backward)
         else:
-            losses = self._sequential_backward(x, y, epoch_progress)
+            losses = sequential_backward(self.distiller, x, y, epoch_progress, p.autocast, p.backward)
+            average_gradients(self.trainable, self.ctx)  # DDP's hooks follow one backward per step only
         losses = {name: value.detach().float() for name, value in losses.items()}
         total = sum(losses.values())
         bad = all_reduce_sum((~torch.isfinite(total)).float().reshape(1), self.ctx)
@@ -363,25 +364,6 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.core, step=self.num_updates)
         return losses
-
-    def _sequential_backward(self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float) -> dict[str, torch.Tensor]:
-        """D's loss backward first (its graph is freed), then the student's forward and backward.
-
-        Peak activation memory is that of the larger network instead of both together;
-        the gradients are the same as the joint mode's, since SCE sends no gradient into D.
-        """
-        d = self.distiller
-        with self.precision.autocast():
-            targets = d.static_targets(x)
-            losses, teacher_logits = d.teacher_losses(x, y, targets, epoch=epoch_progress)
-        if losses:
-            self.precision.backward(sum(losses.values()))
-        teacher_logits = teacher_logits.detach() if teacher_logits is not None else None
-        with self.precision.autocast():
-            student_losses = d.student_losses(x, y, targets, teacher_logits, epoch=epoch_progress)
-        self.precision.backward(sum(student_losses.values()))
-        average_gradients(self.trainable, self.ctx)
-        return {**losses, **student_losses}
 
     def evaluate(self) -> dict[str, float]:
         """Test accuracy of the student, D, their EMA and the static teacher (once: it is frozen).

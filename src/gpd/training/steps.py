@@ -1,0 +1,44 @@
+"""The backward pass of one GPD step, in the two memory modes.
+
+joint: one forward of D and the student, one backward of the summed loss.
+sequential: D's forward and backward first (its graph is freed), then the student's
+forward and backward. SCE sends no gradient into D's logits, so both modes give the
+same gradients; the sequential mode's peak activation memory is that of the larger
+network alone instead of both together, at the cost of a second backward launch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from gpd.distill import Distiller
+
+Backward = Callable[[torch.Tensor], None]
+LossDict = dict[str, torch.Tensor]
+
+
+def joint_backward(
+    module: Callable[..., LossDict], x: torch.Tensor, y: torch.Tensor, epoch: float, autocast, backward: Backward
+) -> LossDict:
+    """``module`` is the Distiller, or its DDP / compiled wrapper."""
+    with autocast():
+        losses = module(x, y, epoch=epoch)
+    backward(sum(losses.values()))  # type: ignore[arg-type]
+    return losses
+
+
+def sequential_backward(
+    distiller: Distiller, x: torch.Tensor, y: torch.Tensor, epoch: float, autocast, backward: Backward
+) -> LossDict:
+    with autocast():
+        targets = distiller.static_targets(x)
+        losses, teacher_logits = distiller.teacher_losses(x, y, targets, epoch=epoch)
+    if losses:
+        backward(sum(losses.values()))  # type: ignore[arg-type]
+    teacher_logits = teacher_logits.detach() if teacher_logits is not None else None
+    with autocast():
+        student_losses = distiller.student_losses(x, y, targets, teacher_logits, epoch=epoch)
+    backward(sum(student_losses.values()))  # type: ignore[arg-type]
+    return {**losses, **student_losses}
