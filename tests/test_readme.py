@@ -18,3 +18,17 @@ def test_readme_has_python_examples():
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index):
     exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), {})
+
+
+def test_config_keys_in_the_readme_exist():
+    """Every key the README's config table names is a key of the schema."""
+    from omegaconf import OmegaConf
+
+    from gpd.config import Config
+
+    schema = OmegaConf.structured(Config)
+    rows = [line for line in README.read_text().splitlines() if line.startswith("| `")]
+    keys = {key for row in rows for key in re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", row.split("|")[1])}
+    assert len(keys) > 20
+    missing = [key for key in sorted(keys) if OmegaConf.select(schema, key, default="MISSING!") == "MISSING!"]
+    assert not missing, missing
