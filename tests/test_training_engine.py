@@ -297,3 +297,10 @@ def test_torch_compile_trains(tmp_path: Path):
     cfg = load_config(None, [*SMALL, "train.epochs=1", "train.compile=true", f"output_dir={run}"])
     row = Trainer(cfg, prepare_run_dir(cfg)).fit()
     assert row["student_acc"] > 15.0
+
+
+def test_overrides_may_follow_flags(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("gpd.training.dry_run", lambda cfg: seen.setdefault("cfg", cfg))
+    assert main(["train", "fashion_mnist/demo", "--dry-run", "train.epochs=7", "gpd.ratio=3"]) == 0
+    assert seen["cfg"].train.epochs == 7 and seen["cfg"].gpd.ratio == 3

@@ -7,6 +7,7 @@ exit with code 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(config or DEFAULT_CONFIG, overrides)
     if args.dry_run:
         dry_run(cfg)
-        print(f"dry run of {config or DEFAULT_CONFIG} passed: data, models, losses, 2 optimisation steps and the export all work")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
+            print(f"dry run of {config or DEFAULT_CONFIG} passed: data, models, losses, 2 optimisation steps and the export all work")
         return 0
     launch(cfg, overwrite=args.overwrite)
     return 0
@@ -204,8 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """argparse, with ``key=value`` overrides allowed after flags too
+    (``gpd train CONFIG --dry-run train.epochs=1``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    target = {"train": "items", "eval": "overrides"}.get(args.command)
+    if extra and target and all("=" in item and not item.startswith("-") for item in extra):
+        setattr(args, target, [*getattr(args, target), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return args.func(args)
     except GPDError as err:
