@@ -499,3 +499,47 @@ def test_console_script_reports_an_unknown_command_in_one_line(tmp_path):
     assert result.stderr.startswith("gpd: error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "invalid choice: 'frobnicate'" in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------ 12. augmentation keys and pretrained weights
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["data.random_erasing=1.5"], "data.random_erasing must be a probability in [0, 1], got 1.5"),
+        (["data.mixup=-1"], "data.mixup must be an alpha >= 0 (0: off), got -1.0"),
+        (["data.cutmix=nan"], "data.cutmix must be an alpha >= 0 (0: off), got nan"),
+        (["data.mixup_prob=2"], "data.mixup_prob must be a probability in [0, 1], got 2.0"),
+        (["data.mixup_switch_prob=-0.1"], "data.mixup_switch_prob must be a probability in [0, 1], got -0.1"),
+        (["data.color_jitter=-0.4"], "data.color_jitter must be >= 0 or null, got -0.4"),
+        (["data.interpolation=lanczos"], "data.interpolation must be bilinear, bicubic, nearest or null, got 'lanczos'"),
+        (["data.randaugment=rand-m"], "data.randaugment: 'rand-m' is not a timm auto_augment string"),
+        (["data.randaugment=rand-q9"], "Unknown RandAugment config section"),
+        (["data.randaugment=fancy"], "Unknown AA policy fancy"),
+        (["data.randaugment=rand-m9"], "work with imagefolder, cifar10 and cifar100 (colour images), not fashion_mnist"),
+        (["data.name=cifar10", "data.random_erasing=0.25", "data.augment=false"], "need data.augment=true"),
+        (["data.cutmix=1.0", "train.batch_size=127"], "need an even train.batch_size, got 127"),
+        (["student.pretrained=true", "student.checkpoint=x.pt"], "set only one of them"),
+    ],
+)
+def test_bad_augmentation_or_pretrained_keys(overrides, needle, tmp_path, capsys):
+    err = fails(["train", *overrides, f"output_dir={tmp_path / 'run'}"], capsys)
+    assert needle in err
+    assert not (tmp_path / "run").exists()
+
+
+@needs_fashion_mnist
+def test_pretrained_teacher_offline_says_to_give_a_checkpoint(tmp_path, monkeypatch, capsys):
+    from urllib.error import URLError
+
+    import torchvision.models as tvm
+
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tvm, "get_model", offline)
+    args = ["train", "kd.method=kd", "teacher.model=tv:resnet18", "teacher.pretrained=true", f"output_dir={tmp_path / 'run'}"]
+    err = fails(args, capsys)
+    assert "teacher.pretrained: pretrained weights are not available offline" in err
+    assert "teacher.checkpoint=FILE" in err and not (tmp_path / "run").exists()

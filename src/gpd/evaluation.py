@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from gpd.config import load_config
 from gpd.data import build_datasets
+from gpd.data.augment import AugmentRecipe
 from gpd.export import read_student_file, student_from_payload
 from gpd.training.evaluate import accuracy
 from gpd.training.run_dir import CONFIG_FILE, STUDENT_FILE
@@ -38,7 +39,8 @@ def evaluate_exported(path: str | Path, overrides: list[str] | None = None) -> d
     model = student_from_payload(payload, student_file)
     device = resolve_device(cfg.train.device)
     model.to(device)
-    data = build_datasets(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, augment=False)
+    recipe = AugmentRecipe.from_config(cfg.data)  # its interpolation resizes the test images as in training
+    data = build_datasets(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, augment=False, recipe=recipe)
     loader = DataLoader(data.test, batch_size=cfg.train.eval_batch_size)
     with torch.inference_mode():
         acc = accuracy({"student": model}, loader, device)["student"]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gpd.errors import ConfigError
-from gpd.models.registry import TIMM_PREFIX
+from gpd.models.registry import timm_needs_img_size
 
 if TYPE_CHECKING:
     from gpd.gpd_model import GPDModel
@@ -52,23 +52,6 @@ def parse_kwargs(items: Sequence[str]) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             kwargs[key] = raw
     return kwargs
-
-
-def timm_needs_img_size(name: str) -> bool:
-    """Whether a timm model is built for one input size (ViT-style position embeddings).
-
-    Such models must be told the image size at construction; convolutional ones
-    accept any size and would reject an ``img_size`` argument.
-    """
-    if not name.startswith(TIMM_PREFIX):
-        return False
-    try:
-        from timm.models import get_pretrained_cfg
-
-        cfg = get_pretrained_cfg(name[len(TIMM_PREFIX) :])
-    except Exception:  # an unknown name: create_model reports it properly
-        return False
-    return bool(cfg is not None and getattr(cfg, "fixed_input_size", False))
 
 
 def resolve_in_chans(in_chans: int | None, input_size: Sequence[int] | None) -> int:

@@ -180,6 +180,66 @@ def validate(cfg: Config) -> None:
     _require(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
     _require(d.test_subset is None or d.test_subset >= 1, f"data.test_subset must be >= 1, got {d.test_subset}")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    _validate_augmentation(cfg)
+    _require(
+        not (cfg.student.pretrained and cfg.student.checkpoint is not None),
+        "student.pretrained and student.checkpoint both give the starting weights; set only one of them",
+    )
+
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+def _validate_augmentation(cfg: Config) -> None:
+    """The DeiT recipe's keys (data.randaugment ... data.mixup_switch_prob)."""
+    d = cfg.data
+    _require(0 <= d.random_erasing <= 1, f"data.random_erasing must be a probability in [0, 1], got {d.random_erasing}")
+    _require(d.color_jitter is None or d.color_jitter >= 0, f"data.color_jitter must be >= 0 or null, got {d.color_jitter}")
+    _require(
+        d.interpolation is None or d.interpolation in INTERPOLATIONS,
+        f"data.interpolation must be {', '.join(INTERPOLATIONS)} or null, got '{d.interpolation}'",
+    )
+    _require(d.mixup >= 0 and math.isfinite(d.mixup), f"data.mixup must be an alpha >= 0 (0: off), got {d.mixup}")
+    _require(d.cutmix >= 0 and math.isfinite(d.cutmix), f"data.cutmix must be an alpha >= 0 (0: off), got {d.cutmix}")
+    _require(0 <= d.mixup_prob <= 1, f"data.mixup_prob must be a probability in [0, 1], got {d.mixup_prob}")
+    _require(
+        0 <= d.mixup_switch_prob <= 1, f"data.mixup_switch_prob must be a probability in [0, 1], got {d.mixup_switch_prob}"
+    )
+    if d.randaugment is not None:
+        _check_randaugment(d.randaugment)
+    from gpd.data.augment import AugmentRecipe  # not at the top: gpd.data imports torchvision
+
+    if AugmentRecipe.from_config(d).active:
+        keys = "data.randaugment, data.random_erasing, data.color_jitter and data.interpolation"
+        _require(
+            d.name.lower().replace("-", "_") in ("imagefolder", "cifar10", "cifar100"),
+            f"{keys} work with imagefolder, cifar10 and cifar100 (colour images), not {d.name}",
+        )
+        _require(d.augment, f"{keys} need data.augment=true")
+    if d.mixup > 0 or d.cutmix > 0:
+        _require(
+            cfg.train.batch_size % 2 == 0,
+            "data.mixup/data.cutmix mix each batch with its reverse and need an even train.batch_size, "
+            f"got {cfg.train.batch_size}",
+        )
+
+
+def _check_randaugment(spec: str) -> None:
+    """A timm auto_augment string that timm can build (rand-..., augmix-..., or an AutoAugment policy)."""
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    if spec.startswith("rand"):
+        build = rand_augment_transform
+    else:
+        build = augment_and_mix_transform if spec.startswith("augmix") else auto_augment_transform
+    hint = f"data.randaugment: '{spec}' is not a timm auto_augment string (e.g. rand-m9-mstd0.5-inc1)"
+    if spec.startswith("rand"):  # timm skips a section without a number (rand-m-...) silently
+        bare = [p for p in spec.split("-")[1:] if not p.startswith("t") and not any(c.isdigit() for c in p)]
+        _require(not bare, f"{hint}: section '{bare[0] if bare else ''}' has no value")
+    try:
+        build(spec, {"translate_const": 100, "img_mean": (124, 116, 104)})
+    except Exception as err:  # timm raises AssertionError/KeyError/ValueError for a bad string
+        raise ConfigError(f"{hint}: {first_line(err)}") from None
 
 
 def to_yaml(cfg: Config) -> str:

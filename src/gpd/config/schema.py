@@ -21,6 +21,18 @@ class DataConfig:
     augment: bool = True  # random crop and flip where the data set uses them
     image_size: Optional[int] = None  # resize; None keeps the native size
     num_workers: int = 0  # DataLoader worker processes
+    # The DeiT recipe's augmentations (timm). Setting any of the next four switches the
+    # training images of imagefolder/CIFAR to timm's create_transform pipeline; unset, the
+    # default pipelines above are used unchanged.
+    randaugment: Optional[str] = None  # a timm auto_augment string, e.g. rand-m9-mstd0.5-inc1; null: off
+    random_erasing: float = 0.0  # probability of timm's RandomErasing (per-pixel random fill)
+    color_jitter: Optional[float] = None  # brightness/contrast/saturation factor; timm skips it under RandAugment
+    interpolation: Optional[str] = None  # bilinear | bicubic | nearest for resizing (null: bilinear)
+    # Mixup/CutMix of each training batch (timm Mixup; soft targets, label smoothing applied there).
+    mixup: float = 0.0  # Mixup alpha; 0: off
+    cutmix: float = 0.0  # CutMix alpha; 0: off
+    mixup_prob: float = 1.0  # probability of mixing a batch at all
+    mixup_switch_prob: float = 0.5  # with both on: probability of CutMix instead of Mixup
 
 
 @dataclass
@@ -43,13 +55,14 @@ class GPDConfig:
 @dataclass
 class StudentConfig:
     checkpoint: Optional[str] = None  # fine-tuning: a run dir, student.pt or state_dict file (strict load)
+    pretrained: bool = False  # fine-tuning from torchvision/timm weights (needs internet; a dry run uses random ones)
 
 
 @dataclass
 class TeacherConfig:
     model: Optional[str] = None  # the static teacher's architecture (not needed for a gpd student.pt)
     checkpoint: Optional[str] = None  # a run dir, student.pt or state_dict file of the teacher
-    pretrained: bool = False  # torchvision/timm weights (needs internet)
+    pretrained: bool = False  # torchvision/timm weights (needs internet; a dry run uses random ones)
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 

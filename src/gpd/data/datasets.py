@@ -21,6 +21,7 @@ from torchvision import transforms as T
 from torchvision.datasets.utils import extract_archive
 
 from gpd.data import locate
+from gpd.data.augment import AugmentRecipe, PILTransformDataset
 from gpd.data.tensor_dataset import TensorImageDataset
 from gpd.errors import DataError
 
@@ -94,6 +95,7 @@ def build_datasets(
     download: bool = False,
     seed: int = 0,
     test_subset: int | None = None,
+    recipe: AugmentRecipe | None = None,
 ) -> DataBundle:
     """Load the named data set's train and test splits.
 
@@ -101,7 +103,9 @@ def build_datasets(
     Fashion-MNIST). ``train_subset=N`` keeps N training samples drawn with a permutation
     seeded by ``seed``; N above the set's size keeps all of it; ``test_subset`` likewise
     for the test split (quick runs). ``image_size`` resizes to a
-    square (default: native size; 224 for imagefolder). Raises DataError when the files are
+    square (default: native size; 224 for imagefolder). ``recipe``: timm augmentations of
+    the training images (imagefolder and CIFAR; see :mod:`gpd.data.augment`); ``None`` or an
+    inactive recipe keeps the default pipelines. Raises DataError when the files are
     missing or unreadable.
     """
     key = name.lower().replace("-", "_")
@@ -110,12 +114,15 @@ def build_datasets(
     if image_size is not None and image_size <= 0:
         raise DataError(f"data.image_size must be positive, got {image_size}")
     roots = None if root is None else [Path(root).expanduser()]
+    recipe = _active(recipe)
+    if recipe is not None and key in _IDX_SETS:
+        raise DataError(f"the timm augmentations (data.randaugment ...) need colour images; {name} is greyscale")
     if key in _IDX_SETS:
         bundle = _build_idx(key, _IDX_SETS[key], roots, image_size, download)
     elif key in _CIFAR_SETS:
-        bundle = _build_cifar(key, _CIFAR_SETS[key], roots, augment, image_size, download)
+        bundle = _build_cifar(key, _CIFAR_SETS[key], roots, augment, image_size, download, recipe)
     elif key == "imagefolder":
-        bundle = _build_imagefolder(roots, augment, image_size)
+        bundle = _build_imagefolder(roots, augment, image_size, recipe)
     else:
         raise DataError(f"unknown data set {name!r}; known data sets: {', '.join(KNOWN_DATASETS)}")
     if train_subset is not None:
@@ -172,9 +179,17 @@ def _build_idx(
 
 
 def _build_cifar(
-    key: str, spec: _CifarSpec, roots: list[Path] | None, augment: bool, image_size: int | None, download: bool
+    key: str,
+    spec: _CifarSpec,
+    roots: list[Path] | None,
+    augment: bool,
+    image_size: int | None,
+    download: bool,
+    recipe: AugmentRecipe | None = None,
 ) -> DataBundle:
-    """CIFAR-10/100 from the python-version pickles; crop + flip augmentation on tensors."""
+    """CIFAR-10/100 from the python-version pickles; crop + flip augmentation on tensors
+    (with an active ``recipe``: the training images go through timm's pipeline instead)."""
+    recipe = _active(recipe)
     searched = roots if roots is not None else locate.default_roots()
     found = _find_cifar(spec, searched)
     if found is None and download:
@@ -198,8 +213,28 @@ def _build_cifar(
         pad, flip = (padding, augment) if train else (0, False)
         return TensorImageDataset(images, targets, spec.mean, spec.std, classes, image_size, pad, flip)
 
-    train, test = wrap(train_tv, True), wrap(test_tv, False)
-    return DataBundle(train, test, len(classes), 3, train.input_size, spec.mean, spec.std, key, False, classes)
+    if recipe is not None and augment:
+        images = torch.from_numpy(train_tv.data).permute(0, 3, 1, 2)
+        targets = torch.as_tensor(train_tv.targets, dtype=torch.long)
+        train: Dataset = cifar_recipe_dataset(images, targets, recipe, size, spec.mean, spec.std, classes)
+    else:
+        train = wrap(train_tv, True)
+    test = wrap(test_tv, False)
+    return DataBundle(train, test, len(classes), 3, test.input_size, spec.mean, spec.std, key, False, classes)
+
+
+def cifar_recipe_dataset(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    recipe: AugmentRecipe,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    classes: Sequence[str] = (),
+) -> PILTransformDataset:
+    """CIFAR-like (N, 3, H, W) uint8 training images through timm's pipeline with CIFAR's crop."""
+    crop = recipe.cifar_crop(size, images.shape[-1], round(4 * size / 32), flip=True)
+    return PILTransformDataset(images, targets, recipe.train_transform(size, mean, std, crop=crop), classes)
 
 
 def _find_cifar(spec: _CifarSpec, roots: Sequence[Path]) -> Path | None:
@@ -223,7 +258,9 @@ def _find_cifar(spec: _CifarSpec, roots: Sequence[Path]) -> Path | None:
 # --- ImageFolder ----------------------------------------------------------------------------
 
 
-def _build_imagefolder(roots: list[Path] | None, augment: bool, image_size: int | None) -> DataBundle:
+def _build_imagefolder(
+    roots: list[Path] | None, augment: bool, image_size: int | None, recipe: AugmentRecipe | None = None
+) -> DataBundle:
     """ImageNet-style ROOT/train/<class>/ and ROOT/val/<class>/, decoded per sample with PIL."""
     if roots is None:
         raise DataError(
@@ -236,7 +273,7 @@ def _build_imagefolder(roots: list[Path] | None, augment: bool, image_size: int 
                 f"imagefolder: {root / split} is not a folder; data.root must hold train/<class>/ and val/<class>/"
             )
     size = image_size or 224
-    train_tf, test_tf = _imagefolder_transforms(size, augment)
+    train_tf, test_tf = _imagefolder_transforms(size, augment, recipe)
     try:
         train = tvd.ImageFolder(str(root / "train"), transform=train_tf)
         test = tvd.ImageFolder(str(root / "val"), transform=test_tf)
@@ -253,17 +290,33 @@ def _build_imagefolder(roots: list[Path] | None, augment: bool, image_size: int 
     )
 
 
-def _imagefolder_transforms(size: int, augment: bool) -> tuple[T.Compose, T.Compose]:
-    """Standard ImageNet recipe: random-resized crop + flip to train, resize + center crop to test."""
+def _imagefolder_transforms(size: int, augment: bool, recipe: AugmentRecipe | None = None) -> tuple[T.Compose, T.Compose]:
+    """Standard ImageNet recipe: random-resized crop + flip to train, resize + center crop to test.
+
+    An active ``recipe`` trains with timm's pipeline instead, and its interpolation (if
+    set) also resizes the test images.
+    """
+    recipe = _active(recipe)
     norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    test = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), *norm])
+    if recipe is not None and recipe.interpolation is not None:
+        resize = T.Resize(int(size * 256 / 224), interpolation=recipe.pil_interpolation)
+    else:
+        resize = T.Resize(int(size * 256 / 224))
+    test = T.Compose([resize, T.CenterCrop(size), *norm])
     if not augment:
         return test, test
+    if recipe is not None:
+        return recipe.train_transform(size, IMAGENET_MEAN, IMAGENET_STD), test
     train = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm])
     return train, test
 
 
 # --- shared helpers -------------------------------------------------------------------------
+
+
+def _active(recipe: AugmentRecipe | None) -> AugmentRecipe | None:
+    """``recipe`` if it changes anything, else None (the default pipelines)."""
+    return recipe if recipe is not None and recipe.active else None
 
 
 def _download(title: str, fetch: Callable[[Path], object], roots: list[Path] | None) -> Path:

@@ -31,6 +31,11 @@ class StaticTargets(NamedTuple):
     features: list[torch.Tensor]
 
 
+def hard_labels(y: torch.Tensor) -> torch.Tensor:
+    """Class indices: ``y`` itself, or the argmax of soft targets (N, K) such as Mixup's."""
+    return y.argmax(dim=-1) if y.is_floating_point() and y.dim() == 2 else y
+
+
 def freeze(teacher: nn.Module) -> nn.Module:
     """A static teacher: eval mode (BatchNorm statistics fixed) and no gradients."""
     teacher.eval()
@@ -58,6 +63,13 @@ class Distiller(nn.Module):
     otherwise. ``branches="orepa"`` trains every 3x3 stride-1 convolution as a
     six-branch block (Channel-Branch Reparameterization). ``export_student()`` returns
     a plain student of the original class, branches merged.
+
+    Targets ``y`` are class indices ``(N,)`` or, after Mixup/CutMix, soft targets ``(N, K)``
+    (rows of class probabilities). The cross-entropy terms use soft targets as they are:
+    ``label_smoothing`` smooths hard labels only, since Mixup has smoothed its targets
+    already. KD methods that need a hard label (DKD's target-class mask) get the argmax
+    of the soft target, the class with the largest share of the mix; KD and ReviewKD do
+    not use the label.
     """
 
     def __init__(
@@ -165,7 +177,8 @@ class Distiller(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, *, epoch: float | None = None) -> dict[str, torch.Tensor]:
         """The weighted loss terms of one batch; their sum is the training loss.
 
-        ``epoch`` (fractional, from 0) drives KD warm-up schedules such as DKD's.
+        ``epoch`` (fractional, from 0) drives KD warm-up schedules such as DKD's. ``y``:
+        class indices (N,) or soft targets (N, K), see the class docstring.
         """
         targets = self.static_targets(x)
         losses, teacher_logits = self.teacher_losses(x, y, targets, epoch=epoch)
@@ -214,6 +227,8 @@ class Distiller(nn.Module):
         return losses
 
     def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if y.is_floating_point():  # soft targets (Mixup/CutMix): already smoothed there
+            return F.cross_entropy(logits, y)
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def _taps(self, model: nn.Module, stages_attr: str, active: bool) -> AbstractContextManager[list[torch.Tensor]]:
@@ -235,7 +250,7 @@ class Distiller(nn.Module):
         if self.review_heads:
             losses[f"reviewkd_{role}"] = self.reviewkd_weight * reviewkd_loss(self.review_heads[role], feats, targets.features)
         else:
-            losses[f"kd_{role}"] = self.kd_loss(logits, targets.logits, y, epoch)  # type: ignore[misc]
+            losses[f"kd_{role}"] = self.kd_loss(logits, targets.logits, hard_labels(y), epoch)  # type: ignore[misc]
 
     def export_student(self) -> nn.Module:
         """A standalone copy of the student, in eval mode."""

@@ -1,7 +1,9 @@
 """Multi-stage features taken with forward hooks, for feature-based KD (ReviewKD).
 
 Models are never edited: the stage outputs are read by hooks registered for the length
-of one forward pass (so copies and exports of a model never carry them).
+of one forward pass (so copies and exports of a model never carry them). A stage that
+returns tokens and their grid size, ``((B, N, C), (H, W))`` as RVT's stages do, gives the
+(B, C, H, W) map of those tokens.
 """
 
 from __future__ import annotations
@@ -39,12 +41,24 @@ def feature_stage_names(model: nn.Module) -> list[str]:
     )
 
 
+def as_feature_map(output: object) -> object:
+    """A stage's output as a feature map: a ``(tokens (B, H*W, C), (H, W))`` pair becomes (B, C, H, W)."""
+    if isinstance(output, tuple) and len(output) == 2:
+        tokens, size = output
+        grid_size = isinstance(size, (tuple, list)) and len(size) == 2
+        if isinstance(tokens, torch.Tensor) and tokens.dim() == 3 and grid_size:
+            height, width = (int(s) for s in size)
+            if height * width == tokens.shape[1]:
+                return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+    return output
+
+
 @contextmanager
 def stage_features(model: nn.Module, names: list[str]) -> Iterator[list[torch.Tensor]]:
     """Collect the outputs of ``names`` (in that order) during the forward passes inside the block."""
     features: dict[str, torch.Tensor] = {}
     handles = [
-        model.get_submodule(name).register_forward_hook(lambda mod, args, out, name=name: features.__setitem__(name, out))
+        model.get_submodule(name).register_forward_hook(lambda mod, args, out, name=name: features.__setitem__(name, as_feature_map(out)))
         for name in names
     ]
     ordered: list[torch.Tensor] = []

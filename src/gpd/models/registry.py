@@ -127,6 +127,45 @@ def create_model_from_spec(spec: dict[str, Any]) -> nn.Module:
     )
 
 
+def timm_needs_img_size(name: str) -> bool:
+    """Whether ``timm:NAME`` is built for one input size (ViT-style position embeddings).
+
+    Such models must be told the image size at construction; convolutional ones
+    accept any size and would reject an ``img_size`` argument.
+    """
+    return _timm_fixed_size(name) is not None
+
+
+def sized_kwargs(name: str, kwargs: dict[str, Any], input_size: tuple[int, ...]) -> dict[str, Any]:
+    """``kwargs`` for building ``name`` on images of ``input_size`` (C, H, W).
+
+    A timm model built for one input size (DeiT, ViT) gets ``img_size`` when the images
+    differ from its default size and ``kwargs`` does not set it already; any other model
+    gets ``kwargs`` unchanged. timm resamples the position embedding of pretrained
+    weights to that size.
+    """
+    default = _timm_fixed_size(name)
+    if default is None or "img_size" in kwargs or len(input_size) != 3 or tuple(input_size[1:]) == default:
+        return dict(kwargs)
+    height, width = (int(s) for s in input_size[1:])
+    return {**kwargs, "img_size": height if height == width else [height, width]}
+
+
+def _timm_fixed_size(name: str) -> tuple[int, int] | None:
+    """The (H, W) a fixed-input-size ``timm:NAME`` is built for by default, else None."""
+    if not isinstance(name, str) or not name.startswith(TIMM_PREFIX):
+        return None
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name[len(TIMM_PREFIX) :])
+    except Exception:  # an unknown name: create_model reports it properly
+        return None
+    if cfg is None or not getattr(cfg, "fixed_input_size", False):
+        return None
+    return tuple(int(s) for s in cfg.input_size[-2:])  # type: ignore[return-value]
+
+
 # ---------------------------------------------------------------------------- helpers
 
 

@@ -11,7 +11,7 @@ from gpd.config import Config
 from gpd.data import DataBundle
 from gpd.errors import CheckpointError, ConfigError, first_line
 from gpd.export import is_student_payload, load_weights, read_checkpoint, student_from_payload
-from gpd.models import create_model
+from gpd.training.model_setup import create_for_data
 
 
 def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint: bool = False) -> nn.Module | None:
@@ -19,7 +19,8 @@ def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint
 
     A gpd student.pt (or a run directory) rebuilds its own architecture; any other
     checkpoint needs ``teacher.model``. The teacher must accept the data's images and
-    predict its number of classes.
+    predict its number of classes. ``allow_missing_checkpoint`` (a dry run): a missing
+    checkpoint file and ``teacher.pretrained`` weights are replaced by random weights.
     """
     t = cfg.teacher
     if t.model is None and t.checkpoint is None:
@@ -28,7 +29,7 @@ def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint
         if t.model is None:
             raise ConfigError(f"teacher.checkpoint {t.checkpoint} does not exist yet; set teacher.model for a dry run")
         print(f"dry run: teacher.checkpoint {t.checkpoint} does not exist yet -> a random {t.model} stands in")
-        teacher = create_model(t.model, num_classes=data.num_classes, in_chans=data.in_chans, **t.kwargs)  # type: ignore[arg-type]
+        teacher = create_for_data(t.model, data, t.kwargs, role="teacher")
         check_fits(teacher, data, "teacher")
         return teacher
     if t.checkpoint is not None and t.model is None:
@@ -40,8 +41,8 @@ def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint
             )
         teacher = student_from_payload(payload, path)
     else:
-        teacher = create_model(
-            t.model, num_classes=data.num_classes, in_chans=data.in_chans, pretrained=t.pretrained, **t.kwargs  # type: ignore[arg-type]
+        teacher = create_for_data(
+            t.model, data, t.kwargs, pretrained=t.pretrained, role="teacher", dry_run=allow_missing_checkpoint  # type: ignore[arg-type]
         )
         if t.checkpoint is not None:
             load_weights(teacher, t.checkpoint, what="teacher")

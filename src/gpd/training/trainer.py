@@ -31,12 +31,13 @@ from tqdm import tqdm
 from gpd.branches import count_branch_blocks, merge_branches
 from gpd.config import Config
 from gpd.data import DataBundle, build_datasets, synthetic_bundle
+from gpd.data.augment import AugmentRecipe
+from gpd.data.mixing import build_mixup, mix_batch
 from gpd.data.synthetic import SHAPES
 from gpd.distill import Distiller
 from gpd.errors import CheckpointError, ConfigError, DataError, GPDError
 from gpd.export import load_weights, student_payload
 from gpd.gpd_model import GPDModel
-from gpd.models import create_model
 from gpd.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from gpd.training.distributed import (
     DistContext,
@@ -57,11 +58,14 @@ from gpd.training.run_dir import (
     MetricsCSV,
     atomic_torch_save,
 )
+from gpd.training.model_setup import build_student
 from gpd.training.static_teacher import build_static_teacher, check_fits
 from gpd.training.steps import joint_backward, sequential_backward
 
 DRY_RUN_STEPS = 2
 DRY_RUN_IMAGE_SIZE = 32
+DRY_RUN_BATCH = 8  # images per process and step in a dry run, at most (ImageNet batches are large)
+DRY_RUN_WORKERS = 1  # DataLoader worker processes in a dry run, at most: one still checks that workers work
 
 
 def seed_everything(seed: int) -> None:
@@ -130,6 +134,7 @@ class Trainer:
         seed_everything(t.seed + self.ctx.rank)  # each process augments its own samples differently
 
         self.train_loader, self.sampler, self.test_loader = self._build_loaders()
+        self.mixup = build_mixup(cfg.data, self.data.num_classes, t.label_smoothing, self.train_loader.batch_size)
         self.optimizer = create_optimizer_v2(
             self.distiller, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum
         )
@@ -160,18 +165,26 @@ class Trainer:
 
     def _build_data(self) -> DataBundle:
         d = self.cfg.data
+        recipe = AugmentRecipe.from_config(d)
         if not self.dry_run:
             return build_datasets(
                 d.name, root=d.root, train_subset=d.train_subset, augment=d.augment, image_size=d.image_size,
-                download=d.download, seed=self.cfg.train.seed, test_subset=d.test_subset,
+                download=d.download, seed=self.cfg.train.seed, test_subset=d.test_subset, recipe=recipe,
             )  # fmt: skip
         size = min(d.image_size or SHAPES.get(d.name, (0, 32))[1], DRY_RUN_IMAGE_SIZE)
-        samples = 4 * self.cfg.train.batch_size
+        samples = 4 * self._global_batch()
         try:
-            return build_datasets(d.name, root=d.root, train_subset=samples, image_size=size, test_subset=samples)
+            return build_datasets(
+                d.name, root=d.root, train_subset=samples, image_size=size, test_subset=samples, recipe=recipe
+            )
         except DataError as err:
             self.log(f"dry run: {err} -> using a SYNTHETIC stand-in of random images")
-            return synthetic_bundle(d.name, image_size=size, samples=samples)
+            return synthetic_bundle(d.name, image_size=size, samples=samples, recipe=recipe)
+
+    def _global_batch(self) -> int:
+        """train.batch_size, or in a dry run at most DRY_RUN_BATCH images per process."""
+        batch = self.cfg.train.batch_size
+        return min(batch, DRY_RUN_BATCH * self.ctx.world_size) if self.dry_run else batch
 
     def _present(self, path: str, key: str) -> bool:
         """Whether a checkpoint file exists; a dry run goes on without it (random weights)."""
@@ -182,9 +195,7 @@ class Trainer:
 
     def _build_distiller(self) -> Distiller:
         cfg = self.cfg
-        student = create_model(
-            cfg.model.student, num_classes=self.data.num_classes, in_chans=self.data.in_chans, **cfg.model.kwargs
-        )
+        student = build_student(cfg, self.data, dry_run=self.dry_run)
         if cfg.student.checkpoint is not None:  # fine-tuning: D starts equal to this student (IR)
             if self._present(cfg.student.checkpoint, "student.checkpoint"):
                 load_weights(student, cfg.student.checkpoint, what="student")
@@ -243,13 +254,15 @@ class Trainer:
             raise ConfigError(
                 f"train.batch_size={t.batch_size} is the global batch and must divide evenly over {world} processes"
             )
-        if len(self.data.train) < t.batch_size:
+        batch = self._global_batch()
+        if len(self.data.train) < batch:
             raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(self.data.train)} training samples")
         sampler = DistributedSampler(
             self.data.train, num_replicas=world, rank=self.ctx.rank, shuffle=True, seed=t.seed, drop_last=True
         )
-        args: dict[str, Any] = dict(num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
-        train_loader = DataLoader(self.data.train, batch_size=t.batch_size // world, sampler=sampler, drop_last=True, **args)
+        workers = min(self.cfg.data.num_workers, DRY_RUN_WORKERS) if self.dry_run else self.cfg.data.num_workers
+        args: dict[str, Any] = dict(num_workers=workers, pin_memory=self.device.type == "cuda")
+        train_loader = DataLoader(self.data.train, batch_size=batch // world, sampler=sampler, drop_last=True, **args)
         test_loader = DataLoader(shard(self.data.test, self.ctx), batch_size=t.eval_batch_size, **args)
         return train_loader, sampler, test_loader
 
@@ -309,7 +322,8 @@ class Trainer:
         for step, (x, y) in enumerate(self.train_loader):
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = y.to(self.device, non_blocking=True)
-            losses = self.train_step(x, y, epoch_progress=epoch - 1 + step / steps, where=f"epoch {epoch}, step {step}")
+            x, targets = mix_batch(self.mixup, x, y)  # Mixup/CutMix: soft targets; y stays the labels
+            losses = self.train_step(x, targets, epoch_progress=epoch - 1 + step / steps, where=f"epoch {epoch}, step {step}")
             if losses is None:
                 skipped += 1
             else:
