@@ -448,6 +448,12 @@ class Trainer:
         self.log(engine)
 
     def fit(self) -> dict[str, Any]:
+        last_epoch = 1 if self.dry_run else self.cfg.train.epochs
+        if self.start_epoch > last_epoch:
+            raise ConfigError(
+                f"the run in {self.run_dir} already finished its {self.cfg.train.epochs} epochs; "
+                "to train longer, resume with a larger train.epochs=N"
+            )
         self.describe()
         if self.start_epoch > 1:
             self.log(f"resuming after epoch {self.start_epoch - 1} (step {self.num_updates})")
@@ -455,7 +461,6 @@ class Trainer:
             restore_rng(self._rng_to_restore)
         writer = self._tensorboard()
         run_started = time.perf_counter()
-        last_epoch = 1 if self.dry_run else self.cfg.train.epochs
         row: dict[str, Any] = {}
         try:
             for epoch in range(self.start_epoch, last_epoch + 1):
@@ -468,11 +473,6 @@ class Trainer:
         finally:
             if writer is not None:
                 writer.close()
-        if not row:
-            raise ConfigError(
-                f"the run in {self.run_dir} already finished its {self.cfg.train.epochs} epochs; "
-                "to train longer, resume with a larger train.epochs=N"
-            )
         exported = self.export(row)
         total = time.perf_counter() - run_started
         self.log(
