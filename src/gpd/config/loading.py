@@ -164,6 +164,7 @@ def validate(cfg: Config) -> None:
     _require(
         g.branch_init in ("default", "identity"), f"gpd.branch_init must be default or identity, got '{g.branch_init}'"
     )
+    _require(g.enabled or g.share, "gpd.share=false separates D's parameters from the student's; it needs gpd.enabled=true")
     _require(
         cfg.kd.method in ("none", "kd", "dkd", "reviewkd"),
         f"kd.method must be none, kd, dkd or reviewkd, got '{cfg.kd.method}'",

@@ -50,6 +50,7 @@ class GPDConfig:
     noise_std: float = 0.0  # symmetry-breaking noise on the teacher's copies
     branches: str = "none"  # orepa: train 3x3 stride-1 convs as six-branch blocks (merged on export)
     branch_init: str = "default"  # default (from scratch) | identity (blocks start equal to the convs)
+    share: bool = True  # false (ablation): D is built by IR but keeps parameters separate from the student's
 
 
 @dataclass

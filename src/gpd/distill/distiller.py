@@ -17,6 +17,7 @@ from torch import nn
 from gpd.branches import merge_branches
 from gpd.distill.features import feature_stage_names, stage_features
 from gpd.distill.kd_methods import KDLoss, build_kd_method
+from gpd.distill.pair import DynamicPair, UnsharedPair, trained_student_module
 from gpd.errors import ConfigError
 from gpd.expansion import expand
 from gpd.expansion.expand import with_branches
@@ -60,7 +61,10 @@ class Distiller(nn.Module):
     teacher is given (the baselines).
 
     ``parameters()`` are the trainable parameters: D's when GPD is on, the student's
-    otherwise. ``branches="orepa"`` trains every 3x3 stride-1 convolution as a
+    otherwise. ``share_parameters=False`` (the ablation ``gpd.share=false``) builds D
+    the same way, by Inverse Reparameterization, but then gives D and the student
+    separate parameters (:class:`~gpd.distill.pair.UnsharedPair`): both train, tied
+    only by the loss; ``parameters()`` are then D's and the student's. ``branches="orepa"`` trains every 3x3 stride-1 convolution as a
     six-branch block (Channel-Branch Reparameterization). ``export_student()`` returns
     a plain student of the original class, branches merged.
 
@@ -89,6 +93,7 @@ class Distiller(nn.Module):
         example_input: Any = None,
         branches: str | None = None,
         branch_init: str = "default",
+        share_parameters: bool = True,
     ) -> None:
         super().__init__()
         options = dict(kd_options or {})
@@ -107,10 +112,10 @@ class Distiller(nn.Module):
         self.sce_weight = sce_weight
         self.sce_eps = sce_eps
         self.label_smoothing = label_smoothing
-        self.gpd: GPDModel | None = None
+        self.gpd: DynamicPair | None = None  # a GPDModel, or an UnsharedPair with share_parameters=False
         self.plain: nn.Module | None = None
         if dynamic_teacher:
-            self.gpd = expand(
+            shared = expand(
                 student,
                 ratio,
                 input_size=input_size,
@@ -119,6 +124,7 @@ class Distiller(nn.Module):
                 branches=branches,
                 branch_init=branch_init,
             )
+            self.gpd = shared if share_parameters else UnsharedPair.from_expanded(shared)
         else:
             self.plain = with_branches(student, branches, branch_init)
         self.review_heads = nn.ModuleDict()
@@ -137,12 +143,18 @@ class Distiller(nn.Module):
             raise RuntimeError("this Distiller trains the student alone; it has no dynamic teacher")
         return self.gpd.forward_teacher(x)
 
-    def _student_module(self) -> nn.Module:
-        return self.gpd.student.module if self.gpd is not None else self.plain  # type: ignore[return-value]
+    @property
+    def shares_parameters(self) -> bool:
+        """Whether the student is a slice of D (False for the baseline and for share_parameters=False)."""
+        return isinstance(self.gpd, GPDModel)
+
+    def student_module(self) -> nn.Module:
+        """The module that runs the student's forward pass (for hooks, counting blocks)."""
+        return trained_student_module(self.gpd) if self.gpd is not None else self.plain  # type: ignore[return-value]
 
     def _build_review_heads(self, mid_channels: int, input_size: tuple[int, ...] | None, example_input: Any) -> None:
         """One ReviewKD fusion head for the student and one for D, sized by a probing forward pass."""
-        self.student_stages = feature_stage_names(self._student_module())
+        self.student_stages = feature_stage_names(self.student_module())
         self.teacher_stages = feature_stage_names(self.static_teacher)  # type: ignore[arg-type]
         if len(self.student_stages) != len(self.teacher_stages):
             raise ConfigError(
@@ -156,7 +168,7 @@ class Distiller(nn.Module):
         with torch.no_grad():
             with stage_features(self.static_teacher, self.teacher_stages) as t_feats:  # type: ignore[arg-type]
                 self.static_teacher(example_input)  # type: ignore[misc]
-            with stage_features(self._student_module(), self.student_stages) as s_feats:
+            with stage_features(self.student_module(), self.student_stages) as s_feats:
                 self.student_logits(example_input)
             widths = {"student": [f.shape[1] for f in s_feats]}
             if self.gpd is not None:
@@ -218,7 +230,7 @@ class Distiller(nn.Module):
         epoch: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """The student's loss terms; SCE towards ``teacher_logits`` (no gradient flows into them)."""
-        with self._taps(self._student_module(), "student_stages", bool(self.review_heads)) as feats:
+        with self._taps(self.student_module(), "student_stages", bool(self.review_heads)) as feats:
             student_logits = self.student_logits(x)
         losses = {"ce_student": self._ce(student_logits, y)}
         self._add_kd(losses, "student", student_logits, feats, targets, y, epoch)

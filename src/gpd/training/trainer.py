@@ -35,9 +35,9 @@ from gpd.data.augment import AugmentRecipe
 from gpd.data.mixing import build_mixup, mix_batch
 from gpd.data.synthetic import SHAPES
 from gpd.distill import Distiller
+from gpd.distill.pair import DynamicPair
 from gpd.errors import CheckpointError, ConfigError, DataError, GPDError
 from gpd.export import load_weights, student_payload
-from gpd.gpd_model import GPDModel
 from gpd.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from gpd.training.distributed import (
     DistContext,
@@ -79,13 +79,13 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def student_forward(core: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The student's forward pass of a trained core (a GPDModel, or the plain student)."""
-    return core.forward_student if isinstance(core, GPDModel) else core
+    """The student's forward pass of a trained core (a DynamicPair: GPDModel or UnsharedPair; or the plain student)."""
+    return core.forward_student if isinstance(core, DynamicPair) else core
 
 
 def export_student_of(core: nn.Module) -> nn.Module:
     """A standalone student of the original class from a trained core (branches merged)."""
-    student = core.export_student() if isinstance(core, GPDModel) else merge_branches(core)
+    student = core.export_student() if isinstance(core, DynamicPair) else merge_branches(core)
     return student.eval()
 
 
@@ -226,6 +226,7 @@ class Trainer:
             input_size=self.data.input_size,
             branches=cfg.gpd.branches,
             branch_init=cfg.gpd.branch_init,
+            share_parameters=cfg.gpd.share,
         )
 
     def _wrap_for_training(self) -> nn.Module:
@@ -394,7 +395,7 @@ class Trainer:
         if self.ema is not None:
             broadcast_buffers(self.ema, self.ctx)
             models["ema_student"] = student_forward(self.ema.module)
-            if isinstance(self.ema.module, GPDModel):
+            if isinstance(self.ema.module, DynamicPair):
                 models["ema_teacher"] = self.ema.module.forward_teacher
         batches = islice(self.test_loader, DRY_RUN_STEPS) if self.dry_run else self.test_loader
         correct, total = correct_counts(
@@ -426,6 +427,8 @@ class Trainer:
                 f"; dynamic teacher at ratio {r.ratio:g}: {count_parameters(d.gpd.teacher) / 1e6:.3f}M parameters, "
                 f"verified equal to the student (relative error {r.teacher_error:.1e})"
             )
+            if not d.shares_parameters:
+                line += ", separate parameters (gpd.share=false)"
         else:
             line += "; trained alone (gpd.enabled=false)"
         if d.static_teacher is not None:
@@ -434,7 +437,7 @@ class Trainer:
                 f"({count_parameters(d.static_teacher) / 1e6:.3f}M parameters, frozen), KD method {self.cfg.kd.method}"
             )
         if self.cfg.gpd.branches != "none":
-            trained = d.gpd.student.module if d.gpd is not None else d.plain
+            trained = d.student_module()
             line += f"; {count_branch_blocks(trained)} convolutions trained as six-branch blocks ({self.cfg.gpd.branches})"
         self.log(line)
         t = self.cfg.train

@@ -1,0 +1,106 @@
+"""A dynamic teacher and its student, with shared or separate parameters.
+
+:class:`~gpd.gpd_model.GPDModel` is the paper's pair: the student is a channel slice
+of D (hard parameter sharing). :class:`UnsharedPair` is the ablation ``gpd.share=false``:
+D is still built from the student by Inverse Reparameterization, so both start as the
+same function, but from then on D and the student own separate parameters and move
+independently; only the loss (CE of each, SCE of the student towards the stop-gradient
+of D, KD terms) ties them together.
+
+Both satisfy :class:`DynamicPair`, the interface the trainer and the Distiller use.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from torch import nn
+
+from gpd.branches import merge_branches
+from gpd.gpd_model import ExpansionReport, GPDModel
+
+Role = Literal["student", "teacher"]
+
+
+@runtime_checkable
+class DynamicPair(Protocol):
+    """A dynamic teacher D (``teacher``) trained next to a student, with exports of both."""
+
+    teacher: nn.Module
+    report: ExpansionReport
+
+    def forward_student(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def forward_teacher(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def export_student(self) -> nn.Module: ...
+
+    def export_teacher(self) -> nn.Module: ...
+
+
+def trained_student_module(pair: DynamicPair) -> nn.Module:
+    """The module that runs the student's forward pass (its class, buffers and structure).
+
+    For a GPDModel it is the parameter-free module of the student view; for an
+    UnsharedPair the student itself.
+    """
+    student = pair.student  # type: ignore[attr-defined]
+    return student.module if isinstance(pair, GPDModel) else student
+
+
+class UnsharedPair(nn.Module):
+    """D and a student with separate parameters, both starting as the same function.
+
+    Built with :meth:`from_expanded` from a verified GPDModel: ``teacher`` is a deep copy
+    of its D, ``student`` a standalone module holding the student's parameters read out
+    of D (so, at ratio r, the student's weights equal the original student's, and the
+    pair computes D == S exactly as the shared pair does). ``parameters()`` are D's and
+    the student's; one optimizer trains both. Unlike the shared pair, a plain SGD step
+    on the student's weights has no r^2 scaling (DESIGN.md section 3).
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, report: ExpansionReport) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.student = student
+        self.report = report
+
+    @classmethod
+    def from_expanded(cls, model: GPDModel) -> UnsharedPair:
+        """Separate copies of ``model``'s D and student (the student with its own BatchNorm statistics)."""
+        teacher = copy.deepcopy(model.teacher)
+        student = model.student.materialize(dict(model.teacher.named_parameters()))
+        pair = cls(teacher, student, model.report)
+        pair.train(model.training)
+        return pair
+
+    @property
+    def ratio(self) -> float:
+        return self.report.ratio
+
+    def forward_student(self, *args: Any, **kwargs: Any) -> Any:
+        return self.student(*args, **kwargs)
+
+    def forward_teacher(self, *args: Any, **kwargs: Any) -> Any:
+        return self.teacher(*args, **kwargs)
+
+    def forward(self, *args: Any, role: Role, **kwargs: Any) -> Any:
+        if role == "student":
+            return self.forward_student(*args, **kwargs)
+        if role == "teacher":
+            return self.forward_teacher(*args, **kwargs)
+        raise ValueError(f"role must be 'student' or 'teacher', got {role!r}")
+
+    def export_student(self) -> nn.Module:
+        """A standalone copy of the student (branch blocks merged into plain convolutions)."""
+        exported = merge_branches(self.student)
+        exported.train(self.training)
+        return exported
+
+    def export_teacher(self) -> nn.Module:
+        """A standalone copy of D, a plain wide network (branch blocks merged)."""
+        return merge_branches(self.teacher)
+
+    def extra_repr(self) -> str:
+        return f"ratio={self.ratio}, shared=False"
