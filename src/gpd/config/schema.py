@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 @dataclass
 class DataConfig:
-    name: str = "fashion_mnist"  # fashion_mnist | mnist | cifar10 | cifar100 | imagefolder
+    name: str = "fashion_mnist"  # fashion_mnist | mnist | digits | cifar10 | cifar100 | imagefolder
     root: Optional[str] = None  # None: $GPD_DATA, ./data, ~/.cache/gpd/data (and Debian's folder)
     train_subset: Optional[int] = None  # keep only this many training samples
     test_subset: Optional[int] = None  # evaluate on only this many test samples (quick runs)

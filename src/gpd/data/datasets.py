@@ -83,7 +83,10 @@ _CIFAR_SETS = {
     "cifar10": _CifarSpec("CIFAR-10", tvd.CIFAR10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": _CifarSpec("CIFAR-100", tvd.CIFAR100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-KNOWN_DATASETS = (*_IDX_SETS, *_CIFAR_SETS, "imagefolder")
+DIGITS_TEST_SAMPLES = 360  # of scikit-learn's 1797 digits; the other 1437 train
+DIGITS_SPLIT_SEED = 0  # the split is fixed: train.seed changes the training, not the test set
+DIGITS_HINT = "pip install scikit-learn (or pip install 'gpd[bench]'): the digits ship inside it"
+KNOWN_DATASETS = (*_IDX_SETS, "digits", *_CIFAR_SETS, "imagefolder")
 
 
 def build_datasets(
@@ -115,10 +118,12 @@ def build_datasets(
         raise DataError(f"data.image_size must be positive, got {image_size}")
     roots = None if root is None else [Path(root).expanduser()]
     recipe = _active(recipe)
-    if recipe is not None and key in _IDX_SETS:
+    if recipe is not None and (key in _IDX_SETS or key == "digits"):
         raise DataError(f"the timm augmentations (data.randaugment ...) need colour images; {name} is greyscale")
     if key in _IDX_SETS:
         bundle = _build_idx(key, _IDX_SETS[key], roots, image_size, download)
+    elif key == "digits":
+        bundle = _build_digits(image_size)
     elif key in _CIFAR_SETS:
         bundle = _build_cifar(key, _CIFAR_SETS[key], roots, augment, image_size, download, recipe)
     elif key == "imagefolder":
@@ -173,6 +178,41 @@ def _build_idx(
 
     train, test = wrap(train_tv), wrap(test_tv)
     return DataBundle(train, test, len(classes), 1, train.input_size, (spec.mean,), (spec.std,), key, False, classes)
+
+
+# --- scikit-learn's digits -------------------------------------------------------------------
+
+
+def _build_digits(image_size: int | None) -> DataBundle:
+    """The 1797 8x8 greyscale digits bundled with scikit-learn (UCI optdigits test set; no download).
+
+    A fixed stratified split (seed DIGITS_SPLIT_SEED): 1437 training and 360 test images.
+    Pixels are counts 0-16, stored as uint8 scaled to 0-255; mean and std are those of the
+    training split. Native size 8x8: the bundled CIFAR-style ResNets (3x3 stride-1 stem,
+    two stride-2 stages, global pooling) run on it; ``image_size`` resizes if wanted.
+    No augmentation, as for the MNIST family.
+    """
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise DataError(f"digits needs scikit-learn, which is not installed: {DIGITS_HINT}") from None
+    digits = load_digits()
+    images = torch.from_numpy((digits.images * (255.0 / 16.0)).round()).to(torch.uint8).unsqueeze(1)
+    targets = torch.as_tensor(digits.target, dtype=torch.long)
+    train_idx, test_idx = train_test_split(
+        list(range(len(targets))), test_size=DIGITS_TEST_SAMPLES, stratify=digits.target, random_state=DIGITS_SPLIT_SEED
+    )
+    train_idx, test_idx = torch.tensor(sorted(train_idx)), torch.tensor(sorted(test_idx))
+    pixels = images[train_idx].float() / 255.0
+    mean, std = (round(float(pixels.mean()), 4),), (round(float(pixels.std()), 4),)
+    classes = tuple(str(c) for c in digits.target_names)
+
+    def wrap(idx: torch.Tensor) -> TensorImageDataset:
+        return TensorImageDataset(images[idx], targets[idx], mean, std, classes, image_size)
+
+    train, test = wrap(train_idx), wrap(test_idx)
+    return DataBundle(train, test, len(classes), 1, train.input_size, mean, std, "digits", False, classes)
 
 
 # --- CIFAR ----------------------------------------------------------------------------------

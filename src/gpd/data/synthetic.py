@@ -18,6 +18,7 @@ from gpd.errors import DataError
 SHAPES = {
     "fashion_mnist": (1, 28, 10),
     "mnist": (1, 28, 10),
+    "digits": (1, 8, 10),
     "cifar10": (3, 32, 10),
     "cifar100": (3, 32, 100),
     "imagefolder": (3, 224, 1000),
