@@ -246,26 +246,62 @@ def fmt_time(seconds: float) -> str:
 # --- running ---------------------------------------------------------------------------------
 
 
-def threads() -> int:
-    """One run at a time gets every core this process may use."""
+def cores() -> int:
+    """The cores this process may use."""
     try:
         return max(len(os.sched_getaffinity(0)), 1)
     except AttributeError:  # not on Linux
         return max(os.cpu_count() or 1, 1)
 
 
+def busy_cores(seconds: float = 0.5) -> float | None:
+    """How many cores other processes keep busy right now (/proc/stat over ``seconds``; None if unknown).
+
+    Sampled between runs, when this script itself is idle."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
+
+
+def threads(forced: int | None = None) -> int:
+    """Intra-op threads of the next run: every core, less those other processes keep busy.
+
+    One run at a time gets the whole machine when it is idle. When other work shares
+    the cores, fewer threads avoid the collapse of OpenMP barriers whose threads are
+    descheduled (measured here: 2 threads on 2 cores next to another busy process ran
+    5-10x slower than on an idle machine)."""
+    if forced is not None:
+        return forced
+    busy = busy_cores()
+    free = cores() if busy is None else cores() - round(busy)
+    return max(1, min(cores(), free))
+
+
 def run_dir(out: Path, spec: Spec) -> Path:
     return out / "runs" / spec.id
 
 
-def train(spec: Spec, out: Path, log: Path) -> float:
+def train(spec: Spec, out: Path, log: Path, n_threads: int) -> float:
     """Run ``gpd train`` for ``spec`` (restarting an unfinished run dir); returns its wall time."""
     target = run_dir(out, spec)
     target.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "gpd", "train", spec.config, *spec.overrides, f"output_dir={target}"]
     if target.exists():
         cmd.append("--overwrite")  # an interrupted run: student.pt is missing, start it again
-    n = str(threads())
+    n = str(n_threads)
     env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     with open(log, "a") as handle:
@@ -365,7 +401,7 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{threads()} cores ({cpu}), Python {platform.python_version()}, torch {torch.__version__}"
+    return f"{cores()} cores ({cpu}), Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def load_average() -> str:
@@ -419,12 +455,22 @@ def write_summary(
                     rel = os.path.relpath(reports[key], out)
                     text += [f"Plots of seed {seeds[0]}: [{rel}/report.md]({rel}/report.md), "
                              f"![accuracy]({rel}/accuracy.png)", ""]  # fmt: skip
-    text += ["## Per-run times", "", "| run | wall (s) | training + evaluation (s) | estimate (s) |", "|---|---|---|---|"]
+    text += [
+        "## Per-run times",
+        "",
+        "Wall time of the `gpd train` process (start-up included), the epochs' training and evaluation",
+        "time from metrics.csv, the estimate for 2 idle cores, the threads the run was given",
+        "(OMP_NUM_THREADS: the cores other processes left free) and the 1-minute load average at its end.",
+        "",
+        "| run | wall (s) | training + evaluation (s) | estimate (s) | threads | load at the end |",
+        "|---|---|---|---|---|---|",
+    ]
     for spec in specs:
         r = results.get(spec.id)
         if r:
             wall_s = f"{r['wall']:.0f}" if r.get("wall") is not None else "—"
-            text.append(f"| {spec.id} | {wall_s} | {r['seconds']:.0f} | {estimate_seconds(spec):.0f} |")
+            extra = f"{r['threads']} | {r['load']:.2f}" if "threads" in r else "— | —"
+            text.append(f"| {spec.id} | {wall_s} | {r['seconds']:.0f} | {estimate_seconds(spec):.0f} | {extra} |")
     text.append("")
     return "\n".join(text)
 
@@ -464,6 +510,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated groups: {', '.join(GROUPS)} (default all)")
     parser.add_argument("--data", default=",".join(DATASETS), help=f"comma-separated data sets: {', '.join(DATASETS)}")
     parser.add_argument("--resume", action="store_true", help="reuse --out: skip runs whose student.pt exists")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP_NUM_THREADS of every run (default: the cores other processes leave free, sampled before each run)")
     parser.add_argument("--estimate", action="store_true", help="print the plan and its time estimate, run nothing")
     args = parser.parse_args(argv)
     for value, known, what in ((args.only, GROUPS, "--only"), (args.data, DATASETS, "--data")):
@@ -482,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = build_specs(mode, args.data.split(","), args.only.split(","), seeds, out)
     estimate = sum(estimate_seconds(s) for s in specs)
     print(f"{len(specs)} runs ({mode_name} mode, seeds {' '.join(map(str, seeds))}); estimated {fmt_time(estimate)} "
-          f"on 2 idle cores, one run at a time with {threads()} threads", flush=True)  # fmt: skip
+          f"on 2 idle cores, one run at a time", flush=True)  # fmt: skip
     if mode_name == "full" and estimate > BUDGET_S:
         print(f"note: the estimate exceeds the {BUDGET_S // 60}-minute budget of the full suite", flush=True)
     if args.estimate:
@@ -496,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "train.log"
     ledger_path = out / "times.json"
-    ledger: dict[str, float] = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {}
+    ledger: dict[str, dict] = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {}
     started, load_start, clock = dt.datetime.now(dt.timezone.utc), load_average(), time.perf_counter()
     results: dict[str, dict] = {}
     remaining = estimate
@@ -506,13 +554,15 @@ def main(argv: list[str] | None = None) -> int:
         if (target / "student.pt").is_file():
             print(f"[{index}/{len(specs)}] {spec.id}: finished earlier, skipped", flush=True)
         else:
-            print(f"[{index}/{len(specs)}] {spec.id} ...", end=" ", flush=True)
-            ledger[spec.id] = train(spec, out, log)
+            n_threads = threads(args.threads)
+            print(f"[{index}/{len(specs)}] {spec.id} ({n_threads} threads) ...", end=" ", flush=True)
+            seconds = train(spec, out, log, n_threads)
+            ledger[spec.id] = {"wall": seconds, "threads": n_threads, "load": os.getloadavg()[0]}
             ledger_path.write_text(json.dumps(ledger, indent=1))
             elapsed = time.perf_counter() - clock
-            print(f"{ledger[spec.id]:.0f} s (estimate {estimate_seconds(spec):.0f} s); elapsed {fmt_time(elapsed)}, "
+            print(f"{seconds:.0f} s (estimate {estimate_seconds(spec):.0f} s); elapsed {fmt_time(elapsed)}, "
                   f"left about {fmt_time(remaining)} by the estimate", flush=True)  # fmt: skip
-        results[spec.id] = {**accuracies(target), "wall": ledger.get(spec.id)}
+        results[spec.id] = {**accuracies(target), **ledger.get(spec.id, {})}
         r = results[spec.id]
         print(f"    student {r['last']:.2f}% (best {r['best']:.2f}%)"
               + (f", D {r['teacher']:.2f}%" if r["teacher"] is not None else ""), flush=True)  # fmt: skip
