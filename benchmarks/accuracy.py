@@ -72,10 +72,10 @@ ALL_ABLATIONS = ("no_branches", "ratio1.5", "ratio3", "unshared", "lambda1")
 METHODS = ("kd", "dkd", "reviewkd")
 
 MODES = {
-    # The suite: about 70 minutes on 2 idle cores (see estimate()).
+    # The suite: about 70 minutes on 2 idle cores (estimate_seconds(); --estimate prints it).
     "full": Mode(
         plans={
-            "fashion_mnist": Plan(train_subset=15000, test_subset=None, epochs=2, finetune_epochs=1, teacher_epochs=3),
+            "fashion_mnist": Plan(train_subset=12500, test_subset=None, epochs=2, finetune_epochs=1, teacher_epochs=3),
             "digits": Plan(train_subset=None, test_subset=None, epochs=10, finetune_epochs=5, teacher_epochs=15, batch_size=64),
         },
         seeds=DEFAULT_SEEDS,
@@ -110,17 +110,18 @@ MODES = {
 # (ResNet-8 student, Fashion-MNIST 28 px, batch 128, a 10k-image test pass per 60k
 # training images included): CE alone 88 s / 120k images, GPD 255 s, GPD with branches
 # 285 s, DKD 115 s, DKD + GPD with branches 341 s. Ratio-3 and ratio-1.5 D scale with
-# r^2; ReviewKD adds its fusion heads; the ResNet-20 teacher is ~3 times the student.
+# r^2; the ResNet-20 teacher is ~3 times the student. ReviewKD and ratio 3 were corrected
+# after the first --quick run (2026-11-26: 27 runs in 5 min 27 s, estimate 4 min 32 s).
 MS_PER_IMAGE = {
     "plain": 0.73,
     "static": 0.96,  # CE + KD/DKD from a static teacher (its forward pass)
-    "static_review": 1.05,
+    "static_review": 1.9,  # ReviewKD's fusion heads and feature taps: about twice KD (measured by --quick)
     "gpd": 2.4,  # with six-branch blocks, r = 2
     "gpd_plain_convs": 2.1,
     "gpd_static": 2.84,
-    "gpd_static_review": 3.0,
+    "gpd_static_review": 5.2,  # two fusion heads, one at D's widths
     "gpd_r1.5": 1.5,  # branches off
-    "gpd_r3": 4.0,  # branches off
+    "gpd_r3": 4.8,  # branches off
     "teacher": 2.2,
 }
 EVAL_FRACTION = 0.3  # a test image costs about this fraction of a training image (forward only)
