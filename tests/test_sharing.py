@@ -45,12 +45,14 @@ def batch(seed: int, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 3, 32, 32, generator=gen), torch.randint(0, 10, (n,), generator=gen)
 
 
-def predicted_student_params(gm: gpd.GPDModel, student: nn.Module, ratio: int) -> dict[str, torch.Tensor]:
+def predicted_student_params(
+    gm: gpd.GPDModel, student: nn.Module, ratio: int, differentiable: bool = False
+) -> dict[str, torch.Tensor]:
     """The student's parameters read out of D by hand (prefix slice; x r on widened conv/linear inputs)."""
     teacher_params = dict(gm.teacher.named_parameters())
     out = {}
     for name, s_param in student.named_parameters():
-        d_param = teacher_params[name].detach()
+        d_param = teacher_params[name] if differentiable else teacher_params[name].detach()
         value = d_param[tuple(slice(0, n) for n in s_param.shape)]
         owner = student.get_submodule(name.rpartition(".")[0])
         ungrouped = isinstance(owner, nn.Linear) or (
@@ -173,3 +175,73 @@ def test_teacher_loss_gives_tiled_gradients(arch: str) -> None:
     c_out = grad.shape[0] // RATIO
     assert grad[c_out:].abs().max() > 0
     assert rel_err(grad[c_out:], grad[:c_out]) <= 1e-4
+
+
+# ---------------------------------------------------------------------------- the student's gradient
+
+
+def _student_grads(gm: gpd.GPDModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    gm.zero_grad(set_to_none=True)
+    F.cross_entropy(gm.forward_student(x), y).backward()
+    return {n: p.grad.clone() for n, p in gm.teacher.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_student_gradient_equals_slicing_by_hand(memory_format: torch.memory_format) -> None:
+    """The student's gradient on D equals autograd through plain indexing (x r on widened inputs)."""
+    student = make_student("tv_resnet18")
+    gm = gpd.expand(student, RATIO, input_size=(3, 32, 32)).train().to(memory_format=memory_format)
+    x, y = batch(5)
+    x = x.contiguous(memory_format=memory_format)
+    got = _student_grads(gm, x, y)
+
+    reference = copy.deepcopy(gm)
+    params = predicted_student_params(reference, student, RATIO, differentiable=True)
+    out = torch.func.functional_call(reference.student.module, params, (x,), strict=False)
+    d_params = dict(reference.teacher.named_parameters())
+    F.cross_entropy(out, y).backward()
+    expected = {n: p.grad for n, p in d_params.items() if p.grad is not None}
+    assert set(got) == set(expected)
+    for name, grad in got.items():
+        assert torch.allclose(grad, expected[name], rtol=1e-5, atol=1e-7), name
+
+
+def test_student_gradient_keeps_the_parameter_layout() -> None:
+    """The gradient handed to autograd is laid out like D's channels_last weight (no layout copy)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    gm = gpd.expand(nn.Sequential(conv, nn.ReLU(), nn.Conv2d(16, 8, 3)), RATIO, input_size=(8, 6, 6))
+    gm = gm.to(memory_format=torch.channels_last)
+    slice_ = gm.student.slices["2.weight"]  # both axes widened: a prefix block times r
+    weight = gm.teacher.get_parameter("2.weight")
+    derived = slice_.derive(weight)
+    assert torch.equal(derived, weight.detach()[:8, :16] * RATIO)
+    (grad,) = torch.autograd.grad(derived, weight, torch.ones_like(derived))
+    assert grad.stride() == weight.stride()
+    assert torch.equal(grad[:8, :16], torch.full((8, 16, 3, 3), float(RATIO)))
+    assert weight.shape == (8, 32, 3, 3)  # the last layer's output is not widened
+    assert grad[:, 16:].abs().max() == 0
+
+
+@pytest.mark.parametrize(
+    "arch, ratio",
+    [("cifar_resnet", 1.5), ("vit", 2), ("vit", 3)],
+)
+def test_student_gradient_matches_the_generic_slicing_path(arch: str, ratio: float, monkeypatch) -> None:
+    """Uneven copies (a per-channel scale) and fused qkv (an index on one axis) give the generic path's gradient."""
+    timm = pytest.importorskip("timm")
+    from gpd.expansion.rules import ParamSlice
+
+    torch.manual_seed(0)
+    if arch == "vit":
+        student = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10)
+    else:
+        student = make_student(arch)
+    gm = gpd.expand(student, ratio, input_size=(3, 32, 32)).train()
+    x, y = batch(6)
+    got = _student_grads(gm, x, y)
+    monkeypatch.setattr(ParamSlice, "_block_reader", lambda self: None)
+    expected = _student_grads(gm, x, y)
+    assert set(got) == set(expected)
+    for name, grad in got.items():
+        assert torch.allclose(grad, expected[name], rtol=1e-6, atol=0), name
