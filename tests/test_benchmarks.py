@@ -1,0 +1,53 @@
+"""Smoke tests of the benchmark scripts: they run and print the tables they promise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEED = ROOT / "benchmarks" / "speed.py"
+
+
+def run_speed(*args: str, timeout: float) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(SPEED), *args], capture_output=True, text=True, timeout=timeout,
+                         env=env, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def table_rows(text: str, heading: str) -> list[list[str]]:
+    """The body rows of the markdown table under ``## heading``, as lists of cells."""
+    section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_speed_quick_one_method() -> None:
+    """The step table's KD row: times, ratios and FLOPs are numbers, GPD costs more FLOPs than KD alone."""
+    text = run_speed("--quick", "--methods", "kd", "--no-extras", timeout=120)
+    (row,) = table_rows(text, "Step time and FLOPs")
+    assert row[:3] == ["resnet32x4 -> resnet8x4", "32 px, 4", "kd"]
+    alone_ms, gpd_ms, time_ratio, flop_ratio = (float(cell) for cell in row[3:7])
+    assert alone_ms > 0 and gpd_ms > 0 and time_ratio > 0
+    assert 2.0 < flop_ratio < 2.6  # D is about 4x the student; the static teacher's forward is shared
+    assert float(row[-4]) < float(row[-3])  # GFLOP alone < GFLOP with GPD
+
+
+@pytest.mark.slow
+def test_speed_quick_has_every_table() -> None:
+    text = run_speed("--quick", timeout=600)
+    rows = table_rows(text, "Step time and FLOPs")
+    assert [row[2] for row in rows] == ["kd", "dkd", "reviewkd"]
+    (view,) = table_rows(text, "Where the extra time goes")
+    assert view[0] == "resnet8x4"
+    (export,) = table_rows(text, "Exported student")
+    assert export[0] == "resnet8x4" and float(export[4]) > 0
+    branches = table_rows(text, "Six-branch blocks")
+    assert [row[2] for row in branches] == ["KD alone", "KD + GPD"]
+    assert "Total wall time" in text
