@@ -113,3 +113,14 @@ def test_reviewkd_gives_student_and_d_their_own_fusion_heads(dynamic_teacher):
     exported = distiller.export_student()
     assert type(exported) is type(student)
     exported.load_state_dict(create_model("resnet8", 10, 1).state_dict(), strict=True)  # no head inside
+
+
+def test_reviewkd_refuses_token_stages_with_a_clear_error():
+    """DeiT's stages give token sequences, not feature maps: refused when the Distiller is built."""
+    from gpd.errors import ConfigError
+
+    kwargs = dict(num_classes=10, in_chans=3, img_size=32, patch_size=8, depth=2, num_heads=2)
+    student = create_model("timm:vit_tiny_patch16_224", embed_dim=48, **kwargs)
+    teacher = create_model("timm:vit_tiny_patch16_224", embed_dim=96, **kwargs)
+    with pytest.raises(ConfigError, match="ReviewKD fuses feature maps"):
+        gpd.Distiller(student, teacher, kd="reviewkd", input_size=(3, 32, 32))

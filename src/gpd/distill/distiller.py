@@ -170,6 +170,13 @@ class Distiller(nn.Module):
                 self.static_teacher(example_input)  # type: ignore[misc]
             with stage_features(self.student_module(), self.student_stages) as s_feats:
                 self.student_logits(example_input)
+            for who, feats, names in (("static teacher", t_feats, self.teacher_stages), ("student", s_feats, self.student_stages)):
+                for name, feat in zip(names, feats):
+                    if feat.ndim != 4:
+                        raise ConfigError(
+                            f"ReviewKD fuses feature maps (N, C, H, W), but the {who}'s stage '{name}' gives "
+                            f"shape {tuple(feat.shape)} (tokens?); use kd.method=kd or dkd for this pair"
+                        )
             widths = {"student": [f.shape[1] for f in s_feats]}
             if self.gpd is not None:
                 with stage_features(self.gpd.teacher, self.student_stages) as d_feats:
