@@ -27,7 +27,33 @@ class ExpansionReport:
     checked_in_float64: bool = False  # float32 rounding exceeded the tolerance; float64 confirmed exactness
 
 
-class GPDModel(nn.Module):
+class PairRoles:
+    """What every dynamic-teacher pair shares: D's forward, the role chosen at the call,
+    D's export. A pair defines ``teacher`` and ``forward_student``."""
+
+    teacher: nn.Module
+
+    def forward_student(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def forward_teacher(self, *args: Any, **kwargs: Any) -> Any:
+        return self.teacher(*args, **kwargs)
+
+    def forward(self, *args: Any, role: Role, **kwargs: Any) -> Any:
+        if role == "student":
+            return self.forward_student(*args, **kwargs)
+        if role == "teacher":
+            return self.forward_teacher(*args, **kwargs)
+        raise ValueError(f"role must be 'student' or 'teacher', got {role!r}")
+
+    def export_teacher(self) -> nn.Module:
+        """A standalone copy of D, a plain wide network (branch blocks merged)."""
+        from gpd.branches import merge_branches
+
+        return merge_branches(self.teacher)
+
+
+class GPDModel(PairRoles, nn.Module):
     """The dynamic teacher D (``teacher``) and the student that shares its parameters.
 
     ``teacher`` is an ordinary wide network of the student's own module classes; its
@@ -58,16 +84,6 @@ class GPDModel(nn.Module):
     def forward_student(self, *args: Any, **kwargs: Any) -> Any:
         return self.student(dict(self.teacher.named_parameters()), *args, **kwargs)
 
-    def forward_teacher(self, *args: Any, **kwargs: Any) -> Any:
-        return self.teacher(*args, **kwargs)
-
-    def forward(self, *args: Any, role: Role, **kwargs: Any) -> Any:
-        if role == "student":
-            return self.forward_student(*args, **kwargs)
-        if role == "teacher":
-            return self.forward_teacher(*args, **kwargs)
-        raise ValueError(f"role must be 'student' or 'teacher', got {role!r}")
-
     def export_student(self) -> nn.Module:
         """A standalone student of the original class; its state_dict loads strictly into a fresh one.
 
@@ -78,12 +94,6 @@ class GPDModel(nn.Module):
         exported = merge_branches(self.student.materialize(dict(self.teacher.named_parameters())))
         exported.train(self.training)
         return exported
-
-    def export_teacher(self) -> nn.Module:
-        """A standalone copy of D, a plain wide network (branch blocks merged)."""
-        from gpd.branches import merge_branches
-
-        return merge_branches(self.teacher)
 
     def extra_repr(self) -> str:
         return f"ratio={self.plan.ratio}"

@@ -13,14 +13,12 @@ Both satisfy :class:`DynamicPair`, the interface the trainer and the Distiller u
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
 from gpd.branches import merge_branches
-from gpd.gpd_model import ExpansionReport, GPDModel
-
-Role = Literal["student", "teacher"]
+from gpd.gpd_model import ExpansionReport, GPDModel, PairRoles
 
 
 @runtime_checkable
@@ -49,7 +47,7 @@ def trained_student_module(pair: DynamicPair) -> nn.Module:
     return student.module if isinstance(pair, GPDModel) else student
 
 
-class UnsharedPair(nn.Module):
+class UnsharedPair(PairRoles, nn.Module):
     """D and a student with separate parameters, both starting as the same function.
 
     Built with :meth:`from_expanded` from a verified GPDModel: ``teacher`` is a deep copy
@@ -82,25 +80,11 @@ class UnsharedPair(nn.Module):
     def forward_student(self, *args: Any, **kwargs: Any) -> Any:
         return self.student(*args, **kwargs)
 
-    def forward_teacher(self, *args: Any, **kwargs: Any) -> Any:
-        return self.teacher(*args, **kwargs)
-
-    def forward(self, *args: Any, role: Role, **kwargs: Any) -> Any:
-        if role == "student":
-            return self.forward_student(*args, **kwargs)
-        if role == "teacher":
-            return self.forward_teacher(*args, **kwargs)
-        raise ValueError(f"role must be 'student' or 'teacher', got {role!r}")
-
     def export_student(self) -> nn.Module:
         """A standalone copy of the student (branch blocks merged into plain convolutions)."""
         exported = merge_branches(self.student)
         exported.train(self.training)
         return exported
-
-    def export_teacher(self) -> nn.Module:
-        """A standalone copy of D, a plain wide network (branch blocks merged)."""
-        return merge_branches(self.teacher)
 
     def extra_repr(self) -> str:
         return f"ratio={self.ratio}, shared=False"
