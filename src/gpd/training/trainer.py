@@ -328,13 +328,14 @@ class Trainer:
             if losses is None:
                 skipped += 1
             else:
+                step_loss = sum(losses.values())
                 for name, value in losses.items():
                     sums[name] += value * y.numel()
-                sums["loss"] += sum(losses.values()) * y.numel()
+                sums["loss"] += step_loss * y.numel()
                 seen += y.numel()
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{float(step_loss):.3f}")
             bar.update(y.numel() * self.ctx.world_size)
-            if step % 20 == 0 and losses is not None:
-                bar.set_postfix(loss=f"{float(sum(losses.values())):.3f}")
             if self.dry_run and step + 1 >= DRY_RUN_STEPS:
                 break
         bar.close()
