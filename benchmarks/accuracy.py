@@ -21,6 +21,7 @@ six-branch blocks, as in the paper and the bundled configs):
     python benchmarks/accuracy.py --out bench/quick --quick        # a few minutes: 1 seed, tiny subsets
     python benchmarks/accuracy.py --out bench/accuracy --resume    # continue: skips runs whose student.pt exists
     python benchmarks/accuracy.py --out DIR --only scratch,finetune --seeds 0 1 --data digits
+    python benchmarks/accuracy.py --out bench/long --only scratch --data fashion_mnist --epochs 8
 
 The summary goes to DIR/RESULTS.md (and is printed). Needs scikit-learn for the digits
 (``pip install scikit-learn``) and Fashion-MNIST (``scripts/setup_data.sh``).
@@ -38,7 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 GROUPS = ("scratch", "distill", "finetune", "ablation")
@@ -72,7 +73,7 @@ ALL_ABLATIONS = ("no_branches", "ratio1.5", "ratio3", "unshared", "lambda1")
 METHODS = ("kd", "dkd", "reviewkd")
 
 MODES = {
-    # The suite: about 70 minutes on 2 idle cores (estimate_seconds(); --estimate prints it).
+    # The suite: 65 minutes on 2 idle cores (measured 2026-11-26; --estimate prints estimate_seconds()).
     "full": Mode(
         plans={
             "fashion_mnist": Plan(train_subset=12500, test_subset=None, epochs=2, finetune_epochs=1, teacher_epochs=3),
@@ -344,6 +345,36 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def paired_delta(runs: dict[int, float], baseline: dict[int, float]) -> str:
+    """Mean ± std over seeds of ``run - baseline``, seed by seed.
+
+    A seed fixes the initialisation, the data order and the subset for both runs, so the
+    per-seed difference removes most of the seed-to-seed spread that the two separate
+    means carry; only seeds present in both are paired.
+    """
+    seeds = sorted(set(runs) & set(baseline))
+    if not seeds:
+        return "—"
+    diffs = [runs[s] - baseline[s] for s in seeds]
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.2f}"
+    return f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f}"
+
+
+# the run each row's paired difference is taken against: the same scenario without GPD
+BASELINE_OF = {
+    "scratch_gpd": "scratch",
+    "kd_gpd": "kd",
+    "dkd_gpd": "dkd",
+    "reviewkd_gpd": "reviewkd",
+    "finetune_gpd": "finetune",
+    "ablation_no_branches": "scratch",
+    "ablation_ratio1.5": "scratch",
+    "ablation_ratio3": "scratch",
+    "ablation_unshared": "scratch",
+    "ablation_lambda1": "scratch",
+}
+
 TABLE_ROWS = {
     # group: rows as (spec slug, label override or None); the baselines come first
     "scratch": [("scratch", None), ("scratch_gpd", None)],
@@ -370,9 +401,14 @@ def group_table(group: str, data: str, specs: dict[str, Spec], results: dict[str
     if not any(s.group == group and s.data == data and s.id in results for s in specs.values()):
         return []  # e.g. the ablations, which run on Fashion-MNIST only
     lines = [
-        "| run | student, last epoch (%) | student, best epoch (%) | D, last epoch (%) | seeds | time per run (s) |",
-        "|---|---|---|---|---|---|",
+        "| run | student, last epoch (%) | student, best epoch (%) | D, last epoch (%) "
+        "| Δ last vs no GPD, paired by seed (points) | seeds | time per run (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
+
+    def last_by_seed(slug: str) -> dict[int, float]:
+        return {s: results[i]["last"] for s in seeds if (i := f"{data}/s{s}/{slug}") in results}
+
     for slug, label in TABLE_ROWS[group]:
         ids = [f"{data}/s{seed}/{slug}" for seed in seeds]
         done = [results[i] for i in ids if i in results]
@@ -386,6 +422,7 @@ def group_table(group: str, data: str, specs: dict[str, Spec], results: dict[str
             mean_std([r["last"] for r in done]),
             mean_std([r["best"] for r in done]),
             mean_std(teacher) if teacher else "—",
+            paired_delta(last_by_seed(slug), last_by_seed(BASELINE_OF[slug])) if slug in BASELINE_OF else "—",
             str(len(done)),
             f"{statistics.mean(wall):.0f}" if wall else "—",
         ]
@@ -413,28 +450,32 @@ def load_average() -> str:
 
 
 def write_summary(
-    args: argparse.Namespace, mode_name: str, specs: list[Spec], results: dict[str, dict], out: Path,
+    args: argparse.Namespace, mode_name: str, mode: Mode, specs: list[Spec], results: dict[str, dict], out: Path,
     started: dt.datetime, load_start: str, wall: float, reports: dict[str, Path], estimate: float,
 ) -> str:  # fmt: skip
     by_id = {s.id: s for s in specs}
     seeds = sorted({s.seed for s in specs if s.seed is not None})
     text = [
-        f"# Accuracy benchmark ({mode_name} mode)",
+        f"# Accuracy benchmark ({mode_name} mode{f', --epochs {args.epochs}' if args.epochs else ''})",
         "",
         f"Command: `{' '.join(['python', 'benchmarks/accuracy.py', *sys.argv[1:]])}`  ",
         f"Machine: {machine()}  ",
         f"Started {started:%Y-%m-%d %H:%M} UTC; load average at the start {load_start}, at the end {load_average()}  ",
         f"Wall time {fmt_time(wall)} for the runs trained in this invocation; estimate before starting "
-        f"{fmt_time(estimate)} (2 idle cores)  ",
+        f"{fmt_time(estimate)} (2 idle cores); all runs' wall times add up to "
+        f"{fmt_time(sum(r['wall'] for r in results.values() if r.get('wall') is not None))}  ",
         f"Seeds: {', '.join(map(str, seeds))} (train.seed: initialisation, data order and, with a subset, which samples)",
         "",
         "Accuracy is top-1 on the test split, mean ± sample std over seeds. *Best epoch* picks the",
         "epoch with the highest test accuracy, so it is an optimistic (test-selected) number;",
-        "*last epoch* is the honest one. D is the dynamic teacher.",
+        "*last epoch* is the honest one. D is the dynamic teacher. *Δ* is the GPD run's last-epoch",
+        "accuracy minus that of the same scenario without GPD (scratch, the same KD method, plain",
+        "fine-tuning; the ablations against the scratch baseline), taken seed by seed, then mean ± std:",
+        "both runs of a seed share initialisation, data order and subset.",
         "",
     ]
     for data in [d for d in DATASETS if any(s.data == d for s in specs)]:
-        plan = MODES[mode_name].plans[data]
+        plan = mode.plans[data]
         train_n, test_n = split_sizes(data, plan)
         text += [
             f"## {data}",
@@ -513,8 +554,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="reuse --out: skip runs whose student.pt exists")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS of every run (default: the cores other processes leave free, sampled before each run)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of the scratch, distillation and ablation runs instead of the mode's "
+                             "(fine-tuning and the static teacher keep theirs); use a new --out for it")
     parser.add_argument("--estimate", action="store_true", help="print the plan and its time estimate, run nothing")
     args = parser.parse_args(argv)
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be at least 1, got {args.epochs}")
     for value, known, what in ((args.only, GROUPS, "--only"), (args.data, DATASETS, "--data")):
         bad = [v for v in value.split(",") if v not in known]
         if bad:
@@ -526,13 +572,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     mode_name = "tiny" if args.tiny else "quick" if args.quick else "full"
     mode = MODES[mode_name]
+    if args.epochs is not None:
+        mode = replace(mode, plans={d: replace(p, epochs=args.epochs) for d, p in mode.plans.items()})
     seeds = list(args.seeds if args.seeds is not None else mode.seeds)
     out: Path = args.out.resolve()
     specs = build_specs(mode, args.data.split(","), args.only.split(","), seeds, out)
     estimate = sum(estimate_seconds(s) for s in specs)
     print(f"{len(specs)} runs ({mode_name} mode, seeds {' '.join(map(str, seeds))}); estimated {fmt_time(estimate)} "
           f"on 2 idle cores, one run at a time", flush=True)  # fmt: skip
-    if mode_name == "full" and estimate > BUDGET_S:
+    if mode_name == "full" and args.epochs is None and estimate > BUDGET_S:
         print(f"note: the estimate exceeds the {BUDGET_S // 60}-minute budget of the full suite", flush=True)
     if args.estimate:
         for spec in specs:
@@ -569,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f", D {r['teacher']:.2f}%" if r["teacher"] is not None else ""), flush=True)  # fmt: skip
     wall = time.perf_counter() - clock
     reports = make_reports(specs, out, log)
-    summary = write_summary(args, mode_name, specs, results, out, started, load_start, wall, reports, estimate)
+    summary = write_summary(args, mode_name, mode, specs, results, out, started, load_start, wall, reports, estimate)
     (out / "RESULTS.md").write_text(summary)
     print(summary)
     print(f"wrote {out / 'RESULTS.md'}; total wall time {fmt_time(wall)}")

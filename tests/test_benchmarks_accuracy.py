@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -27,6 +28,24 @@ def table_rows(text: str, heading: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
 
 
+def load_script():
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_delta_is_taken_seed_by_seed() -> None:
+    paired_delta = load_script().paired_delta
+    # differences 1, 0, 2 (seed 3 has no baseline and is left out): mean 1, sample std 1
+    assert paired_delta({0: 80.0, 1: 81.0, 2: 82.0, 3: 99.0}, {0: 79.0, 1: 81.0, 2: 80.0}) == "+1.00 ± 1.00"
+    # the separate means differ by 1.0 too, but per seed the run is always 1 below its baseline
+    assert paired_delta({0: 70.0, 1: 90.0}, {0: 71.0, 1: 91.0}) == "-1.00 ± 0.00"
+    assert paired_delta({0: 50.5}, {0: 50.0}) == "+0.50"
+    assert paired_delta({0: 50.0}, {1: 50.0}) == "—"
+
+
 def test_tiny_scratch_and_ablation_then_resume(tmp_path: Path) -> None:
     """About 40 s: three small runs on the digits, their tables and plots; a rerun skips them."""
     out = tmp_path / "bench"
@@ -37,6 +56,8 @@ def test_tiny_scratch_and_ablation_then_resume(tmp_path: Path) -> None:
     rows = {row[0]: row for row in table_rows(results, "Scratch: CE alone vs GPD")}
     assert set(rows) == {"scratch", "scratch + GPD"}
     assert rows["scratch"][3] == "—" and float(rows["scratch + GPD"][3]) >= 0  # only GPD has a D
+    delta = float(rows["scratch + GPD"][1]) - float(rows["scratch"][1])  # one seed: the paired difference
+    assert rows["scratch"][4] == "—" and float(rows["scratch + GPD"][4]) == pytest.approx(delta, abs=0.011)
     for row in rows.values():
         assert 0 <= float(row[1]) <= 100 and float(row[1]) <= float(row[2])  # last <= best
     assert "sharing off (gpd.share=false)" in {r[0] for r in table_rows(results, "Ablations")}
