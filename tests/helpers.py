@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-import pytest
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from gpd.models import create_model, list_models
 from gpd.testing import calibrate_batchnorm, randomize_batchnorm  # noqa: F401  (re-exported for the tests)
 
 
@@ -32,36 +29,16 @@ def assert_nontrivial(output: torch.Tensor) -> None:
 
 
 def bundled_model_names() -> list[str]:
-    """Names from ``gpd.models.list_models()``, or [] if the zoo is not there yet."""
-    try:
-        models = importlib.import_module("gpd.models")
-    except ImportError:
-        return []
-    list_models = getattr(models, "list_models", None)
-    return sorted(list_models()) if callable(list_models) else []
-
-
-def bundled_params(names: list[str] | None = None) -> list[Any]:
-    """pytest params over the bundled models; one skipped param when there are none."""
-    names = bundled_model_names() if names is None else names
-    if not names:
-        return [pytest.param(None, marks=pytest.mark.skip(reason="gpd.models has no list_models() yet"))]
+    """Every model of gpd's zoo (``gpd.models.list_models()``), sorted."""
+    names = sorted(list_models())
+    assert names, "gpd.models.list_models() is empty"
     return names
 
 
 def create_bundled(name: str, in_chans: int = 3, num_classes: int = 10) -> nn.Module:
-    """A bundled model for 32 x 32 inputs (MobileNets with ``small_input=True`` if accepted)."""
-    models = pytest.importorskip("gpd.models")
-    if not hasattr(models, "create_model"):
-        pytest.skip("gpd.models has no create_model() yet")
-    if "mobilenet" in name:
-        try:
-            return models.create_model(name, num_classes=num_classes, in_chans=in_chans, small_input=True)
-        except Exception:  # the factory does not take small_input
-            pass
-    return models.create_model(name, num_classes=num_classes, in_chans=in_chans)
-
-
+    """A bundled model for 28-32 px inputs (MobileNets with a stride-1 stem)."""
+    extra = {"small_input": True} if "mobilenet" in name else {}
+    return create_model(name, num_classes=num_classes, in_chans=in_chans, **extra)
 
 
 def batchnorms(model: nn.Module) -> dict[str, _BatchNorm]:

@@ -16,7 +16,6 @@ from helpers import (
     assert_nontrivial,
     batchnorms,
     bundled_model_names,
-    bundled_params,
     create_bundled,
     randomize_batchnorm,
     rel_err,
@@ -94,7 +93,7 @@ def check_equal_at_init(student: nn.Module, in_chans: int) -> None:
 # ---------------------------------------------------------------------------- D == S at init
 
 
-@pytest.mark.parametrize("name", bundled_params(_BUNDLED))
+@pytest.mark.parametrize("name", _BUNDLED)
 def test_bundled_model_teacher_equals_student_at_init(name: str) -> None:
     in_chans = 1 if _BUNDLED.index(name) % 2 else 3
     torch.manual_seed(0)

@@ -10,14 +10,13 @@ from torch import nn
 from torch.nn import functional as F
 
 import gpd
-from helpers import bundled_model_names, create_bundled, randomize_batchnorm, rel_err
+from helpers import create_bundled, randomize_batchnorm, rel_err
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 RATIO = 2
-_BUNDLED = bundled_model_names()
 # one of each family keeps the file fast; all bundled models are expanded in test_expansion.py
-_EXPORT_BUNDLED = [n for n in ("resnet8", "wrn_16_2", "mobilenetv1") if n in _BUNDLED]
+_EXPORT_BUNDLED = ["resnet8", "wrn_16_2", "mobilenetv1"]
 
 
 def _tv_resnet18() -> nn.Module:
@@ -68,7 +67,7 @@ def check_exported_student(gm: gpd.GPDModel, student: nn.Module, factory, in_cha
         assert rel_err(fresh(x), expected) <= 1e-6
 
 
-ARCHS = ["tv_resnet18", *(_EXPORT_BUNDLED or [pytest.param("bundled", marks=pytest.mark.skip(reason="no gpd.models yet"))])]
+ARCHS = ["tv_resnet18", *_EXPORT_BUNDLED]
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -16,13 +16,12 @@ from torch import nn
 from torch.nn import functional as F
 
 import gpd
-from helpers import bundled_model_names, create_bundled, randomize_batchnorm, rel_err
+from helpers import create_bundled, randomize_batchnorm, rel_err
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 RATIO = 2
-_BUNDLED = bundled_model_names()
-_CIFAR_RESNETS = [n for n in ("resnet8", "resnet20", "resnet8x4") if n in _BUNDLED]
+_CIFAR_RESNETS = ["resnet8", "resnet20", "resnet8x4"]
 
 
 def make_student(arch: str) -> nn.Module:
