@@ -151,3 +151,23 @@ def test_cli_run_with_separate_parameters(tmp_path: Path, capsys):
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
     assert any(k.startswith("gpd.student.") and k.endswith("weight") for k in saved)  # the student's own weights
     assert torch.equal(payload["state_dict"]["fc.weight"], saved["gpd.student.fc.weight"])
+
+
+def test_compensate_step_option_and_validation():
+    assert load_config(None, []).gpd.compensate_step is False
+    assert load_config(None, ["gpd.compensate_step=true"]).gpd.compensate_step is True
+    for conflicting in ("gpd.share=false", "gpd.enabled=false"):
+        with pytest.raises(gpd.ConfigError, match="gpd.compensate_step=true .* needs gpd.enabled=true and gpd.share=true"):
+            load_config(None, ["gpd.compensate_step=true", conflicting])
+    student, _ = small_pair()
+    with pytest.raises(gpd.ConfigError, match="compensate_step"):
+        gpd.Distiller(student, input_size=SIZE, share_parameters=False, compensate_step=True)
+
+
+@needs_fashion_mnist
+def test_cli_run_with_the_r2_step_removed(tmp_path: Path, capsys):
+    run_dir = tmp_path / "compensated"
+    args = ["data.train_subset=512", "data.test_subset=256", "train.epochs=1", "train.batch_size=64"]
+    assert main(["train", f"output_dir={run_dir}", *args, "gpd.compensate_step=true"]) == 0
+    assert "r² SGD step removed (gpd.compensate_step=true)" in capsys.readouterr().out
+    assert (run_dir / "student.pt").is_file()

@@ -244,3 +244,67 @@ def test_student_gradient_matches_the_generic_slicing_path(arch: str, ratio: flo
     assert set(got) == set(expected)
     for name, grad in got.items():
         assert torch.allclose(grad, expected[name], rtol=1e-6, atol=0), name
+
+
+# --- gpd.compensate_step: the r² effective step of hard sharing, removed on request -------------
+
+
+def sgd_step_of_student(gm: gpd.GPDModel, x: torch.Tensor, y: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
+    """How far one SGD step on D's parameters, for the student's CE alone, moves each student parameter."""
+    before = {n: p.detach().clone() for n, p in gm.student_parameters().items()}
+    optimizer = torch.optim.SGD(gm.parameters(), lr=lr)
+    F.cross_entropy(gm.forward_student(x), y).backward()
+    optimizer.step()
+    return {n: p.detach() - before[n] for n, p in gm.student_parameters().items()}
+
+
+@pytest.mark.parametrize("ratio", [2, 1.5])
+def test_compensate_step_moves_the_student_as_plain_sgd_would(ratio: float) -> None:
+    """With compensate_step, one SGD step on D moves every student parameter by -lr * its
+    gradient in the unexpanded student; without it, weights stored divided by r move r² as far."""
+    student = make_student("cifar_resnet").double().train()  # float64: a step is a small difference of weights
+    x, y = batch(1)
+    x = x.double()
+    lr = 0.05
+    plain = copy.deepcopy(student)
+    F.cross_entropy(plain(x), y).backward()
+    expected = {n: -lr * p.grad for n, p in plain.named_parameters()}
+
+    compensated = gpd.expand(student, ratio, example_input=x, compensate_step=True).train()
+    parity = gpd.expand(student, ratio, example_input=x).train()
+    with torch.no_grad():  # the option changes the backward only
+        assert torch.equal(compensated.forward_student(x), parity.forward_student(x))
+    moved = sgd_step_of_student(compensated, x, y, lr)
+    for name, step in expected.items():
+        assert rel_err(moved[name], step) <= 1e-9, name
+
+    moved = sgd_step_of_student(parity, x, y, lr)
+    factors = {name: (moved[name].norm() / step.norm()).item() for name, step in expected.items()}
+    if ratio == 2:  # uniform copies: every factor is exactly 1 or r² = 4
+        scaled = {name for name, f in factors.items() if abs(f - 4) < 1e-9}
+        assert scaled and all(abs(f - 1) < 1e-9 for name, f in factors.items() if name not in scaled)
+        assert all(name.endswith("weight") and name != "conv1.weight" for name in scaled)  # not the stem: its input is the image
+    else:  # 1.5: per-channel copies of 1 or 2, so the divided weights move between 1 and 4 times as far
+        assert max(factors.values()) > 1.5 and all(1 - 1e-3 < f < 4 + 1e-3 for f in factors.values())
+
+
+def test_compensate_step_also_on_the_generic_path() -> None:
+    """A slice indexed on two axes is read with ordinary ops, not _ReadBlock: same rule."""
+    from gpd.expansion.channels import ChannelMap
+    from gpd.expansion.rules import ParamSlice
+
+    def interleaved(size: int) -> ChannelMap:  # D = [c0, c0, c1, c1, ...]: the student's channels are not a prefix
+        return ChannelMap(source=torch.arange(size).repeat_interleave(2), student_size=size,
+                          student_index=torch.arange(0, 2 * size, 2))  # fmt: skip
+
+    read = ParamSlice({0: interleaved(3), 1: interleaved(4)}, divided_dim=1)
+    theta = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 4, dtype=torch.float64)
+    for compensate, factor in ((False, 2.0), (True, 0.5)):
+        theta.grad = None
+        value = read.derive(theta, compensate_step=compensate)
+        assert torch.equal(value, theta.detach()[0::2, 0::2] * 2)
+        (value * upstream).sum().backward()
+        expected = torch.zeros_like(theta)
+        expected[0::2, 0::2] = factor * upstream
+        assert torch.allclose(theta.grad, expected, rtol=0, atol=1e-15)

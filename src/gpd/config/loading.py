@@ -166,6 +166,10 @@ def validate(cfg: Config) -> None:
     )
     _require(g.enabled or g.share, "gpd.share=false separates D's parameters from the student's; it needs gpd.enabled=true")
     _require(
+        not g.compensate_step or (g.enabled and g.share),
+        "gpd.compensate_step=true changes how shared parameters are stepped; it needs gpd.enabled=true and gpd.share=true",
+    )
+    _require(
         cfg.kd.method in ("none", "kd", "dkd", "reviewkd"),
         f"kd.method must be none, kd, dkd or reviewkd, got '{cfg.kd.method}'",
     )

@@ -51,6 +51,7 @@ class GPDConfig:
     branches: str = "none"  # orepa: train 3x3 stride-1 convs as six-branch blocks (merged on export)
     branch_init: str = "default"  # default (from scratch) | identity (blocks start equal to the convs)
     share: bool = True  # false (ablation): D is built by IR but keeps parameters separate from the student's
+    compensate_step: bool = False  # true: remove the r^2 effective SGD step sharing gives the student's divided weights
 
 
 @dataclass

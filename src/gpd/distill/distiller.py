@@ -65,7 +65,9 @@ class Distiller(nn.Module):
     the same way, by Inverse Reparameterization, but then gives D and the student
     separate parameters (:class:`~gpd.distill.pair.UnsharedPair`): both train, tied
     only by the loss; ``parameters()`` are then D's and the student's. ``branches="orepa"`` trains every 3x3 stride-1 convolution as a
-    six-branch block (Channel-Branch Reparameterization). ``export_student()`` returns
+    six-branch block (Channel-Branch Reparameterization). ``compensate_step=True``
+    removes the r² effective SGD step that sharing gives the student's weights stored
+    divided by r (see :func:`gpd.expand`). ``export_student()`` returns
     a plain student of the original class, branches merged.
 
     Targets ``y`` are class indices ``(N,)`` or, after Mixup/CutMix, soft targets ``(N, K)``
@@ -94,6 +96,7 @@ class Distiller(nn.Module):
         branches: str | None = None,
         branch_init: str = "default",
         share_parameters: bool = True,
+        compensate_step: bool = False,
     ) -> None:
         super().__init__()
         options = dict(kd_options or {})
@@ -108,6 +111,9 @@ class Distiller(nn.Module):
                 "a static teacher needs a KD method and a KD method needs a static teacher "
                 f"(teacher {'given' if teacher is not None else 'missing'}, kd={kd!r})"
             )
+        if compensate_step and not (dynamic_teacher and share_parameters):
+            raise ConfigError("compensate_step applies to a student that shares D's parameters; "
+                              "it needs dynamic_teacher=True and share_parameters=True")
         self.static_teacher = freeze(teacher) if teacher is not None else None
         self.sce_weight = sce_weight
         self.sce_eps = sce_eps
@@ -123,6 +129,7 @@ class Distiller(nn.Module):
                 noise_std=noise_std,
                 branches=branches,
                 branch_init=branch_init,
+                compensate_step=compensate_step,
             )
             self.gpd = shared if share_parameters else UnsharedPair.from_expanded(shared)
         else:

@@ -235,6 +235,7 @@ def expand(
     check: bool = True,
     branches: str | None = None,
     branch_init: str = "default",
+    compensate_step: bool = False,
 ) -> GPDModel:
     """Build the dynamic teacher of ``model`` at width ``ratio`` and share its parameters.
 
@@ -254,6 +255,10 @@ def expand(
             "none" keeps the student as it is. Exports merge the blocks back.
         branch_init: "default" (training from scratch) or "identity" (each block starts
             equal to its convolution: for a pretrained student).
+        compensate_step: remove the r² effective step that sharing gives the student's
+            weights stored divided by r in D (DESIGN.md section 3): the student's
+            gradient reaches D's tensor divided by r instead of multiplied. False (the
+            default) keeps the paper's behaviour.
     """
     plan = WidthPlan(ratio)
     example = _example(model, example_input, input_size)  # before branches hide the stem conv
@@ -271,7 +276,7 @@ def expand(
             stacklevel=2,
         )
     report = ExpansionReport(ratio=plan.ratio, roles=roles, rules_used=rules_used)
-    gpd_model = GPDModel(teacher, StudentView(model, slices), plan, report)
+    gpd_model = GPDModel(teacher, StudentView(model, slices, compensate_step), plan, report)
     gpd_model.train(model.training)
     if check:  # the rules must be exact; the noise below is a deliberate, reported departure
         report.teacher_error, report.student_error, report.checked_in_float64 = verify(

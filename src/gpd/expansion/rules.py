@@ -58,26 +58,37 @@ class ParamSlice:
         default_factory=dict, repr=False
     )
 
-    def derive(self, teacher_tensor: torch.Tensor) -> torch.Tensor:
+    def derive(self, teacher_tensor: torch.Tensor, compensate_step: bool = False) -> torch.Tensor:
         """The student's tensor: a view of D's where no rescaling is needed.
 
         When the result takes part in autograd, it is read by :class:`_ReadBlock`
         instead: one copy forward, and a backward that writes the student's gradient
         straight into a zero tensor laid out like D's parameter (see there).
+
+        ``compensate_step``: the student's value is ``scale * theta``, so its gradient
+        reaches ``theta`` multiplied by ``scale`` and an SGD step moves the student's
+        value by ``scale**2`` times the plain step (DESIGN.md section 3). With True the
+        gradient is divided by ``scale`` instead (same forward value), which removes
+        that factor; tensors without a divided axis are unaffected.
         """
         if torch.is_grad_enabled() and teacher_tensor.requires_grad:
             read = self._block_reader()
             if read is not None:
                 prefix, index_dim, index = read
                 scale = self._scale(teacher_tensor) if self.divided_dim is not None else None
+                grad_scale = 1 / scale if compensate_step and scale is not None else scale
                 if index is not None:
                     index = index.to(teacher_tensor.device)
-                return _ReadBlock.apply(teacher_tensor, prefix, index_dim, index, scale)
+                return _ReadBlock.apply(teacher_tensor, prefix, index_dim, index, scale, grad_scale)
         out = teacher_tensor
         for dim, channel_map in self.dims.items():
             out = channel_map.select(out, dim)
         if self.divided_dim is not None:
-            out = out * self._scale(out)
+            scale = self._scale(out)
+            if compensate_step and out.requires_grad:
+                # forward: scale * out; backward: the gradient divided by scale
+                return out / scale + (out * scale - out / scale).detach()
+            out = out * scale
         return out
 
     def _block_reader(self) -> tuple[tuple[tuple[int, int], ...], int | None, torch.Tensor | None] | None:
@@ -126,6 +137,9 @@ def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
 class _ReadBlock(torch.autograd.Function):
     """The student's block of a D tensor (prefix narrows, at most one index), times a scale.
 
+    The backward multiplies the block's gradient by ``grad_scale``: the same ``scale``
+    for the true derivative, its reciprocal to remove the r² step (ParamSlice.derive).
+
     Same values as narrowing, selecting and scaling with ordinary ops, but the backward
     pass allocates one zero gradient in the memory format of D's parameter (so autograd
     stores it as ``.grad`` or adds it without a layout copy) and writes the scaled
@@ -137,7 +151,7 @@ class _ReadBlock(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, teacher, prefix, index_dim, index, scale):  # type: ignore[override]
+    def forward(ctx, teacher, prefix, index_dim, index, scale, grad_scale):  # type: ignore[override]
         block = teacher
         for dim, size in prefix:
             block = block.narrow(dim, 0, size)
@@ -150,7 +164,7 @@ class _ReadBlock(torch.autograd.Function):
         else:
             out = block
         ctx.shape, ctx.format = teacher.shape, _memory_format(teacher)
-        ctx.prefix, ctx.index_dim, ctx.index, ctx.scale = prefix, index_dim, index, scale
+        ctx.prefix, ctx.index_dim, ctx.index, ctx.scale = prefix, index_dim, index, grad_scale
         return out
 
     @staticmethod
@@ -169,7 +183,7 @@ class _ReadBlock(torch.autograd.Function):
             block.add_(grad, alpha=scale)
         else:
             torch.mul(grad, scale, out=block)
-        return full, None, None, None, None
+        return full, None, None, None, None, None
 
 
 @dataclass

@@ -32,8 +32,9 @@ class StudentView(nn.Module):
     student adds nothing to ``parameters()`` of the model that owns it.
     """
 
-    def __init__(self, student: nn.Module, slices: dict[str, ParamSlice]) -> None:
+    def __init__(self, student: nn.Module, slices: dict[str, ParamSlice], compensate_step: bool = False) -> None:
         super().__init__()
+        self.compensate_step = compensate_step  # see ParamSlice.derive: removes the r² step on divided weights
         names = [name for name, _ in student.named_parameters()]
         missing = [name for name in names if name not in slices]
         if missing:
@@ -47,7 +48,7 @@ class StudentView(nn.Module):
 
     def derive(self, teacher_params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The student's parameters, read out of D's (differentiable)."""
-        return {name: s.derive(teacher_params[name]) for name, s in self.slices.items()}
+        return {name: s.derive(teacher_params[name], self.compensate_step) for name, s in self.slices.items()}
 
     def forward(self, teacher_params: dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> Any:
         return functional_call(self.module, self.derive(teacher_params), args, kwargs, strict=False)

@@ -227,6 +227,7 @@ class Trainer:
             branches=cfg.gpd.branches,
             branch_init=cfg.gpd.branch_init,
             share_parameters=cfg.gpd.share,
+            compensate_step=cfg.gpd.compensate_step,
         )
 
     def _wrap_for_training(self) -> nn.Module:
@@ -430,6 +431,8 @@ class Trainer:
             )
             if not d.shares_parameters:
                 line += ", separate parameters (gpd.share=false)"
+            elif self.cfg.gpd.compensate_step:
+                line += ", the student's r² SGD step removed (gpd.compensate_step=true)"
         else:
             line += "; trained alone (gpd.enabled=false)"
         if d.static_teacher is not None:
