@@ -15,7 +15,7 @@ six-branch blocks, as in the paper and the bundled configs):
               fine-tuning with GPD, equally long (same epochs, same steps)
     ablation  (Fashion-MNIST, scratch) branches on / off, ratio 1.5 / 2 / 3 (branches off:
               six-branch blocks need an integer ratio), sharing on / off (gpd.share=false),
-              lambda (gpd.kd_weight) 1 / 3
+              the r² step of sharing kept / removed (gpd.compensate_step), lambda (gpd.kd_weight) 1 / 3
 
     python benchmarks/accuracy.py --out bench/accuracy             # the full suite, 3 seeds
     python benchmarks/accuracy.py --out bench/quick --quick        # a few minutes: 1 seed, tiny subsets
@@ -69,7 +69,7 @@ class Mode:
     ablation_data: tuple[str, ...] = ("fashion_mnist",)  # the data sets the ablations run on
 
 
-ALL_ABLATIONS = ("no_branches", "ratio1.5", "ratio3", "unshared", "lambda1")
+ALL_ABLATIONS = ("no_branches", "ratio1.5", "ratio3", "unshared", "compensated", "lambda1")
 METHODS = ("kd", "dkd", "reviewkd")
 
 MODES = {
@@ -224,6 +224,7 @@ def build_specs(mode: Mode, datasets: list[str], groups: list[str], seeds: list[
                     "ratio3": ("r = 3, branches off", ["gpd.ratio=3", "gpd.branches=none"], "gpd_r3"),
                     "no_branches": ("r = 2, branches off (plain 3x3 convs)", ["gpd.branches=none"], "gpd_plain_convs"),
                     "unshared": ("sharing off (gpd.share=false)", ["gpd.share=false"], "gpd"),
+                    "compensated": ("r² step removed (gpd.compensate_step=true)", ["gpd.compensate_step=true"], "gpd"),
                     "lambda1": ("λ = 1", ["gpd.kd_weight=1"], "gpd"),
                 }
                 for key in mode.ablations:
@@ -372,6 +373,7 @@ BASELINE_OF = {
     "ablation_ratio1.5": "scratch",
     "ablation_ratio3": "scratch",
     "ablation_unshared": "scratch",
+    "ablation_compensated": "scratch",
     "ablation_lambda1": "scratch",
 }
 
@@ -386,6 +388,7 @@ TABLE_ROWS = {
         ("ablation_ratio1.5", None),
         ("ablation_ratio3", None),
         ("ablation_unshared", None),
+        ("ablation_compensated", None),
         ("ablation_lambda1", None),
     ],
 }

@@ -97,5 +97,5 @@ def test_estimate_of_the_full_suite_fits_the_budget() -> None:
     result = run("--out", "unused", "--estimate", timeout=60)
     assert result.returncode == 0, result.stderr
     head = result.stdout.splitlines()[0]
-    assert head.startswith("77 runs (full mode, seeds 0 1 2)")
+    assert head.startswith("80 runs (full mode, seeds 0 1 2)")
     assert "exceeds" not in result.stdout
