@@ -73,7 +73,7 @@ ALL_ABLATIONS = ("no_branches", "ratio1.5", "ratio3", "unshared", "compensated",
 METHODS = ("kd", "dkd", "reviewkd")
 
 MODES = {
-    # The suite: 65 minutes on 2 idle cores (measured 2026-11-26; --estimate prints estimate_seconds()).
+    # The suite: about 69 minutes on 2 idle cores (measured 2026-11-26; --estimate prints estimate_seconds()).
     "full": Mode(
         plans={
             "fashion_mnist": Plan(train_subset=12500, test_subset=None, epochs=2, finetune_epochs=1, teacher_epochs=3),
