@@ -362,20 +362,13 @@ def paired_delta(runs: dict[int, float], baseline: dict[int, float]) -> str:
     return f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f}"
 
 
-# the run each row's paired difference is taken against: the same scenario without GPD
-BASELINE_OF = {
-    "scratch_gpd": "scratch",
-    "kd_gpd": "kd",
-    "dkd_gpd": "dkd",
-    "reviewkd_gpd": "reviewkd",
-    "finetune_gpd": "finetune",
-    "ablation_no_branches": "scratch",
-    "ablation_ratio1.5": "scratch",
-    "ablation_ratio3": "scratch",
-    "ablation_unshared": "scratch",
-    "ablation_compensated": "scratch",
-    "ablation_lambda1": "scratch",
-}
+def baseline_of(slug: str) -> str | None:
+    """The run a row's paired difference is taken against: the same scenario without GPD
+    (the KD method alone, plain fine-tuning), and the scratch baseline for every ablation."""
+    if slug.startswith("ablation_"):
+        return "scratch"
+    return slug.removesuffix("_gpd") if slug.endswith("_gpd") else None
+
 
 TABLE_ROWS = {
     # group: rows as (spec slug, label override or None); the baselines come first
@@ -425,7 +418,7 @@ def group_table(group: str, data: str, specs: dict[str, Spec], results: dict[str
             mean_std([r["last"] for r in done]),
             mean_std([r["best"] for r in done]),
             mean_std(teacher) if teacher else "—",
-            paired_delta(last_by_seed(slug), last_by_seed(BASELINE_OF[slug])) if slug in BASELINE_OF else "—",
+            paired_delta(last_by_seed(slug), last_by_seed(base)) if (base := baseline_of(slug)) else "—",
             str(len(done)),
             f"{statistics.mean(wall):.0f}" if wall else "—",
         ]

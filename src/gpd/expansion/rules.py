@@ -164,7 +164,7 @@ class _ReadBlock(torch.autograd.Function):
         else:
             out = block
         ctx.shape, ctx.format = teacher.shape, _memory_format(teacher)
-        ctx.prefix, ctx.index_dim, ctx.index, ctx.scale = prefix, index_dim, index, grad_scale
+        ctx.prefix, ctx.index_dim, ctx.index, ctx.grad_scale = prefix, index_dim, index, grad_scale
         return out
 
     @staticmethod
@@ -174,7 +174,7 @@ class _ReadBlock(torch.autograd.Function):
         block = full
         for dim, size in ctx.prefix:
             block = block.narrow(dim, 0, size)
-        scale = ctx.scale
+        scale = ctx.grad_scale
         if ctx.index_dim is not None:
             block.index_copy_(ctx.index_dim, ctx.index, grad if scale is None else grad * scale)
         elif scale is None:
