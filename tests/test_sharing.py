@@ -217,7 +217,8 @@ def test_student_gradient_keeps_the_parameter_layout() -> None:
     assert torch.equal(derived, weight.detach()[:8, :16] * RATIO)
     (grad,) = torch.autograd.grad(derived, weight, torch.ones_like(derived))
     assert grad.stride() == weight.stride()
-    assert torch.equal(grad[:8, :16], torch.full((8, 16, 3, 3), float(RATIO)))
+    # d(derived)/d(weight) = r, times the paper-step hook of the layer writing the output: 1/r²
+    assert torch.equal(grad[:8, :16], torch.full((8, 16, 3, 3), float(RATIO) / RATIO**2))
     assert weight.shape == (8, 32, 3, 3)  # the last layer's output is not widened
     assert grad[:, 16:].abs().max() == 0
 
@@ -278,12 +279,13 @@ def test_compensate_step_moves_the_student_as_plain_sgd_would(ratio: float) -> N
     for name, step in expected.items():
         assert rel_err(moved[name], step) <= 1e-9, name
 
-    moved = sgd_step_of_student(parity, x, y, lr)
+    moved = sgd_step_of_student(parity, x, y, lr)  # the default: the paper's per-layer steps (tests/test_steps.py)
     factors = {name: (moved[name].norm() / step.norm()).item() for name, step in expected.items()}
     if ratio == 2:  # uniform copies: every factor is exactly 1 or r² = 4
         scaled = {name for name, f in factors.items() if abs(f - 4) < 1e-9}
         assert scaled and all(abs(f - 1) < 1e-9 for name, f in factors.items() if name not in scaled)
-        assert all(name.endswith("weight") and name != "conv1.weight" for name in scaled)  # not the stem: its input is the image
+        conv_weights = {n for n in expected if n.endswith("weight") and expected[n].ndim == 4}
+        assert scaled == conv_weights  # the stem too, and not the head: the paper's layout divides by output copies
     else:  # 1.5: per-channel copies of 1 or 2, so the divided weights move between 1 and 4 times as far
         assert max(factors.values()) > 1.5 and all(1 - 1e-3 < f < 4 + 1e-3 for f in factors.values())
 

@@ -242,7 +242,8 @@ class NaNAtStep:
 @needs_fashion_mnist
 def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_checkpoint(tmp_path: Path):
     run = tmp_path / "run"
-    cfg = load_config(None, [*SMALL, "train.epochs=2", f"output_dir={run}"])
+    # no gradient probes: a probe step runs the sequential mode, not the wrapped module
+    cfg = load_config(None, [*SMALL, "train.epochs=2", "train.grad_probe_every=0", f"output_dir={run}"])
     trainer = Trainer(cfg, prepare_run_dir(cfg))
     trainer.train_module = NaNAtStep(trainer.train_module, step=8 + 3)  # epoch 2, step 2
     with pytest.raises(GPDError, match=r"non-finite at epoch 2, step 2 \(.*ce_student=nan"):
@@ -254,7 +255,7 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_checkpoint(tmp_pat
 @needs_fashion_mnist
 def test_non_finite_loss_can_skip_the_step(tmp_path: Path):
     run = tmp_path / "run"
-    cfg = load_config(None, [*SMALL, "train.epochs=1", "train.on_nonfinite=skip", f"output_dir={run}"])
+    cfg = load_config(None, [*SMALL, "train.epochs=1", "train.on_nonfinite=skip", "train.grad_probe_every=0", f"output_dir={run}"])
     trainer = Trainer(cfg, prepare_run_dir(cfg))
     trainer.train_module = NaNAtStep(trainer.train_module, step=3)
     row = trainer.fit()

@@ -11,6 +11,7 @@ from torch import nn
 from gpd.expansion.channels import WidthPlan
 from gpd.expansion.roles import LayerRoles
 from gpd.sharing import StudentView
+from gpd.sharing.steps import install_paper_steps
 
 Role = Literal["student", "teacher"]
 
@@ -25,13 +26,37 @@ class ExpansionReport:
     teacher_error: float | None = None  # float32 (the model's dtype) relative errors
     student_error: float | None = None
     checked_in_float64: bool = False  # float32 rounding exceeded the tolerance; float64 confirmed exactness
+    noise_std: float = 0.0  # relative symmetry-breaking noise added to D's copies after verification
+    noise_error: float | None = None  # D's relative error against the student once the noise is added
 
 
 class PairRoles:
     """What every dynamic-teacher pair shares: D's forward, the role chosen at the call,
-    D's export. A pair defines ``teacher`` and ``forward_student``."""
+    D's export, and the paper's per-layer steps on D's tensors. A pair defines
+    ``teacher`` and ``forward_student``, and calls :meth:`_use_paper_steps` once built.
+
+    ``paper_scales`` maps D's parameter names to their ``ParamSlice.paper_scale``
+    (only those not 1); with the step rule "paper" a gradient hook on each of those
+    tensors multiplies its gradient by ``1 / paper_scale**2`` (:mod:`gpd.sharing.steps`).
+    The hooks are part of the pair: they are set up again when it is copied or unpickled.
+    """
 
     teacher: nn.Module
+    paper_scales: dict[str, float]
+
+    def _use_paper_steps(self, scales: dict[str, float]) -> None:
+        self.paper_scales = dict(scales)
+        install_paper_steps(self.teacher, self.paper_scales)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        if getattr(self, "paper_scales", None):  # deepcopy and pickle do not carry tensor hooks
+            install_paper_steps(self.teacher, self.paper_scales)
+
+    def grad_scales(self) -> dict[torch.Tensor, float]:
+        """Each of D's parameters with a paper scale, for :func:`gpd.sharing.steps.clip_grad_norm_`."""
+        params = dict(self.teacher.named_parameters())
+        return {params[name]: scale for name, scale in getattr(self, "paper_scales", {}).items()}
 
     def forward_student(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
@@ -66,12 +91,22 @@ class GPDModel(PairRoles, nn.Module):
     or ``model(x, role=...)``.
     """
 
-    def __init__(self, teacher: nn.Module, student: StudentView, plan: WidthPlan, report: ExpansionReport) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: StudentView,
+        plan: WidthPlan,
+        report: ExpansionReport,
+        paper_scales: dict[str, float] | None = None,
+    ) -> None:
+        """``paper_scales``: D's tensors to step as the paper's layout does (see :class:`PairRoles`);
+        None or empty for plain steps."""
         super().__init__()
         self.teacher = teacher
         self.student = student
         self.plan = plan
         self.report = report
+        self._use_paper_steps(paper_scales or {})
 
     @property
     def ratio(self) -> float:
@@ -95,5 +130,10 @@ class GPDModel(PairRoles, nn.Module):
         exported.train(self.training)
         return exported
 
+    @property
+    def step_rule(self) -> str:
+        """"paper" (D's tensors stepped as in the paper's layout) or "plain" (plain networks' steps)."""
+        return "plain" if self.student.compensate_step else "paper"
+
     def extra_repr(self) -> str:
-        return f"ratio={self.plan.ratio}"
+        return f"ratio={self.plan.ratio}, steps={self.step_rule}"

@@ -42,7 +42,7 @@ from torch import Tensor
 from gpd.branches.orepa import DW_MULTIPLIER, OREPAConv2d
 from gpd.expansion import ExpandedLayer, LayerContext, ParamSlice, register_expansion_rule, replace_tensors
 from gpd.expansion.channels import ChannelMap
-from gpd.expansion.rules import _check_groups
+from gpd.expansion.rules import _check_groups, paper_bias_scale, paper_weight_scale
 
 PER_GROUP_TENSORS = ("weight_3x3", "weight_avg", "weight_prior", "weight_3x3_after_1x1", "weight_3x3_extra")
 
@@ -75,17 +75,18 @@ def _expand_ungrouped(
         )
     dw_map = interleaved_map(in_map)
     divided = 1 if ctx.expand_input else None
+    scale = paper_weight_scale(in_map, out_map)  # on each branch's outer tensor, as on a conv weight
     params: dict[str, Tensor] = {}
     slices: dict[str, ParamSlice] = {}
     for name in PER_GROUP_TENSORS:
         params[name] = in_map.expand(out_map.expand(getattr(module, name), 0), 1, divide=True)
-        slices[name] = ParamSlice({0: out_map, 1: in_map}, divided_dim=divided)
+        slices[name] = ParamSlice({0: out_map, 1: in_map}, divided_dim=divided, paper_scale=scale)
     params["weight_id_1x1"] = torch.block_diag(*[module.weight_id_1x1] * copies)
     slices["weight_id_1x1"] = ParamSlice({0: in_map, 1: in_map})  # block 0, not divided
     params["weight_dw"] = dw_map.expand(module.weight_dw, 0)
     slices["weight_dw"] = ParamSlice({0: dw_map})
     params["weight_pw"] = dw_map.expand(out_map.expand(module.weight_pw, 0), 1, divide=True)
-    slices["weight_pw"] = ParamSlice({0: out_map, 1: dw_map}, divided_dim=divided)
+    slices["weight_pw"] = ParamSlice({0: out_map, 1: dw_map}, divided_dim=divided, paper_scale=scale)
     return params, slices
 
 
@@ -118,7 +119,7 @@ def expand_orepa(module: OREPAConv2d, ctx: LayerContext) -> ExpandedLayer:
     slices["branch_scales"] = ParamSlice({1: out_map})
     if module.bias is not None:
         params["bias"] = out_map.expand(module.bias, 0)
-        slices["bias"] = ParamSlice({0: out_map})
+        slices["bias"] = ParamSlice({0: out_map}, paper_scale=paper_bias_scale(out_map) if groups == 1 else 1.0)
     new = replace_tensors(module, params, {"prior": out_map.expand(module.prior, 0)})
     new.in_channels, new.out_channels, new.groups = in_map.teacher_size, out_map.teacher_size, groups
     missing = {name for name, _ in module.named_parameters()} - set(slices)

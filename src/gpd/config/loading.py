@@ -142,6 +142,7 @@ def validate(cfg: Config) -> None:
     _require(t.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {t.warmup_epochs}")
     _require(0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
     _require(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip must be > 0 or null, got {t.grad_clip}")
+    _require(t.grad_probe_every >= 0, f"train.grad_probe_every must be >= 0 (0: never), got {t.grad_probe_every}")
     _require(
         t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
         f"train.device must be auto, cpu, cuda, cuda:N or mps, got '{t.device}'",

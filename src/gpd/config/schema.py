@@ -47,11 +47,11 @@ class GPDConfig:
     ratio: float = 2.0  # width of the dynamic teacher relative to the student
     kd_weight: float = 3.0  # lambda: weight of SCE(student || stop_grad(dynamic teacher))
     sce_eps: float = 0.1  # label smoothing of the dynamic teacher's soft targets
-    noise_std: float = 0.0  # symmetry-breaking noise on the teacher's copies
+    noise_std: float = 1e-3  # symmetry-breaking noise on D's copies, relative to each tensor's RMS; 0: none
     branches: str = "none"  # orepa: train 3x3 stride-1 convs as six-branch blocks (merged on export)
     branch_init: str = "default"  # default (from scratch) | identity (blocks start equal to the convs)
     share: bool = True  # false (ablation): D is built by IR but keeps parameters separate from the student's
-    compensate_step: bool = False  # true: remove the r^2 effective SGD step sharing gives the student's divided weights
+    compensate_step: bool = False  # false: the paper's per-layer steps; true: the plain networks' steps (docs/method.md)
 
 
 @dataclass
@@ -73,6 +73,7 @@ class KDConfig:
     method: str = "none"  # none | kd | dkd | reviewkd: the KD method against the static teacher
     temperature: float = 4.0  # for kd
     weight: float = 1.0  # for kd
+    ce_weight: float = 1.0  # weight of the CE terms (student and D) with kd; mdistiller's CIFAR-100: 0.1
 
 
 @dataclass
@@ -81,12 +82,16 @@ class DKDConfig:
     beta: float = 8.0
     temperature: float = 4.0
     warmup_epochs: float = 20.0  # linear ramp of the DKD loss
+    ce_weight: float = 1.0  # weight of the CE terms (student and D) with dkd
 
 
 @dataclass
 class ReviewKDConfig:
     weight: float = 1.0  # weight of the hierarchical context loss
     mid_channels: int = 64  # width of the attention-based fusion modules
+    warmup_epochs: float = 0.0  # linear ramp min(epoch / warmup_epochs, 1) of the ReviewKD loss; 0: none
+    ce_weight: float = 1.0  # weight of the CE terms (student and D) with reviewkd
+    student_preact: bool = True  # student's and D's stage taps before the final ReLU (false: after it)
 
 
 @dataclass
@@ -104,7 +109,8 @@ class TrainConfig:
     decay_milestones: list[int] = field(default_factory=list)  # epochs, for scheduler=multistep
     decay_rate: float = 0.1
     label_smoothing: float = 0.0
-    grad_clip: Optional[float] = 5.0  # max global gradient norm; null disables clipping
+    grad_clip: Optional[float] = 5.0  # max global gradient norm (as the paper's optimizer sees it); null disables clipping
+    grad_probe_every: int = 50  # every N steps, measure the student's and D's loss-gradient norms apart; 0: never
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process takes its LOCAL_RANK GPU)
     channels_last: bool = True

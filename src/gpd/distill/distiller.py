@@ -8,6 +8,7 @@ user's own loop use this same object.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from fnmatch import fnmatch
 from typing import Any, NamedTuple
 
 import torch
@@ -23,6 +24,7 @@ from gpd.expansion import expand
 from gpd.expansion.expand import with_branches
 from gpd.gpd_model import GPDModel
 from gpd.losses import ReviewKDHead, reviewkd_loss, sce
+from gpd.sharing.steps import adaptive_group_scales
 
 
 class StaticTargets(NamedTuple):
@@ -67,8 +69,12 @@ class Distiller(nn.Module):
     only by the loss; ``parameters()`` are then D's and the student's. ``branches="orepa"`` trains every 3x3 stride-1 convolution as a
     six-branch block (Channel-Branch Reparameterization). ``compensate_step=True``
     removes the r² effective SGD step that sharing gives the student's weights stored
-    divided by r (see :func:`gpd.expand`). ``export_student()`` returns
-    a plain student of the original class, branches merged.
+    divided by r and gives D the plain wide network's steps; by default every tensor
+    steps as in the paper's parameterisation (see :func:`gpd.expand`). ``noise_std``:
+    symmetry-breaking noise on D's copies, relative to each tensor's RMS (0: none).
+    Build the optimizer from :meth:`param_groups`, which applies the student's
+    weight-decay exclusions to D. ``export_student()`` returns a plain student of the
+    original class, branches merged.
 
     Targets ``y`` are class indices ``(N,)`` or, after Mixup/CutMix, soft targets ``(N, K)``
     (rows of class probabilities). The cross-entropy terms use soft targets as they are:
@@ -90,7 +96,7 @@ class Distiller(nn.Module):
         sce_weight: float = 3.0,
         sce_eps: float = 0.1,
         label_smoothing: float = 0.0,
-        noise_std: float = 0.0,
+        noise_std: float = 1e-3,
         input_size: tuple[int, ...] | None = None,
         example_input: Any = None,
         branches: str | None = None,
@@ -100,8 +106,18 @@ class Distiller(nn.Module):
     ) -> None:
         super().__init__()
         options = dict(kd_options or {})
+        # ce_weight scales the CE terms of the student and of D while a KD method is on
+        # (mdistiller's CIFAR-100 KD uses 0.1 with a KD weight of 0.9).
+        self.ce_weight = float(options.pop("ce_weight", 1.0))
         self.reviewkd_weight = float(options.pop("weight", 1.0)) if kd == "reviewkd" else 0.0
         reviewkd_mid = int(options.pop("mid_channels", 64)) if kd == "reviewkd" else 0
+        # ReviewKD's loss ramps up as min(epoch / warmup_epochs, 1) (0: no warm-up); the
+        # student's and D's taps are pre-activation unless student_preact=False.
+        self.reviewkd_warmup = float(options.pop("warmup_epochs", 0.0)) if kd == "reviewkd" else 0.0
+        self.reviewkd_student_preact = bool(options.pop("student_preact", True)) if kd == "reviewkd" else True
+        if kd == "reviewkd" and options:
+            raise ConfigError(f"unknown ReviewKD options {sorted(options)}; use weight, mid_channels, "
+                              "warmup_epochs, student_preact, ce_weight")
         if kd == "reviewkd":
             self.kd_loss: KDLoss | None = None
         else:
@@ -160,7 +176,13 @@ class Distiller(nn.Module):
         return trained_student_module(self.gpd) if self.gpd is not None else self.plain  # type: ignore[return-value]
 
     def _build_review_heads(self, mid_channels: int, input_size: tuple[int, ...] | None, example_input: Any) -> None:
-        """One ReviewKD fusion head for the student and one for D, sized by a probing forward pass."""
+        """One ReviewKD fusion head for the student and one for D, sized by a probing forward pass.
+
+        Each network gives one feature per stage plus the pooled level (see :meth:`_taps`).
+        The probe runs every network in eval mode and restores each module's mode and
+        every buffer afterwards, so building the Distiller leaves BatchNorm statistics
+        (and any other buffer) exactly as they were: this matters when fine-tuning.
+        """
         self.student_stages = feature_stage_names(self.student_module())
         self.teacher_stages = feature_stage_names(self.static_teacher)  # type: ignore[arg-type]
         if len(self.student_stages) != len(self.teacher_stages):
@@ -172,23 +194,34 @@ class Distiller(nn.Module):
             if input_size is None:
                 raise ConfigError("ReviewKD needs input_size= or example_input= to size its fusion heads")
             example_input = torch.zeros(2, *input_size)
-        with torch.no_grad():
-            with stage_features(self.static_teacher, self.teacher_stages) as t_feats:  # type: ignore[arg-type]
-                self.static_teacher(example_input)  # type: ignore[misc]
-            with stage_features(self.student_module(), self.student_stages) as s_feats:
-                self.student_logits(example_input)
-            for who, feats, names in (("static teacher", t_feats, self.teacher_stages), ("student", s_feats, self.student_stages)):
-                for name, feat in zip(names, feats):
-                    if feat.ndim != 4:
-                        raise ConfigError(
-                            f"ReviewKD fuses feature maps (N, C, H, W), but the {who}'s stage '{name}' gives "
-                            f"shape {tuple(feat.shape)} (tokens?); use kd.method=kd or dkd for this pair"
-                        )
-            widths = {"student": [f.shape[1] for f in s_feats]}
-            if self.gpd is not None:
-                with stage_features(self.gpd.teacher, self.student_stages) as d_feats:
-                    self.gpd.forward_teacher(example_input)
-                widths["teacher"] = [f.shape[1] for f in d_feats]
+        modes = {module: module.training for module in self.modules()}
+        buffers = {name: buffer.detach().clone() for name, buffer in self.named_buffers()}
+        self.eval()
+        try:
+            with torch.no_grad():
+                with self._taps(self.static_teacher, "teacher_stages", True) as t_feats:  # type: ignore[arg-type]
+                    self.static_teacher(example_input)  # type: ignore[misc]
+                with self._taps(self.student_module(), "student_stages", True) as s_feats:
+                    self.student_logits(example_input)
+                for who, feats, names in (("static teacher", t_feats, self.teacher_stages), ("student", s_feats, self.student_stages)):
+                    for name, feat in zip(names, feats):
+                        if feat.ndim != 4:
+                            raise ConfigError(
+                                f"ReviewKD fuses feature maps (N, C, H, W), but the {who}'s stage '{name}' gives "
+                                f"shape {tuple(feat.shape)} (tokens?); use kd.method=kd or dkd for this pair"
+                            )
+                widths = {"student": [f.shape[1] for f in s_feats]}
+                if self.gpd is not None:
+                    with self._taps(self.gpd.teacher, "student_stages", True) as d_feats:
+                        self.gpd.forward_teacher(example_input)
+                    widths["teacher"] = [f.shape[1] for f in d_feats]
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+            with torch.no_grad():
+                for name, buffer in self.named_buffers():
+                    if name in buffers:
+                        buffer.copy_(buffers[name])
         targets = [f.shape[1] for f in t_feats]
         for role, channels in widths.items():
             self.review_heads[role] = ReviewKDHead(channels, targets, mid_channels)
@@ -253,12 +286,27 @@ class Distiller(nn.Module):
         return losses
 
     def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``ce_weight * CE(logits, y)``; ce_weight is the active KD method's (1.0 by default)."""
         if y.is_floating_point():  # soft targets (Mixup/CutMix): already smoothed there
-            return F.cross_entropy(logits, y)
-        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            loss = F.cross_entropy(logits, y)
+        else:
+            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        return loss if self.ce_weight == 1.0 else self.ce_weight * loss
 
     def _taps(self, model: nn.Module, stages_attr: str, active: bool) -> AbstractContextManager[list[torch.Tensor]]:
-        return stage_features(model, getattr(self, stages_attr)) if active else nullcontext([])
+        """ReviewKD's features of ``model``: one per stage, then the pooled level (a 1x1 map).
+
+        As in the ReviewKD paper's code and mdistiller, the static teacher's stage features
+        are pre-activation (the stage's value before its final ReLU, which keeps the
+        negative part a post-ReLU map has lost) and its pooled level is the classifier's
+        pooled input. The student and D (same module classes, so the same stage names)
+        tap pre-activation too unless ``student_preact=False`` (mdistiller's CIFAR-100
+        setting, where the student's stage outputs are post-ReLU).
+        """
+        if not active:
+            return nullcontext([])
+        preact = True if stages_attr == "teacher_stages" else self.reviewkd_student_preact
+        return stage_features(model, getattr(self, stages_attr), preact=preact, pooled=True)
 
     def _add_kd(
         self,
@@ -274,7 +322,9 @@ class Distiller(nn.Module):
         if targets.logits is None:
             return
         if self.review_heads:
-            losses[f"reviewkd_{role}"] = self.reviewkd_weight * reviewkd_loss(self.review_heads[role], feats, targets.features)
+            warmup = self.reviewkd_warmup
+            ramp = 1.0 if not warmup or epoch is None else min(epoch / warmup, 1.0)
+            losses[f"reviewkd_{role}"] = ramp * self.reviewkd_weight * reviewkd_loss(self.review_heads[role], feats, targets.features)
         else:
             losses[f"kd_{role}"] = self.kd_loss(logits, targets.logits, hard_labels(y), epoch)  # type: ignore[misc]
 
@@ -285,3 +335,49 @@ class Distiller(nn.Module):
         else:
             student = merge_branches(self.plain)
         return student.eval()  # type: ignore[union-attr]
+
+    def param_groups(self, weight_decay: float, *, adaptive: bool = False) -> list[dict[str, Any]]:
+        """Optimizer parameter groups of the trainable parameters, as the student's recipe has them.
+
+        A tensor of D gets no weight decay when the matching student tensor would not
+        under timm's rules: one dimension or fewer, a name ending in ``.bias``, or a
+        name in the student's ``no_weight_decay()`` (class and position tokens). D
+        is a copy of the student's modules, so its parameter names are the student's.
+        ``adaptive=True`` (Adam-like optimizers, whose step does not scale with the
+        gradient) adds ``lr_scale`` and scales the decay of D's tensors that the
+        paper's parameterisation stores differently (see :mod:`gpd.sharing.steps`);
+        timm's schedulers apply ``lr_scale``.
+        """
+        owners: list[tuple[nn.Module, dict[str, float]]] = []
+        if self.gpd is not None:
+            owners.append((self.gpd.teacher, getattr(self.gpd, "paper_scales", {})))
+            if not self.shares_parameters:
+                owners.append((self.gpd.student, {}))  # type: ignore[attr-defined]
+        elif self.plain is not None:
+            owners.append((self.plain, {}))
+        owners.append((self, {}))  # the rest (fusion heads): only parameters not listed above
+        exempt = self._no_weight_decay_names()
+        seen: set[int] = set()
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        for module, scales in owners:
+            for name, param in module.named_parameters():
+                if not param.requires_grad or id(param) in seen:
+                    continue
+                seen.add(id(param))
+                no_decay = param.ndim <= 1 or name.endswith(".bias") or any(fnmatch(name, p) for p in exempt)
+                decay = 0.0 if no_decay else weight_decay
+                lr_scale = 1.0
+                if adaptive and name in scales:
+                    lr_scale, decay_scale = adaptive_group_scales(scales[name])
+                    decay *= decay_scale
+                groups.setdefault((decay, lr_scale), []).append(param)
+        return [
+            {"params": params, "weight_decay": decay, **({"lr_scale": lr_scale} if adaptive else {})}
+            for (decay, lr_scale), params in groups.items()
+        ]
+
+    def _no_weight_decay_names(self) -> set[str]:
+        """The student's ``no_weight_decay()`` names (timm's convention), or none."""
+        student = self.student_module()
+        names = getattr(student, "no_weight_decay", None)
+        return set(names()) if callable(names) else set()

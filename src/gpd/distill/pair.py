@@ -55,7 +55,7 @@ class UnsharedPair(PairRoles, nn.Module):
     of D (so, at ratio r, the student's weights equal the original student's, and the
     pair computes D == S exactly as the shared pair does). ``parameters()`` are D's and
     the student's; one optimizer trains both. Unlike the shared pair, a plain SGD step
-    on the student's weights has no r^2 scaling (DESIGN.md section 3).
+    on the student's weights has no r^2 scaling (docs/method.md, "Per-layer steps").
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, report: ExpansionReport) -> None:
@@ -63,6 +63,7 @@ class UnsharedPair(PairRoles, nn.Module):
         self.teacher = teacher
         self.student = student
         self.report = report
+        self.paper_scales = {}
 
     @classmethod
     def from_expanded(cls, model: GPDModel) -> UnsharedPair:
@@ -70,6 +71,7 @@ class UnsharedPair(PairRoles, nn.Module):
         teacher = copy.deepcopy(model.teacher)
         student = model.student.materialize(dict(model.teacher.named_parameters()))
         pair = cls(teacher, student, model.report)
+        pair._use_paper_steps(model.paper_scales)  # D steps as the shared pair's D does; the student plainly
         pair.train(model.training)
         return pair
 

@@ -19,10 +19,11 @@ from torch import nn
 from gpd.errors import ExpansionError, first_line
 from gpd.expansion.channels import ChannelMap, WidthPlan
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_channel_tensor_holders, iter_units
-from gpd.expansion.rules import LayerContext, ParamSlice
+from gpd.expansion.rules import LayerContext, ParamSlice, channel_tensor_multiplies
 from gpd.expansion.verify import locate_divergence, relative_error
 from gpd.gpd_model import ExpansionReport, GPDModel
 from gpd.sharing import StudentView
+from gpd.sharing.steps import paper_scales
 
 
 def build_teacher(
@@ -70,7 +71,9 @@ def build_teacher(
             tiled = channel_map.expand(value, dim)
             if isinstance(value, nn.Parameter):
                 setattr(target, tensor_name, nn.Parameter(tiled.detach().clone(), requires_grad=value.requires_grad))
-                slices[prefix + tensor_name] = ParamSlice({dim: channel_map})
+                added = not channel_tensor_multiplies(module, tensor_name)
+                scale = channel_map.student_size / channel_map.teacher_size if added else 1.0
+                slices[prefix + tensor_name] = ParamSlice({dim: channel_map}, paper_scale=scale)
             else:
                 setattr(target, tensor_name, tiled.detach().clone())
             rules_used.setdefault("channel_tensors", []).append(prefix + tensor_name)
@@ -112,16 +115,23 @@ def _example(model: nn.Module, example_input: Any, input_size: tuple[int, ...] |
 
 
 def add_symmetry_noise(model: GPDModel, std: float, generator: torch.Generator | None = None) -> None:
-    """Add N(0, std^2) noise to D's copies, leaving the student's own entries unchanged.
+    """Add noise of relative size ``std`` to D's copies, leaving the student's own entries unchanged.
 
-    The copies get identical gradients from D's own loss; small noise lets them
-    diverge from the first step instead of only through the student's loss.
+    The copies get identical gradients from D's own loss; only copy 0 is also moved by
+    the student's loss, so without noise copies 1..r-1 stay identical for ever (at
+    r >= 3 D keeps two distinct copies). Each tensor gets N(0, (std * rms)^2), where
+    rms is the root mean square of that tensor: the same relative perturbation for
+    a stem of large weights and a head of small ones; a tensor of zeros (a bias at
+    its initial value) stays exact. The student's function is unchanged.
     """
     params = dict(model.teacher.named_parameters())
     with torch.no_grad():
         for name, param_slice in model.student.slices.items():
             param = params[name]
-            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype) * std
+            rms = float(param.double().pow(2).mean().sqrt()) if param.numel() else 0.0
+            if rms == 0.0:
+                continue
+            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype) * (std * rms)
             noise[param_slice.student_mask(param.shape)] = 0
             param.add_(noise.to(param.device))
 
@@ -247,7 +257,10 @@ def expand(
             to trace the model and verify the expansion; inferred when omitted.
         input_layers / output_layers: override the detected layers that read the
             input and write the output (names from ``model.named_modules()``).
-        noise_std: symmetry-breaking noise added to D's copies (0 = exact copies).
+        noise_std: symmetry-breaking noise added to D's copies after verification,
+            relative to each tensor's RMS (0 = exact copies; training with
+            :class:`gpd.Distiller` uses 1e-3 by default). The student is unchanged;
+            ``report.noise_error`` is D's measured departure from the student.
         tolerance: largest relative error accepted by the verification.
         check: verify numerically (eval mode) and raise ExpansionError on mismatch.
         branches: "orepa" turns every 3x3 stride-1 convolution of the student into a
@@ -255,10 +268,13 @@ def expand(
             "none" keeps the student as it is. Exports merge the blocks back.
         branch_init: "default" (training from scratch) or "identity" (each block starts
             equal to its convolution: for a pretrained student).
-        compensate_step: remove the r² effective step that sharing gives the student's
-            weights stored divided by r in D (DESIGN.md section 3): the student's
-            gradient reaches D's tensor divided by r instead of multiplied. False (the
-            default) keeps the paper's behaviour.
+        compensate_step: the step rule. False (the default): every tensor of D, and so
+            of the student, takes the SGD step it takes in the paper's parameterisation
+            (gradient hooks on D's stem, head, biases and tokens; see
+            :mod:`gpd.sharing.steps`). True: the plain networks' steps everywhere: D
+            steps as the plain wide network it is, and the student's gradient reaches
+            D's divided tensors divided by r instead of multiplied, so the student
+            steps as the unexpanded student would (docs/method.md, "Per-layer steps").
     """
     plan = WidthPlan(ratio)
     example = _example(model, example_input, input_size)  # before branches hide the stem conv
@@ -276,7 +292,8 @@ def expand(
             stacklevel=2,
         )
     report = ExpansionReport(ratio=plan.ratio, roles=roles, rules_used=rules_used)
-    gpd_model = GPDModel(teacher, StudentView(model, slices, compensate_step), plan, report)
+    scales = {} if compensate_step else paper_scales(slices, teacher)
+    gpd_model = GPDModel(teacher, StudentView(model, slices, compensate_step), plan, report, paper_scales=scales)
     gpd_model.train(model.training)
     if check:  # the rules must be exact; the noise below is a deliberate, reported departure
         report.teacher_error, report.student_error, report.checked_in_float64 = verify(
@@ -284,6 +301,7 @@ def expand(
         )
     if noise_std:
         add_symmetry_noise(gpd_model, noise_std)
+        report.noise_std = noise_std
         if check:
-            report.teacher_error, report.student_error, _ = verify(model, gpd_model, example, output_maps, float("inf"))
+            report.noise_error, _, _ = verify(model, gpd_model, example, output_maps, float("inf"))
     return gpd_model

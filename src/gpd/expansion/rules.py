@@ -50,10 +50,20 @@ class ParamSlice:
     tensor restricted to the student's channels on those axes, multiplied by the
     number of copies on ``divided_dim`` (the axis whose copies D divided by that
     number, so that reading all of them sums to the student's value).
+
+    ``paper_scale`` relates D's tensor to the paper's parameterisation of D (the
+    authors' layout, whose activations are ``h / r`` per copy): there the tensor holds
+    ``paper_scale`` times the value it holds here. It is 1/r on the layer that reads
+    the image and on the bias of every ungrouped conv/linear whose output is expanded,
+    r on the layer that writes the logits, 1/r on tokens and position embeddings, and 1
+    elsewhere. An SGD step taken in the paper's coordinates equals one taken here with
+    the loss gradient multiplied by ``1 / paper_scale**2`` (docs/method.md, "Per-layer
+    steps"); :mod:`gpd.sharing.steps` applies that.
     """
 
     dims: dict[int, ChannelMap] = field(default_factory=dict)
     divided_dim: int | None = None
+    paper_scale: float = 1.0
     _scales: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(
         default_factory=dict, repr=False
     )
@@ -219,6 +229,7 @@ class RuleEntry:
 
 _RULES: dict[type, RuleEntry] = {}
 _CHANNEL_TENSORS: dict[type, dict[str, int]] = {}
+_MULTIPLYING_TENSORS: dict[type, set[str]] = {}
 
 
 def register_expansion_rule(
@@ -234,14 +245,17 @@ def register_expansion_rule(
     _RULES[module_class] = RuleEntry(rule=rule, channelwise=channelwise)
 
 
-def register_channel_tensors(module_class: type[nn.Module], axes: dict[str, int]) -> None:
+def register_channel_tensors(module_class: type[nn.Module], axes: dict[str, int], *, multiplies: bool = False) -> None:
     """Declare tensors a container holds directly (class token, position embedding, ...).
 
     ``axes`` maps each attribute name to its channel axis. D holds them tiled on that
     axis, not divided: they are added to or concatenated with activations, never
-    summed over.
+    summed over. ``multiplies=True`` declares tensors that scale an activation
+    channel by channel instead (a layer-scale gamma): the paper's parameterisation
+    holds those unchanged, while it divides added tensors by r (see ``ParamSlice.paper_scale``).
     """
     _CHANNEL_TENSORS[module_class] = dict(axes)
+    _MULTIPLYING_TENSORS[module_class] = set(axes) if multiplies else set()
 
 
 def channel_tensor_axes(module: nn.Module) -> dict[str, int]:
@@ -250,6 +264,14 @@ def channel_tensor_axes(module: nn.Module) -> dict[str, int]:
     for cls in reversed(type(module).__mro__):
         axes.update(_CHANNEL_TENSORS.get(cls, {}))
     return axes
+
+
+def channel_tensor_multiplies(module: nn.Module, name: str) -> bool:
+    """Whether the declared channel tensor ``name`` of ``module`` scales activations (else it is added to them)."""
+    for cls in type(module).__mro__:
+        if name in _CHANNEL_TENSORS.get(cls, {}):
+            return name in _MULTIPLYING_TENSORS.get(cls, set())
+    return False
 
 
 def find_rule(module: nn.Module) -> RuleEntry | None:
@@ -274,6 +296,25 @@ def replace_tensors(
 
 
 # --- built-in rules -------------------------------------------------------------------
+
+
+def _copies(channel_map: ChannelMap) -> float:
+    """How many times D's axis holds the student's (r; the plain ratio of sizes when uneven)."""
+    return channel_map.teacher_size / channel_map.student_size
+
+
+def paper_weight_scale(in_map: ChannelMap, out_map: ChannelMap) -> float:
+    """``paper_scale`` of an ungrouped conv/linear weight (see :class:`ParamSlice`).
+
+    gpd divides by the copies of the input axis; the paper's layout divides by the
+    copies of the output axis. They agree where both or neither side is expanded.
+    """
+    return _copies(in_map) / _copies(out_map)
+
+
+def paper_bias_scale(out_map: ChannelMap) -> float:
+    """``paper_scale`` of an ungrouped conv/linear bias: the paper's layout divides it by the output copies."""
+    return 1.0 / _copies(out_map)
 
 
 def _check_groups(module: nn.Module, ctx: LayerContext, in_map: ChannelMap, out_map: ChannelMap) -> int:
@@ -310,17 +351,23 @@ def expand_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
     in_map, out_map = ctx.in_map(module.in_channels), ctx.out_map(module.out_channels)
     if module.groups == 1:
         weight = in_map.expand(out_map.expand(module.weight, 0), 1, divide=True)
-        weight_slice = ParamSlice({0: out_map, 1: in_map}, divided_dim=1 if ctx.expand_input else None)
+        weight_slice = ParamSlice(
+            {0: out_map, 1: in_map},
+            divided_dim=1 if ctx.expand_input else None,
+            paper_scale=paper_weight_scale(in_map, out_map),
+        )
+        bias_scale = paper_bias_scale(out_map)
         groups = 1
-    else:
+    else:  # the paper's layout scales a grouped conv's input and output instead: same tensors as here
         groups = _check_groups(module, ctx, in_map, out_map)
         weight = out_map.expand(module.weight, 0)
         weight_slice = ParamSlice({0: out_map})
+        bias_scale = 1.0
     params = {"weight": weight}
     slices = {"weight": weight_slice}
     if module.bias is not None:
         params["bias"] = out_map.expand(module.bias, 0)
-        slices["bias"] = ParamSlice({0: out_map})
+        slices["bias"] = ParamSlice({0: out_map}, paper_scale=bias_scale)
     new = replace_tensors(module, params)
     new.in_channels, new.out_channels, new.groups = in_map.teacher_size, out_map.teacher_size, groups
     return ExpandedLayer(new, slices, output_map=out_map)
@@ -329,10 +376,16 @@ def expand_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
 def expand_linear_with_maps(module: nn.Linear, in_map: ChannelMap, out_map: ChannelMap) -> ExpandedLayer:
     """A Linear whose input and output axes follow the given maps (divided on the input)."""
     params = {"weight": in_map.expand(out_map.expand(module.weight, 0), 1, divide=True)}
-    slices = {"weight": ParamSlice({0: out_map, 1: in_map}, divided_dim=None if in_map.is_identity else 1)}
+    slices = {
+        "weight": ParamSlice(
+            {0: out_map, 1: in_map},
+            divided_dim=None if in_map.is_identity else 1,
+            paper_scale=paper_weight_scale(in_map, out_map),
+        )
+    }
     if module.bias is not None:
         params["bias"] = out_map.expand(module.bias, 0)
-        slices["bias"] = ParamSlice({0: out_map})
+        slices["bias"] = ParamSlice({0: out_map}, paper_scale=paper_bias_scale(out_map))
     new = replace_tensors(module, params)
     new.in_features, new.out_features = in_map.teacher_size, out_map.teacher_size
     return ExpandedLayer(new, slices, output_map=out_map)

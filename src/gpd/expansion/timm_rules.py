@@ -97,4 +97,4 @@ def register_timm_rules() -> None:
     register_expansion_rule(LayerScale2d, expand_channel_vectors, channelwise=True)
     tokens = {"cls_token": -1, "reg_token": -1, "pos_embed": -1, "dist_token": -1}
     register_channel_tensors(vision_transformer.VisionTransformer, tokens)
-    register_channel_tensors(convnext.ConvNeXtBlock, {"gamma": 0})
+    register_channel_tensors(convnext.ConvNeXtBlock, {"gamma": 0}, multiplies=True)

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from gpd.distill import Distiller
+from gpd.sharing.steps import grad_norm, tensor_norm
 
 Backward = Callable[[torch.Tensor], None]
 LossDict = dict[str, torch.Tensor]
@@ -42,3 +43,36 @@ def sequential_backward(
         student_losses = distiller.student_losses(x, y, targets, teacher_logits, epoch=epoch)
     backward(sum(student_losses.values()))  # type: ignore[arg-type]
     return {**losses, **student_losses}
+
+
+def probed_backward(
+    distiller: Distiller,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epoch: float,
+    autocast,
+    backward: Backward,
+    params: list[torch.Tensor],
+    scales: dict[torch.Tensor, float],
+) -> tuple[LossDict, tuple[torch.Tensor, torch.Tensor]]:
+    """The sequential step, also measuring the gradient norm of D's terms and of the student's.
+
+    Same gradients as either mode; costs a copy of the gradients after D's backward.
+    Norms are in the coordinates the clipping uses (``scales``, see gpd.sharing.steps).
+    """
+    with autocast():
+        targets = distiller.static_targets(x)
+        losses, teacher_logits = distiller.teacher_losses(x, y, targets, epoch=epoch)
+    backward(sum(losses.values()))  # type: ignore[arg-type]
+    teacher_norm = grad_norm(params, scales)
+    after_teacher = [p.grad.clone() if p.grad is not None else None for p in params]
+    with autocast():
+        student_losses = distiller.student_losses(x, y, targets, teacher_logits.detach(), epoch=epoch)  # type: ignore[union-attr]
+    backward(sum(student_losses.values()))  # type: ignore[arg-type]
+    norms = [
+        tensor_norm(p.grad - before if before is not None else p.grad) * scales.get(p, 1.0)
+        for p, before in zip(params, after_teacher)
+        if p.grad is not None
+    ]
+    student_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    return {**losses, **student_losses}, (teacher_norm, student_norm)

@@ -60,9 +60,12 @@ from gpd.training.run_dir import (
 )
 from gpd.training.model_setup import build_student
 from gpd.training.static_teacher import build_static_teacher, check_fits
-from gpd.training.steps import joint_backward, sequential_backward
+from gpd.sharing.steps import clip_grad_norm_, grad_norm, is_sgd_like
+from gpd.training.steps import joint_backward, probed_backward, sequential_backward
 
 DRY_RUN_STEPS = 2
+_GRAD_STATS = ("grad_norm", "clipped_frac", "grad_norm_student", "grad_norm_teacher")
+_TRAIN_STATS = ("train_seconds", "img_per_s", "skipped_steps", *_GRAD_STATS)
 DRY_RUN_IMAGE_SIZE = 32
 DRY_RUN_BATCH = 8  # images per process and step in a dry run, at most (ImageNet batches are large)
 DRY_RUN_WORKERS = 1  # DataLoader worker processes in a dry run, at most: one still checks that workers work
@@ -135,8 +138,9 @@ class Trainer:
 
         self.train_loader, self.sampler, self.test_loader = self._build_loaders()
         self.mixup = build_mixup(cfg.data, self.data.num_classes, t.label_smoothing, self.train_loader.batch_size)
+        groups = self.distiller.param_groups(t.weight_decay, adaptive=not is_sgd_like(t.optimizer))
         self.optimizer = create_optimizer_v2(
-            self.distiller, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum
+            groups, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum
         )
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer,
@@ -154,6 +158,10 @@ class Trainer:
         self.precision = Precision(t.precision, self.device)
         self.ema = ModelEmaV3(self.core, decay=t.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
         self.trainable = [p for p in self.distiller.parameters() if p.requires_grad]
+        # D's tensors that the paper's parameterisation stores differently: their gradient counts
+        # as the paper's in the clipped norm (gpd.sharing.steps); empty for plain steps
+        self.grad_scales = self.distiller.gpd.grad_scales() if self.distiller.gpd is not None else {}
+        self._grad_stats: dict[str, torch.Tensor] = {}
         self.num_updates = 0
         self.start_epoch = 1
         self.best: dict[str, Any] = {"student_acc": None, "epoch": None}
@@ -202,14 +210,21 @@ class Trainer:
         check_fits(student, self.data, "student")
         static_teacher = build_static_teacher(cfg, self.data, allow_missing_checkpoint=self.dry_run)
         kd_options = {
-            "kd": {"temperature": cfg.kd.temperature, "weight": cfg.kd.weight},
+            "kd": {"temperature": cfg.kd.temperature, "weight": cfg.kd.weight, "ce_weight": cfg.kd.ce_weight},
             "dkd": {
                 "alpha": cfg.dkd.alpha,
                 "beta": cfg.dkd.beta,
                 "temperature": cfg.dkd.temperature,
                 "warmup_epochs": cfg.dkd.warmup_epochs,
+                "ce_weight": cfg.dkd.ce_weight,
             },
-            "reviewkd": {"weight": cfg.reviewkd.weight, "mid_channels": cfg.reviewkd.mid_channels},
+            "reviewkd": {
+                "weight": cfg.reviewkd.weight,
+                "mid_channels": cfg.reviewkd.mid_channels,
+                "warmup_epochs": cfg.reviewkd.warmup_epochs,
+                "ce_weight": cfg.reviewkd.ce_weight,
+                "student_preact": cfg.reviewkd.student_preact,
+            },
         }.get(cfg.kd.method)
         self.student_params = count_parameters(student)
         return Distiller(
@@ -310,6 +325,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         seen = torch.zeros((), device=self.device)
         skipped = 0
+        self._grad_stats = defaultdict(lambda: torch.zeros((), device=self.device))
         started = time.perf_counter()
         steps = len(self.train_loader)
         bar = tqdm(
@@ -325,7 +341,9 @@ class Trainer:
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = y.to(self.device, non_blocking=True)
             x, targets = mix_batch(self.mixup, x, y)  # Mixup/CutMix: soft targets; y stays the labels
-            losses = self.train_step(x, targets, epoch_progress=epoch - 1 + step / steps, where=f"epoch {epoch}, step {step}")
+            losses = self.train_step(
+                x, targets, epoch_progress=epoch - 1 + step / steps, where=f"epoch {epoch}, step {step}", probe=self._probe_due(step)
+            )
             if losses is None:
                 skipped += 1
             else:
@@ -348,13 +366,50 @@ class Trainer:
         result["train_seconds"] = seconds
         result["img_per_s"] = totals[-1] / seconds
         result["skipped_steps"] = skipped
+        result.update(self._epoch_grad_stats())
         return result
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float, where: str) -> dict[str, torch.Tensor] | None:
-        """One optimisation step; returns the detached loss terms, or None if the step was skipped."""
+    def _probe_due(self, step: int) -> bool:
+        """Whether this step measures the student's and D's loss gradients separately
+        (train.grad_probe_every; not under DDP in the joint mode, whose one backward DDP follows)."""
+        every = self.cfg.train.grad_probe_every
+        if not every or step % every or self.distiller.gpd is None:
+            return False
+        return not (self.ctx.enabled and self.cfg.train.memory_mode == "joint")
+
+    def _epoch_grad_stats(self) -> dict[str, float]:
+        """Per-epoch means of the gradient norms (one host sync per epoch): the global norm before
+        clipping, the fraction of clipped steps, and the probed per-role loss-gradient norms."""
+        stats = {name: float(value) for name, value in self._grad_stats.items()}
+        steps = max(stats.pop("steps", 0.0), 1.0)
+        out = {"grad_norm": stats.get("grad_norm", 0.0) / steps}
+        if self.cfg.train.grad_clip:
+            out["clipped_frac"] = stats.get("clipped", 0.0) / steps
+        probes = stats.get("probes", 0.0)
+        if probes:
+            out["grad_norm_student"] = stats["grad_norm_student"] / probes
+            out["grad_norm_teacher"] = stats["grad_norm_teacher"] / probes
+        return out
+
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float, where: str, probe: bool = False
+    ) -> dict[str, torch.Tensor] | None:
+        """One optimisation step; returns the detached loss terms, or None if the step was skipped.
+
+        ``probe``: run the sequential mode (the same gradients) and measure the gradient
+        norm of D's loss terms and of the student's separately."""
         self.optimizer.zero_grad(set_to_none=True)
         p = self.precision
-        if self.cfg.train.memory_mode == "joint":
+        if probe:
+            losses, role_norms = probed_backward(
+                self.distiller, x, y, epoch_progress, p.autocast, p.backward, self.trainable, self.grad_scales
+            )
+            average_gradients(self.trainable, self.ctx)
+            loss_scale = p.scaler.get_scale() if p.scaler is not None else 1.0
+            self._grad_stats["grad_norm_teacher"] += role_norms[0] / loss_scale
+            self._grad_stats["grad_norm_student"] += role_norms[1] / loss_scale
+            self._grad_stats["probes"] += 1
+        elif self.cfg.train.memory_mode == "joint":
             losses = joint_backward(self.train_module, x, y, epoch_progress, p.autocast, p.backward)
         else:
             losses = sequential_backward(self.distiller, x, y, epoch_progress, p.autocast, p.backward)
@@ -372,9 +427,15 @@ class Trainer:
                 f"the loss became non-finite at {where} ({terms}); the last good checkpoint is kept; lower train.lr, "
                 "set train.grad_clip, or pass train.on_nonfinite=skip to drop such steps"
             )
-        if self.cfg.train.grad_clip:
-            self.precision.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.train.grad_clip)
+        self.precision.unscale_(self.optimizer)
+        clip = self.cfg.train.grad_clip
+        if clip:  # the global norm as the paper's optimizer sees it (gpd.sharing.steps)
+            norm = clip_grad_norm_(self.trainable, clip, self.grad_scales)
+            self._grad_stats["clipped"] += (norm > clip).float()
+        else:
+            norm = grad_norm(self.trainable, self.grad_scales)
+        self._grad_stats["grad_norm"] += norm.to(self.device)
+        self._grad_stats["steps"] += 1
         self.precision.step(self.optimizer)
         self.num_updates += 1
         self.scheduler.step_update(num_updates=self.num_updates)
@@ -429,10 +490,17 @@ class Trainer:
                 f"; dynamic teacher at ratio {r.ratio:g}: {count_parameters(d.gpd.teacher) / 1e6:.3f}M parameters, "
                 f"verified equal to the student (relative error {r.teacher_error:.1e})"
             )
+            if r.noise_std:
+                line += (
+                    f", then symmetry-breaking noise of relative size {r.noise_std:g} added to its copies "
+                    f"(D now differs from the student by {r.noise_error:.1e}; gpd.noise_std)"
+                )
             if not d.shares_parameters:
                 line += ", separate parameters (gpd.share=false)"
             elif self.cfg.gpd.compensate_step:
-                line += ", the student's r² SGD step removed (gpd.compensate_step=true)"
+                line += ", plain networks' steps (gpd.compensate_step=true)"
+            else:
+                line += ", the paper's per-layer steps"
         else:
             line += "; trained alone (gpd.enabled=false)"
         if d.static_teacher is not None:
@@ -497,7 +565,7 @@ class Trainer:
             "epoch": epoch,
             "lr": lr,
             "train_loss": train["loss"] if "loss" in train else float("nan"),
-            **{f"loss_{k}": v for k, v in train.items() if k not in ("loss", "train_seconds", "img_per_s", "skipped_steps")},
+            **{f"loss_{k}": v for k, v in train.items() if k not in ("loss", *_TRAIN_STATS)},
             "student_acc": acc["student"],
             "teacher_acc": acc.get("teacher", ""),
             "gap": acc["teacher"] - acc["student"] if "teacher" in acc else "",
@@ -508,6 +576,7 @@ class Trainer:
             row["ema_teacher_acc"] = acc.get("ema_teacher", "")
         if self.cfg.train.on_nonfinite == "skip":
             row["skipped_steps"] = train["skipped_steps"]
+        row.update({k: train[k] for k in _GRAD_STATS if k in train})
         row["img_per_s"] = train["img_per_s"]
         if self.best["student_acc"] is None or acc["student"] > self.best["student_acc"]:
             self.best = {"student_acc": acc["student"], "epoch": epoch}
