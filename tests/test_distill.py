@@ -107,9 +107,9 @@ def test_reviewkd_gives_student_and_d_their_own_fusion_heads(dynamic_teacher):
     heads = distiller.review_heads
     assert all(p.grad is not None for p in heads.parameters())
     widths = {role: [abf.reduce[0].in_channels for abf in head.abfs] for role, head in heads.items()}
-    assert widths["student"] == [16, 32, 64]
+    assert widths["student"] == [16, 32, 64, 64]  # three stages and the pooled level
     if dynamic_teacher:
-        assert widths["teacher"] == [32, 64, 128]  # D's own fusion head, sized to D's widths
+        assert widths["teacher"] == [32, 64, 128, 128]  # D's own fusion head, sized to D's widths
     exported = distiller.export_student()
     assert type(exported) is type(student)
     exported.load_state_dict(create_model("resnet8", 10, 1).state_dict(), strict=True)  # no head inside

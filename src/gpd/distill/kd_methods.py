@@ -2,7 +2,9 @@
 
 A method is a callable ``(student_logits, teacher_logits, target, epoch) -> loss``
 that already includes its weight; GPD applies the same method to the student and to
-its dynamic teacher (DESIGN.md section 5).
+its dynamic teacher (the GPD paper, docs/method.md). The weight of the cross-entropy
+terms that go with a method (``ce_weight``, e.g. 0.1 for KD in mdistiller's CIFAR-100
+setting) is applied by the Distiller, not here.
 """
 
 from __future__ import annotations

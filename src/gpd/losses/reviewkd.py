@@ -12,6 +12,13 @@ them gets its own :class:`ReviewKDHead`, sized to its own stage widths (and to t
 static teacher's widths as targets). The heads are trainable parameters of the
 distiller, optimised with S and D; they are not shared between S and D, and they are
 discarded after training (they take no part in the deployed model).
+
+Which features are fused (see :mod:`gpd.distill.features`): as in the ReviewKD paper's
+code and mdistiller, the static teacher's targets are its stages' pre-activation
+outputs plus a pooled level (its classifier's pooled input, a 1x1 map); the student's
+(and D's) inputs are its stages' outputs, pre-activation by default (ReviewKD's
+ImageNet code) or post-activation (``student_preact=False``, mdistiller's CIFAR-100
+setting), plus its own pooled level.
 """
 
 from __future__ import annotations
@@ -90,6 +97,9 @@ class ABF(nn.Module):
     ``[x, residual]`` goes through a 1x1 conv (``2 * mid -> 2``) and a sigmoid, and the two
     maps ``a0, a1`` give ``x = x * a0 + residual * a1``. The output is
     ``BN(conv3x3(x))`` (``mid_channels -> out_channels``, no bias, padding 1).
+
+    The 1x1 and 3x3 projection convs start from ``kaiming_uniform_(a=1)``, as in the
+    ReviewKD paper's code and mdistiller; the attention conv keeps PyTorch's default.
     """
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool) -> None:
@@ -106,6 +116,8 @@ class ABF(nn.Module):
             nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(out_channels),
         )
+        nn.init.kaiming_uniform_(self.reduce[0].weight, a=1)
+        nn.init.kaiming_uniform_(self.project[0].weight, a=1)
 
     def forward(
         self,
