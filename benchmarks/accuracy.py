@@ -3,7 +3,8 @@
 Drives ``gpd train`` (one subprocess per run, one run at a time) on Fashion-MNIST and on
 scikit-learn's digits, reads each run's metrics.csv and writes a markdown summary:
 mean +- std over seeds of the student's last-epoch and best-epoch test accuracy, per
-group, the time of every run, and ``gpd report`` plots of one seed per group.
+group, the dynamic teacher's accuracy and gap, the time of every run, the runs still
+missing, and ``gpd report`` plots of one seed per group.
 
 Groups (each run exists with and without GPD; GPD = dynamic teacher at r = 2, lambda = 3,
 six-branch blocks, as in the paper and the bundled configs):
@@ -16,15 +17,37 @@ six-branch blocks, as in the paper and the bundled configs):
     ablation  (Fashion-MNIST, scratch) branches on / off, ratio 1.5 / 2 / 3 (branches off:
               six-branch blocks need an integer ratio), sharing on / off (gpd.share=false),
               the r² step of sharing kept / removed (gpd.compensate_step), lambda (gpd.kd_weight) 1 / 3
+    early     (--early only) the bundled demo config for one epoch of 2000 images (15 steps of 128),
+              with and without GPD
+
+Modes (one of them; the default is the full suite):
+
+    (default) Fashion-MNIST on a 12.5k-image subset, 2 epochs, every group, 3 seeds (~70 min)
+    --quick   a few minutes: every scenario once, one seed, tiny subsets
+    --long    the whole Fashion-MNIST training and test sets plus the digits, 3 seeds; scratch,
+              distill (KD only) and finetune, each with and without GPD; the Fashion-MNIST
+              epochs are the most whose whole suite fits --budget-min (default 90) by the
+              cost model below; run it in the background and continue it with --resume
+    --early   the early-training re-measure: the 15-step demo run with and without GPD
+              (seed 0) and the default suite's scratch group (12.5k images, 2 epochs, 3 seeds),
+              with the student's first-epoch CE
 
     python benchmarks/accuracy.py --out bench/accuracy             # the full suite, 3 seeds
     python benchmarks/accuracy.py --out bench/quick --quick        # a few minutes: 1 seed, tiny subsets
     python benchmarks/accuracy.py --out bench/accuracy --resume    # continue: skips runs whose student.pt exists
     python benchmarks/accuracy.py --out DIR --only scratch,finetune --seeds 0 1 --data digits
     python benchmarks/accuracy.py --out bench/long --only scratch --data fashion_mnist --epochs 8
+    python benchmarks/accuracy.py --out bench/long --long --estimate          # the chosen epochs and the plan
+    nohup python benchmarks/accuracy.py --out bench/long --long --resume > bench-long.log 2>&1 &
+    python benchmarks/accuracy.py --out bench/long --long --summary           # RESULTS.md of what has finished
+    python benchmarks/accuracy.py --out bench/early --early
+    python benchmarks/accuracy.py --out bench/accuracy --early --resume --results RESULTS-early.md  # reuse a full suite's scratch runs
 
-The summary goes to DIR/RESULTS.md (and is printed). Needs scikit-learn for the digits
-(``pip install scikit-learn``) and Fashion-MNIST (``scripts/setup_data.sh``).
+With --resume, a run whose student.pt exists is skipped, and an interrupted one continues
+from its checkpoint (``gpd train --resume``) or, without one, starts again. RESULTS.md is
+rewritten after every run, so an interrupted suite leaves a truthful partial summary that
+lists the missing runs. Needs scikit-learn for the digits (``pip install scikit-learn``)
+and Fashion-MNIST (``scripts/setup_data.sh``).
 """
 
 from __future__ import annotations
@@ -32,6 +55,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -42,10 +66,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-GROUPS = ("scratch", "distill", "finetune", "ablation")
+GROUPS = ("early", "scratch", "distill", "finetune", "ablation")  # the order of the summary's tables
 DATASETS = ("fashion_mnist", "digits")
 DEFAULT_SEEDS = (0, 1, 2)
-BUDGET_S = 90 * 60  # the full suite must fit in this on the reference machine (2 cores, otherwise idle)
+BUDGET_MIN = 90  # the full and the long suite must fit in this on the reference machine (2 cores, otherwise idle)
+LONG_MAX_EPOCHS = 100  # the --long sizing stops here whatever the budget
 
 
 @dataclass(frozen=True)
@@ -67,22 +92,30 @@ class Mode:
     ablations: tuple[str, ...]  # which ablation variants run
     distill_methods: tuple[str, ...]
     ablation_data: tuple[str, ...] = ("fashion_mnist",)  # the data sets the ablations run on
+    groups: tuple[str, ...] = ("scratch", "distill", "finetune", "ablation")  # the groups the mode runs
+    datasets: tuple[str, ...] = DATASETS
+    group_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # a group's seeds instead of ``seeds``
+    early_plan: Plan | None = None  # the early group's runs (Fashion-MNIST, the demo config)
+    show_ce: bool = False  # a column with the student's first-epoch CE
 
 
 ALL_ABLATIONS = ("no_branches", "ratio1.5", "ratio3", "unshared", "compensated", "lambda1")
 METHODS = ("kd", "dkd", "reviewkd")
+FULL_PLANS = {
+    "fashion_mnist": Plan(train_subset=12500, test_subset=None, epochs=2, finetune_epochs=1, teacher_epochs=3),
+    "digits": Plan(train_subset=None, test_subset=None, epochs=10, finetune_epochs=5, teacher_epochs=15, batch_size=64),
+}
+TINY_PLANS = {
+    "fashion_mnist": Plan(train_subset=256, test_subset=128, epochs=1, finetune_epochs=1, teacher_epochs=1, batch_size=64),
+    "digits": Plan(train_subset=128, test_subset=64, epochs=1, finetune_epochs=1, teacher_epochs=1, batch_size=64),
+}
+# The early group: `gpd train data.train_subset=2000 train.epochs=1`, i.e. the bundled demo
+# for 2000 // 128 = 15 steps (gpd train drops the last partial batch), evaluated on the whole test split.
+EARLY_PLAN = Plan(train_subset=2000, test_subset=None, epochs=1, finetune_epochs=1, teacher_epochs=1)
 
 MODES = {
     # The suite: about 69 minutes on 2 idle cores (measured 2026-11-26; --estimate prints estimate_seconds()).
-    "full": Mode(
-        plans={
-            "fashion_mnist": Plan(train_subset=12500, test_subset=None, epochs=2, finetune_epochs=1, teacher_epochs=3),
-            "digits": Plan(train_subset=None, test_subset=None, epochs=10, finetune_epochs=5, teacher_epochs=15, batch_size=64),
-        },
-        seeds=DEFAULT_SEEDS,
-        ablations=ALL_ABLATIONS,
-        distill_methods=METHODS,
-    ),
+    "full": Mode(plans=FULL_PLANS, seeds=DEFAULT_SEEDS, ablations=ALL_ABLATIONS, distill_methods=METHODS),
     # A few minutes: every scenario once, one seed, tiny subsets (numbers are not meaningful).
     "quick": Mode(
         plans={
@@ -94,17 +127,48 @@ MODES = {
         distill_methods=METHODS,
     ),
     # For the smoke test only: the smallest runs that still exercise every code path.
-    "tiny": Mode(
-        plans={
-            "fashion_mnist": Plan(train_subset=256, test_subset=128, epochs=1, finetune_epochs=1, teacher_epochs=1, batch_size=64),
-            "digits": Plan(train_subset=128, test_subset=64, epochs=1, finetune_epochs=1, teacher_epochs=1, batch_size=64),
-        },
-        seeds=(0,),
-        ablations=("unshared",),
-        distill_methods=("kd",),
-        ablation_data=DATASETS,
+    "tiny": Mode(plans=TINY_PLANS, seeds=(0,), ablations=("unshared",), distill_methods=("kd",), ablation_data=DATASETS),
+    # The early-training re-measure: the 15-step demo run (seed 0) and the full suite's scratch group.
+    "early": Mode(
+        plans={"fashion_mnist": FULL_PLANS["fashion_mnist"]},
+        seeds=DEFAULT_SEEDS,
+        ablations=(),
+        distill_methods=(),
+        ablation_data=(),
+        groups=("early", "scratch"),
+        datasets=("fashion_mnist",),
+        group_seeds={"early": (0,)},
+        early_plan=EARLY_PLAN,
+        show_ce=True,
     ),
 }
+# --early --tiny, for the smoke test: the same runs on tiny subsets
+MODES["early-tiny"] = replace(
+    MODES["early"],
+    plans={"fashion_mnist": TINY_PLANS["fashion_mnist"]},
+    seeds=(0,),
+    early_plan=Plan(train_subset=256, test_subset=128, epochs=1, finetune_epochs=1, teacher_epochs=1),
+)
+
+
+def long_mode(epochs: int) -> Mode:
+    """--long with ``epochs`` Fashion-MNIST epochs: the whole training and test sets, 3 seeds,
+    scratch, KD (alone and with GPD) and fine-tuning; no ablations, no DKD or ReviewKD.
+
+    Fine-tuning lasts half as long as training from scratch and the static teacher 1.5
+    times as long, the proportions of the full suite; the digits keep the full suite's plan
+    (tiny: more epochs cost almost nothing)."""
+    fashion = Plan(train_subset=None, test_subset=None, epochs=epochs, finetune_epochs=max(1, epochs // 2),
+                   teacher_epochs=epochs + epochs // 2)  # fmt: skip
+    return Mode(
+        plans={"fashion_mnist": fashion, "digits": FULL_PLANS["digits"]},
+        seeds=DEFAULT_SEEDS,
+        ablations=(),
+        distill_methods=("kd",),
+        ablation_data=(),
+        groups=("scratch", "distill", "finetune"),
+    )
+
 
 # Cost model of the estimate, in milliseconds per training image on the reference machine
 # (2-core x86-64, idle), from the README's and docs/distillation.md's measured runs
@@ -161,18 +225,29 @@ def split_sizes(data: str, plan: Plan) -> tuple[int, int]:
     return train, test
 
 
-def build_specs(mode: Mode, datasets: list[str], groups: list[str], seeds: list[int], out: Path) -> list[Spec]:
-    """Every run of the selected groups, plus the runs they depend on, in an order that respects dependencies."""
+def seeds_by_group(mode: Mode, forced: list[int] | None = None) -> dict[str, list[int]]:
+    """Each group's seeds: ``forced`` (--seeds) for every group, else the mode's."""
+    return {g: list(forced) if forced is not None else list(mode.group_seeds.get(g, mode.seeds)) for g in GROUPS}
+
+
+def build_specs(
+    mode: Mode, datasets: list[str], groups: list[str], seeds: list[int] | dict[str, list[int]], out: Path
+) -> list[Spec]:
+    """Every run of the selected groups, plus the runs they depend on, in an order that respects dependencies.
+
+    ``seeds``: the same for every group, or per group (``seeds_by_group``)."""
+    if not isinstance(seeds, dict):
+        seeds = {g: list(seeds) for g in GROUPS}
     specs: dict[str, Spec] = {}
 
-    def add(spec: Spec) -> Spec:
-        plan = mode.plans[spec.data]
-        train, test = split_sizes(spec.data, plan)
+    def add(spec: Spec, plan: Plan | None = None) -> Spec:
+        train, test = split_sizes(spec.data, plan or mode.plans[spec.data])
         epochs = int(next(o.split("=", 1)[1] for o in spec.overrides if o.startswith("train.epochs=")))
         spec.epochs, spec.train_images, spec.test_images = epochs, train, test
         specs.setdefault(spec.id, spec)
         return specs[spec.id]
 
+    all_seeds = sorted({seed for g in groups for seed in seeds.get(g, [])})
     for data in datasets:
         plan = mode.plans[data]
         common = [f"data.name={data}", f"train.batch_size={plan.batch_size}"]
@@ -193,12 +268,27 @@ def build_specs(mode: Mode, datasets: list[str], groups: list[str], seeds: list[
             return add(Spec(data, "teacher", "teacher", "static teacher (resnet20)", "fashion_mnist/teacher",
                             overrides, None, "teacher", False))  # fmt: skip
 
-        for seed in seeds:
-            if "scratch" in groups or "finetune" in groups:  # the scratch baseline is fine-tuning's start
+        for seed in all_seeds:
+
+            def on(group: str) -> bool:
+                return group in groups and seed in seeds.get(group, [])
+
+            if on("early") and data == "fashion_mnist" and mode.early_plan is not None:
+                # exactly `gpd train data.train_subset=N train.epochs=E` (the demo), with and without GPD
+                ep = mode.early_plan
+                extra = [f"data.train_subset={ep.train_subset}", f"train.epochs={ep.epochs}", f"train.seed={seed}"]
+                if ep.test_subset is not None:
+                    extra.append(f"data.test_subset={ep.test_subset}")
+                steps = ep.epochs * (split_sizes(data, ep)[0] // ep.batch_size)  # gpd train drops the last partial batch
+                add(Spec(data, "early", "early", f"{steps} steps, CE alone (gpd.enabled=false)", "fashion_mnist/demo",
+                         [*extra, "gpd.enabled=false"], seed, "plain", False), ep)  # fmt: skip
+                add(Spec(data, "early", "early_gpd", f"{steps} steps, GPD (the demo: r = 2, λ = 3, no branch blocks)",
+                         "fashion_mnist/demo", extra, seed, "gpd_plain_convs", True), ep)  # fmt: skip
+            if on("scratch") or on("finetune"):  # the scratch baseline is fine-tuning's start
                 scratch = run("scratch", "scratch", "scratch", "fashion_mnist/scratch", [], seed, "plain", False)
-            if "scratch" in groups:
+            if on("scratch"):
                 run("scratch", "scratch_gpd", "scratch + GPD", "fashion_mnist/scratch_gpd", [], seed, "gpd", True)
-            if "distill" in groups:
+            if on("distill"):
                 t = teacher()
                 at = [f"teacher.checkpoint={teacher_dir}"]
                 for method in mode.distill_methods:
@@ -209,14 +299,14 @@ def build_specs(mode: Mode, datasets: list[str], groups: list[str], seeds: list[
                     run("distill", method, name, f"fashion_mnist/{method}", at + warm, seed, f"static{review}", False, [t.id])
                     run("distill", f"{method}_gpd", f"{name} + GPD", f"fashion_mnist/{method}_gpd", at + warm, seed,
                         f"gpd_static{review}", True, [t.id])  # fmt: skip
-            if "finetune" in groups:
+            if on("finetune"):
                 start = [f"student.checkpoint={out / 'runs' / data / f's{seed}' / 'scratch'}"]
                 ft = plan.finetune_epochs
                 run("finetune", "finetune", "plain fine-tuning", "fashion_mnist/finetune", start, seed, "plain", False,
                     [scratch.id], epochs=ft)  # fmt: skip
                 run("finetune", "finetune_gpd", "fine-tuning + GPD", "fashion_mnist/finetune_gpd", start, seed, "gpd",
                     True, [scratch.id], epochs=ft)  # fmt: skip
-            if "ablation" in groups and data in mode.ablation_data:
+            if on("ablation") and data in mode.ablation_data:
                 run("scratch", "scratch_gpd", "scratch + GPD", "fashion_mnist/scratch_gpd", [], seed, "gpd", True)
                 variants = {
                     # six-branch blocks need an integer ratio, so the ratio rows compare with branches off
@@ -239,6 +329,21 @@ def estimate_seconds(spec: Spec) -> float:
     ms = MS_PER_IMAGE[spec.cost] * PIXEL_SCALE[spec.data]
     images = spec.epochs * (spec.train_images + EVAL_FRACTION * spec.test_images * (2 if spec.gpd else 1))
     return STARTUP_S + ms * images / 1000
+
+
+def suite_estimate(mode: Mode) -> float:
+    """Seconds of the mode's whole suite (all its groups and data sets, its own seeds) on 2 idle cores."""
+    specs = build_specs(mode, list(mode.datasets), list(mode.groups), seeds_by_group(mode), Path("/nonexistent"))
+    return sum(estimate_seconds(s) for s in specs)
+
+
+def choose_long_epochs(budget_s: float) -> tuple[int, float, float]:
+    """The most Fashion-MNIST epochs whose whole --long suite fits in ``budget_s`` by the cost model
+    (at least 1, at most LONG_MAX_EPOCHS): (epochs, its estimate, the estimate with one epoch more)."""
+    epochs = 1
+    while epochs < LONG_MAX_EPOCHS and suite_estimate(long_mode(epochs + 1)) <= budget_s:
+        epochs += 1
+    return epochs, suite_estimate(long_mode(epochs)), suite_estimate(long_mode(epochs + 1))
 
 
 def fmt_time(seconds: float) -> str:
@@ -297,24 +402,89 @@ def run_dir(out: Path, spec: Spec) -> Path:
     return out / "runs" / spec.id
 
 
-def train(spec: Spec, out: Path, log: Path, n_threads: int) -> float:
-    """Run ``gpd train`` for ``spec`` (restarting an unfinished run dir); returns its wall time."""
+class RunFailed(Exception):
+    def __init__(self, spec: Spec, returncode: int) -> None:
+        super().__init__(f"{spec.id} failed (exit code {returncode})")
+        self.returncode = returncode
+
+
+def epochs_done(target: Path) -> int:
+    """Epochs the run in ``target`` has logged to its metrics.csv (0 if none)."""
+    try:
+        return len(read_metrics(target))
+    except (OSError, csv.Error):
+        return 0
+
+
+def resumable(spec: Spec, target: Path) -> bool:
+    """An interrupted run that ``gpd train --resume`` can continue: config.yaml and checkpoint.pt
+    written (after its first epoch) and epochs left to train (a run stopped after its last epoch
+    but before the export cannot be resumed: it starts again)."""
+    files = (target / "config.yaml").is_file() and (target / "checkpoint.pt").is_file()
+    return files and 0 < epochs_done(target) < spec.epochs
+
+
+def train_command(spec: Spec, target: Path, restart: bool = False) -> tuple[list[str], str]:
+    """The ``gpd train`` command for ``spec`` and how it treats ``target``: started, resumed or restarted."""
+    base = [sys.executable, "-m", "gpd", "train"]
+    if not restart and resumable(spec, target):
+        return [*base, "--resume", str(target), f"train.epochs={spec.epochs}"], "resumed"
+    cmd = [*base, spec.config, *spec.overrides, f"output_dir={target}"]
+    if target.exists():
+        return [*cmd, "--overwrite"], "restarted"  # an interrupted run without a usable checkpoint
+    return cmd, "started"
+
+
+def train(spec: Spec, out: Path, log: Path, n_threads: int) -> tuple[float, str]:
+    """Run ``gpd train`` for ``spec``: continue an interrupted run from its checkpoint, else start it
+    (again); returns its wall time and how it was run (started, resumed, restarted)."""
     target = run_dir(out, spec)
     target.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "gpd", "train", spec.config, *spec.overrides, f"output_dir={target}"]
-    if target.exists():
-        cmd.append("--overwrite")  # an interrupted run: student.pt is missing, start it again
     n = str(n_threads)
     env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
+    cmd, how = train_command(spec, target)
     with open(log, "a") as handle:
         handle.write(f"\n$ {' '.join(cmd)}\n")
         handle.flush()
         result = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    seconds = time.perf_counter() - started
+        if result.returncode != 0 and how == "resumed":  # e.g. a checkpoint from an older gpd: start again
+            cmd, how = train_command(spec, target, restart=True)
+            handle.write(f"\n(the resume failed; starting the run again)\n$ {' '.join(cmd)}\n")
+            handle.flush()
+            result = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
     if result.returncode != 0:
-        raise SystemExit(f"accuracy.py: {spec.id} failed (exit code {result.returncode}); see {log}")
-    return seconds
+        raise RunFailed(spec, result.returncode)
+    return time.perf_counter() - started, how
+
+
+def started_with(target: Path) -> dict | None:
+    """The config.yaml a run directory was started with (None if it has none)."""
+    import yaml
+
+    try:
+        return yaml.safe_load((target / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def plan_conflicts(specs: list[Spec], out: Path) -> list[str]:
+    """Runs in ``out`` started with other sizes than this plan's (e.g. --long under another
+    --budget-min): resuming would mix epoch counts between a run and its baseline."""
+    conflicts = []
+    for spec in specs:
+        cfg = started_with(run_dir(out, spec))
+        if not cfg:
+            continue
+        train_cfg, data_cfg = cfg.get("train") or {}, cfg.get("data") or {}
+        want = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in spec.overrides}
+        have = {"train.epochs": train_cfg.get("epochs"), "data.train_subset": data_cfg.get("train_subset"),
+                "data.test_subset": data_cfg.get("test_subset")}  # fmt: skip
+        for key, value in have.items():
+            planned = want.get(key, "None")
+            if str(value) != planned:
+                conflicts.append(f"{spec.id}: started with {key}={value}, this plan has {key}={planned}")
+    return conflicts
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
@@ -322,28 +492,50 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def number(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
 def accuracies(path: Path) -> dict[str, float | None]:
-    """Last-epoch and best-epoch student accuracy, last-epoch D accuracy, training seconds."""
+    """Last-epoch and best-epoch student accuracy, last-epoch D accuracy and gap (D - student),
+    the student's mean CE over the first epoch, training seconds."""
     rows = read_metrics(path)
     student = [float(r["student_acc"]) for r in rows]
-    teacher = rows[-1].get("teacher_acc") or ""
     return {
         "last": student[-1],
         "best": max(student),
-        "teacher": float(teacher) if teacher else None,
+        "teacher": number(rows[-1].get("teacher_acc")),
+        "gap": number(rows[-1].get("gap")),
+        "ce1": number(rows[0].get("loss_ce_student")),
         "seconds": sum(float(r["seconds"]) for r in rows),
     }
+
+
+def run_state(spec: Spec, out: Path, ledger: dict[str, dict]) -> str:
+    """Where an unfinished run stands, for the summary's list of missing runs."""
+    target = run_dir(out, spec)
+    failed = ledger.get(spec.id, {}).get("failed")
+    done = epochs_done(target)
+    if failed is not None:
+        state = f"failed (exit code {failed}; see train.log)"
+    elif not target.exists():
+        return "not started"
+    elif resumable(spec, target):
+        return f"{done} of {spec.epochs} epochs done (interrupted, or still training); --resume continues it from its checkpoint"
+    else:
+        return "started, no usable checkpoint (interrupted, or still in its first epoch); --resume starts it again"
+    return state + (f", after epoch {done} of {spec.epochs}" if done else "")
 
 
 # --- reporting ---------------------------------------------------------------------------------
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], places: int = 2) -> str:
     if not values:
         return "—"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{places}f}"
+    return f"{statistics.mean(values):.{places}f} ± {statistics.stdev(values):.{places}f}"
 
 
 def paired_delta(runs: dict[int, float], baseline: dict[int, float]) -> str:
@@ -372,6 +564,7 @@ def baseline_of(slug: str) -> str | None:
 
 TABLE_ROWS = {
     # group: rows as (spec slug, label override or None); the baselines come first
+    "early": [("early", None), ("early_gpd", None)],
     "scratch": [("scratch", None), ("scratch_gpd", None)],
     "distill": [(m + suffix, None) for m in METHODS for suffix in ("", "_gpd")],
     "finetune": [("scratch", "pretrained start (the scratch baseline, no fine-tuning)"), ("finetune", None), ("finetune_gpd", None)],
@@ -386,6 +579,7 @@ TABLE_ROWS = {
     ],
 }
 GROUP_TITLES = {
+    "early": "Early training: the demo config for one short epoch, with and without GPD",
     "scratch": "Scratch: CE alone vs GPD",
     "distill": "Distillation from a static teacher, each method alone and with GPD",
     "finetune": "Fine-tuning the scratch baseline's student: plain vs GPD, equally long",
@@ -393,39 +587,49 @@ GROUP_TITLES = {
 }
 
 
-def group_table(group: str, data: str, specs: dict[str, Spec], results: dict[str, dict], seeds: list[int]) -> list[str]:
-    if not any(s.group == group and s.data == data and s.id in results for s in specs.values()):
+def group_table(
+    group: str, data: str, specs: dict[str, Spec], results: dict[str, dict], seeds: list[int], show_ce: bool = False
+) -> list[str]:
+    """The group's table on ``data``: a row per planned run, over the seeds that finished; a row
+    none of whose seeds finished says so, and *seeds* reads "k of n" while some are missing."""
+    if not any(s.group == group and s.data == data for s in specs.values()):
         return []  # e.g. the ablations, which run on Fashion-MNIST only
+    ce_head, ce_rule = (" student CE, epoch-1 mean |", "---|") if show_ce else ("", "")
     lines = [
         "| run | student, last epoch (%) | student, best epoch (%) | D, last epoch (%) "
-        "| Δ last vs no GPD, paired by seed (points) | seeds | time per run (s) |",
-        "|---|---|---|---|---|---|---|",
+        f"| Δ last vs no GPD, paired by seed (points) | gap D − student, last epoch (points) |{ce_head} seeds "
+        "| time per run (s) |",
+        f"|---|---|---|---|---|---|{ce_rule}---|---|",
     ]
 
     def last_by_seed(slug: str) -> dict[int, float]:
         return {s: results[i]["last"] for s in seeds if (i := f"{data}/s{s}/{slug}") in results}
 
+    def column(done: list[dict], key: str, places: int = 2) -> str:
+        return mean_std([r[key] for r in done if r.get(key) is not None], places)
+
     for slug, label in TABLE_ROWS[group]:
-        ids = [f"{data}/s{seed}/{slug}" for seed in seeds]
-        done = [results[i] for i in ids if i in results]
-        if not done:
+        ids = [i for seed in seeds if (i := f"{data}/s{seed}/{slug}") in specs]
+        if not ids:
             continue
-        spec = specs[ids[0]]
-        teacher = [r["teacher"] for r in done if r["teacher"] is not None]
+        done = [results[i] for i in ids if i in results]
         wall = [r["wall"] for r in done if r.get("wall") is not None]
         cells = [
-            label or spec.label,
-            mean_std([r["last"] for r in done]),
-            mean_std([r["best"] for r in done]),
-            mean_std(teacher) if teacher else "—",
+            label or specs[ids[0]].label,
+            column(done, "last"),
+            column(done, "best"),
+            column(done, "teacher"),
             paired_delta(last_by_seed(slug), last_by_seed(base)) if (base := baseline_of(slug)) else "—",
-            str(len(done)),
+            column(done, "gap"),
+            *([column(done, "ce1", 3)] if show_ce else []),
+            str(len(done)) if len(done) == len(ids) else f"{len(done)} of {len(ids)}",
             f"{statistics.mean(wall):.0f}" if wall else "—",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines if len(lines) > 2 else []
 
 
+@functools.lru_cache(maxsize=1)
 def machine() -> str:
     import torch
 
@@ -448,44 +652,85 @@ def load_average() -> str:
 def write_summary(
     args: argparse.Namespace, mode_name: str, mode: Mode, specs: list[Spec], results: dict[str, dict], out: Path,
     started: dt.datetime, load_start: str, wall: float, reports: dict[str, Path], estimate: float,
+    notes: list[str] | None = None, ledger: dict[str, dict] | None = None,
 ) -> str:  # fmt: skip
     by_id = {s.id: s for s in specs}
     seeds = sorted({s.seed for s in specs if s.seed is not None})
+    missing = [s for s in specs if s.id not in results]
+    group_seeds = {g: sorted({s.seed for s in specs if s.group == g and s.seed is not None}) for g in GROUPS}
+    distinct = {tuple(v) for v in group_seeds.values() if v}
+    seeds_line = ", ".join(map(str, seeds))
+    if len(distinct) > 1:  # e.g. --early: the 15-step runs on seed 0 only
+        seeds_line += " (" + "; ".join(f"{g}: {', '.join(map(str, v))}" for g, v in group_seeds.items() if v) + ")"
     text = [
         f"# Accuracy benchmark ({mode_name} mode{f', --epochs {args.epochs}' if args.epochs else ''})",
         "",
         f"Command: `{' '.join(['python', 'benchmarks/accuracy.py', *sys.argv[1:]])}`  ",
         f"Machine: {machine()}  ",
         f"Started {started:%Y-%m-%d %H:%M} UTC; load average at the start {load_start}, at the end {load_average()}  ",
-        f"Wall time {fmt_time(wall)} for the runs trained in this invocation; estimate before starting "
-        f"{fmt_time(estimate)} (2 idle cores); all runs' wall times add up to "
+        f"Wall time {fmt_time(wall)} for the runs trained in this invocation; estimate of the whole plan "
+        f"{fmt_time(estimate)} (2 idle cores); all finished runs' wall times add up to "
         f"{fmt_time(sum(r['wall'] for r in results.values() if r.get('wall') is not None))}  ",
-        f"Seeds: {', '.join(map(str, seeds))} (train.seed: initialisation, data order and, with a subset, which samples)",
+        f"Seeds: {seeds_line} (train.seed: initialisation, data order and, with a subset, which samples)",
         "",
+        *[line for note in (notes or []) for line in (note, "")],
+    ]
+    if missing:
+        text += [
+            f"**Incomplete: {len(specs) - len(missing)} of {len(specs)} planned runs finished.** The tables cover",
+            "the finished runs only: *seeds* reads \"k of n\" where seeds are missing, a row without any",
+            "finished seed shows —, and Δ pairs only the seeds whose two runs both finished. The missing",
+            "runs are listed at the end; `--resume` continues the suite.",
+            "",
+        ]
+    else:
+        text += [f"All {len(specs)} planned runs finished.", ""]
+    text += [
         "Accuracy is top-1 on the test split, mean ± sample std over seeds. *Best epoch* picks the",
         "epoch with the highest test accuracy, so it is an optimistic (test-selected) number;",
-        "*last epoch* is the honest one. D is the dynamic teacher. *Δ* is the GPD run's last-epoch",
+        "*last epoch* is the honest one. D is the dynamic teacher, *gap* its last-epoch accuracy",
+        "minus the student's. *Δ* is the GPD run's last-epoch",
         "accuracy minus that of the same scenario without GPD (scratch, the same KD method, plain",
         "fine-tuning; the ablations against the scratch baseline), taken seed by seed, then mean ± std:",
         "both runs of a seed share initialisation, data order and subset.",
+        *(["*Student CE, epoch-1 mean* is metrics.csv's loss_ce_student of the first epoch: the",
+           "student's cross-entropy averaged over that epoch's training steps."] if mode.show_ce else []),
         "",
-    ]
+    ]  # fmt: skip
     for data in [d for d in DATASETS if any(s.data == d for s in specs)]:
         plan = mode.plans[data]
         train_n, test_n = split_sizes(data, plan)
-        text += [
-            f"## {data}",
-            "",
-            f"{train_n} training images ({'all' if plan.train_subset is None else 'a seeded subset'}), {test_n} test images, "
-            f"batch {plan.batch_size}; epochs: {plan.epochs} (fine-tuning {plan.finetune_epochs}, static teacher "
-            f"{plan.teacher_epochs}); student resnet8, static teacher resnet20.",
-            "",
-        ]
+        text += [f"## {data}", ""]
+        if any(s.data == data and s.group != "early" for s in specs):
+            has_teacher = f"{data}/teacher" in by_id
+            others = [f"fine-tuning {plan.finetune_epochs}"] if any(s.data == data and s.group == "finetune" for s in specs) else []
+            others += [f"static teacher {plan.teacher_epochs}"] if has_teacher else []
+            epochs_text = f"{plan.epochs} ({', '.join(others)})" if others else str(plan.epochs)
+            text += [
+                f"{train_n} training images ({'all' if plan.train_subset is None else 'a seeded subset'}), {test_n} "
+                f"test images, batch {plan.batch_size}; epochs: {epochs_text}; student resnet8"
+                f"{', static teacher resnet20' if has_teacher else ''}.",
+                "",
+            ]
+        early_ids = [s.id for s in specs if s.data == data and s.slug == "early_gpd"]
+        if mode.early_plan is not None and early_ids:
+            ep = mode.early_plan
+            e_train, e_test = split_sizes(data, ep)
+            steps = ep.epochs * (e_train // ep.batch_size)
+            text += [
+                f"Early group: `gpd train {' '.join(o for o in by_id[early_ids[0]].overrides if not o.startswith('train.seed='))}` (the bundled "
+                f"demo config: resnet8, GPD at r = 2, λ = 3, no branch blocks), with and without gpd.enabled=false; "
+                f"{e_train} training images, {ep.epochs} epoch{'s' if ep.epochs > 1 else ''} of batch {ep.batch_size} = {steps} steps, {e_test} "
+                f"test images.",
+                "",
+            ]  # fmt: skip
         teacher = results.get(f"{data}/teacher")
         if teacher:
             text += [f"Static teacher (resnet20, CE, seed 0): {teacher['last']:.2f}% (last epoch).", ""]
+        elif f"{data}/teacher" in by_id:
+            text += ["Static teacher (resnet20, CE, seed 0): not finished yet.", ""]
         for group in GROUPS:
-            table = group_table(group, data, by_id, results, seeds)
+            table = group_table(group, data, by_id, results, seeds, mode.show_ce)
             if table:
                 text += [f"### {GROUP_TITLES[group]}", "", *table, ""]
                 key = f"{data}-{group}"
@@ -493,12 +738,17 @@ def write_summary(
                     rel = os.path.relpath(reports[key], out)
                     text += [f"Plots of seed {seeds[0]}: [{rel}/report.md]({rel}/report.md), "
                              f"![accuracy]({rel}/accuracy.png)", ""]  # fmt: skip
+    if missing:
+        text += ["## Missing runs", "", "| run | state |", "|---|---|"]
+        text += [f"| {s.id} | {run_state(s, out, ledger or {})} |" for s in missing]
+        text.append("")
     text += [
         "## Per-run times",
         "",
         "Wall time of the `gpd train` process (start-up included), the epochs' training and evaluation",
         "time from metrics.csv, the estimate for 2 idle cores, the threads the run was given",
         "(OMP_NUM_THREADS: the cores other processes left free) and the 1-minute load average at its end.",
+        "A run continued from its checkpoint counts the wall time of its last part only.",
         "",
         "| run | wall (s) | training + evaluation (s) | estimate (s) | threads | load at the end |",
         "|---|---|---|---|---|---|",
@@ -507,6 +757,8 @@ def write_summary(
         r = results.get(spec.id)
         if r:
             wall_s = f"{r['wall']:.0f}" if r.get("wall") is not None else "—"
+            if r.get("how") == "resumed":
+                wall_s += " (resumed)"
             extra = f"{r['threads']} | {r['load']:.2f}" if "threads" in r else "— | —"
             text.append(f"| {spec.id} | {wall_s} | {r['seconds']:.0f} | {estimate_seconds(spec):.0f} | {extra} |")
     text.append("")
@@ -542,81 +794,168 @@ def make_reports(specs: list[Spec], out: Path, log: Path) -> dict[str, Path]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--out", required=True, type=Path, help="work directory (runs, reports, RESULTS.md)")
-    parser.add_argument("--quick", action="store_true", help="a few minutes: 1 seed, tiny subsets, every scenario once")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--quick", action="store_true", help="a few minutes: 1 seed, tiny subsets, every scenario once")
+    which.add_argument("--long", action="store_true",
+                       help="the whole Fashion-MNIST plus the digits, 3 seeds, scratch / KD / fine-tuning with and "
+                            "without GPD, the epochs sized to --budget-min")  # fmt: skip
+    which.add_argument("--early", action="store_true",
+                       help="the early-training re-measure: the 15-step demo run with and without GPD (seed 0) "
+                            "and the 12.5k-image, 2-epoch scratch group (3 seeds)")  # fmt: skip
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the smoke test's even smaller mode
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="train.seed values (default 0 1 2; --quick: 0)")
-    parser.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated groups: {', '.join(GROUPS)} (default all)")
-    parser.add_argument("--data", default=",".join(DATASETS), help=f"comma-separated data sets: {', '.join(DATASETS)}")
-    parser.add_argument("--resume", action="store_true", help="reuse --out: skip runs whose student.pt exists")
+    parser.add_argument("--budget-min", type=float, default=BUDGET_MIN,
+                        help=f"minutes the whole suite may take on 2 idle cores (default {BUDGET_MIN}): --long picks "
+                             "the most Fashion-MNIST epochs that fit by the cost model")  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="train.seed values of every group (default 0 1 2; --quick: 0; --early: 0 for the "
+                             "15-step runs)")  # fmt: skip
+    parser.add_argument("--only", default=None, help=f"comma-separated groups: {', '.join(GROUPS)} (default: the mode's)")
+    parser.add_argument("--data", default=None, help=f"comma-separated data sets: {', '.join(DATASETS)} (default: the mode's)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse --out: skip runs whose student.pt exists, continue interrupted ones")
+    parser.add_argument("--summary", action="store_true",
+                        help="train nothing: write RESULTS.md from the runs in --out (finished and missing)")
+    parser.add_argument("--results", default="RESULTS.md",
+                        help="the summary's file name in --out (default RESULTS.md; e.g. RESULTS-early.md when --early "
+                             "reuses the scratch runs of a full-suite work dir with --resume)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS of every run (default: the cores other processes leave free, sampled before each run)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs of the scratch, distillation and ablation runs instead of the mode's "
-                             "(fine-tuning and the static teacher keep theirs); use a new --out for it")
+                             "(fine-tuning and the static teacher keep theirs; with --long: the Fashion-MNIST "
+                             "epochs instead of the budget's, fine-tuning and teacher in proportion); use a new --out for it")
     parser.add_argument("--estimate", action="store_true", help="print the plan and its time estimate, run nothing")
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
+    if args.budget_min <= 0:
+        parser.error(f"--budget-min must be positive, got {args.budget_min}")
+    if args.tiny and args.long:
+        parser.error("--tiny cannot be combined with --long")
     for value, known, what in ((args.only, GROUPS, "--only"), (args.data, DATASETS, "--data")):
-        bad = [v for v in value.split(",") if v not in known]
+        bad = [v for v in (value or "").split(",") if value is not None and v not in known]
         if bad:
             parser.error(f"{what}: unknown {', '.join(bad)}; choose from {', '.join(known)}")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    mode_name = "tiny" if args.tiny else "quick" if args.quick else "full"
-    mode = MODES[mode_name]
+def select_mode(args: argparse.Namespace) -> tuple[str, Mode, list[str]]:
+    """The mode's name, its plans (--epochs and, for --long, the budget applied) and lines describing the sizing."""
+    budget_s = args.budget_min * 60
+    if args.long:
+        if args.epochs is not None:
+            epochs, notes = args.epochs, [f"Fashion-MNIST epochs: {args.epochs} (--epochs)."]
+        else:
+            epochs, fit, more = choose_long_epochs(budget_s)
+            notes = [
+                f"Fashion-MNIST epochs: {epochs}, the most whose whole --long suite fits the {args.budget_min:g}-minute "
+                f"budget by the cost model: estimate {fmt_time(fit)} ({fmt_time(more)} with {epochs + 1} epochs)."
+            ]
+            if fit > budget_s:
+                notes.append(f"note: even 1 epoch exceeds the {args.budget_min:g}-minute budget")
+        mode = long_mode(epochs)
+        fm = mode.plans["fashion_mnist"]
+        notes[0] += (f" Fine-tuning {fm.finetune_epochs}, static teacher {fm.teacher_epochs}; the digits keep "
+                     f"{mode.plans['digits'].epochs} (fine-tuning {mode.plans['digits'].finetune_epochs}).")  # fmt: skip
+        return "long", mode, notes
+    name = ("early-tiny" if args.tiny else "early") if args.early else "tiny" if args.tiny else "quick" if args.quick else "full"
+    mode = MODES[name]
     if args.epochs is not None:
         mode = replace(mode, plans={d: replace(p, epochs=args.epochs) for d, p in mode.plans.items()})
-    seeds = list(args.seeds if args.seeds is not None else mode.seeds)
+    return name, mode, []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mode_name, mode, notes = select_mode(args)
+    groups = args.only.split(",") if args.only else list(mode.groups)
+    datasets = args.data.split(",") if args.data else list(mode.datasets)
+    for chosen, known, what in ((groups, mode.groups, "groups"), (datasets, mode.datasets, "data sets")):
+        if bad := [v for v in chosen if v not in known]:
+            print(f"accuracy.py: {mode_name} mode has no {', '.join(bad)}; its {what}: {', '.join(known)}", file=sys.stderr)
+            return 2
+    seeds = seeds_by_group(mode, args.seeds)
     out: Path = args.out.resolve()
-    specs = build_specs(mode, args.data.split(","), args.only.split(","), seeds, out)
+    specs = build_specs(mode, datasets, groups, seeds, out)
     estimate = sum(estimate_seconds(s) for s in specs)
-    print(f"{len(specs)} runs ({mode_name} mode, seeds {' '.join(map(str, seeds))}); estimated {fmt_time(estimate)} "
+    all_seeds = sorted({s.seed for s in specs if s.seed is not None})
+    per_group = {g: seeds[g] for g in groups if seeds[g] != all_seeds}
+    seed_text = " ".join(map(str, all_seeds)) + "".join(f"; {g}: {' '.join(map(str, v))}" for g, v in per_group.items())
+    print(f"{len(specs)} runs ({mode_name} mode, seeds {seed_text}); estimated {fmt_time(estimate)} "
           f"on 2 idle cores, one run at a time", flush=True)  # fmt: skip
-    if mode_name == "full" and args.epochs is None and estimate > BUDGET_S:
-        print(f"note: the estimate exceeds the {BUDGET_S // 60}-minute budget of the full suite", flush=True)
+    for note in notes:
+        print(note, flush=True)
+    if mode_name == "full" and args.epochs is None and estimate > args.budget_min * 60:
+        print(f"note: the estimate exceeds the {args.budget_min:g}-minute budget of the full suite", flush=True)
     if args.estimate:
         for spec in specs:
-            print(f"  {spec.id:45s} {estimate_seconds(spec):6.0f} s")
+            print(f"  {spec.id:45s} {spec.epochs:3d} ep {estimate_seconds(spec):6.0f} s")
         return 0
-    if out.exists() and any(out.iterdir()) and not args.resume:
+    if args.summary:
+        if not out.is_dir():
+            print(f"accuracy.py: {out} does not exist", file=sys.stderr)
+            return 2
+    elif out.exists() and any(out.iterdir()) and not args.resume:
         print(f"accuracy.py: {out} exists and is not empty; pass --resume to continue it (finished runs are skipped) "
               "or choose another --out", file=sys.stderr)  # fmt: skip
+        return 2
+    if conflicts := plan_conflicts(specs, out):
+        print("accuracy.py: runs in --out were started with another plan (a run and its baseline must train equally "
+              "long); use the same options (--budget-min, --epochs) or another --out:\n  " + "\n  ".join(conflicts),
+              file=sys.stderr)  # fmt: skip
         return 2
     out.mkdir(parents=True, exist_ok=True)
     log = out / "train.log"
     ledger_path = out / "times.json"
     ledger: dict[str, dict] = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {}
     started, load_start, clock = dt.datetime.now(dt.timezone.utc), load_average(), time.perf_counter()
-    results: dict[str, dict] = {}
+
+    def result_of(spec: Spec) -> dict:
+        return {**accuracies(run_dir(out, spec)), **ledger.get(spec.id, {})}
+
+    results = {s.id: result_of(s) for s in specs if (run_dir(out, s) / "student.pt").is_file()}
+
+    def summarize(reports: dict[str, Path]) -> str:
+        summary = write_summary(args, mode_name, mode, specs, results, out, started, load_start,
+                                time.perf_counter() - clock, reports, estimate, notes, ledger)  # fmt: skip
+        (out / args.results).write_text(summary)
+        return summary
+
+    if args.summary:
+        print(summarize({}))
+        print(f"wrote {out / args.results}: {len(results)} of {len(specs)} runs finished")
+        return 0
     remaining = estimate
     for index, spec in enumerate(specs, 1):
-        target = run_dir(out, spec)
         remaining -= estimate_seconds(spec)
-        if (target / "student.pt").is_file():
+        if spec.id in results:
             print(f"[{index}/{len(specs)}] {spec.id}: finished earlier, skipped", flush=True)
         else:
             n_threads = threads(args.threads)
             print(f"[{index}/{len(specs)}] {spec.id} ({n_threads} threads) ...", end=" ", flush=True)
-            seconds = train(spec, out, log, n_threads)
-            ledger[spec.id] = {"wall": seconds, "threads": n_threads, "load": os.getloadavg()[0]}
+            try:
+                seconds, how = train(spec, out, log, n_threads)
+            except RunFailed as error:
+                ledger[spec.id] = {"failed": error.returncode}
+                ledger_path.write_text(json.dumps(ledger, indent=1))
+                summarize({})
+                print(f"\naccuracy.py: {error}; see {log}; RESULTS.md lists the runs still missing", file=sys.stderr)
+                return 1
+            ledger[spec.id] = {"wall": seconds, "threads": n_threads, "load": os.getloadavg()[0], "how": how}
             ledger_path.write_text(json.dumps(ledger, indent=1))
             elapsed = time.perf_counter() - clock
-            print(f"{seconds:.0f} s (estimate {estimate_seconds(spec):.0f} s); elapsed {fmt_time(elapsed)}, "
-                  f"left about {fmt_time(remaining)} by the estimate", flush=True)  # fmt: skip
-        results[spec.id] = {**accuracies(target), **ledger.get(spec.id, {})}
+            print(f"{seconds:.0f} s{' (resumed from its checkpoint)' if how == 'resumed' else ''} (estimate "
+                  f"{estimate_seconds(spec):.0f} s); elapsed {fmt_time(elapsed)}, left about {fmt_time(remaining)} "
+                  "by the estimate", flush=True)  # fmt: skip
+            results[spec.id] = result_of(spec)
+            summarize({})  # a truthful partial summary, should the suite stop here
         r = results[spec.id]
         print(f"    student {r['last']:.2f}% (best {r['best']:.2f}%)"
               + (f", D {r['teacher']:.2f}%" if r["teacher"] is not None else ""), flush=True)  # fmt: skip
     wall = time.perf_counter() - clock
-    reports = make_reports(specs, out, log)
-    summary = write_summary(args, mode_name, mode, specs, results, out, started, load_start, wall, reports, estimate)
-    (out / "RESULTS.md").write_text(summary)
+    summary = summarize(make_reports(specs, out, log))
     print(summary)
-    print(f"wrote {out / 'RESULTS.md'}; total wall time {fmt_time(wall)}")
+    print(f"wrote {out / args.results}; total wall time {fmt_time(wall)}")
     return 0
 
 

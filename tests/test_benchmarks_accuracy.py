@@ -99,3 +99,168 @@ def test_estimate_of_the_full_suite_fits_the_budget() -> None:
     head = result.stdout.splitlines()[0]
     assert head.startswith("80 runs (full mode, seeds 0 1 2)")
     assert "exceeds" not in result.stdout
+
+
+# --- --long: epochs sized to the budget --------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget_min", [90, 150, 300])
+def test_long_epochs_are_the_most_that_fit_the_budget(budget_min: int) -> None:
+    m = load_script()
+    epochs, fit, more = m.choose_long_epochs(budget_min * 60)
+    assert fit == m.suite_estimate(m.long_mode(epochs)) <= budget_min * 60  # the chosen plan fits
+    assert more == m.suite_estimate(m.long_mode(epochs + 1)) > budget_min * 60  # one more epoch would not
+    assert m.choose_long_epochs(budget_min * 60 * 2)[0] >= epochs  # a larger budget never buys fewer epochs
+
+
+def test_long_plan_pairs_every_run_with_an_equally_long_baseline() -> None:
+    m = load_script()
+    mode = m.long_mode(m.choose_long_epochs(90 * 60)[0])
+    specs = m.build_specs(mode, list(mode.datasets), list(mode.groups), m.seeds_by_group(mode), Path("/w"))
+    by_id = {s.id: s for s in specs}
+    assert {s.slug for s in specs} == {"teacher", "scratch", "scratch_gpd", "kd", "kd_gpd", "finetune", "finetune_gpd"}
+    assert {s.seed for s in specs} == {None, 0, 1, 2}
+    for spec in specs:
+        if spec.data == "fashion_mnist":  # the whole training and test sets
+            assert (spec.train_images, spec.test_images) == (60000, 10000)
+            assert not any(o.startswith(("data.train_subset=", "data.test_subset=")) for o in spec.overrides)
+        base = m.baseline_of(spec.slug)
+        if base:
+            assert by_id[f"{spec.data}/s{spec.seed}/{base}"].epochs == spec.epochs
+
+
+def test_long_and_early_estimates_print_their_plans() -> None:
+    long = run("--out", "unused", "--long", "--estimate", timeout=60)
+    assert long.returncode == 0, long.stderr
+    lines = long.stdout.splitlines()
+    assert lines[0].startswith("38 runs (long mode, seeds 0 1 2); estimated")
+    assert lines[1].startswith("Fashion-MNIST epochs: ") and "fits the 90-minute budget" in lines[1]
+    assert "fashion_mnist/s2/kd_gpd" in long.stdout and "dkd" not in long.stdout and "ablation" not in long.stdout
+    small = run("--out", "unused", "--long", "--estimate", "--budget-min", "200", timeout=60)
+    assert "fits the 200-minute budget" in small.stdout
+
+    early = run("--out", "unused", "--early", "--estimate", timeout=60)
+    assert early.returncode == 0, early.stderr
+    assert early.stdout.splitlines()[0].startswith("8 runs (early mode, seeds 0 1 2; early: 0); estimated")
+    ids = [line.split()[0] for line in early.stdout.splitlines()[1:]]
+    assert ids[:2] == ["fashion_mnist/s0/early", "fashion_mnist/s0/early_gpd"]
+    assert "fashion_mnist/s2/scratch_gpd" in ids and "fashion_mnist/s1/early" not in ids
+
+
+def test_early_runs_are_the_demo_and_its_scratch_group_is_the_default_suites() -> None:
+    m = load_script()
+    early = m.MODES["early"]
+    specs = {s.id: s for s in m.build_specs(early, ["fashion_mnist"], list(early.groups), m.seeds_by_group(early), Path("/w"))}
+    demo, plain = specs["fashion_mnist/s0/early_gpd"], specs["fashion_mnist/s0/early"]
+    assert demo.config == plain.config == "fashion_mnist/demo"  # `gpd train` with no config
+    assert demo.overrides == ["data.train_subset=2000", "train.epochs=1", "train.seed=0"]
+    assert plain.overrides == [*demo.overrides, "gpd.enabled=false"]
+    assert demo.label.startswith("15 steps")  # 2000 // 128: the last partial batch is dropped
+    full = m.MODES["full"]
+    reference = {s.id: s for s in m.build_specs(full, ["fashion_mnist"], ["scratch"], [0, 1, 2], Path("/w"))}
+    assert {i: s.overrides for i, s in specs.items() if s.group == "scratch"} == {i: s.overrides for i, s in reference.items()}
+
+
+# --- partial suites: missing runs, resuming ------------------------------------------------------
+
+METRICS_HEADER = "epoch,lr,train_loss,loss_ce_student,student_acc,teacher_acc,gap,static_teacher_acc,img_per_s,seconds"
+
+
+def fake_run(path: Path, accs: list[float], epochs: int, finished: bool = True, teacher: bool = True) -> None:
+    """A run directory as gpd train leaves it: config.yaml, metrics.csv and student.pt or checkpoint.pt."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(f"data:\n  train_subset: null\n  test_subset: null\ntrain:\n  epochs: {epochs}\n")
+    rows = [
+        f"{i},0.1,1.0,{2.0 - i / 10},{acc},{acc + 5 if teacher else ''},{5.0 if teacher else ''},,100,1.0"
+        for i, acc in enumerate(accs, 1)
+    ]
+    (path / "metrics.csv").write_text("\n".join([METRICS_HEADER, *rows]) + "\n")
+    (path / ("student.pt" if finished else "checkpoint.pt")).write_bytes(b"")
+
+
+def test_a_partial_suite_reports_its_missing_runs(tmp_path: Path) -> None:
+    """--summary of a half-done --long work dir: tables over the finished seeds, the missing runs listed."""
+    m = load_script()
+    out = tmp_path / "bench"
+    runs = out / "runs" / "digits"
+    fake_run(runs / "s0" / "scratch", [70.0, 80.0], 10, teacher=False)
+    fake_run(runs / "s0" / "scratch_gpd", [75.0, 81.5], 10)
+    fake_run(runs / "s1" / "scratch", [72.0, 79.0], 10, teacher=False)
+    fake_run(runs / "s1" / "scratch_gpd", [60.0, 70.0, 74.0], 10, finished=False)  # interrupted after epoch 3
+    args = ("--long", "--data", "digits", "--only", "scratch,finetune", "--seeds", "0", "1", "--out", str(out))
+    result = run(*args, "--summary", timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = (out / "RESULTS.md").read_text()
+    assert "Incomplete: 3 of 8 planned runs finished." in text
+    rows = {row[0]: row for row in table_rows(text, "Scratch: CE alone vs GPD")}
+    assert rows["scratch"][1] == "79.50 ± 0.71" and rows["scratch"][-2] == "2"
+    # only seed 0 has both runs: Δ = 81.5 - 80; D and the gap of the last epoch
+    assert rows["scratch + GPD"][1:6] == ["81.50", "81.50", "86.50", "+1.50", "5.00"]
+    assert rows["scratch + GPD"][-2] == "1 of 2"
+    finetune = {row[0]: row for row in table_rows(text, "Fine-tuning the scratch baseline")}
+    assert finetune["plain fine-tuning"][1] == "—" and finetune["plain fine-tuning"][-2] == "0 of 2"
+    section = text.split("## Missing runs", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split("|") for line in section.splitlines() if line.startswith("| digits/")]
+    missing = {row[1].strip(): row[2].strip() for row in cells}
+    assert set(missing) == {"digits/s1/scratch_gpd", *(f"digits/s{s}/finetune{g}" for s in (0, 1) for g in ("", "_gpd"))}
+    assert missing["digits/s1/scratch_gpd"].startswith("3 of 10 epochs done (interrupted, or still training); --resume continues")
+    assert missing["digits/s0/finetune"] == "not started"
+
+    # --resume would continue the interrupted run from its checkpoint, with the plan's epochs
+    mode = m.long_mode(2)
+    spec = next(s for s in m.build_specs(mode, ["digits"], ["scratch"], [1], out) if s.slug == "scratch_gpd")
+    cmd, how = m.train_command(spec, runs / "s1" / "scratch_gpd")
+    assert how == "resumed" and cmd[-3:] == ["--resume", str(runs / "s1" / "scratch_gpd"), "train.epochs=10"]
+
+    # a work dir started under another plan is refused rather than mixed
+    (runs / "s0" / "scratch" / "config.yaml").write_text("train:\n  epochs: 4\ndata:\n  train_subset: null\n")
+    refused = run(*args, "--resume", timeout=120)
+    assert refused.returncode == 2 and "digits/s0/scratch: started with train.epochs=4" in refused.stderr
+
+
+def test_resume_continues_an_interrupted_run_from_its_checkpoint(tmp_path: Path) -> None:
+    """About 30 s: a tiny 2-epoch digits run stopped after epoch 1 is resumed, not restarted."""
+    m = load_script()
+    out = tmp_path / "bench"
+    args = ("--tiny", "--data", "digits", "--only", "scratch", "--epochs", "2", "--out", str(out))
+    spec = next(s for s in m.build_specs(m.replace(m.MODES["tiny"], plans={
+        d: m.replace(p, epochs=2) for d, p in m.MODES["tiny"].plans.items()}), ["digits"], ["scratch"], [0], out.resolve())
+        if s.slug == "scratch")  # fmt: skip
+    target = m.run_dir(out.resolve(), spec)
+    one_epoch = [o if not o.startswith("train.epochs=") else "train.epochs=1" for o in spec.overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([sys.executable, "-m", "gpd", "train", spec.config, *one_epoch, f"output_dir={target}"],
+                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    # the state a 2-epoch run leaves when stopped after its first epoch: no student.pt yet
+    (target / "student.pt").unlink()
+    config = target / "config.yaml"
+    config.write_text(config.read_text().replace("epochs: 1\n", "epochs: 2\n", 1))
+    resumed = run(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from its checkpoint" in resumed.stdout
+    assert len((target / "metrics.csv").read_text().strip().splitlines()) == 3  # header, epoch 1, epoch 2
+    assert "All 2 planned runs finished." in (out / "RESULTS.md").read_text()
+
+
+def fashion_mnist_available() -> bool:
+    from gpd.data import locate
+
+    return locate.find_idx_root("FashionMNIST", [*locate.default_roots(), locate.DEBIAN_FASHION_MNIST_DIR]) is not None
+
+
+def test_tiny_early_mode(tmp_path: Path) -> None:
+    """Under a minute: the early mode's four runs on tiny Fashion-MNIST subsets, with the CE column."""
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST is not installed (scripts/setup_data.sh)")
+    out = tmp_path / "bench"
+    result = run("--early", "--tiny", "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.splitlines()[0].startswith("4 runs (early-tiny mode, seeds 0); estimated")
+    text = (out / "RESULTS.md").read_text()
+    rows = {row[0]: row for row in table_rows(text, "Early training")}
+    assert set(rows) == {"2 steps, CE alone (gpd.enabled=false)", "2 steps, GPD (the demo: r = 2, λ = 3, no branch blocks)"}
+    for row in rows.values():
+        assert float(row[6]) > 0  # the student's first-epoch CE
+    assert {r[0] for r in table_rows(text, "Scratch: CE alone vs GPD")} == {"scratch", "scratch + GPD"}
+    assert "All 4 planned runs finished." in text
