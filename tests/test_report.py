@@ -239,3 +239,19 @@ def test_errors_are_one_line(tmp_path: Path, capsys, case: str, words: list[str]
     captured = capsys.readouterr()
     assert_one_line_error(captured.err, *words)
     assert not list(tmp_path.rglob("*.png")) and not list(tmp_path.rglob("report.md"))
+
+
+def test_gradient_norms_are_plotted_when_the_run_logged_them(tmp_path: Path) -> None:
+    """Runs since gpd logged gradient norms get gradients.png; older runs (above) do not."""
+    run = write_run(tmp_path, "gpd_ema", ["ce_student", "ce_teacher", "sce"], config=config("resnet8", True))
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    extra = {"grad_norm": 2.0, "clipped_frac": 0.25, "grad_norm_student": 1.5, "grad_norm_teacher": 1.0}
+    with open(run / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) + list(extra))
+        writer.writeheader()
+        writer.writerows([row | {k: v / (i + 1) for k, v in extra.items()} for i, row in enumerate(rows)])
+    out = tmp_path / "report"
+    assert main(["report", str(run), "--output", str(out)]) == 0
+    assert_png(out / "gradients.png")
+    assert "(gradients.png)" in (out / "report.md").read_text()

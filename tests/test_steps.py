@@ -276,3 +276,15 @@ def test_noise_leaves_the_student_exact_and_is_reported() -> None:
     assert report.teacher_error < 1e-5  # verified before the noise
     with torch.no_grad():
         assert torch.equal(distiller.student_logits(x), student(x))
+
+
+def test_distiller_clips_as_the_trainer_does() -> None:
+    student, x, y, _ = make("cnn")
+    distiller = gpd.Distiller(student.float(), ratio=2, example_input=x.float())
+    sum(distiller(x.float(), y).values()).backward()
+    grads = [p.grad.clone() for p in distiller.parameters()]
+    expected = clip_grad_norm_(list(distiller.parameters()), 1e9, distiller.gpd.grad_scales())  # measures only
+    norm = distiller.clip_grad_norm_(0.5)
+    assert torch.allclose(norm, expected)
+    for p, g in zip(distiller.parameters(), grads):
+        assert torch.allclose(p.grad, g * 0.5 / (float(norm) + 1e-6), rtol=1e-5, atol=0)

@@ -17,7 +17,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from gpd.errors import ConfigError
-from gpd.reporting.plots import accuracy_figure, gap_figure, losses_figure, lr_figure, save_figure
+from gpd.reporting.plots import accuracy_figure, gap_figure, gradients_figure, losses_figure, lr_figure, save_figure
 from gpd.reporting.runs import RunRecord, read_runs
 from gpd.reporting.summary import FIGURE_CAPTIONS, render_report
 
@@ -51,7 +51,12 @@ def build_figures(runs: Sequence[RunRecord]) -> tuple[dict[str, Figure], list[st
     """The figures by file name, and notes on the ones left out."""
     figures: dict[str, Figure] = {"accuracy.png": accuracy_figure(runs)}
     notes = []
-    optional = {"gap.png": gap_figure(runs), "losses.png": losses_figure(runs), "lr.png": lr_figure(runs)}
+    optional = {
+        "gap.png": gap_figure(runs),
+        "losses.png": losses_figure(runs),
+        "lr.png": lr_figure(runs),
+        "gradients.png": gradients_figure(runs),
+    }
     for name, fig in optional.items():
         if fig is not None:
             figures[name] = fig

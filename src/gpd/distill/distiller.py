@@ -24,7 +24,7 @@ from gpd.expansion import expand
 from gpd.expansion.expand import with_branches
 from gpd.gpd_model import GPDModel
 from gpd.losses import ReviewKDHead, reviewkd_loss, sce
-from gpd.sharing.steps import adaptive_group_scales
+from gpd.sharing.steps import adaptive_group_scales, clip_grad_norm_
 
 
 class StaticTargets(NamedTuple):
@@ -375,6 +375,13 @@ class Distiller(nn.Module):
             {"params": params, "weight_decay": decay, **({"lr_scale": lr_scale} if adaptive else {})}
             for (decay, lr_scale), params in groups.items()
         ]
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Clip the gradients of every trainable parameter to a global norm of ``max_norm``,
+        measured as the paper's optimizer sees it (:func:`gpd.sharing.steps.clip_grad_norm_`);
+        returns the norm before clipping."""
+        scales = self.gpd.grad_scales() if self.gpd is not None else {}  # type: ignore[attr-defined]
+        return clip_grad_norm_([p for p in self.parameters() if p.requires_grad], max_norm, scales)
 
     def _no_weight_decay_names(self) -> set[str]:
         """The student's ``no_weight_decay()`` names (timm's convention), or none."""

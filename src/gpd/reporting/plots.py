@@ -245,6 +245,48 @@ def lr_figure(runs: Sequence[RunRecord]) -> Figure | None:
     return fig
 
 
+GRADIENT_COLUMNS = {
+    "grad_norm": "global norm before clipping",
+    "grad_norm_student": "student's loss terms",
+    "grad_norm_teacher": "dynamic teacher's loss terms",
+}
+
+
+def gradients_figure(runs: Sequence[RunRecord]) -> Figure | None:
+    """Gradient norms per epoch (global, and the student's and D's loss terms apart) and the
+    fraction of clipped steps; ``None`` when no run records them (runs before gpd logged them)."""
+    with_norms = [(i, run) for i, run in enumerate(runs) if run.has("grad_norm")]
+    if not with_norms:
+        return None
+    clipped = any(run.has("clipped_frac") for _, run in with_norms)
+    legend_room = _legend_room([r.label for _, r in with_norms]) if len(runs) > 1 else 0.0
+    fig = _new_figure(9.0 + legend_room, 4.0)
+    axes = fig.subplots(1, 2 if clipped else 1, squeeze=False)[0]
+    styles = {"grad_norm": "-", "grad_norm_student": "--", "grad_norm_teacher": ":"}
+    for i, run in with_norms:
+        for column, style in styles.items():
+            if run.has(column):
+                axes[0].plot(run.epochs, run.values(column), color=run_colour(i), linestyle=style, marker=_marker(run), markersize=3)
+        if clipped and run.has("clipped_frac"):
+            axes[1].plot(run.epochs, run.values("clipped_frac"), color=run_colour(i), marker=_marker(run), markersize=3)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("gradient norm (mean over the epoch)")
+    axes[0].set_title("Gradient norms", fontsize="medium")
+    _epoch_axis(axes[0])
+    handles = [Line2D([], [], color="0.3", linestyle=style, label=GRADIENT_COLUMNS[c]) for c, style in styles.items()]
+    axes[0].legend(handles=handles, fontsize="small")
+    if clipped:
+        axes[1].set_ylim(-0.02, 1.02)
+        axes[1].set_ylabel("fraction of steps clipped")
+        axes[1].set_title("Clipped steps", fontsize="medium")
+        _epoch_axis(axes[1])
+    if len(runs) > 1:
+        run_handles = [Line2D([], [], color=run_colour(i), linewidth=3, label=run.label) for i, run in with_norms]
+        fig.legend(handles=run_handles, title="run", loc="outside right upper", fontsize="small", title_fontsize="small")
+    fig.suptitle(_title([r for _, r in with_norms], "Gradients per epoch"))
+    return fig
+
+
 def save_figure(fig: Figure, path: Path) -> None:
     """Write a PNG through a temporary file and a rename, so an old image is replaced whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)

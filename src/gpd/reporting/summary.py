@@ -20,6 +20,7 @@ FIGURE_CAPTIONS = {
     "gap.png": "Gap between the dynamic teacher and the student",
     "losses.png": "Training loss terms per epoch",
     "lr.png": "Learning rate per epoch",
+    "gradients.png": "Gradient norms and clipped steps per epoch",
 }
 
 # (column, header) of the per-epoch tables; columns without any value are left out
