@@ -1,7 +1,7 @@
 """The bundled imagenet/ configs carry the paper's settings; what they need to build offline.
 
 Their dry runs are in test_dry_run.py (every bundled config); here: the settings
-themselves (DESIGN.md section 6), image sizes for fixed-size timm models, pretrained
+themselves (the GPD paper), image sizes for fixed-size timm models, pretrained
 weights in a dry run, and RVT stage features for ReviewKD.
 """
 
@@ -41,7 +41,7 @@ def test_every_expected_config_is_bundled():
 def test_common_settings(name):
     cfg = load_config(name)
     text = (resources.files("gpd.config") / "bundled" / f"{name}.yaml").read_text()
-    assert text.startswith("# ") and "DESIGN.md" in text.split("\ndata:")[0]  # the comment says where settings come from
+    assert text.startswith("# ") and "GPD paper" in text.split("\ndata:")[0]  # the comment says where settings come from
     assert (cfg.data.name, cfg.data.root, cfg.data.image_size) == ("imagefolder", "data/imagenet", 224)
     assert (cfg.gpd.enabled, cfg.gpd.ratio, cfg.gpd.kd_weight, cfg.gpd.sce_eps) == (True, 2.0, 3.0, 0.1)
     assert (cfg.train.ema, cfg.train.ema_decay, cfg.train.grad_clip) == (True, 0.99996, 5.0)

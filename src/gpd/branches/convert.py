@@ -26,7 +26,7 @@ def is_branchable(conv: nn.Module) -> bool:
     A 3x3, stride-1, padding-1, dilation-1, zero-padded, non-transposed nn.Conv2d (or a
     subclass keeping Conv2d's forward), grouped or not. Padding 1 and dilation 1 are
     required because only there is branch 1's average pooling the 3x3 average kernel
-    (DESIGN section 4 names "3x3, stride-1, padding-1" convolutions).
+    (the GPD paper's blocks replace "3x3, stride-1, padding-1" convolutions).
     """
     try:
         check_convertible(conv)

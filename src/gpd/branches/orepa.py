@@ -1,4 +1,4 @@
-"""OREPA-style six-branch replacement of a 3x3 stride-1 convolution (CBR, DESIGN section 4).
+"""OREPA-style six-branch replacement of a 3x3 stride-1 convolution (Channel-Branch Reparameterization; docs/branches.md).
 
 During training the block's kernel is a sum of six *linear* branches, each scaled per
 output channel by a learnable vector ``branch_scales[b]`` (O = out_channels, I =

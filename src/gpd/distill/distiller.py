@@ -55,7 +55,7 @@ class Distiller(nn.Module):
 
         CE(z_D, y) + CE(z_S, y) + sce_weight * SCE(z_S || sg(z_D))
 
-    (DESIGN.md section 5, scratch and fine-tuning scenarios). With a frozen static
+    (the GPD paper (section 3), scratch and fine-tuning scenarios). With a frozen static
     ``teacher`` and a KD method (``kd="kd"``, ``"dkd"`` or ``"reviewkd"``, options in
     ``kd_options``) the method's loss against the static teacher is added for D and for
     the student; ReviewKD gives the student and D each a fusion head of its own widths.

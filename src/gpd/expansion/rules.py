@@ -77,7 +77,7 @@ class ParamSlice:
 
         ``compensate_step``: the student's value is ``scale * theta``, so its gradient
         reaches ``theta`` multiplied by ``scale`` and an SGD step moves the student's
-        value by ``scale**2`` times the plain step (DESIGN.md section 3). With True the
+        value by ``scale**2`` times the plain step (docs/method.md). With True the
         gradient is divided by ``scale`` instead (same forward value), which removes
         that factor; tensors without a divided axis are unaffected.
         """
