@@ -288,3 +288,36 @@ def test_distiller_clips_as_the_trainer_does() -> None:
     assert torch.allclose(norm, expected)
     for p, g in zip(distiller.parameters(), grads):
         assert torch.allclose(p.grad, g * 0.5 / (float(norm) + 1e-6), rtol=1e-5, atol=0)
+
+
+def test_param_groups_match_timms_order_so_older_checkpoints_resume() -> None:
+    """For a CNN, the groups are timm's own (no decay first), so an optimizer state saved
+    before gpd built its groups (timm's create_optimizer_v2 on the Distiller) still loads."""
+    from timm.optim import create_optimizer_v2
+
+    student, x, _, _ = make("cnn")
+    distiller = gpd.Distiller(student.float(), ratio=2, example_input=x.float())
+    old = create_optimizer_v2(distiller, opt="sgd", lr=0.1, weight_decay=5e-4, momentum=0.9)
+    new = create_optimizer_v2(distiller.param_groups(5e-4), opt="sgd", lr=0.1, weight_decay=5e-4, momentum=0.9)
+    assert [[id(p) for p in g["params"]] for g in new.param_groups] == [[id(p) for p in g["params"]] for g in old.param_groups]
+    new.load_state_dict(old.state_dict())
+
+
+def test_trainer_gives_adaptive_optimizers_the_papers_lr_scale(tmp_path) -> None:
+    """With AdamW the trainer's groups carry lr_scale = 1/a, and timm's scheduler applies it."""
+    from gpd.config import load_config
+    from gpd.training.run_dir import prepare_run_dir
+    from gpd.training.trainer import Trainer
+
+    cfg = load_config(None, ["train.optimizer=adamw", "train.lr=0.001", "train.warmup_epochs=0", f"output_dir={tmp_path / 'run'}"])
+    trainer = Trainer(cfg, prepare_run_dir(cfg), dry_run=True)
+    d = trainer.distiller.gpd.teacher
+    group_of = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}
+    stem, head, middle = d.conv1.weight, d.fc.weight, d.layer1[0].conv1.weight
+    assert group_of[id(stem)]["lr"] == pytest.approx(0.001 * 2)  # a = 1/r
+    assert group_of[id(head)]["lr"] == pytest.approx(0.001 / 2)  # a = r
+    assert group_of[id(middle)]["lr"] == pytest.approx(0.001)
+    assert group_of[id(stem)]["weight_decay"] == pytest.approx(cfg.train.weight_decay / 2)
+    sgd_cfg = load_config(None, [f"output_dir={tmp_path / 'sgd'}"])
+    sgd = Trainer(sgd_cfg, prepare_run_dir(sgd_cfg), dry_run=True)
+    assert all("lr_scale" not in g for g in sgd.optimizer.param_groups)  # SGD: the gradient hooks do it

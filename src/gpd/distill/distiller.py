@@ -371,9 +371,9 @@ class Distiller(nn.Module):
                     lr_scale, decay_scale = adaptive_group_scales(scales[name])
                     decay *= decay_scale
                 groups.setdefault((decay, lr_scale), []).append(param)
-        return [
-            {"params": params, "weight_decay": decay, **({"lr_scale": lr_scale} if adaptive else {})}
-            for (decay, lr_scale), params in groups.items()
+        return [  # no-decay group first, as timm orders them (so older checkpoints' optimizer states load)
+            {"params": groups[key], "weight_decay": key[0], **({"lr_scale": key[1]} if adaptive else {})}
+            for key in sorted(groups)
         ]
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:

@@ -48,6 +48,8 @@ def install_paper_steps(teacher: nn.Module, scales: dict[str, float]) -> list[Re
     params = dict(teacher.named_parameters())
     handles = []
     for name, scale in scales.items():
+        if not params[name].requires_grad:  # a frozen copy (an EMA, an export): nothing to step
+            continue
         factor = 1.0 / (scale * scale)
         handles.append(params[name].register_hook(lambda grad, factor=factor: grad * factor))
     return handles
