@@ -321,3 +321,23 @@ def test_trainer_gives_adaptive_optimizers_the_papers_lr_scale(tmp_path) -> None
     sgd_cfg = load_config(None, [f"output_dir={tmp_path / 'sgd'}"])
     sgd = Trainer(sgd_cfg, prepare_run_dir(sgd_cfg), dry_run=True)
     assert all("lr_scale" not in g for g in sgd.optimizer.param_groups)  # SGD: the gradient hooks do it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", ["paper", "plain"])
+@pytest.mark.parametrize("arch", ["cnn", "vit"])
+def test_compiled_step_has_the_same_gradients(arch: str, rule: str) -> None:
+    """torch.compile of the whole objective gives D's tensors the eager gradients, hooks and
+    the student view's scaled backward included (a narrow over a whole axis once lost the scale)."""
+    import shutil
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile on CPU needs a C compiler")
+    student, x, y, _ = make(arch)
+    student, x = student.float(), x.float()
+    eager = gpd.Distiller(student, ratio=2, example_input=x, noise_std=0.0, compensate_step=rule == "plain").train()
+    compiled = copy.deepcopy(eager)
+    sum(eager(x, y).values()).backward()
+    sum(torch.compile(compiled)(x, y).values()).backward()
+    for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
+        assert rel_err(b.grad, a.grad) <= 1e-4, name

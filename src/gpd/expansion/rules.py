@@ -105,6 +105,9 @@ class ParamSlice:
         """``(prefix narrows, index dim, index)`` for :class:`_ReadBlock`; None if more than one axis needs an index."""
         prefix, indexed = [], []
         for dim, channel_map in self.dims.items():
+            if channel_map.is_identity:
+                continue  # the whole axis: no narrow (torch.compile's functionalization then drops the
+                # backward's scale on the block written through a narrow of the full axis; tested)
             if channel_map.student_is_prefix:
                 prefix.append((dim, channel_map.student_size))
             else:
