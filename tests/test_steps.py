@@ -100,7 +100,12 @@ def teacher_factor(kind: str, r: int, rule: str) -> float:
 
 def make(kind: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, object]:
     torch.manual_seed(0)
-    model = (KindsCNN() if kind == "cnn" else tiny_vit()).double()
+    if kind == "resnet":
+        from gpd.models import create_model
+
+        model = create_model("resnet8", num_classes=5, in_chans=3).double()
+    else:
+        model = (KindsCNN() if kind == "cnn" else tiny_vit()).double()
     with torch.no_grad():  # non-trivial values everywhere (timm zero-inits tokens and biases)
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -208,7 +213,7 @@ def test_adaptive_optimizers_get_the_papers_step_through_lr_scale() -> None:
         assert rel_err(param.detach() - before[name], predicted) <= 1e-9, name
 
 
-@pytest.mark.parametrize("arch", ["cnn", "vit"])
+@pytest.mark.parametrize("arch", ["cnn", "resnet", "vit"])
 def test_weight_decay_groups_follow_the_students_recipe(arch: str) -> None:
     """D's tensors get weight decay exactly where timm's rules give the student's tensors
     weight decay: no decay for 1-d tensors, biases and the student's no_weight_decay() names."""
