@@ -122,6 +122,56 @@ def test_unknown_model_name(args, key, name, tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # refused before a run directory is made
 
 
+OWN_MODELS = """
+from torch import nn
+
+
+def build(num_classes, in_chans):
+    return nn.Sequential(nn.Conv2d(in_chans, 8, 3), nn.Flatten(), nn.LazyLinear(num_classes))
+
+
+def broken(num_classes, in_chans):
+    raise ValueError("width must be even")
+
+
+def no_module(num_classes, in_chans):
+    return 42
+
+
+NOT_A_FUNCTION = 3
+"""
+
+
+@pytest.mark.parametrize(
+    "spec, needles",
+    [
+        ("no_such_pkg_for_gpd.nets:build", ["no module named 'no_such_pkg_for_gpd'", "PYTHONPATH"]),
+        ("{dir}/missing.py:build", ["does not exist"]),
+        ("{dir}/own_models.py:NOT_A_FUNCTION", ["not a callable factory"]),
+        ("{dir}/own_models.py:absent", ["has no attribute 'absent'"]),
+        ("{dir}/own_models.py:broken", ["the factory raised ValueError: width must be even"]),
+        ("{dir}/own_models.py:no_module", ["returned a int, not a torch.nn.Module"]),
+    ],
+)
+def test_a_model_of_your_own_that_cannot_be_built(spec, needles, tmp_path, capsys):
+    (tmp_path / "own_models.py").write_text(OWN_MODELS)
+    name = spec.format(dir=tmp_path)
+    err = fails(["train", f"model.student={name}", f"output_dir={tmp_path / 'run'}"], capsys)
+    assert f"model '{name}'" in err and all(needle in err for needle in needles), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_student_file_whose_model_module_is_gone(tmp_path, capsys):
+    (tmp_path / "own_models.py").write_text(OWN_MODELS)
+    model = create_model(f"{tmp_path / 'own_models.py'}:build", 10, 1)
+    model(torch.zeros(1, 1, 8, 8))  # materialise the lazy layer
+    torch.save(student_payload(model, data="fashion_mnist", input_size=[1, 8, 8]), tmp_path / "student.pt")
+    (tmp_path / "own_models.py").unlink()
+    with untouched(tmp_path):
+        err = fails(["eval", str(tmp_path / "student.pt")], capsys)
+    assert "own_models.py does not exist" in err
+
+
 def test_expand_of_an_unknown_model(capsys):
     err = fails(["expand", "no_such_model"], capsys)
     assert "unknown model 'no_such_model'" in err and "bundled models: " in err

@@ -8,7 +8,9 @@ Names:
 
 * a bundled name such as ``resnet20`` or ``wrn_40_2`` (see :func:`list_models`);
 * ``tv:NAME`` for any torchvision classification model;
-* ``timm:NAME`` for any timm model.
+* ``timm:NAME`` for any timm model;
+* ``MODULE:FACTORY`` or ``path/to/file.py:FACTORY`` for a model of your own
+  (:mod:`gpd.models.import_path`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from gpd.errors import ModelError
+from gpd.models import import_path
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -79,6 +82,11 @@ def create_model(
         model = _create_torchvision(name[len(TV_PREFIX) :], num_classes, in_chans, pretrained, kwargs)
     elif name.startswith(TIMM_PREFIX):
         model = _create_timm(name[len(TIMM_PREFIX) :], num_classes, in_chans, pretrained, kwargs)
+    elif import_path.is_import_path(name):
+        if pretrained:
+            raise ModelError(f"{PRETRAINED_UNAVAILABLE} (model {name!r} is your own: load its weights with a checkpoint)")
+        name = import_path.canonical(name)
+        model = import_path.create(name, num_classes, in_chans, kwargs)
     else:
         model = _create_bundled(name, num_classes, in_chans, pretrained, kwargs)
 
@@ -102,6 +110,8 @@ def check_model_name(name: str) -> None:
         _check_torchvision_name(name[len(TV_PREFIX) :])
     elif name.startswith(TIMM_PREFIX):
         _check_timm_name(name[len(TIMM_PREFIX) :])
+    elif import_path.is_import_path(name):
+        import_path.resolve_factory(name)  # imports the module: a missing one is an error now
     elif name not in _REGISTRY:
         raise ModelError(_unknown_name_message(name))
 
@@ -203,7 +213,8 @@ def _unknown_name_message(name: str) -> str:
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return (
         f"unknown model {name!r}{hint}; bundled models: {', '.join(bundled)}; "
-        "or use tv:NAME for a torchvision classification model or timm:NAME for a timm model"
+        "or use tv:NAME for a torchvision classification model, timm:NAME for a timm model, "
+        "or MODULE:FACTORY / path/to/file.py:FACTORY for a model of your own"
     )
 
 
