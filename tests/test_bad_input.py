@@ -172,6 +172,28 @@ def test_a_student_file_whose_model_module_is_gone(tmp_path, capsys):
     assert "own_models.py does not exist" in err
 
 
+def test_a_pretrained_file_of_another_architecture(files, tmp_path, capsys):
+    with untouched(files):
+        err = fails(["train", f"student.pretrained_file={files / 'resnet20_fm_student.pt'}", f"output_dir={tmp_path / 'run'}"], capsys)
+    assert "student.pretrained_file" in err and "does not belong to resnet8" in err and "unexpected" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["student.pretrained_file=missing.pth"], ["student.pretrained_file", "missing.pth", "does not exist"]),
+        (["student.pretrained_file=missing.safetensors"], ["student.pretrained_file", "does not exist"]),
+        (["student.pretrained_file=a.pth", "student.checkpoint=b.pt"], ["student.checkpoint and student.pretrained_file", "only one"]),
+        (["fashion_mnist/kd", "teacher.model=null", "teacher.checkpoint=null", "teacher.pretrained_file=a.pth"],
+         ["teacher.pretrained_file needs teacher.model"]),
+    ],
+)
+def test_pretrained_file_errors(args, needles, tmp_path, capsys):
+    err = fails(["train", *args, f"output_dir={tmp_path / 'run'}"], capsys)
+    assert all(needle in err for needle in needles), err
+
+
 def test_expand_of_an_unknown_model(capsys):
     err = fails(["expand", "no_such_model"], capsys)
     assert "unknown model 'no_such_model'" in err and "bundled models: " in err

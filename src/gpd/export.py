@@ -178,6 +178,12 @@ def _state_dict_mismatch(model: nn.Module, state: dict[str, Any]) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def state_dict_of(payload: Any) -> dict[str, torch.Tensor] | None:
+    """The state_dict a file's content holds: a gpd student file's, a plain one, or under
+    ``state_dict`` / ``model`` (timm and torchvision training checkpoints); None if none."""
+    return _state_dict_of(payload)
+
+
 def _state_dict_of(payload: Any) -> dict[str, torch.Tensor] | None:
     if not isinstance(payload, dict):
         return None

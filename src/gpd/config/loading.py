@@ -175,6 +175,10 @@ def validate(cfg: Config) -> None:
         f"kd.method must be none, kd, dkd or reviewkd, got '{cfg.kd.method}'",
     )
     _require(cfg.reviewkd.mid_channels >= 1, f"reviewkd.mid_channels must be >= 1, got {cfg.reviewkd.mid_channels}")
+    _require(
+        cfg.teacher.pretrained_file is None or cfg.teacher.model is not None,
+        "teacher.pretrained_file needs teacher.model, the architecture the weights are loaded into",
+    )
     has_teacher = cfg.teacher.model is not None or cfg.teacher.checkpoint is not None
     _require(
         has_teacher == (cfg.kd.method != "none"),
@@ -187,10 +191,14 @@ def validate(cfg: Config) -> None:
     _require(d.test_subset is None or d.test_subset >= 1, f"data.test_subset must be >= 1, got {d.test_subset}")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
     _validate_augmentation(cfg)
-    _require(
-        not (cfg.student.pretrained and cfg.student.checkpoint is not None),
-        "student.pretrained and student.checkpoint both give the starting weights; set only one of them",
-    )
+    for role, section in (("student", cfg.student), ("teacher", cfg.teacher)):
+        sources = [k for k, on in (("pretrained", section.pretrained), ("checkpoint", section.checkpoint is not None),
+                                   ("pretrained_file", section.pretrained_file is not None)) if on]  # fmt: skip
+        _require(
+            len(sources) <= 1,
+            f"{' and '.join(f'{role}.{k}' for k in sources)} {'both' if len(sources) == 2 else 'all'} give the "
+            f"{role}'s starting weights; set only one of them",
+        )
 
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")

@@ -58,6 +58,7 @@ class GPDConfig:
 class StudentConfig:
     checkpoint: Optional[str] = None  # fine-tuning: a run dir, student.pt or state_dict file (strict load)
     pretrained: bool = False  # fine-tuning from torchvision/timm weights (needs internet; a dry run uses random ones)
+    pretrained_file: Optional[str] = None  # weights on disk from another task: head re-initialised, input channels adapted
 
 
 @dataclass
@@ -65,6 +66,7 @@ class TeacherConfig:
     model: Optional[str] = None  # the static teacher's architecture (not needed for a gpd student.pt)
     checkpoint: Optional[str] = None  # a run dir, student.pt or state_dict file of the teacher
     pretrained: bool = False  # torchvision/timm weights (needs internet; a dry run uses random ones)
+    pretrained_file: Optional[str] = None  # weights on disk (state_dict or safetensors) for teacher.model, adapted
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 

@@ -12,6 +12,7 @@ from gpd.data import DataBundle
 from gpd.errors import CheckpointError, ConfigError, first_line
 from gpd.export import is_student_payload, load_weights, read_checkpoint, student_from_payload
 from gpd.training.model_setup import create_for_data
+from gpd.training.pretrained import load_pretrained_file
 
 
 def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint: bool = False) -> nn.Module | None:
@@ -46,6 +47,11 @@ def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint
         )
         if t.checkpoint is not None:
             load_weights(teacher, t.checkpoint, what="teacher")
+        elif t.pretrained_file is not None:
+            if allow_missing_checkpoint and not Path(t.pretrained_file).exists():
+                print(f"dry run: teacher.pretrained_file {t.pretrained_file} does not exist -> random weights stand in")
+            else:
+                print(load_pretrained_file(teacher, t.pretrained_file, "teacher.pretrained_file"))
     check_fits(teacher, data, "teacher")
     return teacher
 

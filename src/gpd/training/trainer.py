@@ -59,6 +59,7 @@ from gpd.training.run_dir import (
     atomic_torch_save,
 )
 from gpd.training.model_setup import build_student
+from gpd.training.pretrained import load_pretrained_file
 from gpd.training.static_teacher import build_static_teacher, check_fits
 from gpd.sharing.steps import clip_grad_norm_, grad_norm, is_sgd_like
 from gpd.training.steps import joint_backward, probed_backward, sequential_backward
@@ -207,6 +208,9 @@ class Trainer:
         if cfg.student.checkpoint is not None:  # fine-tuning: D starts equal to this student (IR)
             if self._present(cfg.student.checkpoint, "student.checkpoint"):
                 load_weights(student, cfg.student.checkpoint, what="student")
+        elif cfg.student.pretrained_file is not None:  # weights from another task, adapted to this data
+            if self._present(cfg.student.pretrained_file, "student.pretrained_file"):
+                self.log(load_pretrained_file(student, cfg.student.pretrained_file, "student.pretrained_file"))
         check_fits(student, self.data, "student")
         static_teacher = build_static_teacher(cfg, self.data, allow_missing_checkpoint=self.dry_run)
         kd_options = {
