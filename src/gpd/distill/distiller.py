@@ -233,16 +233,21 @@ class Distiller(nn.Module):
             self.static_teacher.eval()
         return self
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, *, epoch: float | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, *, epoch: float | None = None, with_student_logits: bool = False
+    ) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The weighted loss terms of one batch; their sum is the training loss.
 
         ``epoch`` (fractional, from 0) drives KD warm-up schedules such as DKD's. ``y``:
         class indices (N,) or soft targets (N, K), see the class docstring.
+        ``with_student_logits``: also return the student's logits (for training accuracy),
+        as ``(losses, logits)``; through this forward, so that a DDP wrapper sees the call.
         """
         targets = self.static_targets(x)
         losses, teacher_logits = self.teacher_losses(x, y, targets, epoch=epoch)
-        losses.update(self.student_losses(x, y, targets, teacher_logits, epoch=epoch))
-        return losses
+        student_terms, student_logits = self._student_terms(x, y, targets, teacher_logits, epoch)
+        losses.update(student_terms)
+        return (losses, student_logits) if with_student_logits else losses
 
     # The two halves of forward(), for the sequential memory mode: D's loss is
     # back-propagated (and its graph freed) before the student's forward pass runs.
@@ -277,13 +282,18 @@ class Distiller(nn.Module):
         epoch: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """The student's loss terms; SCE towards ``teacher_logits`` (no gradient flows into them)."""
+        return self._student_terms(x, y, targets, teacher_logits, epoch)[0]
+
+    def _student_terms(
+        self, x: torch.Tensor, y: torch.Tensor, targets: StaticTargets, teacher_logits: torch.Tensor | None, epoch: float | None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         with self._taps(self.student_module(), "student_stages", bool(self.review_heads)) as feats:
             student_logits = self.student_logits(x)
         losses = {"ce_student": self._ce(student_logits, y)}
         self._add_kd(losses, "student", student_logits, feats, targets, y, epoch)
         if teacher_logits is not None:
             losses["sce"] = self.sce_weight * sce(student_logits, teacher_logits, eps=self.sce_eps)
-        return losses
+        return losses, student_logits
 
     def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``ce_weight * CE(logits, y)``; ce_weight is the active KD method's (1.0 by default)."""
