@@ -309,6 +309,33 @@ def test_missing_data_files_say_how_to_get_them(name, needles, files, tmp_path, 
     assert list(empty.iterdir()) == []
 
 
+def test_hf_disk_without_the_datasets_package(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    err = fails(["train", "data.name=hf_disk", f"data.root={tmp_path}", f"output_dir={tmp_path / 'run'}"], capsys)
+    assert "needs the Hugging Face datasets package" in err and "pip install" in err
+
+
+@pytest.mark.parametrize(
+    "setup, args, needle",
+    [
+        ("empty", [], "is not a folder written by datasets' save_to_disk()"),
+        ("saved", ["data.image_key=pixels"], "no column 'pixels' (data.image_key)"),
+        ("none", [], "hf_disk needs data.root"),
+    ],
+)
+def test_hf_disk_errors(setup, args, needle, tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    root = tmp_path / "set"
+    root.mkdir()
+    if setup == "saved":
+        split = datasets.Dataset.from_dict({"image": [[[0, 1], [2, 3]]], "label": [0]})
+        datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(root))
+        capsys.readouterr()  # datasets' progress bars, not gpd's output
+    where = [] if setup == "none" else [f"data.root={root}"]
+    err = fails(["train", "data.name=hf_disk", *where, *args, f"output_dir={tmp_path / 'run'}"], capsys)
+    assert needle in err, err
+
+
 def test_imagefolder_without_a_root(tmp_path, capsys):
     err = fails(["train", "data.name=imagefolder", f"output_dir={tmp_path / 'run'}"], capsys)
     assert "imagefolder needs data.root" in err and "train/<class>/" in err

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 @dataclass
 class DataConfig:
-    name: str = "fashion_mnist"  # fashion_mnist | mnist | digits | cifar10 | cifar100 | imagefolder
+    name: str = "fashion_mnist"  # fashion_mnist | mnist | digits | cifar10 | cifar100 | imagefolder | hf_disk
     root: Optional[str] = None  # None: $GPD_DATA, ./data, ~/.cache/gpd/data (and Debian's folder)
     train_subset: Optional[int] = None  # keep only this many training samples
     test_subset: Optional[int] = None  # evaluate on only this many test samples (quick runs)
@@ -21,6 +21,8 @@ class DataConfig:
     augment: bool = True  # random crop and flip where the data set uses them
     image_size: Optional[int] = None  # resize; None keeps the native size
     num_workers: int = 0  # DataLoader worker processes
+    image_key: str = "image"  # hf_disk: the column holding the images
+    label_key: str = "label"  # hf_disk: the column holding the class labels
     # The DeiT recipe's augmentations (timm). Setting any of the next four switches the
     # training images of imagefolder/CIFAR to timm's create_transform pipeline; unset, the
     # default pipelines above are used unchanged.

@@ -86,7 +86,7 @@ _CIFAR_SETS = {
 DIGITS_TEST_SAMPLES = 360  # of scikit-learn's 1797 digits; the other 1437 train
 DIGITS_SPLIT_SEED = 0  # the split is fixed: train.seed changes the training, not the test set
 DIGITS_HINT = "pip install scikit-learn (or pip install 'gpd[bench]'): the digits ship inside it"
-KNOWN_DATASETS = (*_IDX_SETS, "digits", *_CIFAR_SETS, "imagefolder")
+KNOWN_DATASETS = (*_IDX_SETS, "digits", *_CIFAR_SETS, "imagefolder", "hf_disk")
 
 
 def build_datasets(
@@ -99,6 +99,8 @@ def build_datasets(
     seed: int = 0,
     test_subset: int | None = None,
     recipe: AugmentRecipe | None = None,
+    image_key: str = "image",
+    label_key: str = "label",
 ) -> DataBundle:
     """Load the named data set's train and test splits.
 
@@ -109,7 +111,7 @@ def build_datasets(
     square (default: native size; 224 for imagefolder). ``recipe``: timm augmentations of
     the training images (imagefolder and CIFAR; see :mod:`gpd.data.augment`); ``None`` or an
     inactive recipe keeps the default pipelines. Raises DataError when the files are
-    missing or unreadable.
+    missing or unreadable. ``image_key`` / ``label_key``: the columns of an ``hf_disk`` set.
     """
     key = name.lower().replace("-", "_")
     if train_subset is not None and train_subset <= 0:
@@ -128,6 +130,15 @@ def build_datasets(
         bundle = _build_cifar(key, _CIFAR_SETS[key], roots, augment, image_size, download, recipe)
     elif key == "imagefolder":
         bundle = _build_imagefolder(roots, augment, image_size, recipe)
+    elif key == "hf_disk":
+        if recipe is not None:
+            raise DataError("the timm augmentations (data.randaugment ...) are not available for hf_disk yet")
+        from gpd.data.hf_disk import build_hf_disk  # datasets is optional: imported only here
+
+        train, test, classes, chans, size, mean, std, names = build_hf_disk(
+            roots[0] if roots else None, image_key, label_key, augment, image_size
+        )
+        bundle = DataBundle(train, test, classes, chans, size, mean, std, "hf_disk", False, names)
     else:
         raise DataError(f"unknown data set {name!r}; known data sets: {', '.join(KNOWN_DATASETS)}")
     if train_subset is not None:

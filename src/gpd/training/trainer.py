@@ -179,13 +179,15 @@ class Trainer:
             return build_datasets(
                 d.name, root=d.root, train_subset=d.train_subset, augment=d.augment, image_size=d.image_size,
                 download=d.download, seed=self.cfg.train.seed, test_subset=d.test_subset, recipe=recipe,
+                image_key=d.image_key, label_key=d.label_key,
             )  # fmt: skip
         size = min(d.image_size or SHAPES.get(d.name, (0, 32))[1], DRY_RUN_IMAGE_SIZE)
         samples = 4 * self._global_batch()
         try:
             return build_datasets(
-                d.name, root=d.root, train_subset=samples, image_size=size, test_subset=samples, recipe=recipe
-            )
+                d.name, root=d.root, train_subset=samples, image_size=size, test_subset=samples, recipe=recipe,
+                image_key=d.image_key, label_key=d.label_key,
+            )  # fmt: skip
         except DataError as err:
             self.log(f"dry run: {err} -> using a SYNTHETIC stand-in of random images")
             return synthetic_bundle(d.name, image_size=size, samples=samples, recipe=recipe)

@@ -1,0 +1,116 @@
+"""Hugging Face ``datasets`` saved to disk (``DatasetDict.save_to_disk``) as a gpd data set.
+
+``data.name=hf_disk data.root=FOLDER`` reads a folder written by ``save_to_disk`` with a
+``train`` split and a ``test`` (or ``validation``) split; ``data.image_key`` and
+``data.label_key`` name the columns (default ``image`` and ``label``). Images are PIL
+images (the ``Image`` feature) or arrays; greyscale images give 1 channel, everything
+else is converted to RGB. The class names come from a ``ClassLabel`` feature, else the
+labels must be the integers 0..K-1. The normalisation statistics are measured on up to
+2000 training images. ``datasets`` is an optional dependency (``pip install 'gpd[hf]'``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torch.utils.data import Dataset
+
+from gpd.errors import DataError
+
+TEST_SPLITS = ("test", "validation")
+STATS_SAMPLES = 2000
+
+
+class HFImageDataset(Dataset):
+    """One split of a Hugging Face data set: ``(transform(image), label)`` per sample."""
+
+    def __init__(self, split: Any, image_key: str, label_key: str, mode: str, transform: T.Compose) -> None:
+        self.split, self.image_key, self.label_key, self.mode, self.transform = split, image_key, label_key, mode, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def image(self, index: int) -> Image.Image:
+        value = self.split[int(index)][self.image_key]
+        picture = value if isinstance(value, Image.Image) else Image.fromarray(np.asarray(value))
+        return picture.convert(self.mode)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.image(index)), int(self.split[int(index)][self.label_key])
+
+
+def _import_datasets() -> Any:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            "data.name=hf_disk needs the Hugging Face datasets package: pip install 'gpd[hf]' (or pip install datasets)"
+        ) from None
+    return datasets
+
+
+def _class_names(split: Any, label_key: str) -> tuple[str, ...]:
+    feature = split.features.get(label_key)
+    names = getattr(feature, "names", None)
+    if names:
+        return tuple(str(n) for n in names)
+    labels = sorted({int(v) for v in split[label_key]})
+    if labels != list(range(len(labels))):
+        raise DataError(
+            f"hf_disk: the labels in column {label_key!r} must be the integers 0..K-1 or a ClassLabel, got {labels[:10]}"
+        )
+    return tuple(str(i) for i in labels)
+
+
+def _statistics(dataset: HFImageDataset, size: tuple[int, int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of up to STATS_SAMPLES training images (evenly spaced)."""
+    to_tensor = T.Compose([T.Resize(size), T.ToTensor()])
+    picks = np.linspace(0, len(dataset) - 1, num=min(len(dataset), STATS_SAMPLES)).astype(int)
+    pixels = torch.stack([to_tensor(dataset.image(i)) for i in picks])
+    mean = pixels.mean(dim=(0, 2, 3))
+    std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def build_hf_disk(
+    root: Path | None, image_key: str, label_key: str, augment: bool, image_size: int | None
+) -> tuple[Dataset, Dataset, int, int, tuple[int, int, int], tuple[float, ...], tuple[float, ...], tuple[str, ...]]:
+    """``(train, test, num_classes, in_chans, input_size, mean, std, class_names)`` of a saved data set."""
+    if root is None:
+        raise DataError("hf_disk needs data.root: the folder a datasets.DatasetDict.save_to_disk() call wrote")
+    datasets = _import_datasets()
+    try:
+        data = datasets.load_from_disk(str(root))
+    except FileNotFoundError:
+        raise DataError(f"hf_disk: {root} is not a folder written by datasets' save_to_disk()") from None
+    except Exception as err:  # noqa: BLE001 - an unreadable folder is one line for the user
+        raise DataError(f"hf_disk: cannot read {root}: {' '.join(str(err).split())}") from None
+    if not hasattr(data, "keys"):
+        raise DataError(f"hf_disk: {root} holds a single split; save a DatasetDict with train and test splits")
+    test_split = next((s for s in TEST_SPLITS if s in data), None)
+    if "train" not in data or test_split is None:
+        raise DataError(f"hf_disk: {root} has the splits {sorted(data)}; it needs train and test (or validation)")
+    train_split, test_data = data["train"], data[test_split]
+    for key, what in ((image_key, "data.image_key"), (label_key, "data.label_key")):
+        if key not in train_split.column_names:
+            raise DataError(f"hf_disk: no column {key!r} ({what}); the columns are {train_split.column_names}")
+    classes = _class_names(train_split, label_key)
+    first = train_split[0][image_key]
+    first = first if isinstance(first, Image.Image) else Image.fromarray(np.asarray(first))
+    mode = "L" if first.mode in ("L", "1", "I;16", "I", "F") else "RGB"
+    size = (image_size, image_size) if image_size else (first.height, first.width)
+    probe = HFImageDataset(train_split, image_key, label_key, mode, T.Compose([]))
+    mean, std = _statistics(probe, size)
+    norm = [T.ToTensor(), T.Normalize(mean, std)]
+    train_tf = [T.Resize(size)]
+    if augment:
+        train_tf += [T.RandomCrop(size, padding=max(1, size[0] // 8)), T.RandomHorizontalFlip()]
+    train = HFImageDataset(train_split, image_key, label_key, mode, T.Compose([*train_tf, *norm]))
+    test = HFImageDataset(test_data, image_key, label_key, mode, T.Compose([T.Resize(size), *norm]))
+    chans = 1 if mode == "L" else 3
+    return train, test, len(classes), chans, (chans, *size), mean, std, classes
