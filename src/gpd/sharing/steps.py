@@ -55,10 +55,25 @@ def install_paper_steps(teacher: nn.Module, scales: dict[str, float]) -> list[Re
     return handles
 
 
-def tensor_norm(tensor: torch.Tensor) -> torch.Tensor:
-    """The 2-norm of a gradient, accumulated in at least float32."""
-    low = tensor.dtype in (torch.float16, torch.bfloat16)
-    return torch.linalg.vector_norm(tensor, dtype=torch.float32 if low else None)
+def _grads_by_scale(
+    parameters: Iterable[torch.Tensor], scales: dict[torch.Tensor, float] | None
+) -> dict[float, list[torch.Tensor]]:
+    by_scale: dict[float, list[torch.Tensor]] = defaultdict(list)
+    for param in parameters:
+        if param.grad is not None:
+            by_scale[(scales or {}).get(param, 1.0)].append(param.grad)
+    return by_scale
+
+
+def _total_norm(by_scale: dict[float, list[torch.Tensor]]) -> torch.Tensor:
+    """sqrt(sum over groups of (scale * norm of the group)^2); one fused norm kernel per group."""
+    if not by_scale:
+        return torch.zeros(())
+    norms = []
+    for scale, grads in by_scale.items():
+        per_tensor = [n if n.dtype in (torch.float32, torch.float64) else n.float() for n in torch._foreach_norm(grads)]
+        norms.append(torch.linalg.vector_norm(torch.stack(per_tensor)) * scale)
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def clip_grad_norm_(
@@ -71,18 +86,8 @@ def clip_grad_norm_(
     ``grad / a**2``). Every gradient is then multiplied by the same clip coefficient,
     as :func:`torch.nn.utils.clip_grad_norm_` does; no host synchronisation.
     """
-    scales = scales or {}
-    by_scale: dict[float, list[torch.Tensor]] = defaultdict(list)
-    for param in parameters:
-        if param.grad is not None:
-            by_scale[scales.get(param, 1.0)].append(param.grad)
-    if not by_scale:
-        return torch.zeros(())
-    norms = []
-    for scale, grads in by_scale.items():
-        group = torch.linalg.vector_norm(torch.stack([tensor_norm(g) for g in grads]))
-        norms.append(group * scale)
-    total = torch.linalg.vector_norm(torch.stack(norms))
+    by_scale = _grads_by_scale(parameters, scales)
+    total = _total_norm(by_scale)
     coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for grads in by_scale.values():
         torch._foreach_mul_(grads, coefficient.to(grads[0].device))
@@ -91,11 +96,13 @@ def clip_grad_norm_(
 
 def grad_norm(parameters: Iterable[torch.Tensor], scales: dict[torch.Tensor, float] | None = None) -> torch.Tensor:
     """The global gradient norm in the paper's coordinates (as :func:`clip_grad_norm_` measures it), unclipped."""
-    scales = scales or {}
-    norms = [
-        tensor_norm(p.grad) * scales.get(p, 1.0) for p in parameters if p.grad is not None
-    ]
-    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    return _total_norm(_grads_by_scale(parameters, scales))
+
+
+def tensor_norm(tensor: torch.Tensor) -> torch.Tensor:
+    """The 2-norm of one gradient, accumulated in at least float32."""
+    low = tensor.dtype in (torch.float16, torch.bfloat16)
+    return torch.linalg.vector_norm(tensor, dtype=torch.float32 if low else None)
 
 
 def adaptive_group_scales(scale: float) -> tuple[float, float]:
