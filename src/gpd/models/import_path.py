@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from gpd.errors import ModelError
+from gpd.errors import ModelError, first_line
 
 SEPARATOR = ":"
 
@@ -67,7 +67,7 @@ def _load_file(path: Path, name: str) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as err:
         del sys.modules[key]
-        raise ModelError(f"model {name!r}: importing {path} failed: {type(err).__name__}: {_one_line(err)}") from err
+        raise ModelError(f"model {name!r}: importing {path} failed: {type(err).__name__}: {first_line(err)}") from err
     return module
 
 
@@ -79,7 +79,7 @@ def _load_module(dotted: str, name: str) -> ModuleType:
             f"model {name!r}: no module named {err.name!r}; install it or add its folder to PYTHONPATH"
         ) from err
     except Exception as err:
-        raise ModelError(f"model {name!r}: importing {dotted} failed: {type(err).__name__}: {_one_line(err)}") from err
+        raise ModelError(f"model {name!r}: importing {dotted} failed: {type(err).__name__}: {first_line(err)}") from err
 
 
 def resolve_factory(name: str) -> Callable[..., nn.Module]:
@@ -104,15 +104,10 @@ def create(name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -
         model = factory(num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as err:
         raise ModelError(
-            f"model {name!r}: calling the factory with num_classes, in_chans and model.kwargs failed: {_one_line(err)}"
+            f"model {name!r}: calling the factory with num_classes, in_chans and model.kwargs failed: {first_line(err)}"
         ) from err
     except Exception as err:
-        raise ModelError(f"model {name!r}: the factory raised {type(err).__name__}: {_one_line(err)}") from err
+        raise ModelError(f"model {name!r}: the factory raised {type(err).__name__}: {first_line(err)}") from err
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {name!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
