@@ -65,6 +65,13 @@ def init_distributed(device_name: str) -> tuple[DistContext, torch.device]:
     return ctx, device
 
 
+def barrier(ctx: DistContext) -> None:
+    """Wait for every process (no-op alone): rank 0 writes the export after the last epoch while
+    the others would already tear the process group down under it."""
+    if ctx.enabled:
+        dist.barrier()
+
+
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

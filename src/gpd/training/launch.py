@@ -8,7 +8,7 @@ from typing import Any
 
 from gpd.config import Config, load_config
 from gpd.errors import ConfigError
-from gpd.training.distributed import init_distributed, run_on_main, shutdown_distributed
+from gpd.training.distributed import barrier, init_distributed, run_on_main, shutdown_distributed
 from gpd.training.run_dir import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -57,7 +57,9 @@ def launch(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dic
             run_on_main(lambda: rewrite_config(cfg), ctx)
         else:
             run_on_main(lambda: create_run_dir(cfg, run_dir, overwrite), ctx)
-        return trainer.fit()
+        result = trainer.fit()
+        barrier(ctx)  # leave together: only then is the process group torn down
+        return result
     finally:
         shutdown_distributed()
 
@@ -70,5 +72,6 @@ def dry_run(cfg: Config) -> None:
             cfg.output_dir = str(Path(tmp) / "run")
             run_dir = run_on_main(lambda: prepare_run_dir(cfg), ctx)
             Trainer(cfg, run_dir, dry_run=True, ctx=ctx, device=device).fit()
+            barrier(ctx)
     finally:
         shutdown_distributed()
