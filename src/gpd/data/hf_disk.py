@@ -35,13 +35,18 @@ class HFImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def image(self, index: int) -> Image.Image:
-        value = self.split[int(index)][self.image_key]
+    def _row(self, index: int) -> tuple[Image.Image, int]:
+        row = self.split[int(index)]  # one read: the row's image is decoded once
+        value = row[self.image_key]
         picture = value if isinstance(value, Image.Image) else Image.fromarray(np.asarray(value))
-        return picture.convert(self.mode)
+        return picture.convert(self.mode), int(row[self.label_key])
+
+    def image(self, index: int) -> Image.Image:
+        return self._row(index)[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.image(index)), int(self.split[int(index)][self.label_key])
+        picture, label = self._row(index)
+        return self.transform(picture), label
 
 
 def _import_datasets() -> Any:

@@ -56,12 +56,16 @@ def install_paper_steps(teacher: nn.Module, scales: dict[str, float]) -> list[Re
 
 
 def _grads_by_scale(
-    parameters: Iterable[torch.Tensor], scales: dict[torch.Tensor, float] | None
+    parameters: Iterable[torch.Tensor],
+    scales: dict[torch.Tensor, float] | None,
+    minus: dict[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[float, list[torch.Tensor]]:
+    """Each parameter's gradient (less ``minus[param]`` where given), grouped by paper scale."""
     by_scale: dict[float, list[torch.Tensor]] = defaultdict(list)
     for param in parameters:
         if param.grad is not None:
-            by_scale[(scales or {}).get(param, 1.0)].append(param.grad)
+            grad = param.grad - minus[param] if minus and param in minus else param.grad
+            by_scale[(scales or {}).get(param, 1.0)].append(grad)
     return by_scale
 
 
@@ -94,15 +98,18 @@ def clip_grad_norm_(
     return total
 
 
-def grad_norm(parameters: Iterable[torch.Tensor], scales: dict[torch.Tensor, float] | None = None) -> torch.Tensor:
-    """The global gradient norm in the paper's coordinates (as :func:`clip_grad_norm_` measures it), unclipped."""
-    return _total_norm(_grads_by_scale(parameters, scales))
+def grad_norm(
+    parameters: Iterable[torch.Tensor],
+    scales: dict[torch.Tensor, float] | None = None,
+    minus: dict[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The global gradient norm in the paper's coordinates (as :func:`clip_grad_norm_` measures it), unclipped.
 
-
-def tensor_norm(tensor: torch.Tensor) -> torch.Tensor:
-    """The 2-norm of one gradient, accumulated in at least float32."""
-    low = tensor.dtype in (torch.float16, torch.bfloat16)
-    return torch.linalg.vector_norm(tensor, dtype=torch.float32 if low else None)
+    ``minus``: earlier gradients to subtract first, parameter by parameter (the norm of
+    what has been accumulated since).
+    """
+    by_scale = _grads_by_scale(parameters, scales, minus)
+    return _total_norm(by_scale)
 
 
 def adaptive_group_scales(scale: float) -> tuple[float, float]:

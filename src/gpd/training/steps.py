@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from gpd.distill import Distiller
-from gpd.sharing.steps import grad_norm, tensor_norm
+from gpd.sharing.steps import grad_norm
 
 Backward = Callable[[torch.Tensor], None]
 LossDict = dict[str, torch.Tensor]
@@ -65,14 +65,9 @@ def probed_backward(
         losses, teacher_logits = distiller.teacher_losses(x, y, targets, epoch=epoch)
     backward(sum(losses.values()))  # type: ignore[arg-type]
     teacher_norm = grad_norm(params, scales)
-    after_teacher = [p.grad.clone() if p.grad is not None else None for p in params]
+    after_teacher = {p: p.grad.clone() for p in params if p.grad is not None}
     with autocast():
         student_losses = distiller.student_losses(x, y, targets, teacher_logits.detach(), epoch=epoch)  # type: ignore[union-attr]
     backward(sum(student_losses.values()))  # type: ignore[arg-type]
-    norms = [
-        tensor_norm(p.grad - before if before is not None else p.grad) * scales.get(p, 1.0)
-        for p, before in zip(params, after_teacher)
-        if p.grad is not None
-    ]
-    student_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    student_norm = grad_norm(params, scales, minus=after_teacher)
     return {**losses, **student_losses}, (teacher_norm, student_norm)
