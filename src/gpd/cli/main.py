@@ -42,7 +42,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume takes the run's own config.yaml; drop '{config}' (overrides like train.epochs=N are fine)")
         if args.overwrite or args.dry_run:
             raise ConfigError("--resume cannot be combined with --overwrite or --dry-run")
-        launch(resume_config(Path(args.resume), overrides), resume=True)
+    elif args.inexact_resume:
+        raise ConfigError("--inexact-resume goes with --resume RUN_DIR")
+    if args.resume is not None:
+        launch(resume_config(Path(args.resume), overrides, inexact=args.inexact_resume), resume=True)
         return 0
     cfg = load_config(config or DEFAULT_CONFIG, overrides)
     if args.dry_run:
@@ -186,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="continue an interrupted run from its last checkpoint, with its own config "
         "(train.epochs=N may extend it)",
+    )
+    train.add_argument(
+        "--inexact-resume",
+        action="store_true",
+        help="with --resume: accept overrides that end bit-exact continuation (data.num_workers: other random "
+        "streams for augmentation); refused for train.deterministic=true runs",
     )
     train.add_argument(
         "--dry-run",

@@ -155,7 +155,18 @@ def validate(cfg: Config) -> None:
         not (t.compile and t.memory_mode == "sequential"),
         "train.compile works with train.memory_mode=joint only; set one of them differently",
     )
-    _require(0 < t.ema_decay < 1, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
+    _require(t.ema_decay is None or 0 < t.ema_decay < 1, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
+    _require(t.ema_epochs > 0, f"train.ema_epochs must be > 0, got {t.ema_epochs}")
+    _require(t.ema_images is None or t.ema_images >= 1, f"train.ema_images must be >= 1, got {t.ema_images}")
+    _require(
+        t.ema_decay is None or t.ema_images is None,
+        "train.ema_decay (a per-step decay) and train.ema_images (a horizon) both set the EMA's decay; set only one",
+    )
+    _require(t.nonfinite_check_every >= 1, f"train.nonfinite_check_every must be >= 1, got {t.nonfinite_check_every}")
+    _require(
+        t.threads == "auto" or (t.threads.isdigit() and int(t.threads) >= 1),
+        f"train.threads must be auto or a positive number of threads, got '{t.threads}'",
+    )
     _require(t.on_nonfinite in ("stop", "skip"), f"train.on_nonfinite must be stop or skip, got '{t.on_nonfinite}'")
     _require(math.isfinite(g.ratio) and g.ratio >= 1, f"gpd.ratio must be >= 1 (the dynamic teacher is wider), got {g.ratio}")
     _require(g.kd_weight >= 0, f"gpd.kd_weight must be >= 0, got {g.kd_weight}")
@@ -190,6 +201,10 @@ def validate(cfg: Config) -> None:
     _require(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
     _require(d.test_subset is None or d.test_subset >= 1, f"data.test_subset must be >= 1, got {d.test_subset}")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    _require(
+        d.val_split is None or (0 < d.val_split < 1 or (d.val_split >= 1 and d.val_split == int(d.val_split))),
+        f"data.val_split must be a fraction in (0, 1) or a whole number of samples, got {d.val_split}",
+    )
     _validate_augmentation(cfg)
     for role, section in (("student", cfg.student), ("teacher", cfg.teacher)):
         sources = [k for k, on in (("pretrained", section.pretrained), ("checkpoint", section.checkpoint is not None),

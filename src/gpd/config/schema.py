@@ -21,6 +21,8 @@ class DataConfig:
     augment: bool = True  # random crop and flip where the data set uses them
     image_size: Optional[int] = None  # resize; None keeps the native size
     num_workers: int = 0  # DataLoader worker processes
+    val_split: Optional[float] = None  # hold out this fraction (or count) of training samples to select weights on
+    val_seed: int = 0  # the seed of the stratified validation split (fixed across train.seed)
     image_key: str = "image"  # hf_disk: the column holding the images
     label_key: str = "label"  # hf_disk: the column holding the class labels
     # The DeiT recipe's augmentations (timm). Setting any of the next four switches the
@@ -118,13 +120,18 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process takes its LOCAL_RANK GPU)
     channels_last: bool = True
-    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (autocast + gradient scaler, GPU)
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler); CPU or GPU
     compile: bool = False  # torch.compile the training forward pass (memory_mode=joint)
     memory_mode: str = "joint"  # joint: one backward of the summed loss; sequential: D's backward, then S's
     ema: bool = False  # keep an exponential moving average of the trained weights and evaluate it too
-    ema_decay: float = 0.9998
-    ema_warmup: bool = False  # timm's EMA warm-up (the decay ramps up over the first steps)
+    ema_epochs: float = 1.0  # the EMA's averaging horizon in epochs (per-step decay exp(-1/steps)); see docs/training.md
+    ema_images: Optional[int] = None  # the horizon in training images instead (any batch size, any process count)
+    ema_decay: Optional[float] = None  # an explicit per-step decay (older configs); overrides the horizons
+    ema_warmup: bool = True  # timm's EMA warm-up: the decay ramps up over the first steps
     on_nonfinite: str = "stop"  # stop: end the run at a NaN/inf loss; skip: drop that step and go on
+    nonfinite_check_every: int = 50  # stop: read the device's non-finite flag every N steps and at epoch ends
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
+    threads: str = "auto"  # CPU threads per process: auto (the cores other processes leave free) or a number
     deterministic: bool = False  # deterministic algorithms (bitwise reproducible runs and resumes; slower on GPU)
 
 

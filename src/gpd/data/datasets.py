@@ -23,6 +23,7 @@ from torchvision.datasets.utils import extract_archive
 from gpd.data import locate
 from gpd.data.augment import AugmentRecipe, PILTransformDataset
 from gpd.data.tensor_dataset import TensorImageDataset
+from gpd.data.validation import split_validation
 from gpd.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,6 +50,13 @@ class DataBundle:
     name: str
     synthetic: bool = False
     class_names: tuple[str, ...] = ()
+    val: Dataset | None = None  # held out from the training set (data.val_split); None: no selection
+
+    def hold_out_validation(self, val_split: float | None, seed: int) -> None:
+        """Move ``val_split`` of the training samples (a fraction or a count, stratified by
+        class, seeded) into :attr:`val`, read like the test set."""
+        if val_split is not None:
+            self.train, self.val = split_validation(self.train, self.test, val_split, seed, self.mean, self.std)
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,8 @@ def build_datasets(
     recipe: AugmentRecipe | None = None,
     image_key: str = "image",
     label_key: str = "label",
+    val_split: float | None = None,
+    val_seed: int = 0,
 ) -> DataBundle:
     """Load the named data set's train and test splits.
 
@@ -112,6 +122,9 @@ def build_datasets(
     the training images (imagefolder and CIFAR; see :mod:`gpd.data.augment`); ``None`` or an
     inactive recipe keeps the default pipelines. Raises DataError when the files are
     missing or unreadable. ``image_key`` / ``label_key``: the columns of an ``hf_disk`` set.
+    ``val_split``: hold out this fraction (or count) of the (subset) training samples as
+    ``bundle.val``, stratified by class and seeded by ``val_seed`` (see
+    :meth:`DataBundle.hold_out_validation`).
     """
     key = name.lower().replace("-", "_")
     if train_subset is not None and train_subset <= 0:
@@ -145,6 +158,7 @@ def build_datasets(
         bundle.train = _subset(bundle.train, train_subset, seed)
     if test_subset is not None:
         bundle.test = _subset(bundle.test, test_subset, seed)
+    bundle.hold_out_validation(val_split, val_seed)
     return bundle
 
 

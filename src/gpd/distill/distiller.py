@@ -234,15 +234,37 @@ class Distiller(nn.Module):
         return self
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, *, epoch: float | None = None, with_student_logits: bool = False
-    ) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], torch.Tensor]:
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        epoch: float | None = None,
+        with_student_logits: bool = False,
+        part: str = "all",
+        targets: StaticTargets | None = None,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> Any:
         """The weighted loss terms of one batch; their sum is the training loss.
 
         ``epoch`` (fractional, from 0) drives KD warm-up schedules such as DKD's. ``y``:
         class indices (N,) or soft targets (N, K), see the class docstring.
         ``with_student_logits``: also return the student's logits (for training accuracy),
         as ``(losses, logits)``; through this forward, so that a DDP wrapper sees the call.
+
+        ``part`` runs one half of the step, for the sequential memory mode through a DDP
+        wrapper (each half is then one forward that DDP sees): ``"dynamic"`` returns
+        ``(D's losses, D's logits, the static teacher's targets)``; ``"student"`` takes
+        those ``targets`` and ``teacher_logits`` (detached) and returns the student's losses.
         """
+        if part == "dynamic":
+            targets = self.static_targets(x)
+            losses, dynamic_logits = self.teacher_losses(x, y, targets, epoch=epoch)
+            return losses, dynamic_logits, targets
+        if part == "student":
+            assert targets is not None, "part='student' needs the targets of part='dynamic'"
+            return self.student_losses(x, y, targets, teacher_logits, epoch=epoch)
+        if part != "all":
+            raise ValueError(f"part must be 'all', 'dynamic' or 'student', got {part!r}")
         targets = self.static_targets(x)
         losses, teacher_logits = self.teacher_losses(x, y, targets, epoch=epoch)
         student_terms, student_logits = self._student_terms(x, y, targets, teacher_logits, epoch)

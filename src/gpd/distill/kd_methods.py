@@ -35,7 +35,10 @@ class HintonKD:
 
 @dataclass(frozen=True)
 class DecoupledKD:
-    """DKD (alpha * TCKD + beta * NCKD), ramped up linearly over ``warmup_epochs``."""
+    """DKD (alpha * TCKD + beta * NCKD), ramped up linearly over ``warmup_epochs``.
+
+    The labels' range is not checked here, at every step (a host sync each time): the
+    trainer checks the data set's labels once (:func:`gpd.data.labels.check_labels`)."""
 
     alpha: float = 1.0
     beta: float = 8.0
@@ -44,7 +47,7 @@ class DecoupledKD:
 
     def __call__(self, logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, epoch: float | None) -> torch.Tensor:
         ramp = 1.0 if not self.warmup_epochs or epoch is None else min(epoch / self.warmup_epochs, 1.0)
-        return ramp * dkd(logits, teacher_logits, target, self.alpha, self.beta, self.temperature)
+        return ramp * dkd(logits, teacher_logits, target, self.alpha, self.beta, self.temperature, check_targets=False)
 
 
 def build_kd_method(method: str, **options: float) -> KDLoss | None:

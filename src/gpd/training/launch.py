@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from gpd.config import Config, load_config
 from gpd.errors import ConfigError
-from gpd.training.distributed import barrier, init_distributed, run_on_main, shutdown_distributed
+from gpd.training.distributed import DistContext, barrier, init_distributed, run_on_main, shutdown_distributed
 from gpd.training.run_dir import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -17,14 +20,26 @@ from gpd.training.run_dir import (
     prepare_run_dir,
     rewrite_config,
 )
+from gpd.training.threads import apply_threads
 from gpd.training.trainer import Trainer
 
 # What may change when a run is resumed: nothing that changes the computation of a step.
-RESUMABLE_KEYS = ("train.epochs", "train.device", "train.eval_batch_size", "data.root", "data.num_workers")
+RESUMABLE_KEYS = ("train.epochs", "train.device", "train.eval_batch_size", "train.threads", "data.root")
+# What may change only with --inexact-resume, on runs that are not train.deterministic: the
+# augmentation's random numbers are drawn from other streams with and without worker processes.
+INEXACT_RESUMABLE_KEYS = ("data.num_workers",)
 
 
-def resume_config(run_dir: Path, overrides: list[str]) -> Config:
-    """The config a run was started with, plus the few overrides a resume may make."""
+def local_processes(ctx: DistContext) -> int:
+    """The training processes on this machine (torchrun's LOCAL_WORLD_SIZE), which share its cores."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if ctx.enabled else 1
+
+
+def resume_config(run_dir: Path, overrides: list[str], *, inexact: bool = False) -> Config:
+    """The config a run was started with, plus the few overrides a resume may make.
+
+    ``inexact``: also accept changes of INEXACT_RESUMABLE_KEYS (the user's explicit choice),
+    except for a run with ``train.deterministic=true``, which promised bit-exact resumes."""
     if not run_dir.is_dir():
         raise ConfigError(f"--resume {run_dir}: no such run directory")
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / CHECKPOINT_FILE).is_file():
@@ -34,11 +49,22 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
         )
     for item in overrides:
         key = item.split("=", 1)[0]
-        if key not in RESUMABLE_KEYS:
+        if key not in RESUMABLE_KEYS + INEXACT_RESUMABLE_KEYS:
             raise ConfigError(
                 f"--resume keeps the run's config; '{key}' cannot change (allowed: {', '.join(RESUMABLE_KEYS)})"
             )
+    before = load_config(str(run_dir / CONFIG_FILE), [])
     cfg = load_config(str(run_dir / CONFIG_FILE), overrides)
+    for key in INEXACT_RESUMABLE_KEYS:
+        if OmegaConf.select(OmegaConf.structured(cfg), key) == OmegaConf.select(OmegaConf.structured(before), key):
+            continue
+        if not inexact or cfg.train.deterministic:
+            raise ConfigError(
+                f"--resume: {key} cannot change, the run would not continue bit-exactly (augmentation draws other "
+                "random numbers with and without worker processes); "
+                + ("train.deterministic=true runs resume exactly or not at all"
+                   if inexact else "pass --inexact-resume to accept that")
+            )  # fmt: skip
     cfg.output_dir = str(run_dir)
     return cfg
 
@@ -51,7 +77,9 @@ def launch(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dic
     ctx, device = init_distributed(cfg.train.device)
     try:
         run_dir = Path(cfg.output_dir) if resume else run_on_main(lambda: choose_run_dir(cfg, overwrite), ctx)  # type: ignore[arg-type]
+        threads = apply_threads(cfg.train.threads, local_processes(ctx))
         trainer = Trainer(cfg, run_dir, ctx=ctx, device=device)
+        trainer.threads_reason = threads
         if resume:
             trainer.load_state(run_dir / CHECKPOINT_FILE)
             run_on_main(lambda: rewrite_config(cfg), ctx)
@@ -71,7 +99,10 @@ def dry_run(cfg: Config) -> None:
         with tempfile.TemporaryDirectory(prefix="gpd-dry-run-") as tmp:
             cfg.output_dir = str(Path(tmp) / "run")
             run_dir = run_on_main(lambda: prepare_run_dir(cfg), ctx)
-            Trainer(cfg, run_dir, dry_run=True, ctx=ctx, device=device).fit()
+            threads = apply_threads(cfg.train.threads, local_processes(ctx))
+            trainer = Trainer(cfg, run_dir, dry_run=True, ctx=ctx, device=device)
+            trainer.threads_reason = threads
+            trainer.fit()
             barrier(ctx)
     finally:
         shutdown_distributed()

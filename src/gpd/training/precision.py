@@ -18,14 +18,15 @@ class Precision:
     Parameters and optimizer state stay in float32 in every mode; only the forward
     computation runs in the lower precision. fp16 scales the loss (``torch.amp.GradScaler``)
     so that small gradients do not flush to zero; bf16 has float32's range and needs no
-    scaler.
+    scaler. Both run on CPU too (torch's CPU autocast and ``GradScaler("cpu")``), where they
+    are tested; CPUs without native half-precision kernels run them slower than fp32.
     """
 
     def __init__(self, name: str, device: torch.device) -> None:
         if name not in _DTYPES:
             raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{name}'")
-        if name == "fp16" and device.type != "cuda":
-            raise ConfigError(f"train.precision=fp16 needs a CUDA device (this run uses {device}); use bf16")
+        if name != "fp32" and not torch.amp.is_autocast_available(device.type):
+            raise ConfigError(f"train.precision={name}: torch has no autocast for {device.type} devices; use fp32")
         self.name = name
         self.device = device
         self.dtype = _DTYPES[name]

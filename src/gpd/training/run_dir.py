@@ -108,8 +108,10 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 class MetricsCSV:
     """One row per epoch; the header comes from the first row's keys.
 
-    On resume, :meth:`truncate` keeps the rows of the epochs the checkpoint holds and
-    drops any written after it (a crash between the two writes)."""
+    On resume, :meth:`rewrite` puts back the rows the checkpoint holds (the row of each
+    epoch is written before its checkpoint, and kept in it, so neither a gap nor a
+    duplicate survives a crash between the two writes); :meth:`truncate` does the same
+    from the file alone for older checkpoints without rows."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -130,6 +132,20 @@ class MetricsCSV:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def rewrite(self, rows: list[dict[str, Any]]) -> None:
+        """Replace the file by ``rows`` (a resume: the rows its checkpoint holds), atomically."""
+        if not rows:
+            self.path.unlink(missing_ok=True)
+            self.fields = None
+            return
+        self.fields = list(rows[0])
+        fd, tmp = _temp_in(self.path)
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({k: _fmt(row.get(k)) for k in self.fields} for row in rows)
         os.replace(tmp, self.path)
 
     def write(self, row: dict[str, Any]) -> None:

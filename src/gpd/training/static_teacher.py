@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -75,3 +76,13 @@ def check_fits(model: nn.Module, data: DataBundle, role: str) -> None:
             f"the {role} predicts {logits.shape[-1]} classes but {data.name} has {data.num_classes}; "
             f"give a {role} trained on this data set"
         )
+
+
+def fingerprint(module: nn.Module) -> str:
+    """A SHA-256 of a module's state (names, dtypes, shapes and values): a resumed run checks
+    that its static teacher is still the one it started with."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

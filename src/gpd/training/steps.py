@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from gpd.distill import Distiller
 from gpd.sharing.steps import grad_norm
@@ -41,6 +42,28 @@ def sequential_backward(
     teacher_logits = teacher_logits.detach() if teacher_logits is not None else None
     with autocast():
         student_losses = distiller.student_losses(x, y, targets, teacher_logits, epoch=epoch)
+    backward(sum(student_losses.values()))  # type: ignore[arg-type]
+    return {**losses, **student_losses}
+
+
+def ddp_sequential_backward(
+    ddp: DistributedDataParallel, x: torch.Tensor, y: torch.Tensor, epoch: float, autocast, backward: Backward
+) -> LossDict:
+    """The sequential mode through DistributedDataParallel's own gradient hooks.
+
+    D's half runs under ``no_sync`` (its gradients stay local), the student's half
+    then all-reduces the sum of both, bucket by bucket while its backward runs, as
+    gradient accumulation does. Each half is one forward of the wrapper (``part=``), so
+    DDP prepares its reducer for each backward.
+    """
+    with ddp.no_sync():
+        with autocast():
+            losses, dynamic_logits, targets = ddp(x, y, epoch=epoch, part="dynamic")
+        if losses:
+            backward(sum(losses.values()))  # type: ignore[arg-type]
+    dynamic_logits = dynamic_logits.detach() if dynamic_logits is not None else None
+    with autocast():
+        student_losses = ddp(x, y, epoch=epoch, part="student", targets=targets, teacher_logits=dynamic_logits)
     backward(sum(student_losses.values()))  # type: ignore[arg-type]
     return {**losses, **student_losses}
 

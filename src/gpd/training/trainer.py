@@ -28,10 +28,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from gpd.branches import count_branch_blocks, merge_branches
+from gpd.branches import merge_branches
 from gpd.config import Config
 from gpd.data import DataBundle, build_datasets, synthetic_bundle
 from gpd.data.augment import AugmentRecipe
+from gpd.data.labels import check_labels
 from gpd.data.mixing import build_mixup, mix_batch
 from gpd.data.synthetic import SHAPES
 from gpd.distill import Distiller
@@ -39,16 +40,11 @@ from gpd.distill.pair import DynamicPair
 from gpd.errors import CheckpointError, ConfigError, DataError, GPDError
 from gpd.export import load_weights, student_payload
 from gpd.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from gpd.training.distributed import (
-    DistContext,
-    all_reduce_sum,
-    average_gradients,
-    broadcast_buffers,
-    gather_objects,
-    resolve_device,
-    shard,
-)
+from gpd.training.describe import count_parameters, describe_run
+from gpd.training.distributed import DistContext, all_reduce_sum, broadcast_buffers, gather_objects, resolve_device, shard
+from gpd.training.ema import ema_decay_per_step
 from gpd.training.evaluate import correct_counts
+from gpd.training.nonfinite import NonFiniteGuard
 from gpd.training.precision import Precision
 from gpd.training.run_dir import (
     CHECKPOINT_FILE,
@@ -60,15 +56,19 @@ from gpd.training.run_dir import (
 )
 from gpd.training.model_setup import build_student
 from gpd.training.pretrained import load_pretrained_file
-from gpd.training.static_teacher import build_static_teacher, check_fits
+from gpd.training.selection import WeightSelection
+from gpd.training.static_teacher import build_static_teacher, check_fits, fingerprint
 from gpd.sharing.steps import clip_grad_norm_, grad_norm, is_sgd_like
-from gpd.training.steps import joint_backward, probed_backward, sequential_backward
+from gpd.training.steps import ddp_sequential_backward, joint_backward, probed_backward, sequential_backward
+from gpd.training.sync_bn import convert_sync_batchnorm
+from gpd.training.threads import resolve_threads
 
 DRY_RUN_STEPS = 2
 _GRAD_STATS = ("grad_norm", "clipped_frac", "grad_norm_student", "grad_norm_teacher")
 _TRAIN_STATS = ("train_seconds", "img_per_s", "skipped_steps", *_GRAD_STATS)
 DRY_RUN_IMAGE_SIZE = 32
 DRY_RUN_BATCH = 8  # images per process and step in a dry run, at most (ImageNet batches are large)
+DRY_RUN_VAL_SPLIT = 0.25  # of the dry run's training samples, when data.val_split is set
 DRY_RUN_WORKERS = 1  # DataLoader worker processes in a dry run, at most: one still checks that workers work
 
 
@@ -76,10 +76,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def student_forward(core: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -124,6 +120,7 @@ class Trainer:
         self.ctx = ctx or DistContext()
         self.device = device or resolve_device(cfg.train.device)
         t = cfg.train
+        self.threads_reason = ""  # why torch uses its number of threads (set by launch(), see threads.py)
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -131,13 +128,15 @@ class Trainer:
         self.data = self._build_data()
         self.distiller = self._build_distiller()
         self.core: nn.Module = self.distiller.gpd if self.distiller.gpd is not None else self.distiller.plain  # type: ignore[assignment]
+        self.synced_batchnorms = convert_sync_batchnorm(self.core) if t.sync_bn and self.ctx.enabled else 0
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.distiller.to(self.device).to(memory_format=self.memory_format)
         canonical_strides(self.distiller)
+        self.find_unused_parameters = self._find_unused_parameters()
         self.train_module = self._wrap_for_training()
         seed_everything(t.seed + self.ctx.rank)  # each process augments its own samples differently
 
-        self.train_loader, self.sampler, self.test_loader = self._build_loaders()
+        self.train_loader, self.sampler, self.test_loader, self.val_loader = self._build_loaders()
         self.mixup = build_mixup(cfg.data, self.data.num_classes, t.label_smoothing, self.train_loader.batch_size)
         groups = self.distiller.param_groups(t.weight_decay, adaptive=not is_sgd_like(t.optimizer))
         self.optimizer = create_optimizer_v2(
@@ -157,29 +156,46 @@ class Trainer:
             updates_per_epoch=len(self.train_loader),
         )
         self.precision = Precision(t.precision, self.device)
-        self.ema = ModelEmaV3(self.core, decay=t.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
+        self.ema_decay = ema_decay_per_step(
+            decay=t.ema_decay, epochs=t.ema_epochs, images=t.ema_images,
+            images_per_step=self._global_batch(), steps_per_epoch=len(self.train_loader),
+        )  # fmt: skip
+        self.ema = ModelEmaV3(self.core, decay=self.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
         self.trainable = [p for p in self.distiller.parameters() if p.requires_grad]
         # D's tensors that the paper's parameterisation stores differently: their gradient counts
         # as the paper's in the clipped norm (gpd.sharing.steps); empty for plain steps
         self.grad_scales = self.distiller.gpd.grad_scales() if self.distiller.gpd is not None else {}
         self._grad_stats: dict[str, torch.Tensor] = {}
+        self.guard = NonFiniteGuard(t.on_nonfinite, t.nonfinite_check_every, self.ctx, self.device)
+        self.selection = WeightSelection(has_val=self.data.val is not None, has_ema=self.ema is not None)
+        teacher = self.distiller.static_teacher
+        self.static_teacher_fingerprint = fingerprint(teacher) if teacher is not None else None
         self.num_updates = 0
         self.start_epoch = 1
-        self.best: dict[str, Any] = {"student_acc": None, "epoch": None}
         self.static_teacher_acc: float | None = None
         self._rng_to_restore: dict[str, Any] | None = None
         self.metrics = MetricsCSV(run_dir / METRICS_FILE)
+        self.rows: list[dict[str, Any]] = []  # every epoch's metrics row, also kept in the checkpoint
 
     # -- construction ------------------------------------------------------------------
 
     def _build_data(self) -> DataBundle:
+        bundle = self._load_data()
+        if self.dry_run and self.cfg.data.val_split is not None:  # a quarter of the dry run's few samples
+            bundle.hold_out_validation(DRY_RUN_VAL_SPLIT, self.cfg.data.val_seed)
+        for what, split in (("training", bundle.train), ("test", bundle.test), ("validation", bundle.val)):
+            if split is not None:  # once here, so that no loss reads labels back from the device per step
+                check_labels(split, bundle.num_classes, what)
+        return bundle
+
+    def _load_data(self) -> DataBundle:
         d = self.cfg.data
         recipe = AugmentRecipe.from_config(d)
         if not self.dry_run:
             return build_datasets(
                 d.name, root=d.root, train_subset=d.train_subset, augment=d.augment, image_size=d.image_size,
                 download=d.download, seed=self.cfg.train.seed, test_subset=d.test_subset, recipe=recipe,
-                image_key=d.image_key, label_key=d.label_key,
+                image_key=d.image_key, label_key=d.label_key, val_split=d.val_split, val_seed=d.val_seed,
             )  # fmt: skip
         size = min(d.image_size or SHAPES.get(d.name, (0, 32))[1], DRY_RUN_IMAGE_SIZE)
         samples = 4 * self._global_batch()
@@ -251,25 +267,44 @@ class Trainer:
             compensate_step=cfg.gpd.compensate_step,
         )
 
-    def _wrap_for_training(self) -> nn.Module:
-        """DistributedDataParallel (joint mode) and torch.compile around the distiller, as configured.
+    def _find_unused_parameters(self) -> bool:
+        """Whether DDP must look for parameters a backward does not reach: layers the expansion
+        found never run, and in the sequential mode D's own tensors (unshared, or D's ReviewKD
+        heads), which the student's half, the one that synchronises, does not use."""
+        if not self.ctx.enabled:
+            return False
+        d = self.distiller
+        if d.gpd is None:
+            return False
+        never_run = any(
+            any(True for _ in d.gpd.teacher.get_submodule(name).parameters()) for name in d.gpd.report.roles.unused
+        )
+        sequential = self.cfg.train.memory_mode == "sequential"
+        return never_run or (sequential and (not d.shares_parameters or bool(d.review_heads)))
 
-        The sequential mode runs two backward passes per step, which DDP's gradient
-        hooks cannot follow; it starts from rank 0's weights and averages gradients
-        itself after both passes (:func:`~gpd.training.distributed.average_gradients`).
-        """
+    def _wrap_for_training(self) -> nn.Module:
+        """DistributedDataParallel and torch.compile around the distiller, as configured.
+
+        The frozen static teacher is left out of DDP (no broadcast of its weights and
+        BatchNorm buffers); both memory modes use DDP's own gradient hooks, so gradients
+        are all-reduced bucket by bucket while the backward runs."""
         module: nn.Module = self.distiller
         if self.ctx.enabled:
-            if self.cfg.train.memory_mode == "joint":
-                ids = [self.device.index] if self.device.type == "cuda" else None
-                module = DistributedDataParallel(self.distiller, device_ids=ids, gradient_as_bucket_view=True)
-            else:
-                broadcast_buffers(self.distiller, self.ctx, parameters=True)
+            teacher = self.distiller.static_teacher
+            if teacher is not None:
+                names = [f"static_teacher.{n}" for n, _ in (*teacher.named_parameters(), *teacher.named_buffers())]
+                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.distiller, names)
+            module = DistributedDataParallel(
+                self.distiller,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
+                find_unused_parameters=self.find_unused_parameters,
+            )
         if self.cfg.train.compile:
             module = torch.compile(module)  # type: ignore[assignment]
         return module
 
-    def _build_loaders(self) -> tuple[DataLoader, DistributedSampler, DataLoader]:
+    def _build_loaders(self) -> tuple[DataLoader, DistributedSampler, DataLoader, DataLoader | None]:
         """Each epoch's order is a permutation seeded by (seed, epoch), split across processes,
         so a resumed run and a run on N processes see the same samples at each global step."""
         t, world = self.cfg.train, self.ctx.world_size
@@ -287,13 +322,17 @@ class Trainer:
         args: dict[str, Any] = dict(num_workers=workers, pin_memory=self.device.type == "cuda")
         train_loader = DataLoader(self.data.train, batch_size=batch // world, sampler=sampler, drop_last=True, **args)
         test_loader = DataLoader(shard(self.data.test, self.ctx), batch_size=t.eval_batch_size, **args)
-        return train_loader, sampler, test_loader
+        val = self.data.val
+        val_loader = DataLoader(shard(val, self.ctx), batch_size=t.eval_batch_size, **args) if val is not None else None
+        return train_loader, sampler, test_loader, val_loader
 
     # -- resume ------------------------------------------------------------------------
 
     def load_state(self, path: Path) -> None:
-        """Continue from a checkpoint: weights, optimizer, scheduler, scaler, EMA, counters, RNGs."""
+        """Continue from a checkpoint: weights, optimizer, scheduler, scaler, EMA, counters, RNGs,
+        the selected weights and the metrics rows (metrics.csv is rewritten from them)."""
         state = load_checkpoint(path)
+        self._check_same_static_teacher(state, path)
         model_state = state["model"]
         result = self.distiller.load_state_dict(model_state, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith("static_teacher.")]
@@ -311,7 +350,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.num_updates = int(state["num_updates"])
         self.start_epoch = int(state["epoch"]) + 1
-        self.best = dict(state["best"])
+        if state.get("selection") is not None:
+            self.selection.load_state_dict(state["selection"])
         self.static_teacher_acc = state.get("static_teacher_acc")
         rng_states = state["rng"]
         if len(rng_states) == self.ctx.world_size:
@@ -321,17 +361,35 @@ class Trainer:
                 f"warning: the checkpoint was written by {len(rng_states)} processes, this run has "
                 f"{self.ctx.world_size}: random augmentation continues from fresh seeds (not bit-exact)"
             )
-        self.metrics.truncate(int(state["epoch"]))
+        if self.ctx.is_main:
+            if "metrics" in state:  # the rows of the epochs the checkpoint holds: no gap, no extra row
+                self.rows = [dict(row) for row in state["metrics"]]
+                self.metrics.rewrite(self.rows)
+            else:  # older checkpoints hold no rows: keep the file's rows up to the checkpoint's epoch
+                self.metrics.truncate(int(state["epoch"]))
+
+    def _check_same_static_teacher(self, state: dict[str, Any], path: Path) -> None:
+        recorded, now = state.get("static_teacher_fingerprint"), self.static_teacher_fingerprint
+        if recorded is not None and recorded != now:
+            raise CheckpointError(
+                f"{path} was trained against other static teacher weights than teacher.checkpoint holds now "
+                f"(fingerprint {recorded[:12]} != {str(now)[:12]}); resume with the original teacher file, "
+                "or start a new run"
+            )
 
     # -- one epoch ---------------------------------------------------------------------
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training data. Nothing is read back from the device per step: the
+        loss sums, gradient statistics and the non-finite flag stay there until the flag's
+        periodic read (``train.nonfinite_check_every``) and the epoch's end."""
         self.distiller.train()
         self.sampler.set_epoch(epoch)
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         seen = torch.zeros((), device=self.device)
         skipped = 0
         self._grad_stats = defaultdict(lambda: torch.zeros((), device=self.device))
+        self.guard.reset()
         started = time.perf_counter()
         steps = len(self.train_loader)
         bar = tqdm(
@@ -358,12 +416,15 @@ class Trainer:
                     sums[name] += value * y.numel()
                 sums["loss"] += step_loss * y.numel()
                 seen += y.numel()
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{float(step_loss):.3f}")
+            if self.guard.policy == "stop" and self.guard.due():
+                self.guard.raise_if_flagged()  # the periodic read; the loss shown is the epoch's running mean
+                bar.set_postfix(loss=f"{float(sums['loss'] / seen.clamp(min=1)):.3f}")
             bar.update(y.numel() * self.ctx.world_size)
             if self.dry_run and step + 1 >= DRY_RUN_STEPS:
                 break
         bar.close()
+        if self.guard.policy == "stop":
+            self.guard.raise_if_flagged()  # before anything of this epoch is evaluated or written
         seconds = time.perf_counter() - started
         names = sorted(sums)
         totals = all_reduce_sum(torch.stack([sums[n] for n in names] + [seen]), self.ctx).tolist()
@@ -377,11 +438,11 @@ class Trainer:
 
     def _probe_due(self, step: int) -> bool:
         """Whether this step measures the student's and D's loss gradients separately
-        (train.grad_probe_every; not under DDP in the joint mode, whose one backward DDP follows)."""
+        (train.grad_probe_every; not under DDP, whose hooks follow the wrapper's backward passes)."""
         every = self.cfg.train.grad_probe_every
         if not every or step % every or self.distiller.gpd is None:
             return False
-        return not (self.ctx.enabled and self.cfg.train.memory_mode == "joint")
+        return not self.ctx.enabled
 
     def _epoch_grad_stats(self) -> dict[str, float]:
         """Per-epoch means of the gradient norms (one host sync per epoch): the global norm before
@@ -410,29 +471,24 @@ class Trainer:
             losses, role_norms = probed_backward(
                 self.distiller, x, y, epoch_progress, p.autocast, p.backward, self.trainable, self.grad_scales
             )
-            average_gradients(self.trainable, self.ctx)
             loss_scale = p.scaler.get_scale() if p.scaler is not None else 1.0
             self._grad_stats["grad_norm_teacher"] += role_norms[0] / loss_scale
             self._grad_stats["grad_norm_student"] += role_norms[1] / loss_scale
             self._grad_stats["probes"] += 1
         elif self.cfg.train.memory_mode == "joint":
             losses = joint_backward(self.train_module, x, y, epoch_progress, p.autocast, p.backward)
+        elif self.ctx.enabled:
+            losses = ddp_sequential_backward(self.train_module, x, y, epoch_progress, p.autocast, p.backward)  # type: ignore[arg-type]
         else:
             losses = sequential_backward(self.distiller, x, y, epoch_progress, p.autocast, p.backward)
-            average_gradients(self.trainable, self.ctx)  # DDP's hooks follow one backward per step only
         losses = {name: value.detach().float() for name, value in losses.items()}
-        total = sum(losses.values())
-        bad = all_reduce_sum((~torch.isfinite(total)).float().reshape(1), self.ctx)
-        if bad.item() > 0:
-            terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-            if self.cfg.train.on_nonfinite == "skip":
-                self.log(f"warning: non-finite loss at {where} ({terms}); step skipped (train.on_nonfinite=skip)")
+        self.guard.observe(losses, where)
+        if self.guard.policy == "skip":
+            bad = self.guard.skipped_step()
+            if bad is not None:
+                self.log(f"warning: non-finite loss at {bad}; step skipped (train.on_nonfinite=skip)")
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
-            raise GPDError(
-                f"the loss became non-finite at {where} ({terms}); the last good checkpoint is kept; lower train.lr, "
-                "set train.grad_clip, or pass train.on_nonfinite=skip to drop such steps"
-            )
         self.precision.unscale_(self.optimizer)
         clip = self.cfg.train.grad_clip
         if clip:  # the global norm as the paper's optimizer sees it (gpd.sharing.steps)
@@ -450,31 +506,38 @@ class Trainer:
         return losses
 
     def evaluate(self) -> dict[str, float]:
-        """Test accuracy of the student, D, their EMA and the static teacher (once: it is frozen).
+        """Test accuracy of the student, D, their EMA and the static teacher (once: it is frozen),
+        and with a validation split the same models' validation accuracy (keys ``val_*``).
 
-        Every process evaluates its own share of the test set with rank 0's BatchNorm
+        Every process evaluates its own share of the data with rank 0's BatchNorm
         statistics; the counts are summed, so the accuracy is exact for any process count."""
         self.distiller.eval()
         broadcast_buffers(self.distiller, self.ctx)
         models: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"student": self.distiller.student_logits}
         if self.distiller.has_dynamic_teacher:
             models["teacher"] = self.distiller.teacher_logits
-        if self.distiller.static_teacher is not None and self.static_teacher_acc is None:
-            models["static_teacher"] = self.distiller.static_teacher
         if self.ema is not None:
             broadcast_buffers(self.ema, self.ctx)
             models["ema_student"] = student_forward(self.ema.module)
             if isinstance(self.ema.module, DynamicPair):
                 models["ema_teacher"] = self.ema.module.forward_teacher
-        batches = islice(self.test_loader, DRY_RUN_STEPS) if self.dry_run else self.test_loader
+        result: dict[str, float] = {}
+        if self.val_loader is not None:
+            result.update({f"val_{k}": v for k, v in self._accuracy(models, self.val_loader).items()})
+        if self.distiller.static_teacher is not None and self.static_teacher_acc is None:
+            models["static_teacher"] = self.distiller.static_teacher
+        result.update(self._accuracy(models, self.test_loader))
+        self.static_teacher_acc = result.pop("static_teacher", self.static_teacher_acc)
+        return result
+
+    def _accuracy(self, models: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader: DataLoader) -> dict[str, float]:
+        batches = islice(loader, DRY_RUN_STEPS) if self.dry_run else loader
         correct, total = correct_counts(
             models, batches, self.device, self.cfg.train.channels_last, autocast=self.precision.autocast
         )
         names = list(correct)
         counts = all_reduce_sum(torch.stack([correct[n] for n in names] + [total]), self.ctx).tolist()
-        result = {name: 100.0 * c / max(counts[-1], 1) for name, c in zip(names, counts)}
-        self.static_teacher_acc = result.pop("static_teacher", self.static_teacher_acc)
-        return result
+        return {name: 100.0 * c / max(counts[-1], 1) for name, c in zip(names, counts)}
 
     # -- the run -----------------------------------------------------------------------
 
@@ -483,50 +546,8 @@ class Trainer:
             tqdm.write(message, file=sys.stdout)
 
     def describe(self) -> None:
-        d = self.distiller
-        self.log(f"run directory: {self.run_dir}")
-        self.log(
-            f"data: {self.data.name}, {len(self.data.train)} train / {len(self.data.test)} test images of "
-            f"{'x'.join(map(str, self.data.input_size))}, {self.data.num_classes} classes"
-        )
-        line = f"student: {self.cfg.model.student}, {self.student_params / 1e6:.3f}M parameters"
-        if d.gpd is not None:
-            r = d.gpd.report
-            line += (
-                f"; dynamic teacher at ratio {r.ratio:g}: {count_parameters(d.gpd.teacher) / 1e6:.3f}M parameters, "
-                f"verified equal to the student (relative error {r.teacher_error:.1e})"
-            )
-            if r.noise_std:
-                line += (
-                    f", then symmetry-breaking noise of relative size {r.noise_std:g} added to its copies "
-                    f"(D now differs from the student by {r.noise_error:.1e}; gpd.noise_std)"
-                )
-            if not d.shares_parameters:
-                line += ", separate parameters (gpd.share=false)"
-            elif self.cfg.gpd.compensate_step:
-                line += ", plain networks' steps (gpd.compensate_step=true)"
-            else:
-                line += ", the paper's per-layer steps"
-        else:
-            line += "; trained alone (gpd.enabled=false)"
-        if d.static_teacher is not None:
-            line += (
-                f"; static teacher {self.cfg.teacher.model or self.cfg.teacher.checkpoint} "
-                f"({count_parameters(d.static_teacher) / 1e6:.3f}M parameters, frozen), KD method {self.cfg.kd.method}"
-            )
-        if self.cfg.gpd.branches != "none":
-            trained = d.student_module()
-            line += f"; {count_branch_blocks(trained)} convolutions trained as six-branch blocks ({self.cfg.gpd.branches})"
-        self.log(line)
-        t = self.cfg.train
-        engine = f"device: {self.device}, {torch.get_num_threads()} threads, precision {t.precision}, memory mode {t.memory_mode}"
-        if self.ctx.enabled:
-            engine += f", {self.ctx.world_size} processes ({t.batch_size // self.ctx.world_size} images each per step)"
-        if self.ema is not None:
-            engine += f", EMA decay {t.ema_decay:g}"
-        if t.compile:
-            engine += ", torch.compile"
-        self.log(engine)
+        for line in describe_run(self):
+            self.log(line)
 
     def fit(self) -> dict[str, Any]:
         last_epoch = 1 if self.dry_run else self.cfg.train.epochs
@@ -554,13 +575,17 @@ class Trainer:
         finally:
             if writer is not None:
                 writer.close()
-        exported = self.export(row)
+        exported = self.export()
         total = time.perf_counter() - run_started
+        choice = self.selection.choice
+        assert choice is not None
         self.log(
-            f"done in {total:.1f} s: student test accuracy {row['student_acc']:.2f}%; exported the {exported} "
-            f"weights to {self.run_dir / STUDENT_FILE}"
+            f"done in {total:.1f} s: exported the {exported} weights of epoch {choice.epoch} to "
+            f"{self.run_dir / STUDENT_FILE} (student test accuracy {choice.test_acc:.2f}%"
+            + (f", validation {choice.val_acc:.2f}%" if choice.val_acc is not None else "")
+            + f"; {self.selection.rule})"
         )
-        return {**row, "total_seconds": total, "exported": exported}
+        return {**row, "total_seconds": total, "exported": exported, "exported_epoch": choice.epoch}
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         epoch_started = time.perf_counter()
@@ -580,26 +605,34 @@ class Trainer:
         if self.ema is not None:
             row["ema_student_acc"] = acc["ema_student"]
             row["ema_teacher_acc"] = acc.get("ema_teacher", "")
+        if self.val_loader is not None:  # validation columns apart from the test columns above
+            for name in ("student", "teacher", "ema_student", "ema_teacher"):
+                if self.ema is not None or not name.startswith("ema"):
+                    row[f"val_{name}_acc"] = acc.get(f"val_{name}", "")
         if self.cfg.train.on_nonfinite == "skip":
             row["skipped_steps"] = train["skipped_steps"]
         row.update({k: train[k] for k in _GRAD_STATS if k in train})
         row["img_per_s"] = train["img_per_s"]
-        if self.best["student_acc"] is None or acc["student"] > self.best["student_acc"]:
-            self.best = {"student_acc": acc["student"], "epoch": epoch}
-        self.save_checkpoint(epoch)
+        self.selection.update(epoch, acc, self._student_of)
         row["seconds"] = time.perf_counter() - epoch_started
-        if self.ctx.is_main:
+        self.rows.append(row)
+        if self.ctx.is_main:  # the row first: the checkpoint also holds it, so a crash leaves no gap
             self.metrics.write(row)
-        summary = f"epoch {epoch}/{self.cfg.train.epochs}  lr {lr:.4g}  loss {row['train_loss']:.4f}  student {acc['student']:.2f}%"
-        if "teacher" in acc:
-            summary += f"  teacher {acc['teacher']:.2f}%  gap {row['gap']:+.2f}"
-        if self.ema is not None:
-            summary += f"  EMA student {acc['ema_student']:.2f}%"
-        if self.static_teacher_acc is not None:
-            summary += f"  static teacher {self.static_teacher_acc:.2f}%"
-        summary += f"  {train['img_per_s']:.0f} img/s  {row['seconds']:.1f} s"
-        self.log(summary)
+        self.save_checkpoint(epoch)
+        self.log(self._summary(epoch, row, acc, train["img_per_s"]))
         return row
+
+    def _summary(self, epoch: int, row: dict[str, Any], acc: dict[str, float], img_per_s: float) -> str:
+        line = f"epoch {epoch}/{self.cfg.train.epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  student {acc['student']:.2f}%"
+        if "teacher" in acc:
+            line += f"  teacher {acc['teacher']:.2f}%  gap {row['gap']:+.2f}"
+        if self.ema is not None:
+            line += f"  EMA student {acc['ema_student']:.2f}%"
+        if "val_student" in acc:
+            line += f"  (validation: student {acc['val_student']:.2f}%)"
+        if self.static_teacher_acc is not None:
+            line += f"  static teacher {self.static_teacher_acc:.2f}%"
+        return line + f"  {img_per_s:.0f} img/s  {row['seconds']:.1f} s"
 
     def _tensorboard(self) -> Any:
         if not self.ctx.is_main or self.dry_run:
@@ -618,8 +651,10 @@ class Trainer:
             "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
             "epoch": epoch,
             "num_updates": self.num_updates,
-            "best": self.best,
+            "selection": self.selection.state_dict(),
+            "metrics": self.rows,
             "static_teacher_acc": self.static_teacher_acc,
+            "static_teacher_fingerprint": self.static_teacher_fingerprint,
             "model": model_state,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -629,25 +664,32 @@ class Trainer:
         }
         save_checkpoint(state, self.run_dir / CHECKPOINT_FILE)
 
-    def export(self, final_row: dict[str, Any]) -> str:
-        """Write student.pt from the final weights or their EMA, whichever has the higher test
-        accuracy at the last epoch; returns which ("final" or "EMA")."""
-        use_ema = self.ema is not None and final_row["ema_student_acc"] > final_row["student_acc"]
-        which = "EMA" if use_ema else "final"
+    def _student_of(self, weights: str) -> nn.Module:
+        """A standalone student of the final ("final") or the EMA ("ema") weights, on the CPU."""
+        core = self.ema.module if weights == "ema" else self.core  # type: ignore[union-attr]
+        return export_student_of(core).to(memory_format=torch.contiguous_format).cpu()
+
+    def export(self) -> str:
+        """Write student.pt from the weights the selection chose; returns which ("final" or "EMA")."""
+        choice = self.selection.choice
+        assert choice is not None, "export() runs after at least one epoch"
+        which = "EMA" if choice.weights == "ema" else "final"
         if not self.ctx.is_main:
             return which
-        core = self.ema.module if use_ema else self.core  # type: ignore[union-attr]
-        student = export_student_of(core).to(memory_format=torch.contiguous_format).cpu()
         metadata = {
             "data": self.data.name,
             "input_size": list(self.data.input_size),
             "mean": list(self.data.mean),
             "std": list(self.data.std),
             "class_names": list(self.data.class_names),
-            "student_acc": final_row["ema_student_acc" if use_ema else "student_acc"],
+            "student_acc": choice.test_acc,
+            "val_acc": choice.val_acc,
+            "epoch": choice.epoch,
+            "selected_on": "validation" if choice.val_acc is not None else "nothing (last epoch)",
             "gpd_ratio": self.cfg.gpd.ratio if self.cfg.gpd.enabled else None,
-            "weights": "ema" if use_ema else "final",
+            "weights": choice.weights,
         }
+        student = self.selection.student(self._student_of)
         atomic_torch_save(student_payload(student, **metadata), self.run_dir / STUDENT_FILE)
         return which
 

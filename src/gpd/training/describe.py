@@ -1,0 +1,82 @@
+"""The lines a run prints before its first step: what is trained, on what, and how."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from gpd.branches import count_branch_blocks
+
+if TYPE_CHECKING:
+    from gpd.training.trainer import Trainer
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def describe_run(trainer: Trainer) -> list[str]:
+    """Run directory, data, models (with the expansion's verification), engine."""
+    cfg, d, data = trainer.cfg, trainer.distiller, trainer.data
+    lines = [f"run directory: {trainer.run_dir}"]
+    sizes = f"{len(data.train)} train / " + (f"{len(data.val)} validation / " if data.val is not None else "")
+    lines.append(
+        f"data: {data.name}, {sizes}{len(data.test)} test images of {'x'.join(map(str, data.input_size))}, "
+        f"{data.num_classes} classes"
+    )
+    lines.append(_models_line(trainer))
+    lines.append(_engine_line(trainer))
+    lines.append(f"export: {trainer.selection.rule}")
+    return lines
+
+
+def _models_line(trainer: Trainer) -> str:
+    cfg, d = trainer.cfg, trainer.distiller
+    line = f"student: {cfg.model.student}, {trainer.student_params / 1e6:.3f}M parameters"
+    if d.gpd is not None:
+        r = d.gpd.report
+        line += (
+            f"; dynamic teacher at ratio {r.ratio:g}: {count_parameters(d.gpd.teacher) / 1e6:.3f}M parameters, "
+            f"verified equal to the student (relative error {r.teacher_error:.1e})"
+        )
+        if r.noise_std:
+            line += (
+                f", then symmetry-breaking noise of relative size {r.noise_std:g} added to its copies "
+                f"(D now differs from the student by {r.noise_error:.1e}; gpd.noise_std)"
+            )
+        if not d.shares_parameters:
+            line += ", separate parameters (gpd.share=false)"
+        elif cfg.gpd.compensate_step:
+            line += ", plain networks' steps (gpd.compensate_step=true)"
+        else:
+            line += ", the paper's per-layer steps"
+    else:
+        line += "; trained alone (gpd.enabled=false)"
+    if d.static_teacher is not None:
+        line += (
+            f"; static teacher {cfg.teacher.model or cfg.teacher.checkpoint} "
+            f"({count_parameters(d.static_teacher) / 1e6:.3f}M parameters, frozen), KD method {cfg.kd.method}"
+        )
+    if cfg.gpd.branches != "none":
+        line += f"; {count_branch_blocks(d.student_module())} convolutions trained as six-branch blocks ({cfg.gpd.branches})"
+    return line
+
+
+def _engine_line(trainer: Trainer) -> str:
+    t, ctx = trainer.cfg.train, trainer.ctx
+    line = f"device: {trainer.device}, {torch.get_num_threads()} threads"
+    if trainer.threads_reason:
+        line += f" ({trainer.threads_reason})"
+    line += f", precision {t.precision}, memory mode {t.memory_mode}"
+    if ctx.enabled:
+        line += f", {ctx.world_size} processes ({t.batch_size // ctx.world_size} images each per step)"
+        line += f", DDP find_unused_parameters={trainer.find_unused_parameters}"
+        if trainer.synced_batchnorms:
+            line += f", {trainer.synced_batchnorms} synchronised BatchNorms"
+    if trainer.ema is not None:
+        line += f", EMA decay {trainer.ema_decay:.6g} per step" + (" with warm-up" if t.ema_warmup else "")
+    if t.compile:
+        line += ", torch.compile"
+    return line

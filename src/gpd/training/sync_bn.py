@@ -1,0 +1,74 @@
+"""BatchNorm statistics over the global batch under DDP (``train.sync_bn``).
+
+torch's :class:`torch.nn.SyncBatchNorm` runs on GPUs only; on CPU processes (gloo) this
+subclass computes the same statistics with differentiable all-reduces, so the option
+can be used, and tested, without a GPU. The conversion moves each BatchNorm's own
+parameter and buffer dictionaries into the new module: D's parameters stay the same
+objects (the student's slices still point at them), and the student's view, whose
+BatchNorms hold buffers but no parameters, converts just as well.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """torch's SyncBatchNorm, plus the same synchronisation for CPU tensors."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.device.type != "cpu" or not self._syncs():
+            return super().forward(input)
+        return self._cpu_sync_forward(input)
+
+    def _syncs(self) -> bool:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return False
+        return dist.get_world_size(self.process_group or dist.group.WORLD) > 1
+
+    def _cpu_sync_forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        group = self.process_group or dist.group.WORLD
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        local = torch.cat([x.sum(dims), x.new_full((1,), x.numel() // x.shape[1])])
+        total = dist_fn.all_reduce(local, group=group)
+        count = total[-1]
+        mean = total[:-1] / count
+        centered = x - mean.view(shape)
+        var = dist_fn.all_reduce((centered * centered).sum(dims), group=group) / count
+        y = centered * torch.rsqrt(var + self.eps).view(shape)
+        if self.weight is not None:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats and self.running_mean is not None:
+            self._update_running_stats(mean.detach(), var.detach(), count.detach())
+        return y
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
+        self.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * count / (count - 1).clamp(min=1)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)  # type: ignore[union-attr]
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)  # type: ignore[union-attr]
+
+
+def convert_sync_batchnorm(module: nn.Module) -> int:
+    """Replace every BatchNorm under ``module`` by :class:`SyncBatchNorm`, in place, keeping its
+    parameter and buffer objects; returns how many were converted."""
+    converted = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, _BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+                sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+                sync._parameters = child._parameters
+                sync._buffers = child._buffers
+                sync._non_persistent_buffers_set = child._non_persistent_buffers_set
+                sync.train(child.training)
+                setattr(parent, name, sync)
+                converted += 1
+    return converted
