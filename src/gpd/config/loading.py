@@ -151,10 +151,6 @@ def validate(cfg: Config) -> None:
     _require(
         t.memory_mode in ("joint", "sequential"), f"train.memory_mode must be joint or sequential, got '{t.memory_mode}'"
     )
-    _require(
-        not (t.compile and t.memory_mode == "sequential"),
-        "train.compile works with train.memory_mode=joint only; set one of them differently",
-    )
     _require(t.ema_decay is None or 0 < t.ema_decay < 1, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
     _require(t.ema_epochs > 0, f"train.ema_epochs must be > 0, got {t.ema_epochs}")
     _require(t.ema_images is None or t.ema_images >= 1, f"train.ema_images must be >= 1, got {t.ema_images}")

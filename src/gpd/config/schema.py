@@ -121,7 +121,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process takes its LOCAL_RANK GPU)
     channels_last: bool = True
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler); CPU or GPU
-    compile: bool = False  # torch.compile the training forward pass (memory_mode=joint)
+    compile: bool = False  # torch.compile the training forward pass (both halves in memory_mode=sequential)
     memory_mode: str = "joint"  # joint: one backward of the summed loss; sequential: D's backward, then S's
     ema: bool = False  # keep an exponential moving average of the trained weights and evaluate it too
     ema_epochs: float = 1.0  # the EMA's averaging horizon in epochs (per-step decay exp(-1/steps)); see docs/training.md

@@ -9,10 +9,10 @@ network alone instead of both together, at the cost of a second backward launch.
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from gpd.distill import Distiller
 from gpd.sharing.steps import grad_norm
@@ -32,38 +32,29 @@ def joint_backward(
 
 
 def sequential_backward(
-    distiller: Distiller, x: torch.Tensor, y: torch.Tensor, epoch: float, autocast, backward: Backward
+    module: Callable[..., Any],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epoch: float,
+    autocast,
+    backward: Backward,
+    first_half: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> LossDict:
-    with autocast():
-        targets = distiller.static_targets(x)
-        losses, teacher_logits = distiller.teacher_losses(x, y, targets, epoch=epoch)
-    if losses:
-        backward(sum(losses.values()))  # type: ignore[arg-type]
-    teacher_logits = teacher_logits.detach() if teacher_logits is not None else None
-    with autocast():
-        student_losses = distiller.student_losses(x, y, targets, teacher_logits, epoch=epoch)
-    backward(sum(student_losses.values()))  # type: ignore[arg-type]
-    return {**losses, **student_losses}
+    """D's half, then the student's, each one forward of ``module`` (the Distiller, or its DDP
+    or compiled wrapper: ``part=`` selects the half, so a wrapper sees both calls).
 
-
-def ddp_sequential_backward(
-    ddp: DistributedDataParallel, x: torch.Tensor, y: torch.Tensor, epoch: float, autocast, backward: Backward
-) -> LossDict:
-    """The sequential mode through DistributedDataParallel's own gradient hooks.
-
-    D's half runs under ``no_sync`` (its gradients stay local), the student's half
-    then all-reduces the sum of both, bucket by bucket while its backward runs, as
-    gradient accumulation does. Each half is one forward of the wrapper (``part=``), so
-    DDP prepares its reducer for each backward.
+    ``first_half``: a context for D's forward and backward; under DDP its ``no_sync``, so
+    that D's gradients stay local and the student's backward all-reduces the sum of both,
+    bucket by bucket while it runs, as gradient accumulation does.
     """
-    with ddp.no_sync():
+    with first_half():
         with autocast():
-            losses, dynamic_logits, targets = ddp(x, y, epoch=epoch, part="dynamic")
+            losses, dynamic_logits, targets = module(x, y, epoch=epoch, part="dynamic")
         if losses:
             backward(sum(losses.values()))  # type: ignore[arg-type]
     dynamic_logits = dynamic_logits.detach() if dynamic_logits is not None else None
     with autocast():
-        student_losses = ddp(x, y, epoch=epoch, part="student", targets=targets, teacher_logits=dynamic_logits)
+        student_losses = module(x, y, epoch=epoch, part="student", targets=targets, teacher_logits=dynamic_logits)
     backward(sum(student_losses.values()))  # type: ignore[arg-type]
     return {**losses, **student_losses}
 

@@ -13,6 +13,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from contextlib import AbstractContextManager, nullcontext
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable
@@ -59,7 +60,7 @@ from gpd.training.pretrained import load_pretrained_file
 from gpd.training.selection import WeightSelection
 from gpd.training.static_teacher import build_static_teacher, check_fits, fingerprint
 from gpd.sharing.steps import clip_grad_norm_, grad_norm, is_sgd_like
-from gpd.training.steps import ddp_sequential_backward, joint_backward, probed_backward, sequential_backward
+from gpd.training.steps import joint_backward, probed_backward, sequential_backward
 from gpd.training.sync_bn import convert_sync_batchnorm
 from gpd.training.threads import resolve_threads
 
@@ -165,7 +166,7 @@ class Trainer:
         # D's tensors that the paper's parameterisation stores differently: their gradient counts
         # as the paper's in the clipped norm (gpd.sharing.steps); empty for plain steps
         self.grad_scales = self.distiller.gpd.grad_scales() if self.distiller.gpd is not None else {}
-        self._grad_stats: dict[str, torch.Tensor] = {}
+        self._grad_stats: dict[str, torch.Tensor] = self._zeros()
         self.guard = NonFiniteGuard(t.on_nonfinite, t.nonfinite_check_every, self.ctx, self.device)
         self.selection = WeightSelection(has_val=self.data.val is not None, has_ema=self.ema is not None)
         teacher = self.distiller.static_teacher
@@ -304,6 +305,11 @@ class Trainer:
             module = torch.compile(module)  # type: ignore[assignment]
         return module
 
+    def _no_sync(self) -> AbstractContextManager[Any]:
+        """DDP's no_sync for D's half of a sequential step (nothing outside torchrun)."""
+        ddp = getattr(self.train_module, "_orig_mod", self.train_module)  # under torch.compile
+        return ddp.no_sync() if isinstance(ddp, DistributedDataParallel) else nullcontext()
+
     def _build_loaders(self) -> tuple[DataLoader, DistributedSampler, DataLoader, DataLoader | None]:
         """Each epoch's order is a permutation seeded by (seed, epoch), split across processes,
         so a resumed run and a run on N processes see the same samples at each global step."""
@@ -388,7 +394,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         seen = torch.zeros((), device=self.device)
         skipped = 0
-        self._grad_stats = defaultdict(lambda: torch.zeros((), device=self.device))
+        self._grad_stats = self._zeros()
         self.guard.reset()
         started = time.perf_counter()
         steps = len(self.train_loader)
@@ -436,6 +442,10 @@ class Trainer:
         result.update(self._epoch_grad_stats())
         return result
 
+    def _zeros(self) -> defaultdict[str, torch.Tensor]:
+        """Accumulators that stay on the device (read once per epoch)."""
+        return defaultdict(lambda: torch.zeros((), device=self.device))
+
     def _probe_due(self, step: int) -> bool:
         """Whether this step measures the student's and D's loss gradients separately
         (train.grad_probe_every; not under DDP, whose hooks follow the wrapper's backward passes)."""
@@ -477,10 +487,10 @@ class Trainer:
             self._grad_stats["probes"] += 1
         elif self.cfg.train.memory_mode == "joint":
             losses = joint_backward(self.train_module, x, y, epoch_progress, p.autocast, p.backward)
-        elif self.ctx.enabled:
-            losses = ddp_sequential_backward(self.train_module, x, y, epoch_progress, p.autocast, p.backward)  # type: ignore[arg-type]
         else:
-            losses = sequential_backward(self.distiller, x, y, epoch_progress, p.autocast, p.backward)
+            losses = sequential_backward(
+                self.train_module, x, y, epoch_progress, p.autocast, p.backward, first_half=self._no_sync
+            )
         losses = {name: value.detach().float() for name, value in losses.items()}
         self.guard.observe(losses, where)
         if self.guard.policy == "skip":
