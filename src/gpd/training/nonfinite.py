@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from gpd.errors import GPDError
-from gpd.training.distributed import DistContext, all_reduce_sum
+from gpd.training.distributed import DistContext
 
 NONFINITE_POLICIES = ("stop", "skip")
 
@@ -43,6 +43,7 @@ class NonFiniteGuard:
         self._first_terms: torch.Tensor | None = None
         self._names: list[str] = []
         self._where: list[str] = []
+        self._global_first = -1
 
     def observe(self, losses: dict[str, torch.Tensor], where: str) -> None:
         """Record a step's detached loss terms: device operations only, no host sync."""
@@ -63,14 +64,24 @@ class NonFiniteGuard:
 
     def flagged(self) -> bool:
         """Read the flag (one host sync, and one all-reduce under DDP): has any process seen a
-        non-finite loss since the last reset?"""
-        return float(all_reduce_sum(self._bad.reshape(1).clone(), self.ctx)) > 0
+        non-finite loss since the last reset? Also learns the earliest bad step of all processes."""
+        never = torch.full((), -(2**40), device=self.device, dtype=torch.float64)
+        first = torch.where(self._first_index >= 0, -self._first_index.double(), never)
+        state = torch.stack([(self._bad > 0).double(), first])
+        if self.ctx.enabled:
+            torch.distributed.all_reduce(state, op=torch.distributed.ReduceOp.MAX)
+        bad, minus_first = state.tolist()
+        self._global_first = int(-minus_first) if bad else -1
+        return bool(bad)
 
     def first_bad(self) -> str:
-        """'<where> (term=value, ...)' of this process's first non-finite step (after :meth:`flagged`)."""
-        index = int(self._first_index)
-        if index < 0 or self._first_terms is None:
-            return "a step of another process"
+        """'<where> (term=value, ...)' of the earliest non-finite step of any process (after
+        :meth:`flagged`); the terms are this process's, or the step is marked as another's."""
+        index = self._global_first
+        if index < 0:
+            return "no step"
+        if int(self._first_index) != index or self._first_terms is None:
+            return f"{self._where[index]} (on another process)"
         terms = ", ".join(f"{k}={v:.4g}" for k, v in zip(self._names, self._first_terms.tolist()))
         return f"{self._where[index]} ({terms})"
 

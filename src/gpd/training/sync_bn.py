@@ -1,8 +1,8 @@
 """BatchNorm statistics over the global batch under DDP (``train.sync_bn``).
 
-torch's :class:`torch.nn.SyncBatchNorm` runs on GPUs only; on CPU processes (gloo) this
-subclass computes the same statistics with differentiable all-reduces, so the option
-can be used, and tested, without a GPU. The conversion moves each BatchNorm's own
+torch's :class:`torch.nn.SyncBatchNorm` runs on GPUs only (DDP refuses it on CPU
+modules); on CPU processes (gloo), :class:`CPUSyncBatchNorm` computes the same statistics
+with differentiable all-reduces, so the option can be used, and tested, without a GPU. The conversion moves each BatchNorm's own
 parameter and buffer dictionaries into the new module: D's parameters stay the same
 objects (the student's slices still point at them), and the student's view, whose
 BatchNorms hold buffers but no parameters, converts just as well.
@@ -17,22 +17,26 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """torch's SyncBatchNorm, plus the same synchronisation for CPU tensors."""
+class CPUSyncBatchNorm(_BatchNorm):
+    """BatchNorm whose training statistics are those of the batch of every process (gloo)."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of at least 2 dimensions, got {input.dim()}")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.device.type != "cpu" or not self._syncs():
+        if not self._syncs():
             return super().forward(input)
-        return self._cpu_sync_forward(input)
+        return self._sync_forward(input)
 
     def _syncs(self) -> bool:
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return False
-        return dist.get_world_size(self.process_group or dist.group.WORLD) > 1
+        return dist.get_world_size() > 1
 
-    def _cpu_sync_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _sync_forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        group = self.process_group or dist.group.WORLD
+        group = dist.group.WORLD
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         local = torch.cat([x.sum(dims), x.new_full((1,), x.numel() // x.shape[1])])
@@ -57,14 +61,16 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)  # type: ignore[union-attr]
 
 
-def convert_sync_batchnorm(module: nn.Module) -> int:
-    """Replace every BatchNorm under ``module`` by :class:`SyncBatchNorm`, in place, keeping its
-    parameter and buffer objects; returns how many were converted."""
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> int:
+    """Replace every BatchNorm under ``module`` by torch's SyncBatchNorm (GPUs) or
+    :class:`CPUSyncBatchNorm` (CPU), in place, keeping its parameter and buffer objects;
+    returns how many were converted."""
+    kind = CPUSyncBatchNorm if device.type == "cpu" else nn.SyncBatchNorm
     converted = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, _BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
-                sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            if isinstance(child, _BatchNorm) and not isinstance(child, (nn.SyncBatchNorm, CPUSyncBatchNorm)):
+                sync = kind(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
                 sync._parameters = child._parameters
                 sync._buffers = child._buffers
                 sync._non_persistent_buffers_set = child._non_persistent_buffers_set

@@ -129,7 +129,7 @@ class Trainer:
         self.data = self._build_data()
         self.distiller = self._build_distiller()
         self.core: nn.Module = self.distiller.gpd if self.distiller.gpd is not None else self.distiller.plain  # type: ignore[assignment]
-        self.synced_batchnorms = convert_sync_batchnorm(self.core) if t.sync_bn and self.ctx.enabled else 0
+        self.synced_batchnorms = convert_sync_batchnorm(self.core, self.device) if t.sync_bn and self.ctx.enabled else 0
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.distiller.to(self.device).to(memory_format=self.memory_format)
         canonical_strides(self.distiller)
