@@ -215,7 +215,7 @@ def test_unknown_data_set(tmp_path, capsys):
     "args, message",
     [
         (["epochs=3"], "unknown config key 'epochs'"),
-        (["train.epoch=3"], "unknown config key 'train.epoch' (Did you mean: 'epochs'?)"),
+        (["train.epoch=3"], "unknown config key 'train.epoch' (Did you mean one of: 'epochs', 'ema_epochs'?)"),
         (["data.nme=svhn"], "unknown config key 'data.nme'"),
         (["fashion_mnist/scratch_gpd", "gpd.ration=3"], "unknown config key 'gpd.ration'"),
         ([".x=1"], "empty config key (override '.x=1')"),
@@ -234,7 +234,7 @@ def test_unknown_key_in_a_config_file_names_the_file(tmp_path, capsys):
     config.write_text("train:\n  epoch: 3\n")
     with untouched(tmp_path):
         err = fails(["train", str(config)], capsys)
-    assert f"unknown config key 'train.epoch' (Did you mean: 'epochs'?) in {config}" in err
+    assert f"unknown config key 'train.epoch' (Did you mean one of: 'epochs', 'ema_epochs'?) in {config}" in err
 
 
 def test_unknown_key_in_eval_overrides(files, capsys):
