@@ -9,7 +9,6 @@ resume from a checkpoint, and the two memory modes of a GPD step.
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 from collections import defaultdict
@@ -18,65 +17,48 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gpd.branches import merge_branches
 from gpd.config import Config
-from gpd.data import DataBundle, build_datasets, synthetic_bundle
-from gpd.data.augment import AugmentRecipe
-from gpd.data.labels import check_labels
 from gpd.data.mixing import build_mixup, mix_batch
-from gpd.data.synthetic import SHAPES
-from gpd.distill import Distiller
 from gpd.distill.pair import DynamicPair
-from gpd.errors import CheckpointError, ConfigError, DataError, GPDError
-from gpd.export import load_weights, student_payload
+from gpd.errors import CheckpointError, ConfigError
+from gpd.export import student_payload
+from gpd.sharing.steps import clip_grad_norm_, grad_norm
+from gpd.training.builders import (
+    DRY_RUN_STEPS,
+    build_data,
+    build_distiller,
+    build_loaders,
+    build_optimization,
+    canonical_strides,
+    find_unused_parameters,
+    global_batch,
+    seed_everything,
+    wrap_for_training,
+)
 from gpd.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from gpd.training.describe import count_parameters, describe_run
-from gpd.training.distributed import DistContext, all_reduce_sum, broadcast_buffers, gather_objects, resolve_device, shard
+from gpd.training.describe import describe_run
+from gpd.training.distributed import DistContext, all_reduce_sum, broadcast_buffers, gather_objects, resolve_device
 from gpd.training.ema import ema_decay_per_step
 from gpd.training.evaluate import correct_counts
 from gpd.training.nonfinite import NonFiniteGuard
 from gpd.training.precision import Precision
-from gpd.training.run_dir import (
-    CHECKPOINT_FILE,
-    METRICS_FILE,
-    STUDENT_FILE,
-    TENSORBOARD_DIR,
-    MetricsCSV,
-    atomic_torch_save,
-)
-from gpd.training.model_setup import build_student
-from gpd.training.pretrained import load_pretrained_file
+from gpd.training.run_dir import CHECKPOINT_FILE, METRICS_FILE, STUDENT_FILE, TENSORBOARD_DIR, MetricsCSV, atomic_torch_save
 from gpd.training.selection import WeightSelection
-from gpd.training.static_teacher import build_static_teacher, check_fits, fingerprint
-from gpd.sharing.steps import clip_grad_norm_, grad_norm, is_sgd_like
+from gpd.training.static_teacher import fingerprint
 from gpd.training.steps import joint_backward, probed_backward, sequential_backward
 from gpd.training.sync_bn import convert_sync_batchnorm
-from gpd.training.threads import resolve_threads
 
-DRY_RUN_STEPS = 2
 _GRAD_STATS = ("grad_norm", "clipped_frac", "grad_norm_student", "grad_norm_teacher")
 _TRAIN_STATS = ("train_seconds", "img_per_s", "skipped_steps", *_GRAD_STATS)
-DRY_RUN_IMAGE_SIZE = 32
-DRY_RUN_BATCH = 8  # images per process and step in a dry run, at most (ImageNet batches are large)
-DRY_RUN_VAL_SPLIT = 0.25  # of the dry run's training samples, when data.val_split is set
-DRY_RUN_WORKERS = 1  # DataLoader worker processes in a dry run, at most: one still checks that workers work
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def student_forward(core: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -88,16 +70,6 @@ def export_student_of(core: nn.Module) -> nn.Module:
     """A standalone student of the original class from a trained core (branches merged)."""
     student = core.export_student() if isinstance(core, DynamicPair) else merge_branches(core)
     return student.eval()
-
-
-def canonical_strides(module: nn.Module) -> None:
-    """Give parameters whose layout is contiguous anyway (1x1 kernels, one input channel)
-    standard strides: ``.to(channels_last)`` leaves odd strides on their size-1 dimensions,
-    which the gradients do not follow, and DDP warns about (and copies) every such one."""
-    with torch.no_grad():
-        for param in module.parameters():
-            if param.is_contiguous() and param.stride() != torch.empty(param.shape, device="meta").stride():
-                param.data = param.data.clone(memory_format=torch.contiguous_format)
 
 
 class Trainer:
@@ -126,40 +98,26 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         seed_everything(t.seed)
-        self.data = self._build_data()
-        self.distiller = self._build_distiller()
+        self.data = build_data(cfg, self.ctx, dry_run, self.log)
+        self.distiller, self.student_params = build_distiller(cfg, self.data, dry_run, self.log)
         self.core: nn.Module = self.distiller.gpd if self.distiller.gpd is not None else self.distiller.plain  # type: ignore[assignment]
         self.synced_batchnorms = convert_sync_batchnorm(self.core, self.device) if t.sync_bn and self.ctx.enabled else 0
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.distiller.to(self.device).to(memory_format=self.memory_format)
         canonical_strides(self.distiller)
-        self.find_unused_parameters = self._find_unused_parameters()
-        self.train_module = self._wrap_for_training()
+        self.find_unused_parameters = find_unused_parameters(self.distiller, cfg, self.ctx)
+        self.train_module = wrap_for_training(self.distiller, cfg, self.ctx, self.device, self.find_unused_parameters)
         seed_everything(t.seed + self.ctx.rank)  # each process augments its own samples differently
 
-        self.train_loader, self.sampler, self.test_loader, self.val_loader = self._build_loaders()
+        self.train_loader, self.sampler, self.test_loader, self.val_loader = build_loaders(
+            cfg, self.data, self.ctx, self.device, dry_run
+        )
         self.mixup = build_mixup(cfg.data, self.data.num_classes, t.label_smoothing, self.train_loader.batch_size)
-        groups = self.distiller.param_groups(t.weight_decay, adaptive=not is_sgd_like(t.optimizer))
-        self.optimizer = create_optimizer_v2(
-            groups, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum
-        )
-        self.scheduler, _ = create_scheduler_v2(
-            self.optimizer,
-            sched=t.scheduler,
-            num_epochs=t.epochs,
-            decay_epochs=max(t.epochs // 3, 1),
-            decay_milestones=list(t.decay_milestones) or (max(t.epochs // 2, 1),),
-            decay_rate=t.decay_rate,
-            min_lr=t.min_lr,
-            warmup_epochs=t.warmup_epochs,
-            warmup_lr=t.lr * 0.01,
-            step_on_epochs=False,
-            updates_per_epoch=len(self.train_loader),
-        )
+        self.optimizer, self.scheduler = build_optimization(cfg, self.distiller, len(self.train_loader))
         self.precision = Precision(t.precision, self.device)
         self.ema_decay = ema_decay_per_step(
             decay=t.ema_decay, epochs=t.ema_epochs, images=t.ema_images,
-            images_per_step=self._global_batch(), steps_per_epoch=len(self.train_loader),
+            images_per_step=global_batch(cfg, self.ctx, dry_run), steps_per_epoch=len(self.train_loader),
         )  # fmt: skip
         self.ema = ModelEmaV3(self.core, decay=self.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
         self.trainable = [p for p in self.distiller.parameters() if p.requires_grad]
@@ -180,157 +138,10 @@ class Trainer:
 
     # -- construction ------------------------------------------------------------------
 
-    def _build_data(self) -> DataBundle:
-        bundle = self._load_data()
-        if self.dry_run and self.cfg.data.val_split is not None:  # a quarter of the dry run's few samples
-            bundle.hold_out_validation(DRY_RUN_VAL_SPLIT, self.cfg.data.val_seed)
-        for what, split in (("training", bundle.train), ("test", bundle.test), ("validation", bundle.val)):
-            if split is not None:  # once here, so that no loss reads labels back from the device per step
-                check_labels(split, bundle.num_classes, what)
-        return bundle
-
-    def _load_data(self) -> DataBundle:
-        d = self.cfg.data
-        recipe = AugmentRecipe.from_config(d)
-        if not self.dry_run:
-            return build_datasets(
-                d.name, root=d.root, train_subset=d.train_subset, augment=d.augment, image_size=d.image_size,
-                download=d.download, seed=self.cfg.train.seed, test_subset=d.test_subset, recipe=recipe,
-                image_key=d.image_key, label_key=d.label_key, val_split=d.val_split, val_seed=d.val_seed,
-            )  # fmt: skip
-        size = min(d.image_size or SHAPES.get(d.name, (0, 32))[1], DRY_RUN_IMAGE_SIZE)
-        samples = 4 * self._global_batch()
-        try:
-            return build_datasets(
-                d.name, root=d.root, train_subset=samples, image_size=size, test_subset=samples, recipe=recipe,
-                image_key=d.image_key, label_key=d.label_key,
-            )  # fmt: skip
-        except DataError as err:
-            self.log(f"dry run: {err} -> using a SYNTHETIC stand-in of random images")
-            return synthetic_bundle(d.name, image_size=size, samples=samples, recipe=recipe)
-
-    def _global_batch(self) -> int:
-        """train.batch_size, or in a dry run at most DRY_RUN_BATCH images per process."""
-        batch = self.cfg.train.batch_size
-        return min(batch, DRY_RUN_BATCH * self.ctx.world_size) if self.dry_run else batch
-
-    def _present(self, path: str, key: str) -> bool:
-        """Whether a checkpoint file exists; a dry run goes on without it (random weights)."""
-        if self.dry_run and not Path(path).exists():
-            self.log(f"dry run: {key} {path} does not exist yet -> random weights stand in")
-            return False
-        return True
-
-    def _build_distiller(self) -> Distiller:
-        cfg = self.cfg
-        student = build_student(cfg, self.data, dry_run=self.dry_run)
-        if cfg.student.checkpoint is not None:  # fine-tuning: D starts equal to this student (IR)
-            if self._present(cfg.student.checkpoint, "student.checkpoint"):
-                load_weights(student, cfg.student.checkpoint, what="student")
-        elif cfg.student.pretrained_file is not None:  # weights from another task, adapted to this data
-            if self._present(cfg.student.pretrained_file, "student.pretrained_file"):
-                self.log(load_pretrained_file(student, cfg.student.pretrained_file, "student.pretrained_file"))
-        check_fits(student, self.data, "student")
-        static_teacher = build_static_teacher(cfg, self.data, allow_missing_checkpoint=self.dry_run)
-        kd_options = {
-            "kd": {"temperature": cfg.kd.temperature, "weight": cfg.kd.weight, "ce_weight": cfg.kd.ce_weight},
-            "dkd": {
-                "alpha": cfg.dkd.alpha,
-                "beta": cfg.dkd.beta,
-                "temperature": cfg.dkd.temperature,
-                "warmup_epochs": cfg.dkd.warmup_epochs,
-                "ce_weight": cfg.dkd.ce_weight,
-            },
-            "reviewkd": {
-                "weight": cfg.reviewkd.weight,
-                "mid_channels": cfg.reviewkd.mid_channels,
-                "warmup_epochs": cfg.reviewkd.warmup_epochs,
-                "ce_weight": cfg.reviewkd.ce_weight,
-                "student_preact": cfg.reviewkd.student_preact,
-            },
-        }.get(cfg.kd.method)
-        self.student_params = count_parameters(student)
-        return Distiller(
-            student,
-            static_teacher,
-            cfg.kd.method,
-            kd_options=kd_options,
-            dynamic_teacher=cfg.gpd.enabled,
-            ratio=cfg.gpd.ratio,
-            sce_weight=cfg.gpd.kd_weight,
-            sce_eps=cfg.gpd.sce_eps,
-            label_smoothing=cfg.train.label_smoothing,
-            noise_std=cfg.gpd.noise_std,
-            input_size=self.data.input_size,
-            branches=cfg.gpd.branches,
-            branch_init=cfg.gpd.branch_init,
-            share_parameters=cfg.gpd.share,
-            compensate_step=cfg.gpd.compensate_step,
-        )
-
-    def _find_unused_parameters(self) -> bool:
-        """Whether DDP must look for parameters a backward does not reach: layers the expansion
-        found never run, and in the sequential mode D's own tensors (unshared, or D's ReviewKD
-        heads), which the student's half, the one that synchronises, does not use."""
-        if not self.ctx.enabled:
-            return False
-        d = self.distiller
-        if d.gpd is None:
-            return False
-        never_run = any(
-            any(True for _ in d.gpd.teacher.get_submodule(name).parameters()) for name in d.gpd.report.roles.unused
-        )
-        sequential = self.cfg.train.memory_mode == "sequential"
-        return never_run or (sequential and (not d.shares_parameters or bool(d.review_heads)))
-
-    def _wrap_for_training(self) -> nn.Module:
-        """DistributedDataParallel and torch.compile around the distiller, as configured.
-
-        The frozen static teacher is left out of DDP (no broadcast of its weights and
-        BatchNorm buffers); both memory modes use DDP's own gradient hooks, so gradients
-        are all-reduced bucket by bucket while the backward runs."""
-        module: nn.Module = self.distiller
-        if self.ctx.enabled:
-            teacher = self.distiller.static_teacher
-            if teacher is not None:
-                names = [f"static_teacher.{n}" for n, _ in (*teacher.named_parameters(), *teacher.named_buffers())]
-                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.distiller, names)
-            module = DistributedDataParallel(
-                self.distiller,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                gradient_as_bucket_view=True,
-                find_unused_parameters=self.find_unused_parameters,
-            )
-        if self.cfg.train.compile:
-            module = torch.compile(module)  # type: ignore[assignment]
-        return module
-
     def _no_sync(self) -> AbstractContextManager[Any]:
         """DDP's no_sync for D's half of a sequential step (nothing outside torchrun)."""
         ddp = getattr(self.train_module, "_orig_mod", self.train_module)  # under torch.compile
         return ddp.no_sync() if isinstance(ddp, DistributedDataParallel) else nullcontext()
-
-    def _build_loaders(self) -> tuple[DataLoader, DistributedSampler, DataLoader, DataLoader | None]:
-        """Each epoch's order is a permutation seeded by (seed, epoch), split across processes,
-        so a resumed run and a run on N processes see the same samples at each global step."""
-        t, world = self.cfg.train, self.ctx.world_size
-        if t.batch_size % world:
-            raise ConfigError(
-                f"train.batch_size={t.batch_size} is the global batch and must divide evenly over {world} processes"
-            )
-        batch = self._global_batch()
-        if len(self.data.train) < batch:
-            raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(self.data.train)} training samples")
-        sampler = DistributedSampler(
-            self.data.train, num_replicas=world, rank=self.ctx.rank, shuffle=True, seed=t.seed, drop_last=True
-        )
-        workers = min(self.cfg.data.num_workers, DRY_RUN_WORKERS) if self.dry_run else self.cfg.data.num_workers
-        args: dict[str, Any] = dict(num_workers=workers, pin_memory=self.device.type == "cuda")
-        train_loader = DataLoader(self.data.train, batch_size=batch // world, sampler=sampler, drop_last=True, **args)
-        test_loader = DataLoader(shard(self.data.test, self.ctx), batch_size=t.eval_batch_size, **args)
-        val = self.data.val
-        val_loader = DataLoader(shard(val, self.ctx), batch_size=t.eval_batch_size, **args) if val is not None else None
-        return train_loader, sampler, test_loader, val_loader
 
     # -- resume ------------------------------------------------------------------------
 

@@ -1,0 +1,243 @@
+"""From a config to the objects a run trains with: data, distiller, wrappers, loaders, optimizer.
+
+Pure builders: each takes the config (and what it needs of the others) and returns new
+objects; nothing here trains, writes files or keeps state. A dry run (``dry_run=True``)
+builds the same objects from a few small images, with random weights standing in for
+files that do not exist yet.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from gpd.config import Config
+from gpd.data import DataBundle, build_datasets, synthetic_bundle
+from gpd.data.augment import AugmentRecipe
+from gpd.data.labels import check_labels
+from gpd.data.synthetic import SHAPES
+from gpd.distill import Distiller
+from gpd.errors import ConfigError, DataError
+from gpd.export import load_weights
+from gpd.sharing.steps import is_sgd_like
+from gpd.training.distributed import DistContext, shard
+from gpd.training.model_setup import build_student
+from gpd.training.pretrained import load_pretrained_file
+from gpd.training.static_teacher import build_static_teacher, check_fits
+
+DRY_RUN_STEPS = 2
+DRY_RUN_IMAGE_SIZE = 32
+DRY_RUN_BATCH = 8  # images per process and step in a dry run, at most (ImageNet batches are large)
+DRY_RUN_VAL_SPLIT = 0.25  # of the dry run's training samples, when data.val_split is set
+DRY_RUN_WORKERS = 1  # DataLoader worker processes in a dry run, at most: one still checks that workers work
+
+Log = Callable[[str], None]
+
+
+class Loaders(NamedTuple):
+    train: DataLoader
+    sampler: DistributedSampler
+    test: DataLoader
+    val: DataLoader | None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def global_batch(cfg: Config, ctx: DistContext, dry_run: bool) -> int:
+    """train.batch_size, or in a dry run at most DRY_RUN_BATCH images per process."""
+    batch = cfg.train.batch_size
+    return min(batch, DRY_RUN_BATCH * ctx.world_size) if dry_run else batch
+
+
+def build_data(cfg: Config, ctx: DistContext, dry_run: bool, log: Log) -> DataBundle:
+    """The train/test (and validation) sets; every label checked once against the classes,
+    so that no loss reads labels back from the device per step."""
+    bundle = _load_data(cfg, ctx, dry_run, log)
+    if dry_run and cfg.data.val_split is not None:  # a quarter of the dry run's few samples
+        bundle.hold_out_validation(DRY_RUN_VAL_SPLIT, cfg.data.val_seed)
+    for what, split in (("training", bundle.train), ("test", bundle.test), ("validation", bundle.val)):
+        if split is not None:
+            check_labels(split, bundle.num_classes, what)
+    return bundle
+
+
+def _load_data(cfg: Config, ctx: DistContext, dry_run: bool, log: Log) -> DataBundle:
+    d = cfg.data
+    recipe = AugmentRecipe.from_config(d)
+    if not dry_run:
+        return build_datasets(
+            d.name, root=d.root, train_subset=d.train_subset, augment=d.augment, image_size=d.image_size,
+            download=d.download, seed=cfg.train.seed, test_subset=d.test_subset, recipe=recipe,
+            image_key=d.image_key, label_key=d.label_key, val_split=d.val_split, val_seed=d.val_seed,
+        )  # fmt: skip
+    size = min(d.image_size or SHAPES.get(d.name, (0, 32))[1], DRY_RUN_IMAGE_SIZE)
+    samples = 4 * global_batch(cfg, ctx, dry_run)
+    try:
+        return build_datasets(
+            d.name, root=d.root, train_subset=samples, image_size=size, test_subset=samples, recipe=recipe,
+            image_key=d.image_key, label_key=d.label_key,
+        )  # fmt: skip
+    except DataError as err:
+        log(f"dry run: {err} -> using a SYNTHETIC stand-in of random images")
+        return synthetic_bundle(d.name, image_size=size, samples=samples, recipe=recipe)
+
+
+def _present(path: str, key: str, dry_run: bool, log: Log) -> bool:
+    """Whether a checkpoint file exists; a dry run goes on without it (random weights)."""
+    if dry_run and not Path(path).exists():
+        log(f"dry run: {key} {path} does not exist yet -> random weights stand in")
+        return False
+    return True
+
+
+def kd_options(cfg: Config) -> dict[str, Any] | None:
+    """The options of the configured KD method, as the Distiller takes them."""
+    return {
+        "kd": {"temperature": cfg.kd.temperature, "weight": cfg.kd.weight, "ce_weight": cfg.kd.ce_weight},
+        "dkd": {
+            "alpha": cfg.dkd.alpha,
+            "beta": cfg.dkd.beta,
+            "temperature": cfg.dkd.temperature,
+            "warmup_epochs": cfg.dkd.warmup_epochs,
+            "ce_weight": cfg.dkd.ce_weight,
+        },
+        "reviewkd": {
+            "weight": cfg.reviewkd.weight,
+            "mid_channels": cfg.reviewkd.mid_channels,
+            "warmup_epochs": cfg.reviewkd.warmup_epochs,
+            "ce_weight": cfg.reviewkd.ce_weight,
+            "student_preact": cfg.reviewkd.student_preact,
+        },
+    }.get(cfg.kd.method)
+
+
+def build_distiller(cfg: Config, data: DataBundle, dry_run: bool, log: Log) -> tuple[Distiller, int]:
+    """The objective (student, its dynamic teacher, the static teacher, the KD method) and the
+    student's parameter count."""
+    student = build_student(cfg, data, dry_run=dry_run)
+    if cfg.student.checkpoint is not None:  # fine-tuning: D starts equal to this student (IR)
+        if _present(cfg.student.checkpoint, "student.checkpoint", dry_run, log):
+            load_weights(student, cfg.student.checkpoint, what="student")
+    elif cfg.student.pretrained_file is not None:  # weights from another task, adapted to this data
+        if _present(cfg.student.pretrained_file, "student.pretrained_file", dry_run, log):
+            log(load_pretrained_file(student, cfg.student.pretrained_file, "student.pretrained_file"))
+    check_fits(student, data, "student")
+    static_teacher = build_static_teacher(cfg, data, allow_missing_checkpoint=dry_run)
+    student_params = sum(p.numel() for p in student.parameters())
+    distiller = Distiller(
+        student,
+        static_teacher,
+        cfg.kd.method,
+        kd_options=kd_options(cfg),
+        dynamic_teacher=cfg.gpd.enabled,
+        ratio=cfg.gpd.ratio,
+        sce_weight=cfg.gpd.kd_weight,
+        sce_eps=cfg.gpd.sce_eps,
+        label_smoothing=cfg.train.label_smoothing,
+        noise_std=cfg.gpd.noise_std,
+        input_size=data.input_size,
+        branches=cfg.gpd.branches,
+        branch_init=cfg.gpd.branch_init,
+        share_parameters=cfg.gpd.share,
+        compensate_step=cfg.gpd.compensate_step,
+    )
+    return distiller, student_params
+
+
+def canonical_strides(module: nn.Module) -> None:
+    """Give parameters whose layout is contiguous anyway (1x1 kernels, one input channel)
+    standard strides: ``.to(channels_last)`` leaves odd strides on their size-1 dimensions,
+    which the gradients do not follow, and DDP warns about (and copies) every such one."""
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.is_contiguous() and param.stride() != torch.empty(param.shape, device="meta").stride():
+                param.data = param.data.clone(memory_format=torch.contiguous_format)
+
+
+def find_unused_parameters(distiller: Distiller, cfg: Config, ctx: DistContext) -> bool:
+    """Whether DDP must look for parameters a backward does not reach: layers the expansion
+    found never run, and in the sequential mode D's own tensors (unshared, or D's ReviewKD
+    heads), which the student's half, the one that synchronises, does not use."""
+    if not ctx.enabled or distiller.gpd is None:
+        return False
+    gpd = distiller.gpd
+    never_run = any(any(True for _ in gpd.teacher.get_submodule(name).parameters()) for name in gpd.report.roles.unused)
+    sequential = cfg.train.memory_mode == "sequential"
+    return never_run or (sequential and (not distiller.shares_parameters or bool(distiller.review_heads)))
+
+
+def wrap_for_training(
+    distiller: Distiller, cfg: Config, ctx: DistContext, device: torch.device, find_unused: bool
+) -> nn.Module:
+    """DistributedDataParallel and torch.compile around the distiller, as configured.
+
+    The frozen static teacher is left out of DDP (no broadcast of its weights and
+    BatchNorm buffers); both memory modes use DDP's own gradient hooks, so gradients
+    are all-reduced bucket by bucket while the backward runs."""
+    module: nn.Module = distiller
+    if ctx.enabled:
+        teacher = distiller.static_teacher
+        if teacher is not None:
+            names = [f"static_teacher.{n}" for n, _ in (*teacher.named_parameters(), *teacher.named_buffers())]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(distiller, names)
+        module = DistributedDataParallel(
+            distiller,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True,
+            find_unused_parameters=find_unused,
+        )
+    if cfg.train.compile:
+        module = torch.compile(module)  # type: ignore[assignment]
+    return module
+
+
+def build_loaders(cfg: Config, data: DataBundle, ctx: DistContext, device: torch.device, dry_run: bool) -> Loaders:
+    """Each epoch's order is a permutation seeded by (seed, epoch), split across processes,
+    so a resumed run and a run on N processes see the same samples at each global step."""
+    t, world = cfg.train, ctx.world_size
+    if t.batch_size % world:
+        raise ConfigError(f"train.batch_size={t.batch_size} is the global batch and must divide evenly over {world} processes")
+    batch = global_batch(cfg, ctx, dry_run)
+    if len(data.train) < batch:  # type: ignore[arg-type]
+        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(data.train)} training samples")  # type: ignore[arg-type]
+    sampler = DistributedSampler(data.train, num_replicas=world, rank=ctx.rank, shuffle=True, seed=t.seed, drop_last=True)
+    workers = min(cfg.data.num_workers, DRY_RUN_WORKERS) if dry_run else cfg.data.num_workers
+    args: dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda")
+    train = DataLoader(data.train, batch_size=batch // world, sampler=sampler, drop_last=True, **args)
+    test = DataLoader(shard(data.test, ctx), batch_size=t.eval_batch_size, **args)
+    val = DataLoader(shard(data.val, ctx), batch_size=t.eval_batch_size, **args) if data.val is not None else None
+    return Loaders(train, sampler, test, val)
+
+
+def build_optimization(cfg: Config, distiller: Distiller, steps_per_epoch: int) -> tuple[Any, Any]:
+    """timm's optimizer over the distiller's parameter groups, and its scheduler stepped per update."""
+    t = cfg.train
+    groups = distiller.param_groups(t.weight_decay, adaptive=not is_sgd_like(t.optimizer))
+    optimizer = create_optimizer_v2(groups, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=t.scheduler,
+        num_epochs=t.epochs,
+        decay_epochs=max(t.epochs // 3, 1),
+        decay_milestones=list(t.decay_milestones) or (max(t.epochs // 2, 1),),
+        decay_rate=t.decay_rate,
+        min_lr=t.min_lr,
+        warmup_epochs=t.warmup_epochs,
+        warmup_lr=t.lr * 0.01,
+        step_on_epochs=False,
+        updates_per_epoch=steps_per_epoch,
+    )
+    return optimizer, scheduler
