@@ -22,9 +22,13 @@ in_channels, g = groups, Ig = I / g, Og = O / g):
 (g0 = first input channel of the group of o; i and m are indices inside that group.)
 
 Because every branch is linear in the input, the block is exactly one convolution with
-the merged kernel ``K = sum_b diag(branch_scales[b]) K_b`` (plus the original bias), so
-the forward pass computes K and runs a single ``F.conv2d``: cheaper than running six
-branches on the batch, and the exported student is a plain ``nn.Conv2d``.
+the merged kernel ``K = sum_b diag(branch_scales[b]) K_b`` (plus the original bias), and
+the exported student is a plain ``nn.Conv2d``. In training the forward pass merges what is
+cheap to merge and runs one ``F.conv2d``; the composed branches 3 (the inner 1x1 W) and 5
+are merged or run on the batch, whichever the cost model of :mod:`gpd.branches.paths`
+finds cheaper for the block's shape and this batch (both exact: tests/test_branch_paths.py).
+Without gradients (evaluation, EMA evaluation, export) the merged kernel is cached until
+a branch tensor is written (:mod:`gpd.branches.cache`).
 
 Why the composed branches are exact, including at the zero-padded border:
 
@@ -127,9 +131,9 @@ def check_convertible(conv: nn.Module) -> None:
 class OREPAConv2d(nn.Module):
     """Six linear branches whose per-channel-scaled sum is one 3x3 kernel (see the module docstring).
 
-    Build it with :meth:`from_conv`; merge it back with :meth:`to_conv`. The forward pass
-    runs one ``F.conv2d`` with :meth:`merged_kernel`, which is differentiable in every
-    branch tensor.
+    Build it with :meth:`from_conv`; merge it back with :meth:`to_conv`. ``branch_path``
+    ("auto", or "merge" / "batch" to force every composed branch one way) sets how the
+    forward pass trains; ``last_path`` says what the last forward pass did.
     """
 
     prior: Tensor
