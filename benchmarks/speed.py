@@ -222,12 +222,27 @@ def step_worker(pair: Pair, method: str, gpd_on: bool, branches: str, size: int,
     env.sync()
     trainable = sum(p.numel() for p in distiller.parameters() if p.requires_grad)
     return {
+        "paths": _branch_paths(distiller),
         "step_ms": 1000 * statistics.median(times),
         "min_ms": 1000 * min(times),
         "cpu_ms": 1000 * statistics.median(cpu_times),
         "peak_mb": peak,
         "flops": counter.get_total_flops(),
         "params": trainable,
+    }
+
+
+def _branch_paths(distiller) -> dict[str, dict[str, int]]:
+    """How many six-branch blocks of D and of the student took each path in the last training step."""
+    from collections import Counter
+
+    from gpd.branches import OREPAConv2d
+
+    gpd = getattr(distiller, "gpd", None)
+    parts = {"D": gpd.teacher, "student": gpd.student} if gpd is not None else {"student": distiller}
+    return {
+        role: dict(Counter(m.last_path for m in module.modules() if isinstance(m, OREPAConv2d)))
+        for role, module in parts.items()
     }
 
 
@@ -366,6 +381,11 @@ def main() -> None:
     parser.add_argument("--no-extras", dest="extras", action="store_false",
                         help="skip the breakdown, export and branch tables")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="CIFAR pair only, batch 4, 2 steps: about a minute")
+    parser.add_argument("--branch-cost", action="store_true",
+                        help="only the cost of six-branch blocks with DKD + GPD: the ResNet pair at 112 px (batch "
+                        "16 and 64) and 224 px (batch 16), the CIFAR pair at 32 px (batch 32); --cases to pick")  # fmt: skip
+    parser.add_argument("--cases", default=None,
+                        help="with --branch-cost: comma-separated PAIR:SIZE:BATCH, e.g. resnet:112:16,cifar:32:32")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads is None:
@@ -404,6 +424,10 @@ def main() -> None:
         parser.error(f"unknown methods {unknown}; use {', '.join(METHODS)}")
 
     import torch
+
+    if args.branch_cost:
+        branch_cost_table(args, args.cases or BRANCH_CASES)
+        return
 
     def size_of(pair: Pair) -> int:
         return imagenet_size if pair.imagenet else cifar_size
@@ -532,6 +556,53 @@ def main() -> None:
                       f"| {branched['step_ms'] / plain['step_ms']:.2f}{cpu_cells} | {_gflop(plain['flops'])} "
                       f"| {_gflop(branched['flops'])} | {branched['flops'] / plain['flops']:.2f} "
                       f"| {plain['peak_mb']:.0f} | {branched['peak_mb']:.0f} |", flush=True)  # fmt: skip
+    print(f"\nTotal wall time {time.time() - started:.0f} s; load average at end {_load()}.")
+
+
+BRANCH_CASES = "resnet:112:16,resnet:112:64,resnet:224:16,cifar:32:32"
+
+
+def _paths_text(paths: dict[str, dict[str, int]]) -> str:
+    return "; ".join(f"{role}: " + ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
+                     for role, counts in paths.items())  # fmt: skip
+
+
+def branch_cost_table(args: argparse.Namespace, cases: str) -> None:
+    """DKD + GPD steps with and without six-branch blocks, alternating in time, one process each."""
+    parsed = []
+    for case in cases.split(","):
+        try:
+            key, size, batch = case.strip().split(":")
+            parsed.append((PAIR_BY_KEY[key], int(size), int(batch)))
+        except (ValueError, KeyError):
+            raise SystemExit(f"--cases takes PAIR:SIZE:BATCH with PAIR in {', '.join(PAIR_BY_KEY)}, got {case!r}")
+    started = time.time()
+    cpu = args.device == "cpu"
+    print(f"# Six-branch blocks: DKD + GPD (r = 2) step with and without branches ({time.strftime('%Y-%m-%d %H:%M')})\n")
+    print(f"device {args.device} ({_cpu_model() if cpu else ''}); precision {args.precision}; threads {args.threads}; "
+          f"{args.warmup} warm-up + {args.steps} timed steps, median; rounds {args.rounds} (the two configurations "
+          f"of a case alternate); load average at start {_load()}\n")  # fmt: skip
+    print(f"command: {' '.join(['python', os.path.relpath(__file__), *sys.argv[1:]])}\n")
+    memory = "peak CUDA MB" if not cpu else "step-added peak RSS MB"
+    time_key = "cpu_ms" if cpu else "step_ms"
+    print(f"| pair | input, batch | {'CPU ' if cpu else ''}ms, no branches | {'CPU ' if cpu else ''}ms, branches "
+          f"| time ratio | GFLOP, no branches | GFLOP, branches | FLOP ratio | {memory}, no branches "
+          f"| {memory}, branches | memory ratio | trainable params, no branches / branches | path per block |")  # fmt: skip
+    print("|---" * 13 + "|")
+    for pair, size, batch in parsed:
+        runs: dict[str, list[dict]] = {"none": [], "orepa": []}
+        for _ in range(args.rounds):
+            for branches in ("none", "orepa"):
+                spec = dict(kind="step", pair=pair.key, method="dkd", gpd_on=True, branches=branches, size=size,
+                            batch=batch, steps=args.steps, warmup=args.warmup)  # fmt: skip
+                runs[branches].append(_run_worker(spec, args))
+        plain = dict(min(runs["none"], key=lambda r: r[time_key]), peak_mb=min(r["peak_mb"] for r in runs["none"]))
+        branched = dict(min(runs["orepa"], key=lambda r: r[time_key]), peak_mb=min(r["peak_mb"] for r in runs["orepa"]))
+        print(f"| {pair.teacher} -> {pair.student} | {size} px, {batch} | {plain[time_key]:.0f} | {branched[time_key]:.0f} "
+              f"| {branched[time_key] / plain[time_key]:.2f} | {_gflop(plain['flops'])} | {_gflop(branched['flops'])} "
+              f"| {branched['flops'] / plain['flops']:.2f} | {plain['peak_mb']:.0f} | {branched['peak_mb']:.0f} "
+              f"| {branched['peak_mb'] / plain['peak_mb']:.2f} | {plain['params'] / 1e6:.1f} M / "
+              f"{branched['params'] / 1e6:.1f} M | {_paths_text(branched['paths'])} |", flush=True)  # fmt: skip
     print(f"\nTotal wall time {time.time() - started:.0f} s; load average at end {_load()}.")
 
 

@@ -22,9 +22,13 @@ in_channels, g = groups, Ig = I / g, Og = O / g):
 (g0 = first input channel of the group of o; i and m are indices inside that group.)
 
 Because every branch is linear in the input, the block is exactly one convolution with
-the merged kernel ``K = sum_b diag(branch_scales[b]) K_b`` (plus the original bias), so
-the forward pass computes K and runs a single ``F.conv2d``: cheaper than running six
-branches on the batch, and the exported student is a plain ``nn.Conv2d``.
+the merged kernel ``K = sum_b diag(branch_scales[b]) K_b`` (plus the original bias), and
+the exported student is a plain ``nn.Conv2d``. In training the forward pass merges what is
+cheap to merge and runs one ``F.conv2d``; the composed branches 3 (the inner 1x1 W) and 5
+are merged or run on the batch, whichever the cost model of :mod:`gpd.branches.paths`
+finds cheaper for the block's shape and this batch (both exact: tests/test_branch_paths.py).
+Without gradients (evaluation, EMA evaluation, export) the merged kernel is cached until
+a branch tensor is written (:mod:`gpd.branches.cache`).
 
 Why the composed branches are exact, including at the zero-padded border:
 
@@ -48,12 +52,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gpd.branches.cache import VersionedCache
+from gpd.branches.merge import DW_MULTIPLIER, MergeKernel, compose_1x1_3x3, compose_dw_pw, merge_kernel_values
+from gpd.branches.paths import BlockShape, BranchPaths, choose_paths
 from gpd.errors import ModelError
 
 BranchInit = Literal["default", "identity"]
 
 NUM_BRANCHES = 6
-DW_MULTIPLIER = 8  # depthwise filters per input channel in branch 5
 DEFAULT_SCALES = (0.25, 0.25, 0.0, 0.5, 0.05, 0.5)  # the authors' scales at random init
 IDENTITY_SCALES = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # only K0: the block equals the conv
 
@@ -125,9 +131,9 @@ def check_convertible(conv: nn.Module) -> None:
 class OREPAConv2d(nn.Module):
     """Six linear branches whose per-channel-scaled sum is one 3x3 kernel (see the module docstring).
 
-    Build it with :meth:`from_conv`; merge it back with :meth:`to_conv`. The forward pass
-    runs one ``F.conv2d`` with :meth:`merged_kernel`, which is differentiable in every
-    branch tensor.
+    Build it with :meth:`from_conv`; merge it back with :meth:`to_conv`. ``branch_path``
+    ("auto", or "merge" / "batch" to force every composed branch one way) sets how the
+    forward pass trains; ``last_path`` says what the last forward pass did.
     """
 
     prior: Tensor
@@ -162,6 +168,9 @@ class OREPAConv2d(nn.Module):
         # What to_conv() copies to give back the original class; kept out of the module
         # tree (no parameters: they are set on the copy), so it adds nothing to state_dict.
         self.__dict__["_shell"] = _tensorless_copy(conv)
+        self.__dict__["_kernel_cache"] = VersionedCache()  # the merged kernel while no branch tensor changes
+        self.branch_path = "auto"  # "merge" / "batch" force every composed branch one way (tests, benchmarks)
+        self.last_path = ""  # the path of the last forward pass
 
     @classmethod
     def from_conv(
@@ -206,20 +215,11 @@ class OREPAConv2d(nn.Module):
     def _compose_1x1_3x3(self) -> Tensor:
         """Branch 3: K3 composed with (Id + W_id) inside each group, = K3 + K3 W_id."""
         k3 = self.weight_3x3_after_1x1
-        out, ig = k3.shape[0], k3.shape[1]
-        g = self.groups
-        w_id = self.weight_id_1x1.reshape(g, ig, ig)  # group, m, i
-        mixed = torch.einsum("gomt,gmi->goit", k3.reshape(g, out // g, ig, 9), w_id)
-        return k3 + mixed.reshape(k3.shape)
+        return k3 + compose_1x1_3x3(k3, self.weight_id_1x1, self.groups)
 
     def _compose_dw_pw(self) -> Tensor:
         """Branch 5: kernel[o, i] = sum_k pw[o, 8 i + k] dw[8 (g0 + i) + k] inside each group."""
-        pw = self.weight_pw
-        out, ig = pw.shape[0], pw.shape[1] // DW_MULTIPLIER
-        g = self.groups
-        dw = self.weight_dw.reshape(g, ig, DW_MULTIPLIER, 9)
-        kernel = torch.einsum("goik,gikt->goit", pw.reshape(g, out // g, ig, DW_MULTIPLIER), dw)
-        return kernel.reshape(out, ig, 3, 3)
+        return compose_dw_pw(self.weight_pw, self.weight_dw, self.groups)
 
     def branch_kernels(self) -> list[Tensor]:
         """The six 3x3 kernels K_b, each (O, Ig, 3, 3), before the per-channel scales."""
@@ -233,18 +233,80 @@ class OREPAConv2d(nn.Module):
             self._compose_dw_pw(),
         ]
 
+    def _merge_inputs(self) -> tuple[Tensor, ...]:
+        """The tensors the merged kernel is made of, in :class:`~gpd.branches.merge.MergeKernel`'s order."""
+        return (
+            self.branch_scales,
+            self.weight_3x3,
+            self.weight_avg,
+            self.weight_prior,
+            self.prior,
+            self.weight_3x3_after_1x1,
+            self.weight_id_1x1,
+            self.weight_3x3_extra,
+            self.weight_pw,
+            self.weight_dw,
+        )
+
     def merged_kernel(self) -> Tensor:
-        """K = sum_b diag(branch_scales[b]) K_b (differentiable); the bias is separate."""
-        scales = self.branch_scales[:, :, None, None, None]
-        kernel = scales[0] * self.weight_3x3 + scales[4] * self.weight_3x3_extra
-        # rank-1 branches broadcast from (O, Ig, 1, 1) instead of materialising K_1, K_2
-        kernel = kernel + (scales[1] * self.weight_avg[:, :, None, None]) / 9
-        kernel = kernel + (scales[2] * self.weight_prior[:, :, None, None]) * self.prior[:, None]
-        kernel = kernel + scales[3] * self._compose_1x1_3x3()
-        return kernel + scales[5] * self._compose_dw_pw()
+        """K = sum_b diag(branch_scales[b]) K_b (differentiable); the bias is separate.
+
+        Under autograd it saves only the branch tensors; without gradients it is the
+        cached kernel while no branch tensor has been written since it was merged.
+        """
+        tensors = self._merge_inputs()
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return MergeKernel.apply(self.groups, True, True, *tensors)
+        return self._cached_kernel(tensors)[0]
+
+    def _cached_kernel(self, tensors: tuple[Tensor, ...]) -> tuple[Tensor, bool]:
+        """The merged kernel without autograd, reused while every branch tensor keeps its version; (kernel, hit)."""
+        cache = self._cache()
+        extra = torch.is_inference_mode_enabled()  # an inference tensor must not leave inference mode
+        kernel = cache.get(tensors, extra)
+        if kernel is not None:
+            return kernel, True
+        with torch.no_grad():
+            return cache.put(tensors, merge_kernel_values(tensors, self.groups, True, True), extra), False
+
+    def _cache(self) -> VersionedCache:
+        cache = self.__dict__.get("_kernel_cache")
+        if cache is None:  # blocks unpickled from before the cache existed
+            cache = self.__dict__["_kernel_cache"] = VersionedCache()
+        return cache
+
+    def _conv(self, x: Tensor, kernel: Tensor, bias: Tensor | None) -> Tensor:
+        return F.conv2d(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def paths_for(self, x: Tensor) -> BranchPaths:
+        """The path of each composed branch for input ``x`` (:mod:`gpd.branches.paths`)."""
+        shape = BlockShape(self.out_channels, self.in_channels, self.groups, x.numel() // self.in_channels)
+        return choose_paths(shape, self.branch_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.merged_kernel(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        tensors = self._merge_inputs()
+        if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+            kernel, hit = self._cached_kernel(tensors)
+            self._record("cached" if hit else "merge")
+            return self._conv(x, kernel, self.bias)
+        self._cache().clear()  # training: the weights are about to change
+        paths = self.paths_for(x)
+        self._record(paths.describe())
+        kernel = MergeKernel.apply(self.groups, paths.merge_1x1, paths.merge_dw, *tensors)
+        out = self._conv(x, kernel, self.bias)
+        if not paths.merge_1x1:  # branch 3's W part: x -> 1x1 W -> 3x3 s3 K3 (K3 alone is in the kernel)
+            inner = F.conv2d(x, self.weight_id_1x1[:, :, None, None], None, 1, 0, 1, self.groups)
+            out = out + self._conv(inner, self.weight_3x3_after_1x1 * self.branch_scales[3][:, None, None, None], None)
+        if not paths.merge_dw:  # branch 5: depthwise 3x3 (8 per channel), then the 1x1 s5 pw
+            depthwise = F.conv2d(x, self.weight_dw, None, self.stride, self.padding, self.dilation, self.in_channels)
+            pointwise = (self.weight_pw * self.branch_scales[5][:, None])[:, :, None, None]
+            out = out + F.conv2d(depthwise, pointwise, None, 1, 0, 1, self.groups)
+        return out
+
+    def _record(self, path: str) -> None:
+        """Remember the path of the last forward pass (benchmarks/speed.py reports it)."""
+        if not torch.compiler.is_compiling():
+            self.__dict__["last_path"] = path
 
     def to_conv(self) -> nn.Conv2d:
         """A convolution of the original class and hyper-parameters with the merged kernel and the bias.
@@ -253,8 +315,7 @@ class OREPAConv2d(nn.Module):
         """
         conv = copy.deepcopy(self.__dict__["_shell"])
         conv.in_channels, conv.out_channels, conv.groups = self.in_channels, self.out_channels, self.groups
-        with torch.no_grad():
-            weight = self.merged_kernel().detach().clone()
+        weight = self._cached_kernel(self._merge_inputs())[0].detach().clone()
         conv.weight = nn.Parameter(weight, requires_grad=self.weight_3x3.requires_grad)
         if self.bias is not None:
             conv.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=self.bias.requires_grad)

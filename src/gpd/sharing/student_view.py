@@ -51,7 +51,21 @@ class StudentView(nn.Module):
         return {name: s.derive(teacher_params[name], self.compensate_step) for name, s in self.slices.items()}
 
     def forward(self, teacher_params: dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self.module, self.derive(teacher_params), args, kwargs, strict=False)
+        return functional_call(self.module, self._parameters_for(teacher_params), args, kwargs, strict=False)
+
+    def _parameters_for(self, teacher_params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Derived anew under autograd; without it the same tensors while none of D's changes, so
+        the student's merged branch kernels stay cached in evaluation (gpd.branches.cache)."""
+        if torch.is_grad_enabled():
+            self.__dict__.pop("_derived", None)
+            return self.derive(teacher_params)
+        from gpd.branches.cache import VersionedCache  # gpd.branches imports the expansion, which imports this
+
+        cache = self.__dict__.setdefault("_derived", VersionedCache())
+        tensors = [teacher_params[name] for name in self.slices]
+        extra = (torch.is_inference_mode_enabled(), self.compensate_step)
+        derived = cache.get(tensors, extra)
+        return derived if derived is not None else cache.put(tensors, self.derive(teacher_params), extra)
 
     def materialize(self, teacher_params: dict[str, torch.Tensor]) -> nn.Module:
         """A standalone copy of the student with the derived parameters filled in."""
