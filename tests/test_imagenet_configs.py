@@ -18,6 +18,7 @@ from gpd.distill.features import as_feature_map, feature_stage_names, stage_feat
 from gpd.errors import ConfigError
 from gpd.models import create_model
 from gpd.models.registry import sized_kwargs
+from gpd.training.ema import ema_decay_per_step
 from gpd.training.model_setup import build_student, create_for_data
 from gpd.training.static_teacher import build_static_teacher
 
@@ -44,7 +45,13 @@ def test_common_settings(name):
     assert text.startswith("# ") and "GPD paper" in text.split("\ndata:")[0]  # the comment says where settings come from
     assert (cfg.data.name, cfg.data.root, cfg.data.image_size) == ("imagefolder", "data/imagenet", 224)
     assert (cfg.gpd.enabled, cfg.gpd.ratio, cfg.gpd.kd_weight, cfg.gpd.sce_eps) == (True, 2.0, 3.0, 0.1)
-    assert (cfg.train.ema, cfg.train.ema_decay, cfg.train.grad_clip) == (True, 0.99996, 5.0)
+    assert (cfg.train.ema, cfg.train.ema_decay, cfg.train.grad_clip) == (True, None, 5.0)
+    # the recipe's per-step EMA decay 0.99996, as a horizon in images: the same at the config's batch
+    decay = ema_decay_per_step(
+        decay=None, epochs=cfg.train.ema_epochs, images=cfg.train.ema_images,
+        images_per_step=cfg.train.batch_size, steps_per_epoch=1,
+    )  # fmt: skip
+    assert decay == pytest.approx(0.99996, abs=1e-8)
     finetune = "finetune" in name
     assert cfg.gpd.branch_init == ("identity" if finetune else "default")
     assert finetune == (cfg.student.pretrained or cfg.student.checkpoint is not None)
