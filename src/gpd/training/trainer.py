@@ -202,7 +202,7 @@ class Trainer:
         periodic read (``train.nonfinite_check_every``) and the epoch's end."""
         self.distiller.train()
         self.sampler.set_epoch(epoch)
-        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        sums: dict[str, torch.Tensor] = self._zeros()
         seen = torch.zeros((), device=self.device)
         skipped = 0
         self._grad_stats = self._zeros()
@@ -254,8 +254,11 @@ class Trainer:
         return result
 
     def _zeros(self) -> defaultdict[str, torch.Tensor]:
-        """Accumulators that stay on the device (read once per epoch)."""
-        return defaultdict(lambda: torch.zeros((), device=self.device))
+        """Accumulators that stay on the device (read once per epoch). The factory closes over the
+        device only: a closure over ``self`` would make the trainer a reference cycle, whose
+        models then wait for Python's rare full collections to be freed."""
+        device = self.device
+        return defaultdict(lambda: torch.zeros((), device=device))
 
     def _probe_due(self, step: int) -> bool:
         """Whether this step measures the student's and D's loss gradients separately
