@@ -107,6 +107,7 @@ for case, options in cases.items():
     report[case].update(relative_difference=diff, find_unused=unused)
 if ctx.rank == 0:
     print("REPORT " + json.dumps(report))
+torch.distributed.barrier()  # leave together (gloo may abort a process whose peer tore down first)
 shutdown_distributed()
 """
 
@@ -224,6 +225,7 @@ for sync in ("true", "false"):
         }
 if ctx.rank == 0:
     print("REPORT " + json.dumps(report))
+torch.distributed.barrier()  # leave together (gloo may abort a process whose peer tore down first)
 shutdown_distributed()
 """
 

@@ -10,11 +10,34 @@ BatchNorms hold buffers but no parameters, converts just as well.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the processes, differentiable: the gradient of a sum is the sum of the gradients.
+    (torch.distributed.nn.functional's version is deprecated, and the functional collectives
+    that replace it do not back-propagate.)"""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        out = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    return _AllReduceSum.apply(tensor)  # type: ignore[no-any-return]
 
 
 class CPUSyncBatchNorm(_BatchNorm):
@@ -36,15 +59,14 @@ class CPUSyncBatchNorm(_BatchNorm):
 
     def _sync_forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        group = dist.group.WORLD
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         local = torch.cat([x.sum(dims), x.new_full((1,), x.numel() // x.shape[1])])
-        total = dist_fn.all_reduce(local, group=group)
+        total = all_reduce_sum(local)
         count = total[-1]
         mean = total[:-1] / count
         centered = x - mean.view(shape)
-        var = dist_fn.all_reduce((centered * centered).sum(dims), group=group) / count
+        var = all_reduce_sum((centered * centered).sum(dims)) / count
         y = centered * torch.rsqrt(var + self.eps).view(shape)
         if self.weight is not None:
             y = y * self.weight.view(shape) + self.bias.view(shape)
