@@ -9,6 +9,7 @@ the student's function. It never returns a D that silently differs.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -18,66 +19,12 @@ from torch import nn
 
 from gpd.errors import ExpansionError, first_line
 from gpd.expansion.channels import ChannelMap, WidthPlan
-from gpd.expansion.roles import LayerRoles, detect_roles, iter_channel_tensor_holders, iter_units
-from gpd.expansion.rules import LayerContext, ParamSlice, channel_tensor_multiplies
+from gpd.expansion.build import build_teacher
+from gpd.expansion.roles import detect_roles, iter_units
 from gpd.expansion.verify import locate_divergence, relative_error
 from gpd.gpd_model import ExpansionReport, GPDModel
 from gpd.sharing import StudentView
 from gpd.sharing.steps import paper_scales
-
-
-def build_teacher(
-    student: nn.Module, plan: WidthPlan, roles: LayerRoles
-) -> tuple[nn.Module, dict[str, ParamSlice], dict[str, ChannelMap], dict[str, list[str]]]:
-    """D, the slice of every student parameter, each layer's output map, and the rules used."""
-    teacher = copy.deepcopy(student)
-    slices: dict[str, ParamSlice] = {}
-    output_maps: dict[str, ChannelMap] = {}
-    rules_used: dict[str, list[str]] = {}
-    for name, module, entry in iter_units(student):
-        if entry is None:
-            own = [n for n, _ in module.named_parameters()] + [n for n, _ in module.named_buffers()]
-            if own:
-                raise ExpansionError(
-                    f"layer '{name}' of class {type(module).__module__}.{type(module).__name__} has no "
-                    "expansion rule; register one with gpd.register_expansion_rule"
-                )
-            continue  # a parameter-free leaf: D keeps its copy as is
-        plain = name in roles.unexpanded
-        ctx = LayerContext(
-            name=name,
-            plan=plan,
-            expand_input=not plain and name not in roles.input_layers,
-            expand_output=not plain and name not in roles.output_layers,
-        )
-        layer = entry.rule(module, ctx)
-        if name:
-            teacher.set_submodule(name, layer.module)
-        else:
-            teacher = layer.module
-        prefix = f"{name}." if name else ""
-        slices.update({prefix + p: s for p, s in layer.params.items()})
-        if layer.output_map is not None:
-            output_maps[name] = layer.output_map
-        rule_name = getattr(entry.rule, "__name__", type(entry.rule).__name__)
-        rules_used.setdefault(rule_name, []).append(name)
-    for name, module, axes in iter_channel_tensor_holders(student):
-        target = teacher.get_submodule(name) if name else teacher
-        prefix = f"{name}." if name else ""
-        for tensor_name, axis in axes.items():
-            value = getattr(module, tensor_name)
-            dim = axis % value.ndim
-            channel_map = plan.map(value.shape[dim])
-            tiled = channel_map.expand(value, dim)
-            if isinstance(value, nn.Parameter):
-                setattr(target, tensor_name, nn.Parameter(tiled.detach().clone(), requires_grad=value.requires_grad))
-                added = not channel_tensor_multiplies(module, tensor_name)
-                scale = channel_map.student_size / channel_map.teacher_size if added else 1.0
-                slices[prefix + tensor_name] = ParamSlice({dim: channel_map}, paper_scale=scale)
-            else:
-                setattr(target, tensor_name, tiled.detach().clone())
-            rules_used.setdefault("channel_tensors", []).append(prefix + tensor_name)
-    return teacher, slices, output_maps, rules_used
 
 
 def infer_input_size(model: nn.Module) -> tuple[int, ...]:
@@ -232,6 +179,23 @@ def with_branches(model: nn.Module, branches: str | None, branch_init: str) -> n
     return add_branches(model, init=branch_init)
 
 
+def _refusals_only(function: Callable[..., GPDModel]) -> Callable[..., GPDModel]:
+    """Every refusal is a gpd.ExpansionError naming the layer and the reason; any other
+    failure inside the expansion (a rule's bug, a model's odd forward) is reported as one."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> GPDModel:
+        try:
+            return function(*args, **kwargs)
+        except ExpansionError:
+            raise
+        except Exception as err:
+            raise ExpansionError(f"the expansion failed: {type(err).__name__}: {first_line(err)}") from err
+
+    return wrapper
+
+
+@_refusals_only
 def expand(
     model: nn.Module,
     ratio: float = 2,
@@ -280,7 +244,13 @@ def expand(
     example = _example(model, example_input, input_size)  # before branches hide the stem conv
     model = with_branches(model, branches, branch_init)
     roles = detect_roles(model, example, input_layers, output_layers)
-    teacher, slices, output_maps, rules_used = build_teacher(model, plan, roles)
+    teacher, slices, output_maps, rules_used = build_teacher(model, plan, roles, example)
+    missing = [name for name, _ in model.named_parameters() if name not in slices]
+    if missing:
+        raise ExpansionError(
+            f"no expansion rule covers the parameters {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
+            "register a rule for their layer"
+        )
     named = roles.input_layers | roles.output_layers
     unverified = sorted(
         n for n in roles.unused - named if any(True for _ in model.get_submodule(n).parameters())
