@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_leaves
 
 from gpd.errors import ExpansionError, first_line
 from gpd.expansion.channels import ChannelMap, WidthPlan
-from gpd.expansion.generic import expand_generic_leaf, expand_own_tensors, known_channel_counts
+from gpd.expansion.generic import expand_generic_leaf, expand_own_tensors, known_channel_counts, resize_channel_attributes
 from gpd.expansion.layout import MeasuredInput, measure_input
 from gpd.expansion.roles import LayerRoles, iter_channel_tensor_holders, iter_units
 from gpd.expansion.rules import ExpandedLayer, LayerContext, ParamSlice, RuleEntry
@@ -129,6 +129,8 @@ class TeacherBuilder:
             for tensor_name, param_slice in expand_own_tensors(module, target, name, axes, self.plan, set(self.counts)).items():
                 self.slices[prefix + tensor_name] = param_slice
                 self.rules_used.setdefault("channel_tensors", []).append(prefix + tensor_name)
+        for attr in resize_channel_attributes(teacher, self.plan):
+            self.rules_used.setdefault("channel_attributes", []).append(attr)
         pending: dict[str, tuple[nn.Module, RuleEntry | None]] = {}
         seen: set[int] = set()
         for name, module, entry in self.units:
@@ -170,7 +172,19 @@ class TeacherBuilder:
 def build_teacher(
     student: nn.Module, plan: WidthPlan, roles: LayerRoles, example: tuple[Any, ...]
 ) -> tuple[nn.Module, dict[str, ParamSlice], dict[str, ChannelMap], dict[str, list[str]]]:
-    """D, the slice of every student parameter, each layer's output map, and the rules used."""
+    """D, the slice of every student parameter, each layer's output map, and the rules used.
+
+    A float32 student is built in float64 (then D is cast back; its values are exact
+    in float32): deep float32 nets drift by more than a layout match tolerates, and a
+    channel pooled to a few numbers is told apart from its neighbours only in float64.
+    """
+    dtypes = {t.dtype for t in list(student.parameters()) + list(student.buffers()) if t.is_floating_point()}
+    in_float64 = dtypes == {torch.float32}
+    if in_float64:
+        student = copy.deepcopy(student).double()
+        example = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in example)
     builder = TeacherBuilder(student, plan, roles)
     teacher = builder.build(example)
+    if in_float64:
+        teacher = teacher.float()
     return teacher, builder.slices, builder.output_maps, builder.rules_used

@@ -28,6 +28,28 @@ ADDED_NAME_PARTS = ("token", "pos", "embed", "bias", "beta", "shift", "offset")
 SIZE_ATTRIBUTES = ("in_channels", "out_channels", "in_features", "out_features", "num_features", "num_channels")
 
 
+_CHANNEL_ATTRIBUTES: dict[type, tuple[str, ...]] = {}
+
+
+def register_channel_attributes(module_class: type[nn.Module], names: tuple[str, ...]) -> None:
+    """Declare int attributes of a container that count channels and that its ``forward()``
+    reshapes with (torchvision's ``VisionTransformer.hidden_dim``): D's copy holds D's count."""
+    _CHANNEL_ATTRIBUTES[module_class] = tuple(names)
+
+
+def resize_channel_attributes(teacher: nn.Module, plan: WidthPlan) -> list[str]:
+    """Apply the declared channel attributes to every module of D; the names changed."""
+    changed = []
+    for name, module in teacher.named_modules():
+        for cls in type(module).__mro__:
+            for attr in _CHANNEL_ATTRIBUTES.get(cls, ()):
+                value = getattr(module, attr, None)
+                if isinstance(value, int):
+                    setattr(module, attr, plan.teacher_size(value))
+                    changed.append(f"{name}.{attr}" if name else attr)
+    return changed
+
+
 def is_added(name: str) -> bool:
     """Whether a generic tensor is added to activations (by its name; see the module docstring)."""
     return any(part in name.lower() for part in ADDED_NAME_PARTS)
@@ -50,10 +72,11 @@ def known_channel_counts(units: list[tuple[str, nn.Module]], plain_sizes: set[in
 def channel_axis(owner: str, name: str, shape: tuple[int, ...], counts: set[int], parameter: bool) -> int | None:
     """The one axis of ``shape`` whose size is a known channel count; None for scalars.
 
-    A parameter with none or several such axes is refused (ExpansionError naming it);
-    a buffer is then kept unchanged (None).
+    A parameter with none or several such axes is refused (ExpansionError naming it).
+    Buffers are kept unchanged (None) unless declared: a mask or an index table can
+    have an axis that merely equals a channel count (Swin's attention mask).
     """
-    if len(shape) == 0 or all(s == 1 for s in shape):
+    if not parameter or len(shape) == 0 or all(s == 1 for s in shape):
         return None
     axes = [d for d, s in enumerate(shape) if s in counts]
     if len(axes) == 1:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from gpd.expansion.channels import concat_maps
-from gpd.expansion.generic import expand_generic_leaf
+from gpd.expansion.generic import expand_generic_leaf, register_channel_attributes
 from gpd.expansion.rules import (
     ExpandedLayer,
     LayerContext,
@@ -195,6 +195,8 @@ def register_known_attentions() -> None:
             register_head_attention(module_class, spec)
     try:
         from torchvision.models import swin_transformer as tv_swin
+        from torchvision.models import vision_transformer as tv_vit
     except ImportError:
         return
+    register_channel_attributes(tv_vit.VisionTransformer, ("hidden_dim",))
     register_head_attention(tv_swin.ShiftedWindowAttention, HeadSpec({"qkv": 3}, {"relative_position_bias_table": 1}))

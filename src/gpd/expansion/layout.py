@@ -22,7 +22,11 @@ import torch
 
 from gpd.expansion.channels import ChannelMap, WidthPlan, identity_map
 
-MATCH_TOLERANCE = 1e-3
+MATCH_TOLERANCE = 1e-3  # relative to the activation's scale; 1e-7 when D is built in float64
+
+
+def _tolerance(tensor: torch.Tensor) -> float:
+    return 1e-7 if tensor.dtype == torch.float64 else MATCH_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ def match_channels(teacher: torch.Tensor, student: torch.Tensor, dim: int, plan:
     each D channel is paired with its nearest student channel (random projections,
     then an exact check). Returns ``(None, error)`` when no layout explains D's tensor.
     """
+    tolerance = _tolerance(student)
     a, b = _rows(teacher, dim), _rows(student, dim)
     if a.shape[1] != b.shape[1]:
         return None, float("inf")
@@ -71,7 +76,7 @@ def match_channels(teacher: torch.Tensor, student: torch.Tensor, dim: int, plan:
     tiled = plan.map(b.shape[0])
     if tiled.teacher_size == a.shape[0]:
         error = float((a - b[tiled.source]).abs().max()) / scale if a.numel() else 0.0
-        if error <= MATCH_TOLERANCE:
+        if error <= tolerance:
             return tiled, error
     generator = torch.Generator().manual_seed(0)
     projection = torch.randn(a.shape[1], 8, generator=generator, dtype=torch.float64)
@@ -79,7 +84,7 @@ def match_channels(teacher: torch.Tensor, student: torch.Tensor, dim: int, plan:
     per_channel = (a - b[nearest]).abs().amax(1) / scale if a.numel() else torch.zeros(a.shape[0])
     error = float(per_channel.max()) if per_channel.numel() else 0.0
     counts = torch.bincount(nearest, minlength=b.shape[0])
-    if error > MATCH_TOLERANCE or bool((counts == 0).any()):
+    if error > tolerance or bool((counts == 0).any()):
         return None, max(error, 1.0 if bool((counts == 0).any()) else error)
     first = torch.full((b.shape[0],), a.shape[0], dtype=torch.long)
     first.scatter_reduce_(0, nearest, torch.arange(a.shape[0]), reduce="amin")
@@ -94,7 +99,7 @@ def measure_input(teacher: torch.Tensor, student: torch.Tensor, plan: WidthPlan)
     if len(differing) > 1:
         return None
     if not differing:
-        if not torch.allclose(teacher.double(), student.double(), rtol=0, atol=MATCH_TOLERANCE * (float(student.abs().max()) or 1.0)):
+        if not torch.allclose(teacher.double(), student.double(), rtol=0, atol=_tolerance(student) * (float(student.abs().max()) or 1.0)):
             return None
         return MeasuredInput(tuple(student.shape))
     dim = differing[0]
