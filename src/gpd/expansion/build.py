@@ -169,6 +169,9 @@ class TeacherBuilder:
         return teacher
 
 
+FLOAT64_BUILD_LIMIT = 1e8  # D's parameters; larger Ds are built in the student's dtype (memory)
+
+
 def build_teacher(
     student: nn.Module, plan: WidthPlan, roles: LayerRoles, example: tuple[Any, ...]
 ) -> tuple[nn.Module, dict[str, ParamSlice], dict[str, ChannelMap], dict[str, list[str]]]:
@@ -179,7 +182,8 @@ def build_teacher(
     channel pooled to a few numbers is told apart from its neighbours only in float64.
     """
     dtypes = {t.dtype for t in list(student.parameters()) + list(student.buffers()) if t.is_floating_point()}
-    in_float64 = dtypes == {torch.float32}
+    size = sum(p.numel() for p in student.parameters()) * plan.ratio**2
+    in_float64 = dtypes == {torch.float32} and size <= FLOAT64_BUILD_LIMIT
     if in_float64:
         student = copy.deepcopy(student).double()
         example = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in example)

@@ -83,7 +83,7 @@ def add_symmetry_noise(model: GPDModel, std: float, generator: torch.Generator |
             param.add_(noise.to(param.device))
 
 
-FLOAT64_TOLERANCE = 1e-9
+FLOAT64_TOLERANCE = 1e-6  # D's float32 tensors hold W / r rounded (6e-8 relative at r = 3), amplified by depth
 
 
 def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], example: tuple) -> Any:
@@ -161,7 +161,7 @@ def verify(
         errors64 = _measure(student64, model64, example64)
         if max(errors64) <= FLOAT64_TOLERANCE:
             return (*errors, True)
-        _raise_mismatch(student64, model64, example64, output_maps, errors64, tolerance)
+        _raise_mismatch(student64, model64, example64, output_maps, errors64, min(tolerance, FLOAT64_TOLERANCE))
         raise AssertionError("unreachable: _raise_mismatch raises")
     finally:
         student.train(modes[0])
