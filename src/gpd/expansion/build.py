@@ -66,6 +66,7 @@ class TeacherBuilder:
         self.output_maps: dict[str, ChannelMap] = {}
         self.rules_used: dict[str, list[str]] = {}
         self.built: set[str] = set()
+        self.known_maps: list[ChannelMap] = []  # layouts found so far, latest first: priors for tied channels
 
     def context(self, name: str, entry: RuleEntry | None, measured: MeasuredInput | None) -> LayerContext:
         plain = name in self.roles.unexpanded
@@ -148,7 +149,11 @@ class TeacherBuilder:
                 if name in self.built:
                     return
                 tensor, reference = _first_tensor(args, {}), student_inputs.get(name)
-                measured = measure_input(tensor, reference, self.plan) if tensor is not None and reference is not None else None
+                measured = None
+                if tensor is not None and reference is not None:
+                    measured = measure_input(tensor, reference, self.plan, self.known_maps)
+                    if measured is not None:
+                        self.known_maps[:0] = [m for m in measured.maps.values() if not m.is_identity]
                 _swap(mod, self.expand_unit(name, module, entry, measured).module)
 
             handles.append(teacher.get_submodule(name).register_forward_pre_hook(hook))

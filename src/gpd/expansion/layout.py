@@ -61,12 +61,79 @@ def _rows(tensor: torch.Tensor, dim: int) -> torch.Tensor:
     return tensor.detach().movedim(dim, 0).reshape(tensor.shape[dim], -1).double()
 
 
-def match_channels(teacher: torch.Tensor, student: torch.Tensor, dim: int, plan: WidthPlan) -> tuple[ChannelMap | None, float]:
+def _duplicate_groups(b: torch.Tensor, tolerance: float, scale: float) -> torch.Tensor:
+    """For each student channel, the lowest-index student channel equal to it (itself if none).
+
+    Equal channels are typically dead ones (all zero after a ReLU on the example batch):
+    the example cannot tell their copies apart, so :func:`_assign_ties` decides by position.
+    """
+    generator = torch.Generator().manual_seed(1)
+    projected = b @ torch.randn(b.shape[1], 8, generator=generator, dtype=torch.float64)
+    close = torch.cdist(projected, projected) <= tolerance * scale * (b.shape[1] + 8)  # a bound on the projected distance
+    group = torch.arange(b.shape[0])
+    for i, j in close.triu(1).nonzero().tolist():
+        if group[j] == j and float((b[i] - b[j]).abs().max()) <= tolerance * scale:
+            group[j] = group[i]
+    return group
+
+
+def _assign_ties(nearest: torch.Tensor, group: torch.Tensor, student_size: int) -> torch.Tensor:
+    """Pick, for each D channel matching a group of equal student channels, one member of the group.
+
+    D's layouts are runs of consecutive student channels (tiles, concatenations), so a
+    tied channel continues a run: the run of its left neighbour (previous + 1) or the
+    run of the nearest untied channel to its right (that one's source - distance); when
+    both fit and disagree, a run boundary lies between, and the right run, which starts
+    a new segment at its first channel, wins. Otherwise the least-used member.
+    """
+    members: dict[int, list[int]] = {}
+    for s in range(student_size):
+        members.setdefault(int(group[s]), []).append(s)
+    roots = group[nearest]
+    tied = torch.tensor([len(members[int(g)]) > 1 for g in roots.tolist()], dtype=torch.bool)
+    source = roots.clone()
+    source[~tied] = nearest[~tied]
+    untied = (~tied).nonzero().flatten().tolist()
+    used = torch.bincount(source[~tied], minlength=student_size)
+    k = 0
+    for j in range(source.numel()):
+        if not bool(tied[j]):
+            continue
+        candidates = members[int(roots[j])]
+        while k < len(untied) and untied[k] < j:
+            k += 1
+        left = int(source[j - 1]) + 1 if j >= 1 else None
+        right = int(source[untied[k]]) - (untied[k] - j) if k < len(untied) else None
+        if right in candidates:
+            choice = right
+        elif left in candidates:
+            choice = left
+        else:
+            choice = min(candidates, key=lambda c: (int(used[c]), c))
+        source[j] = choice
+        used[choice] += 1
+    return source
+
+
+def _consistent_prior(priors: list[ChannelMap], nearest: torch.Tensor, group: torch.Tensor) -> ChannelMap | None:
+    """The first known layout (one already found in D) that the example cannot tell from the measured one."""
+    for prior in priors:
+        if prior.teacher_size == nearest.numel() and prior.student_size == group.numel():
+            if torch.equal(group[prior.source], group[nearest]):
+                return prior
+    return None
+
+
+def match_channels(
+    teacher: torch.Tensor, student: torch.Tensor, dim: int, plan: WidthPlan, priors: list[ChannelMap] | None = None
+) -> tuple[ChannelMap | None, float]:
     """The map of D's channels on ``dim`` onto the student's, and the worst mismatch found.
 
     The tiled map of the plan is tried first (the common case, one comparison); else
     each D channel is paired with its nearest student channel (random projections,
-    then an exact check). Returns ``(None, error)`` when no layout explains D's tensor.
+    then an exact check). D channels equal to several student channels (dead ones)
+    take a known layout of ``priors`` that fits, else are assigned by position.
+    Returns ``(None, error)`` when no layout explains D's tensor.
     """
     tolerance = _tolerance(student)
     a, b = _rows(teacher, dim), _rows(student, dim)
@@ -83,15 +150,25 @@ def match_channels(teacher: torch.Tensor, student: torch.Tensor, dim: int, plan:
     nearest = torch.cdist(a @ projection, b @ projection).argmin(1)
     per_channel = (a - b[nearest]).abs().amax(1) / scale if a.numel() else torch.zeros(a.shape[0])
     error = float(per_channel.max()) if per_channel.numel() else 0.0
+    if error > tolerance:
+        return None, error
+    group = _duplicate_groups(b, tolerance, scale)
+    if not torch.equal(group, torch.arange(b.shape[0])):
+        prior = _consistent_prior([tiled, *(priors or [])], nearest, group)
+        if prior is not None:
+            return prior, error
+        nearest = _assign_ties(nearest, group, b.shape[0])
     counts = torch.bincount(nearest, minlength=b.shape[0])
-    if error > tolerance or bool((counts == 0).any()):
-        return None, max(error, 1.0 if bool((counts == 0).any()) else error)
+    if bool((counts == 0).any()):
+        return None, 1.0
     first = torch.full((b.shape[0],), a.shape[0], dtype=torch.long)
     first.scatter_reduce_(0, nearest, torch.arange(a.shape[0]), reduce="amin")
     return ChannelMap(source=nearest, student_size=b.shape[0], student_index=first), error
 
 
-def measure_input(teacher: torch.Tensor, student: torch.Tensor, plan: WidthPlan) -> MeasuredInput | None:
+def measure_input(
+    teacher: torch.Tensor, student: torch.Tensor, plan: WidthPlan, priors: list[ChannelMap] | None = None
+) -> MeasuredInput | None:
     """The measured layout of one input tensor; None when no layout explains it (or ranks differ)."""
     if teacher.ndim != student.ndim or not teacher.is_floating_point():
         return None
@@ -103,7 +180,7 @@ def measure_input(teacher: torch.Tensor, student: torch.Tensor, plan: WidthPlan)
             return None
         return MeasuredInput(tuple(student.shape))
     dim = differing[0]
-    channel_map, error = match_channels(teacher, student, dim, plan)
+    channel_map, error = match_channels(teacher, student, dim, plan, priors)
     if channel_map is None:
         return None
     return MeasuredInput(tuple(student.shape), {dim: channel_map}, error)

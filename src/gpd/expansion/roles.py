@@ -112,12 +112,18 @@ def trace_calls(model: nn.Module, example_input: Any) -> tuple[list[_Call], list
     """
     calls: list[_Call] = []
     handles = []
+    pending: dict[int, list[list[Any]]] = {}  # input nodes taken before the call: an in-place op rebases them
     for name, module, entry in iter_units(model):
         channelwise = is_channelwise(module, entry)
 
-        def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name, cw: bool = channelwise) -> None:
-            calls.append(_Call(name, cw, _nodes((args, kwargs)), _nodes(output)))
+        def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            pending.setdefault(id(mod), []).append(_nodes((args, kwargs)))
 
+        def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name, cw: bool = channelwise) -> None:
+            stack = pending.get(id(mod))
+            calls.append(_Call(name, cw, stack.pop() if stack else _nodes((args, kwargs)), _nodes(output)))
+
+        handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     was_training = model.training
     model.eval()
