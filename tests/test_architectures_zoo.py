@@ -15,7 +15,10 @@ from gpd.expansion.zoo import ZOO, check_model
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-FAST_EXACT = ["timm:mobilevit_xxs", "timm:mixer_s32_224", "timm:levit_128s", "timm:convnextv2_atto", "timm:pit_ti_224"]
+FAST_EXACT = [
+    "timm:mobilevit_xxs", "timm:mixer_s32_224", "timm:levit_128s", "timm:convnextv2_atto", "timm:pit_ti_224",
+    "tv:squeezenet1_1", "tv:densenet121", "tv:googlenet",
+]
 BY_NAME = {spec.name: spec for spec in ZOO}
 
 
@@ -40,3 +43,21 @@ def test_every_zoo_model_is_exact_or_refused(name: str) -> None:
     else:
         assert result.reason and "\n" not in result.reason, result.reason
         assert not result.reason.startswith("differs on a fresh input"), result.reason  # silently different
+
+
+def test_float64_check_reads_d_as_built_in_float64() -> None:
+    """At r = 3 float32 rounds D's W / 3; this net amplifies that past 1e-6 (it was refused for it).
+
+    The float64 check must compare the mapping (D as built in float64), not the rounding.
+    """
+    import torch
+
+    import gpd
+    from gpd.testing import perturbed_for_verification
+
+    spec = BY_NAME["tv:mobilenet_v3_large"]
+    torch.manual_seed(0)  # as check_model
+    student = perturbed_for_verification(spec.factory(), spec.input_size)
+    gm = gpd.expand(student, 3, input_size=spec.input_size)
+    assert gm.report.checked_in_float64  # float32 alone did not settle it
+    assert check_model(spec, 3).exact

@@ -179,12 +179,14 @@ FLOAT64_BUILD_LIMIT = 1e8  # D's parameters; larger Ds are built in the student'
 
 def build_teacher(
     student: nn.Module, plan: WidthPlan, roles: LayerRoles, example: tuple[Any, ...]
-) -> tuple[nn.Module, dict[str, ParamSlice], dict[str, ChannelMap], dict[str, list[str]]]:
-    """D, the slice of every student parameter, each layer's output map, and the rules used.
+) -> tuple[nn.Module, dict[str, ParamSlice], dict[str, ChannelMap], dict[str, list[str]], nn.Module | None]:
+    """D, the slice of every student parameter, each layer's output map, the rules used, and D in float64.
 
-    A float32 student is built in float64 (then D is cast back; its values are exact
-    in float32): deep float32 nets drift by more than a layout match tolerates, and a
+    A float32 student is built in float64 (then D is cast back; at r = 3 its ``W / 3``
+    are rounded): deep float32 nets drift by more than a layout match tolerates, and a
     channel pooled to a few numbers is told apart from its neighbours only in float64.
+    The float64 D is returned too (None when D was built in the student's dtype): it
+    is what verification checks in float64, free of the float32 rounding of ``W / r``.
     """
     dtypes = {t.dtype for t in list(student.parameters()) + list(student.buffers()) if t.is_floating_point()}
     size = sum(p.numel() for p in student.parameters()) * plan.ratio**2
@@ -194,6 +196,7 @@ def build_teacher(
         example = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in example)
     builder = TeacherBuilder(student, plan, roles)
     teacher = builder.build(example)
+    teacher64 = teacher if in_float64 else None
     if in_float64:
-        teacher = teacher.float()
-    return teacher, builder.slices, builder.output_maps, builder.rules_used
+        teacher = copy.deepcopy(teacher).float()
+    return teacher, builder.slices, builder.output_maps, builder.rules_used, teacher64
