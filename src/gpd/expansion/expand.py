@@ -61,6 +61,32 @@ def _example(model: nn.Module, example_input: Any, input_size: tuple[int, ...] |
     return (torch.randn((batch, *size), generator=generator).to(device),)
 
 
+MEASURE_EXTRA, CHECK_EXTRA = 6, 2  # random samples added to the example: to measure layouts, to verify
+
+
+def with_extra_samples(example: tuple, extra: int, seed: int) -> tuple:
+    """``example`` with ``extra`` random samples of the same per-sample shape, mean and std appended.
+
+    Two samples rarely tell every channel apart: a ReLU leaves some all zero (dead on
+    the example, alive on other inputs), and equal channels cannot be told copy from
+    copy. Layouts are measured on more samples, and verification adds samples the
+    measurement never saw, so a wrong guess among equal channels is refused, not kept.
+    Only an example made of float tensors of one batch size is extended.
+    """
+    tensors = [t for t in example if isinstance(t, torch.Tensor)]
+    if not tensors or len(tensors) != len(example) or any(not t.is_floating_point() or t.ndim < 1 for t in tensors):
+        return example
+    if len({t.shape[0] for t in tensors}) != 1:
+        return example
+    generator = torch.Generator().manual_seed(seed)
+    extended = []
+    for t in tensors:
+        noise = torch.randn((extra, *t.shape[1:]), generator=generator, dtype=t.dtype).to(t.device)
+        std = t.std() if t.numel() > 1 else torch.ones((), dtype=t.dtype)
+        extended.append(torch.cat([t, noise * std + t.mean()], 0))
+    return tuple(extended)
+
+
 def add_symmetry_noise(model: GPDModel, std: float, generator: torch.Generator | None = None) -> None:
     """Add noise of relative size ``std`` to D's copies, leaving the student's own entries unchanged.
 
@@ -248,7 +274,9 @@ def expand(
     example = _example(model, example_input, input_size)  # before branches hide the stem conv
     model = with_branches(model, branches, branch_init)
     roles = detect_roles(model, example, input_layers, output_layers)
-    teacher, slices, output_maps, rules_used, teacher64 = build_teacher(model, plan, roles, example)
+    probe = with_extra_samples(example, MEASURE_EXTRA, seed=1)
+    teacher, slices, output_maps, rules_used, teacher64 = build_teacher(model, plan, roles, probe)
+    del probe
     missing = [name for name, _ in model.named_parameters() if name not in slices]
     if missing:
         raise ExpansionError(
@@ -271,7 +299,7 @@ def expand(
     gpd_model.train(model.training)
     if check:  # the rules must be exact; the noise below is a deliberate, reported departure
         report.teacher_error, report.student_error, report.checked_in_float64 = verify(
-            model, gpd_model, example, output_maps, tolerance, teacher64
+            model, gpd_model, with_extra_samples(example, CHECK_EXTRA, seed=2), output_maps, tolerance, teacher64
         )
     del teacher64
     if noise_std:

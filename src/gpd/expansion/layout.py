@@ -66,15 +66,14 @@ def _duplicate_groups(b: torch.Tensor, tolerance: float, scale: float) -> torch.
 
     Equal channels are typically dead ones (all zero after a ReLU on the example batch):
     the example cannot tell their copies apart, so :func:`_assign_ties` decides by position.
+    Rows are compared on a grid of the tolerance (one sort, not all pairs); two equal
+    rows that straddle a grid line stay apart, which can only refuse, never mislead.
     """
-    generator = torch.Generator().manual_seed(1)
-    projected = b @ torch.randn(b.shape[1], 8, generator=generator, dtype=torch.float64)
-    close = torch.cdist(projected, projected) <= tolerance * scale * (b.shape[1] + 8)  # a bound on the projected distance
-    group = torch.arange(b.shape[0])
-    for i, j in close.triu(1).nonzero().tolist():
-        if group[j] == j and float((b[i] - b[j]).abs().max()) <= tolerance * scale:
-            group[j] = group[i]
-    return group
+    grid = torch.round(b / (tolerance * scale)).to(torch.int64)
+    _, inverse = torch.unique(grid, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1 if inverse.numel() else 0,), b.shape[0], dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(b.shape[0]), reduce="amin")
+    return first[inverse]
 
 
 def _assign_ties(nearest: torch.Tensor, group: torch.Tensor, student_size: int) -> torch.Tensor:
@@ -86,9 +85,9 @@ def _assign_ties(nearest: torch.Tensor, group: torch.Tensor, student_size: int) 
     both fit and disagree, a run boundary lies between, and the right run, which starts
     a new segment at its first channel, wins. Otherwise the least-used member.
     """
-    members: dict[int, list[int]] = {}
+    members: dict[int, set[int]] = {}
     for s in range(student_size):
-        members.setdefault(int(group[s]), []).append(s)
+        members.setdefault(int(group[s]), set()).add(s)
     roots = group[nearest]
     tied = torch.tensor([len(members[int(g)]) > 1 for g in roots.tolist()], dtype=torch.bool)
     source = roots.clone()
