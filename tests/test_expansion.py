@@ -147,21 +147,25 @@ def test_detects_input_and_output_layers_of_resnet18() -> None:
 
 
 class ConcatNet(nn.Module):
-    """Two convs read the image, their outputs are concatenated on channels, then a conv."""
+    """A conv's output is split in two halves on channels (a gated unit), then a conv.
+
+    (Concatenation is expanded exactly since the layouts are measured, see
+    tests/test_expansion_layouts.py; a split of a tiled tensor is not.)
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv_a = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv_a = nn.Conv2d(3, 8, 3, padding=1)
         self.conv_b = nn.Conv2d(3, 4, 3, padding=1)
         self.relu = nn.ReLU()
-        self.conv_c = nn.Conv2d(8, 6, 3, padding=1)
+        self.conv_c = nn.Conv2d(4, 6, 3, padding=1)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(6, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([self.conv_a(x), self.conv_b(x)], 1)
-        h = self.relu(self.conv_c(h))
+        a, b = self.conv_a(x).chunk(2, 1)
+        h = self.relu(self.conv_c(a * torch.sigmoid(b) + self.conv_b(x)))
         return self.fc(self.flatten(self.pool(h)))
 
 
@@ -215,13 +219,35 @@ class GainNet(nn.Module):
         return self.fc(self.flatten(self.pool(h)))
 
 
-def test_custom_layer_without_rule_is_refused() -> None:
+class SquareMix(nn.Module):
+    """A custom leaf mixing channels with a (C, C) matrix: no axis is *the* channel axis."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.mix = nn.Parameter(torch.randn(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("oi,nihw->nohw", self.mix, x)
+
+
+def test_custom_per_channel_layer_without_rule_is_expanded_generically() -> None:
+    """Gain's one tensor has one axis of a known channel count: tiled, verified exact."""
+    torch.manual_seed(0)
+    student = GainNet().eval()
+    gm = gpd.expand(student, 2, input_size=(3, 8, 8))
+    assert gm.report.rules_used["expand_generic_leaf"] == ["gain"]
+    assert torch.equal(gm.teacher.gain.gain, student.gain.gain.repeat(2))
+
+
+def test_custom_layer_with_ambiguous_tensor_is_refused_naming_it() -> None:
+    student = GainNet()
+    student.gain = SquareMix(8)
     with pytest.raises(gpd.ExpansionError) as info:
-        gpd.expand(GainNet(), 2, input_size=(3, 8, 8))
+        gpd.expand(student, 2, input_size=(3, 8, 8))
     message = str(info.value)
     assert "\n" not in message
-    assert "'gain'" in message and "Gain" in message, message
-    assert "register_expansion_rule" in message
+    assert "'gain.mix'" in message and "several axes" in message, message
+    assert "register" in message
 
 
 def expand_gain(module: Gain, ctx: LayerContext) -> ExpandedLayer:

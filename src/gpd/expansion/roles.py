@@ -30,8 +30,8 @@ def iter_units(model: nn.Module) -> Iterator[tuple[str, nn.Module, RuleEntry | N
     """Walk ``model`` down to the modules that expansion treats as one piece.
 
     A module with a registered rule is a unit and is not descended into; a leaf
-    without a rule is a unit too. A container that holds tensors of its own (a class
-    token, say) needs a rule for its class.
+    without a rule is a unit too. Tensors a container holds itself (a class token, a
+    layer scale) are expanded by :func:`gpd.expansion.generic.expand_own_tensors`.
     """
 
     def walk(prefix: str, module: nn.Module) -> Iterator[tuple[str, nn.Module, RuleEntry | None]]:
@@ -40,30 +40,24 @@ def iter_units(model: nn.Module) -> Iterator[tuple[str, nn.Module, RuleEntry | N
         if entry is not None or not children:
             yield prefix, module, entry
             return
-        own = [n for n, _ in module.named_parameters(recurse=False)] + [
-            n for n, _ in module.named_buffers(recurse=False)
-        ]
-        undeclared = [n for n in own if n not in channel_tensor_axes(module)]
-        if undeclared:
-            raise ExpansionError(
-                f"module '{prefix or '(root)'}' of class {type(module).__name__} holds tensors of its own "
-                f"({', '.join(undeclared)}) and has no expansion rule; register one with "
-                "gpd.register_expansion_rule, or declare their channel axes with gpd.register_channel_tensors"
-            )
         for name, child in children:
             yield from walk(f"{prefix}.{name}" if prefix else name, child)
 
     yield from walk("", model)
 
 
-def iter_channel_tensor_holders(model: nn.Module) -> Iterator[tuple[str, nn.Module, dict[str, int]]]:
-    """Containers (outside rule-handled units) with declared tensors of their own, and their axes."""
+def iter_channel_tensor_holders(model: nn.Module) -> Iterator[tuple[str, nn.Module, dict[str, int | None]]]:
+    """Containers (outside rule-handled units) with tensors of their own, and their declared axes
+    (None: not declared, found by :mod:`gpd.expansion.generic`)."""
     inside_units = [name for name, _, entry in iter_units(model) if entry is not None]
     for name, module in model.named_modules():
         if any(name == unit or name.startswith(unit + ".") for unit in inside_units):
             continue  # a rule handles this module's tensors
         own = {n for n, _ in module.named_parameters(recurse=False)} | {n for n, _ in module.named_buffers(recurse=False)}
-        axes = {n: axis for n, axis in channel_tensor_axes(module).items() if n in own}
+        if not own or not any(True for _ in module.children()):
+            continue  # a leaf is a unit: its rule (or the generic leaf rule) handles its tensors
+        declared = channel_tensor_axes(module)
+        axes: dict[str, int | None] = {n: declared.get(n) for n in sorted(own)}
         if axes:
             yield name, module, axes
 
@@ -72,7 +66,7 @@ def is_channelwise(module: nn.Module, entry: RuleEntry | None) -> bool:
     """Whether a unit keeps its input's channel layout (parameter-free leaves are assumed to)."""
     if entry is not None:
         return entry.channelwise
-    return not any(True for _ in module.parameters()) and not any(True for _ in module.buffers())
+    return True  # a leaf without a rule: parameter-free, or per-channel tensors only (generic leaf rule)
 
 
 @dataclass(frozen=True)
@@ -118,12 +112,18 @@ def trace_calls(model: nn.Module, example_input: Any) -> tuple[list[_Call], list
     """
     calls: list[_Call] = []
     handles = []
+    pending: dict[int, list[list[Any]]] = {}  # input nodes taken before the call: an in-place op rebases them
     for name, module, entry in iter_units(model):
         channelwise = is_channelwise(module, entry)
 
-        def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name, cw: bool = channelwise) -> None:
-            calls.append(_Call(name, cw, _nodes((args, kwargs)), _nodes(output)))
+        def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            pending.setdefault(id(mod), []).append(_nodes((args, kwargs)))
 
+        def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name, cw: bool = channelwise) -> None:
+            stack = pending.get(id(mod))
+            calls.append(_Call(name, cw, stack.pop() if stack else _nodes((args, kwargs)), _nodes(output)))
+
+        handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     was_training = model.training
     model.eval()

@@ -21,22 +21,51 @@ from torch import nn
 
 from gpd.errors import ExpansionError
 from gpd.expansion.channels import ChannelMap, WidthPlan, identity_map
+from gpd.expansion.layout import MeasuredInput
 
 
 @dataclass(frozen=True)
 class LayerContext:
-    """What a rule needs to know about the layer it expands."""
+    """What a rule needs to know about the layer it expands.
+
+    ``measured`` is the layout of the layer's input in D, measured while D is built
+    (:mod:`gpd.expansion.layout`); ``in_map`` returns it where it describes the axis
+    asked for, the tiled map otherwise. A ``channelwise`` layer's output keeps its
+    input's layout, so its ``out_map`` is the measured one too.
+    """
 
     name: str
     plan: WidthPlan
     expand_input: bool = True
     expand_output: bool = True
+    measured: MeasuredInput | None = None
+    channelwise: bool = False
+    known_counts: frozenset[int] = frozenset()  # channel counts of the model's expanded axes
 
-    def in_map(self, size: int) -> ChannelMap:
+    def _measured(self, size: int, dim: int | None) -> ChannelMap | None:
+        return self.measured.along(size, dim) if self.measured is not None else None
+
+    def in_map(self, size: int, dim: int | None = None) -> ChannelMap:
+        if self.expand_input:
+            measured = self._measured(size, dim)
+            if measured is not None:
+                return measured
         return self.plan.map(size) if self.expand_input else identity_map(size)
 
-    def out_map(self, size: int) -> ChannelMap:
+    def out_map(self, size: int, dim: int | None = None) -> ChannelMap:
+        if self.channelwise and self.expand_output:
+            measured = self._measured(size, dim)
+            if measured is not None:
+                return measured
         return self.plan.map(size) if self.expand_output else identity_map(size)
+
+    def reads_other_axis(self, in_map: ChannelMap) -> bool:
+        """Whether a mixing layer meant to read expanded channels reads an unexpanded axis
+        of an expanded tensor (MLP-Mixer's token MLP): then its output is not expanded either."""
+        return bool(
+            self.expand_input and in_map.is_identity and self.measured is not None and self.measured.maps
+            and self.plan.teacher_size(in_map.student_size) != in_map.student_size
+        )
 
     def error(self, module: nn.Module, why: str) -> ExpansionError:
         return ExpansionError(f"layer '{self.name}' ({type(module).__name__}): {why}")
@@ -320,6 +349,28 @@ def paper_bias_scale(out_map: ChannelMap) -> float:
     return 1.0 / _copies(out_map)
 
 
+def grouped_out_map(module: nn.Module, ctx: LayerContext, in_map: ChannelMap) -> ChannelMap | None:
+    """The output layout of a grouped conv whose input has a measured (permuted) layout.
+
+    Each of D's groups must read one whole student group, in order; its outputs are then
+    that group's outputs, in order. None where the input does not split into whole groups.
+    """
+    in_per_group = module.in_channels // module.groups
+    out_per_group = module.out_channels // module.groups
+    if in_map.teacher_size % in_per_group:
+        return None
+    src = in_map.source.view(-1, in_per_group)
+    group_of = src[:, 0] // in_per_group
+    if not torch.equal(src, group_of[:, None] * in_per_group + torch.arange(in_per_group)):
+        return None
+    source = (group_of[:, None] * out_per_group + torch.arange(out_per_group)).reshape(-1)
+    first = torch.full((module.out_channels,), source.numel(), dtype=torch.long)
+    first.scatter_reduce_(0, source, torch.arange(source.numel()), reduce="amin")
+    if bool((first == source.numel()).any()):
+        return None
+    return ChannelMap(source=source, student_size=module.out_channels, student_index=first)
+
+
 def _check_groups(module: nn.Module, ctx: LayerContext, in_map: ChannelMap, out_map: ChannelMap) -> int:
     """The group count of D's grouped conv, after checking each D group copies one S group."""
     groups = module.groups
@@ -351,12 +402,15 @@ def expand_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
     """Conv1d/2d/3d: ungrouped convs divide by the input copies; grouped convs tile."""
     if getattr(module, "transposed", False):
         raise ctx.error(module, "transposed convolutions have no expansion rule yet")
-    in_map, out_map = ctx.in_map(module.in_channels), ctx.out_map(module.out_channels)
+    in_map = ctx.in_map(module.in_channels, 1)
+    out_map = identity_map(module.out_channels) if ctx.reads_other_axis(in_map) else ctx.out_map(module.out_channels, 1)
+    if module.groups > 1 and not in_map.is_identity:
+        out_map = grouped_out_map(module, ctx, in_map) or out_map
     if module.groups == 1:
         weight = in_map.expand(out_map.expand(module.weight, 0), 1, divide=True)
         weight_slice = ParamSlice(
             {0: out_map, 1: in_map},
-            divided_dim=1 if ctx.expand_input else None,
+            divided_dim=None if in_map.is_identity else 1,
             paper_scale=paper_weight_scale(in_map, out_map),
         )
         bias_scale = paper_bias_scale(out_map)
@@ -395,13 +449,15 @@ def expand_linear_with_maps(module: nn.Linear, in_map: ChannelMap, out_map: Chan
 
 
 def expand_linear(module: nn.Linear, ctx: LayerContext) -> ExpandedLayer:
-    """Linear: like an ungrouped conv, on the last axis."""
-    return expand_linear_with_maps(module, ctx.in_map(module.in_features), ctx.out_map(module.out_features))
+    """Linear: like an ungrouped conv, on the last axis (kept as is where that axis is not expanded)."""
+    in_map = ctx.in_map(module.in_features, -1)
+    out_map = identity_map(module.out_features) if ctx.reads_other_axis(in_map) else ctx.out_map(module.out_features, -1)
+    return expand_linear_with_maps(module, in_map, out_map)
 
 
 def expand_batchnorm(module: nn.modules.batchnorm._NormBase, ctx: LayerContext) -> ExpandedLayer:
     """BatchNorm/InstanceNorm: per-channel affine and statistics are tiled."""
-    channel_map = ctx.out_map(module.num_features)
+    channel_map = ctx.out_map(module.num_features, 1)
     params = {n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n) is not None}
     buffers = {
         n: channel_map.expand(getattr(module, n), 0)
@@ -436,10 +492,14 @@ def expand_layernorm_with_map(module: nn.LayerNorm, ctx: LayerContext, channel_m
 
 def expand_groupnorm(module: nn.GroupNorm, ctx: LayerContext) -> ExpandedLayer:
     """GroupNorm: r times the groups, so each D group is a copy of one student group."""
-    channel_map = ctx.out_map(module.num_channels)
+    channel_map = ctx.out_map(module.num_channels, 1)
     count = channel_map.uniform_count
     if count is None:
         raise ctx.error(module, f"ratio {ctx.plan.ratio} is not an integer; GroupNorm needs whole copies")
+    per_group = module.num_channels // module.num_groups
+    groups = channel_map.source.view(-1, per_group) // per_group
+    if not bool((groups == groups[:, :1]).all()):
+        raise ctx.error(module, "its input's channel layout splits a group across D's groups")
     params = {n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n) is not None}
     new = replace_tensors(module, params)
     new.num_channels, new.num_groups = channel_map.teacher_size, module.num_groups * count

@@ -18,6 +18,9 @@ from gpd.expansion.channels import ChannelMap, concat_maps
 from gpd.expansion.rules import (
     ExpandedLayer,
     LayerContext,
+    ParamSlice,
+    expand_conv,
+    paper_weight_scale,
     expand_channel_vectors,
     expand_layernorm_with_map,
     expand_linear_with_maps,
@@ -75,6 +78,44 @@ def expand_timm_attention(module: nn.Module, ctx: LayerContext) -> ExpandedLayer
     return ExpandedLayer(new, params, output_map=layers["proj"].output_map)
 
 
+def expand_scaled_std_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
+    """timm's ScaledStdConv2d (NF-ResNet, NFNet): weight standardisation per output channel.
+
+    Standardising ``W / r`` blocks gives the standardised W again, so D cannot divide the
+    weight: it tiles it (same mean and variance per output channel, same eps) and
+    divides the gain by the copies of the input instead (the ``scale`` attribute,
+    1/sqrt(fan-in) of the student, is kept, so r input copies sum to the student's
+    output). The student reads the gain times r. Grouped convs read one copy per group:
+    nothing is divided. Uneven copies (ratio 1.5) cannot be divided per output channel.
+    """
+    base = expand_conv(module, ctx)  # shapes, groups, bias; its weight is replaced below
+    in_map, out_map = ctx.in_map(module.in_channels, 1), base.output_map
+    divided = module.groups == 1 and not in_map.is_identity
+    if divided and in_map.uniform_count is None:
+        raise ctx.error(module, f"ratio {ctx.plan.ratio} copies input channels unevenly; a standardised conv needs whole copies")
+    new = base.module
+    weight = out_map.expand(module.weight, 0)
+    if module.groups == 1:
+        weight = in_map.expand(weight, 1)
+    copies = float(in_map.uniform_count) if divided else 1.0
+    gain = out_map.expand(module.gain, 0) / copies
+    new.weight = nn.Parameter(weight.detach().clone(), requires_grad=module.weight.requires_grad)
+    new.gain = nn.Parameter(gain.detach().clone(), requires_grad=module.gain.requires_grad)
+    params = dict(base.params)
+    params["weight"] = ParamSlice({0: out_map, 1: in_map} if module.groups == 1 else {0: out_map})
+    # the gain scales the output as a conv weight does: the same paper scale (docs/method.md)
+    params["gain"] = ParamSlice({0: out_map}, divided_dim=0 if divided else None,
+                                paper_scale=paper_weight_scale(in_map, out_map) if module.groups == 1 else 1.0)  # fmt: skip
+    return ExpandedLayer(new, params, output_map=out_map)
+
+
+def refuse_std_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
+    """StdConv2d (BiT) has no gain to absorb the r copies of its input: not expandable exactly."""
+    if ctx.expand_input and module.groups == 1:
+        raise ctx.error(module, "a weight-standardised conv without a gain cannot sum r copies of its input exactly")
+    return expand_conv(module, ctx)
+
+
 def _copy_with_children(module: nn.Module, children: dict[str, nn.Module]) -> nn.Module:
     """A deep copy of ``module`` whose named children are replaced (they are not copied)."""
     memo = {id(getattr(module, name)): None for name in children}  # skip copying replaced children
@@ -93,6 +134,12 @@ def register_timm_rules() -> None:
     except ImportError:  # timm is optional for the expansion engine
         return
     register_expansion_rule(Attention, expand_timm_attention)
+    from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+
+    register_expansion_rule(ScaledStdConv2d, expand_scaled_std_conv)
+    register_expansion_rule(ScaledStdConv2dSame, expand_scaled_std_conv)
+    register_expansion_rule(StdConv2d, refuse_std_conv)
+    register_expansion_rule(StdConv2dSame, refuse_std_conv)
     register_expansion_rule(LayerScale, expand_channel_vectors, channelwise=True)
     register_expansion_rule(LayerScale2d, expand_channel_vectors, channelwise=True)
     tokens = {"cls_token": -1, "reg_token": -1, "pos_embed": -1, "dist_token": -1}

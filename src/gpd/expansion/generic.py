@@ -1,0 +1,172 @@
+"""Generic per-channel tensors: a module's own tensors with one axis of channels.
+
+Layer scales (torchvision's ``CNBlock.layer_scale``, metaformer's ``Scale``, ResMLP's
+``ls1``/``ls2``, EdgeNeXt's ``gamma``), class tokens and position embeddings (any
+model, not only timm's VisionTransformer) and GlobalResponseNorm's gamma/beta all
+hold a tensor with exactly one axis whose size is a channel count the expansion
+knows. D holds them tiled on that axis, never divided: they are added to or
+multiply activations channel by channel, nothing sums over them. Scalars (StarReLU's
+scale and bias, LearnableAffineBlock's) stay as they are. A tensor with no such axis,
+or with several, is refused by name; verification decides the rest.
+
+The paper's layout (``ParamSlice.paper_scale``, docs/method.md "Per-layer steps")
+divides tensors *added* to activations by r and keeps those that *multiply* them.
+Which one a tensor is cannot be read off its shape, so the name decides: tokens,
+position embeddings, biases, betas and shifts are added (``paper_scale = 1/r``);
+everything else (gamma, scale, layer scale, weight, alpha) multiplies (1).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from gpd.errors import ExpansionError
+from gpd.expansion.channels import ChannelMap, WidthPlan, identity_map
+from gpd.expansion.rules import ExpandedLayer, LayerContext, ParamSlice, channel_tensor_multiplies
+
+ADDED_NAME_PARTS = ("token", "pos", "embed", "bias", "beta", "shift", "offset")
+SIZE_ATTRIBUTES = ("in_channels", "out_channels", "in_features", "out_features", "num_features", "num_channels")
+
+
+_CHANNEL_ATTRIBUTES: dict[type, tuple[str, ...]] = {}
+
+
+def register_channel_attributes(module_class: type[nn.Module], names: tuple[str, ...]) -> None:
+    """Declare int attributes of a container that count channels and that its ``forward()``
+    reshapes with (torchvision's ``VisionTransformer.hidden_dim``): D's copy holds D's count."""
+    _CHANNEL_ATTRIBUTES[module_class] = tuple(names)
+
+
+def resize_channel_attributes(teacher: nn.Module, plan: WidthPlan) -> list[str]:
+    """Apply the declared channel attributes to every module of D; the names changed."""
+    changed = []
+    for name, module in teacher.named_modules():
+        for cls in type(module).__mro__:
+            for attr in _CHANNEL_ATTRIBUTES.get(cls, ()):
+                value = getattr(module, attr, None)
+                if isinstance(value, int):
+                    setattr(module, attr, plan.teacher_size(value))
+                    changed.append(f"{name}.{attr}" if name else attr)
+    return changed
+
+
+def is_added(name: str) -> bool:
+    """Whether a generic tensor is added to activations (by its name; see the module docstring)."""
+    return any(part in name.lower() for part in ADDED_NAME_PARTS)
+
+
+def known_channel_counts(units: list[tuple[str, nn.Module]], plain_sizes: set[int]) -> set[int]:
+    """Channel counts of the expanded axes of the units that have rules (their size attributes)."""
+    counts: set[int] = set()
+    for _, module in units:
+        for attr in SIZE_ATTRIBUTES:
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and value > 1:
+                counts.add(value)
+        shape = getattr(module, "normalized_shape", None)
+        if isinstance(shape, (tuple, list)) and len(shape) == 1 and shape[0] > 1:
+            counts.add(int(shape[0]))
+    return counts - plain_sizes
+
+
+def channel_axis(owner: str, name: str, shape: tuple[int, ...], counts: set[int], parameter: bool) -> int | None:
+    """The one axis of ``shape`` whose size is a known channel count; None for scalars.
+
+    A parameter with none or several such axes is refused (ExpansionError naming it).
+    Buffers are kept unchanged (None) unless declared: a mask or an index table can
+    have an axis that merely equals a channel count (Swin's attention mask).
+    """
+    if not parameter or len(shape) == 0 or all(s == 1 for s in shape):
+        return None
+    axes = [d for d, s in enumerate(shape) if s in counts]
+    if len(axes) == 1:
+        return axes[0]
+    if len(axes) > 1 and len(shape) == 3 and shape[0] == 1 and axes[-1] == 2:
+        return 2  # a (1, tokens, channels) sequence tensor: a token count can equal a channel count
+    if not parameter:
+        return None
+    why = "no axis" if not axes else f"several axes ({', '.join(str(a) for a in axes)})"
+    raise ExpansionError(
+        f"tensor '{owner + '.' if owner else ''}{name}' of shape {tuple(shape)}: {why} of a channel count the "
+        "expansion knows; declare its channel axis with gpd.register_channel_tensors or register a rule"
+    )
+
+
+def own_tensor_slice(module: nn.Module, name: str, channel_map: ChannelMap, dim: int, declared: bool = False) -> ParamSlice:
+    """The ParamSlice of a tiled own tensor, with the paper's scale of an added or multiplying tensor.
+
+    A declared tensor (gpd.register_channel_tensors) is added unless declared ``multiplies``.
+    """
+    added = not channel_tensor_multiplies(module, name) if declared else is_added(name)
+    scale = channel_map.student_size / channel_map.teacher_size if added else 1.0
+    return ParamSlice({dim: channel_map}, paper_scale=scale)
+
+
+def expand_own_tensors(
+    module: nn.Module, target: nn.Module, owner: str, axes: dict[str, int | None], plan: WidthPlan, counts: set[int]
+) -> dict[str, ParamSlice]:
+    """Tile the tensors ``module`` holds itself into ``target`` (D's copy); their slices, by tensor name."""
+    slices: dict[str, ParamSlice] = {}
+    params = dict(module.named_parameters(recurse=False))
+    for name, axis in axes.items():
+        value = getattr(module, name)
+        declared = axis is not None
+        if axis is None:
+            axis = channel_axis(owner, name, tuple(value.shape), counts, name in params)
+        if axis is None:
+            if name in params:
+                slices[name] = ParamSlice({})
+            continue
+        dim = axis % value.ndim
+        channel_map = plan.map(value.shape[dim])
+        tiled = channel_map.expand(value, dim).detach().clone()
+        if name in params:
+            setattr(target, name, nn.Parameter(tiled, requires_grad=value.requires_grad))
+            slices[name] = own_tensor_slice(module, name, channel_map, dim, declared)
+        else:
+            setattr(target, name, tiled)
+    return slices
+
+
+def _resize_shape_attributes(module: nn.Module, old: int, new: int) -> None:
+    """Shape attributes a per-channel tensor is viewed with (metaformer's ``Scale.shape == (C, 1, 1)``)
+    follow the tensor: a tuple of ints holding the channel count once, the rest ones."""
+    for attr, value in list(vars(module).items()):
+        if not (isinstance(value, (tuple, list)) and value and all(isinstance(v, int) for v in value)):
+            continue
+        if sum(v == old for v in value) == 1 and all(v in (old, 1, -1) for v in value):
+            setattr(module, attr, type(value)(new if v == old else v for v in value))
+
+
+def expand_generic_leaf(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
+    """A leaf without a rule whose tensors are per-channel (a layer scale, GRN, StarReLU).
+
+    Each tensor is tiled on its one axis of the input's channel count, following the
+    measured input layout (the layer keeps it: it is channel-wise); scalars stay.
+    """
+    import copy
+
+    measured = ctx.measured
+    sizes = {m.student_size for m in measured.maps.values()} if measured is not None else set()
+    counts = sizes or ctx.known_counts
+    new = copy.deepcopy(module)
+    slices: dict[str, ParamSlice] = {}
+    output_map: ChannelMap | None = None
+    params = dict(module.named_parameters(recurse=False))
+    tensors = list(params.items()) + list(module.named_buffers(recurse=False))
+    for name, value in tensors:
+        axis = channel_axis(ctx.name, name, tuple(value.shape), counts, name in params)
+        if axis is None:
+            if name in params:
+                slices[name] = ParamSlice({})
+            continue
+        channel_map = ctx.out_map(value.shape[axis]) if ctx.expand_output else identity_map(value.shape[axis])
+        tiled = channel_map.expand(value, axis).detach().clone()
+        if name in params:
+            setattr(new, name, nn.Parameter(tiled, requires_grad=value.requires_grad))
+            slices[name] = own_tensor_slice(module, name, channel_map, axis)
+        else:
+            setattr(new, name, tiled)
+        _resize_shape_attributes(new, value.shape[axis], tiled.shape[axis])
+        output_map = channel_map
+    return ExpandedLayer(new, slices, output_map=output_map)
