@@ -1,11 +1,16 @@
-"""Helpers shared by the expansion, sharing and export tests."""
+"""Helpers shared by the tests: numerical comparisons, bundled models, the CLI's paths."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from gpd.data import locate
 from gpd.models import create_model, list_models
 from gpd.testing import calibrate_batchnorm, randomize_batchnorm  # noqa: F401  (re-exported for the tests)
 
@@ -43,3 +48,11 @@ def create_bundled(name: str, in_chans: int = 3, num_classes: int = 10) -> nn.Mo
 
 def batchnorms(model: nn.Module) -> dict[str, _BatchNorm]:
     return {name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm)}
+
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not (locate.DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST is not installed (make test installs it)",
+)
+GPD = str(Path(sys.executable).with_name("gpd"))  # the CLI of this environment
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))

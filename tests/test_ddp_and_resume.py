@@ -18,20 +18,14 @@ import torch
 
 from gpd.cli.main import main
 from gpd.config import load_config, to_yaml
-from gpd.data import locate
 from gpd.errors import ConfigError
 from gpd.models import create_model
 from gpd.training import resume_config
 from gpd.training.checkpoint import load_checkpoint
+from helpers import GPD, TORCHRUN, needs_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-needs_fashion_mnist = pytest.mark.skipif(
-    not (locate.DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
-    reason="Fashion-MNIST is not installed (make test installs it)",
-)
-GPD = str(Path(sys.executable).with_name("gpd"))
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SMALL = [
     "data.train_subset=512", "data.test_subset=256", "train.batch_size=64", "train.eval_batch_size=256",
@@ -59,6 +53,12 @@ def torchrun(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [TORCHRUN, "--standalone", "--nproc_per_node=2", str(script), *args],
         env=ENV, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+
+
+def report_of(done: subprocess.CompletedProcess[str]) -> dict:
+    """The JSON a 2-process script printed after 'REPORT ' (rank 0)."""
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("REPORT "))[7:])
 
 
 def gpd_train(*args: str, torchrun_processes: int = 0) -> subprocess.CompletedProcess[str]:
@@ -115,9 +115,7 @@ shutdown_distributed()
 def test_sequential_mode_on_ddp_hooks_gives_the_joint_gradients(tmp_path: Path):
     script = tmp_path / "grads.py"
     script.write_text(GRADIENTS_SCRIPT)
-    done = torchrun(script, str(tmp_path / "runs"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("REPORT "))[7:])
+    report = report_of(torchrun(script, str(tmp_path / "runs")))
     for case, result in report.items():
         # both modes all-reduce the same sum of D's and the student's gradients (up to float order)
         assert result["relative_difference"] < 1e-6, (case, result)
@@ -235,9 +233,7 @@ def test_sync_bn_on_two_processes_matches_one_process_with_the_global_batch(tmp_
     # lr 0.2 is chaotic (one process with 1 or 2 threads ends 2.7% apart after 8 steps, measured).
     script = tmp_path / "sync_bn.py"
     script.write_text(SYNC_BN_SCRIPT)
-    done = torchrun(script, str(tmp_path / "run"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("REPORT "))[7:])
+    report = report_of(torchrun(script, str(tmp_path / "run")))
     synced, local = report["true"], report["false"]
     assert synced["converted"] == 18 and local["converted"] == 0  # resnet8's 9 BatchNorms, in D and the student
     # Measured: gradients 2e-6 and statistics 1e-7 apart with SyncBatchNorm; 0.3 with per-process statistics.

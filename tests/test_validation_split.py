@@ -12,20 +12,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from gpd.config import load_config
-from gpd.data import build_datasets, locate
+from gpd.data import build_datasets
 from gpd.data.augment import PILTransformDataset
 from gpd.data.labels import check_labels, dataset_targets
 from gpd.data.tensor_dataset import TensorImageDataset
 from gpd.data.validation import evaluation_view, split_validation, stratified_split, val_count
 from gpd.errors import DataError
 from gpd.training import Trainer, prepare_run_dir
+from helpers import needs_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-needs_fashion_mnist = pytest.mark.skipif(
-    not (locate.DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
-    reason="Fashion-MNIST is not installed (make test installs it)",
-)
 SMALL = [
     "data.train_subset=640", "data.test_subset=256", "train.batch_size=64", "train.eval_batch_size=256",
     "train.device=cpu", "train.deterministic=true", "train.grad_probe_every=0",
