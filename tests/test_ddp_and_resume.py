@@ -55,8 +55,19 @@ def torchrun(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def report_of(done: subprocess.CompletedProcess[str]) -> dict:
-    """The JSON a 2-process script printed after 'REPORT ' (rank 0)."""
+REPORT_AND_LEAVE = """
+if ctx.rank == 0:
+    print("REPORT " + json.dumps(report))
+torch.distributed.barrier()  # leave together (gloo may abort a process whose peer tore down first)
+shutdown_distributed()
+"""
+
+
+def run_reporting_script(tmp_path: Path, source: str) -> dict:
+    """Run ``source`` (which fills ``report``) on 2 processes; the JSON rank 0 printed."""
+    script = tmp_path / "script.py"
+    script.write_text(source + REPORT_AND_LEAVE)
+    done = torchrun(script, str(tmp_path / "runs"))
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("REPORT "))[7:])
 
@@ -105,17 +116,11 @@ for case, options in cases.items():
         report.setdefault(case, {})[f"teacher_ignored_{mode}"] = names <= ignored
     diff = float((grads["joint"] - grads["sequential"]).norm() / grads["joint"].norm())
     report[case].update(relative_difference=diff, find_unused=unused)
-if ctx.rank == 0:
-    print("REPORT " + json.dumps(report))
-torch.distributed.barrier()  # leave together (gloo may abort a process whose peer tore down first)
-shutdown_distributed()
 """
 
 
 def test_sequential_mode_on_ddp_hooks_gives_the_joint_gradients(tmp_path: Path):
-    script = tmp_path / "grads.py"
-    script.write_text(GRADIENTS_SCRIPT)
-    report = report_of(torchrun(script, str(tmp_path / "runs")))
+    report = run_reporting_script(tmp_path, GRADIENTS_SCRIPT)
     for case, result in report.items():
         # both modes all-reduce the same sum of D's and the student's gradients (up to float order)
         assert result["relative_difference"] < 1e-6, (case, result)
@@ -221,19 +226,13 @@ for sync in ("true", "false"):
             "grads": float((grads - ref_grads).norm() / ref_grads.norm()),
             "stats": float((stats - ref_stats).norm() / ref_stats.norm()),
         }
-if ctx.rank == 0:
-    print("REPORT " + json.dumps(report))
-torch.distributed.barrier()  # leave together (gloo may abort a process whose peer tore down first)
-shutdown_distributed()
 """
 
 
 def test_sync_bn_on_two_processes_matches_one_process_with_the_global_batch(tmp_path: Path):
     # One step, compared exactly: over whole runs the comparison says little, as training at
     # lr 0.2 is chaotic (one process with 1 or 2 threads ends 2.7% apart after 8 steps, measured).
-    script = tmp_path / "sync_bn.py"
-    script.write_text(SYNC_BN_SCRIPT)
-    report = report_of(torchrun(script, str(tmp_path / "run")))
+    report = run_reporting_script(tmp_path, SYNC_BN_SCRIPT)
     synced, local = report["true"], report["false"]
     assert synced["converted"] == 18 and local["converted"] == 0  # resnet8's 9 BatchNorms, in D and the student
     # Measured: gradients 2e-6 and statistics 1e-7 apart with SyncBatchNorm; 0.3 with per-process statistics.
