@@ -19,7 +19,7 @@ def count_parameters(module: nn.Module) -> int:
 
 def describe_run(trainer: Trainer) -> list[str]:
     """Run directory, data, models (with the expansion's verification), engine."""
-    cfg, d, data = trainer.cfg, trainer.distiller, trainer.data
+    data = trainer.data
     lines = [f"run directory: {trainer.run_dir}"]
     sizes = f"{len(data.train)} train / " + (f"{len(data.val)} validation / " if data.val is not None else "")
     lines.append(
