@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.error import URLError
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 from torchvision.datasets.utils import extract_archive
@@ -23,7 +23,7 @@ from torchvision.datasets.utils import extract_archive
 from gpd.data import locate
 from gpd.data.augment import AugmentRecipe, PILTransformDataset
 from gpd.data.tensor_dataset import TensorImageDataset
-from gpd.data.validation import split_validation
+from gpd.data.validation import split_validation, take
 from gpd.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -168,10 +168,7 @@ def _subset(ds: Dataset, n: int, seed: int) -> Dataset:
     if n >= total:
         return ds
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(total, generator=gen)[:n].sort().values
-    if isinstance(ds, TensorImageDataset):
-        return ds.subset(idx)
-    return Subset(ds, idx.tolist())
+    return take(ds, torch.randperm(total, generator=gen)[:n].sort().values)
 
 
 # --- MNIST family -------------------------------------------------------------------------

@@ -76,7 +76,8 @@ def evaluation_view(train: Dataset, test: Dataset, mean: tuple[float, ...], std:
     )
 
 
-def _take(dataset: Dataset, indices: torch.Tensor) -> Dataset:
+def take(dataset: Dataset, indices: torch.Tensor) -> Dataset:
+    """The samples at ``indices``: a compact copy for tensor sets, a Subset otherwise."""
     return dataset.subset(indices) if isinstance(dataset, TensorImageDataset) else Subset(dataset, indices.tolist())
 
 
@@ -87,4 +88,4 @@ def split_validation(
     targets = dataset_targets(train)
     count = val_count(val_split, len(targets))
     train_idx, val_idx = stratified_split(targets, count, seed)
-    return _take(train, train_idx), _take(evaluation_view(train, test, mean, std), val_idx)
+    return take(train, train_idx), take(evaluation_view(train, test, mean, std), val_idx)

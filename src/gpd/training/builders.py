@@ -29,6 +29,7 @@ from gpd.distill import Distiller
 from gpd.errors import ConfigError, DataError
 from gpd.export import load_weights
 from gpd.sharing.steps import is_sgd_like
+from gpd.training.describe import count_parameters
 from gpd.training.distributed import DistContext, shard
 from gpd.training.model_setup import build_student
 from gpd.training.pretrained import load_pretrained_file
@@ -136,7 +137,7 @@ def build_distiller(cfg: Config, data: DataBundle, dry_run: bool, log: Log) -> t
             log(load_pretrained_file(student, cfg.student.pretrained_file, "student.pretrained_file"))
     check_fits(student, data, "student")
     static_teacher = build_static_teacher(cfg, data, allow_missing_checkpoint=dry_run)
-    student_params = sum(p.numel() for p in student.parameters())
+    student_params = count_parameters(student)
     distiller = Distiller(
         student,
         static_teacher,

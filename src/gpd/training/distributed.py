@@ -84,23 +84,6 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return tensor
 
 
-def average_gradients(params: list[torch.nn.Parameter], ctx: DistContext) -> None:
-    """Average .grad over the processes (the sequential memory mode, whose two backward
-    passes per step DistributedDataParallel's hooks cannot follow). One flat all-reduce."""
-    if not ctx.enabled:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= ctx.world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
 def broadcast_buffers(module: torch.nn.Module, ctx: DistContext, parameters: bool = False) -> None:
     """Give every process rank 0's buffers (BatchNorm statistics), and its parameters if asked."""
     if not ctx.enabled:

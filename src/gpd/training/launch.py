@@ -7,8 +7,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from gpd.config import Config, load_config
 from gpd.errors import ConfigError
 from gpd.training.distributed import DistContext, barrier, init_distributed, run_on_main, shutdown_distributed
@@ -56,7 +54,8 @@ def resume_config(run_dir: Path, overrides: list[str], *, inexact: bool = False)
     before = load_config(str(run_dir / CONFIG_FILE), [])
     cfg = load_config(str(run_dir / CONFIG_FILE), overrides)
     for key in INEXACT_RESUMABLE_KEYS:
-        if OmegaConf.select(OmegaConf.structured(cfg), key) == OmegaConf.select(OmegaConf.structured(before), key):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) == getattr(getattr(before, section), name):
             continue
         if not inexact or cfg.train.deterministic:
             raise ConfigError(

@@ -59,8 +59,9 @@ class NonFiniteGuard:
         self._where.append(where)
 
     def due(self) -> bool:
-        """Whether the flag is read after the step just observed (every ``check_every`` steps)."""
-        return len(self._where) % self.check_every == 0
+        """Whether the ``stop`` policy reads the flag after the step just observed (every
+        ``check_every`` steps; ``skip`` reads it within each step, :meth:`skipped_step`)."""
+        return self.policy == "stop" and len(self._where) % self.check_every == 0
 
     def flagged(self) -> bool:
         """Read the flag (one host sync, and one all-reduce under DDP): has any process seen a

@@ -122,25 +122,18 @@ class MetricsCSV:
             return
         with open(self.path, newline="") as f:
             reader = csv.DictReader(f)
-            fields = list(reader.fieldnames or [])
             rows = [row for row in reader if row.get("epoch", "").isdigit() and int(row["epoch"]) <= last_epoch]
-        if not fields:
-            return
-        self.fields = fields
-        fd, tmp = _temp_in(self.path)
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+        if reader.fieldnames:
+            self.rewrite(rows, fields=list(reader.fieldnames))
 
-    def rewrite(self, rows: list[dict[str, Any]]) -> None:
-        """Replace the file by ``rows`` (a resume: the rows its checkpoint holds), atomically."""
-        if not rows:
+    def rewrite(self, rows: list[dict[str, Any]], fields: list[str] | None = None) -> None:
+        """Replace the file by ``rows`` (a resume: the rows its checkpoint holds), atomically;
+        ``fields``: the header (default: the first row's keys)."""
+        if not rows and fields is None:
             self.path.unlink(missing_ok=True)
             self.fields = None
             return
-        self.fields = list(rows[0])
+        self.fields = fields or list(rows[0])
         fd, tmp = _temp_in(self.path)
         with os.fdopen(fd, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")

@@ -233,15 +233,14 @@ class Trainer:
                     sums[name] += value * y.numel()
                 sums["loss"] += step_loss * y.numel()
                 seen += y.numel()
-            if self.guard.policy == "stop" and self.guard.due():
+            if self.guard.due():
                 self.guard.raise_if_flagged()  # the periodic read; the loss shown is the epoch's running mean
                 bar.set_postfix(loss=f"{float(sums['loss'] / seen.clamp(min=1)):.3f}")
             bar.update(y.numel() * self.ctx.world_size)
             if self.dry_run and step + 1 >= DRY_RUN_STEPS:
                 break
         bar.close()
-        if self.guard.policy == "stop":
-            self.guard.raise_if_flagged()  # before anything of this epoch is evaluated or written
+        self.guard.raise_if_flagged()  # before anything of this epoch is evaluated or written
         seconds = time.perf_counter() - started
         names = sorted(sums)
         totals = all_reduce_sum(torch.stack([sums[n] for n in names] + [seen]), self.ctx).tolist()
