@@ -23,6 +23,7 @@ class ExpansionReport:
     ratio: float
     roles: LayerRoles
     rules_used: dict[str, list[str]] = field(default_factory=dict)
+    layout: str = "tiled"  # of D's copies: "tiled" or "interleaved" (gpd.expansion.channels)
     teacher_error: float | None = None  # float32 (the model's dtype) relative errors
     student_error: float | None = None
     checked_in_float64: bool = False  # float32 rounding exceeded the tolerance; float64 confirmed exactness

@@ -6,6 +6,12 @@ ratio ``r`` the map is a plain tile (``[0..C-1, 0..C-1, ...]``); with a non-inte
 ratio the first ``C_D - C * floor(r)`` channels get one more copy (Net2Net-style
 replication). The student's own channels are always the first copy of each channel,
 so for a single segment they are a prefix of D's axis and can be read with a view.
+
+The *interleaved* layout (``[0, 0, 1, 1, ...]``) keeps each channel's copies side by
+side instead. It is the one a model needs when its ``forward()`` splits or slices a
+tensor along channels (CSPNet, Res2Net, MixNet, GhostNet): any run of the student's
+channels is then a run of D's, so the student's pieces are D's pieces. It costs an
+index read of the student's tensors, which are no longer a prefix of D's.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Literal
 
 import torch
 
@@ -123,9 +130,13 @@ def concat_maps(maps: list[ChannelMap]) -> ChannelMap:
     )
 
 
+Layout = Literal["tiled", "interleaved"]
+LAYOUTS: tuple[str, ...] = ("tiled", "interleaved")
+
+
 @dataclass(frozen=True)
 class WidthPlan:
-    """How wide D is: one ratio, applied to every expanded axis.
+    """How wide D is: one ratio, applied to every expanded axis, in one layout.
 
     The map of an axis depends only on its size, so a producer and all its consumers
     (a residual add, a skip connection) agree on the layout without talking to each
@@ -133,12 +144,15 @@ class WidthPlan:
     """
 
     ratio: float
+    layout: Layout = "tiled"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.ratio, (int, float)) and math.isfinite(self.ratio)):
             raise ExpansionError(f"ratio must be a number, got {self.ratio!r}")
         if self.ratio < 1:
             raise ExpansionError(f"ratio must be >= 1 (D is a wider copy of S), got {self.ratio}")
+        if self.layout not in LAYOUTS:
+            raise ExpansionError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
     @property
     def is_integer(self) -> bool:
@@ -150,6 +164,11 @@ class WidthPlan:
     def map(self, student_size: int) -> ChannelMap:
         """The channel map of an expanded axis of ``student_size`` channels."""
         size = self.teacher_size(student_size)
+        if self.layout == "interleaved":
+            counts = torch.full((student_size,), size // student_size, dtype=torch.long)
+            counts[: size - student_size * (size // student_size)] += 1
+            source = torch.repeat_interleave(torch.arange(student_size), counts)
+            return ChannelMap(source=source, student_size=student_size, student_index=torch.cumsum(counts, 0) - counts)
         index = torch.arange(student_size)
         return ChannelMap(
             source=torch.arange(size) % student_size, student_size=student_size, student_index=index

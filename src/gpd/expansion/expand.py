@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from gpd.errors import ExpansionError, first_line
-from gpd.expansion.channels import ChannelMap, WidthPlan
+from gpd.expansion.channels import LAYOUTS, ChannelMap, WidthPlan
 from gpd.expansion.build import build_teacher
-from gpd.expansion.roles import detect_roles, iter_units
+from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
 from gpd.expansion.verify import locate_divergence, relative_error
 from gpd.gpd_model import ExpansionReport, GPDModel
 from gpd.sharing import StudentView
@@ -149,7 +149,7 @@ def _raise_mismatch(
         ("shared-parameter student", errors[1], model.student.module, lambda: model.forward_student(*example)),
     ):
         if error > tolerance:
-            where = locate_divergence(student, modules, run, example, output_maps, tolerance)
+            where = locate_divergence(student, modules, run, example, output_maps, tolerance, model.plan)
             detail = where.describe() if where else "no single layer differs (check functional ops in forward)"
             measured = "a different output shape" if error == float("inf") else f"relative error {error:.2e}"
             raise ExpansionError(
@@ -240,6 +240,7 @@ def expand(
     branches: str | None = None,
     branch_init: str = "default",
     compensate_step: bool = False,
+    layout: str = "auto",
 ) -> GPDModel:
     """Build the dynamic teacher of ``model`` at width ``ratio`` and share its parameters.
 
@@ -269,11 +270,40 @@ def expand(
             steps as the plain wide network it is, and the student's gradient reaches
             D's divided tensors divided by r instead of multiplied, so the student
             steps as the unexpanded student would (docs/method.md, "Per-layer steps").
+        layout: how D lays out the copies of a channel: "tiled" (``[h, h]``, the
+            student's tensors are a prefix of D's), "interleaved" (each channel's
+            copies side by side: what a ``forward()`` that splits or slices channels
+            needs), or "auto" (the default): tiled, else interleaved where only that
+            one is exact (docs/method.md, "Channel layouts").
     """
-    plan = WidthPlan(ratio)
+    if layout not in ("auto", *LAYOUTS):
+        raise ExpansionError(f"layout must be 'auto', {', '.join(repr(x) for x in LAYOUTS)}; got {layout!r}")
+    plans = [WidthPlan(ratio, "tiled"), WidthPlan(ratio, "interleaved")] if layout == "auto" else [WidthPlan(ratio, layout)]  # type: ignore[arg-type]
     example = _example(model, example_input, input_size)  # before branches hide the stem conv
     model = with_branches(model, branches, branch_init)
     roles = detect_roles(model, example, input_layers, output_layers)
+    refusals: list[ExpansionError] = []
+    for plan in plans:
+        try:
+            return _expand_with_plan(model, plan, roles, example, noise_std, tolerance, check, compensate_step)
+        except ExpansionError as err:
+            refusals.append(err)
+    if len(refusals) == 1:
+        raise refusals[0]
+    raise ExpansionError(f"{refusals[0]} (the interleaved layout is refused too: {first_line(refusals[1])[:300]})") from refusals[0]
+
+
+def _expand_with_plan(
+    model: nn.Module,
+    plan: WidthPlan,
+    roles: LayerRoles,
+    example: tuple,
+    noise_std: float,
+    tolerance: float,
+    check: bool,
+    compensate_step: bool,
+) -> GPDModel:
+    """:func:`expand` in one layout: build D, share, verify, add the noise."""
     probe = with_extra_samples(example, MEASURE_EXTRA, seed=1)
     teacher, slices, output_maps, rules_used, teacher64 = build_teacher(model, plan, roles, probe)
     del probe
@@ -293,7 +323,7 @@ def expand(
             f"{', '.join(unverified)} (a train-only head? name it with output_layers=)",
             stacklevel=2,
         )
-    report = ExpansionReport(ratio=plan.ratio, roles=roles, rules_used=rules_used)
+    report = ExpansionReport(ratio=plan.ratio, roles=roles, rules_used=rules_used, layout=plan.layout)
     scales = {} if compensate_step else paper_scales(slices, teacher)
     gpd_model = GPDModel(teacher, StudentView(model, slices, compensate_step), plan, report, paper_scales=scales)
     gpd_model.train(model.training)

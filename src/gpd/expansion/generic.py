@@ -32,9 +32,19 @@ _CHANNEL_ATTRIBUTES: dict[type, tuple[str, ...]] = {}
 
 
 def register_channel_attributes(module_class: type[nn.Module], names: tuple[str, ...]) -> None:
-    """Declare int attributes of a container that count channels and that its ``forward()``
-    reshapes with (torchvision's ``VisionTransformer.hidden_dim``): D's copy holds D's count."""
+    """Declare attributes of a container that count channels and that its ``forward()``
+    reshapes, splits or slices with (torchvision's ``VisionTransformer.hidden_dim``, the
+    split sizes of timm's ``MixedConv2d``): an int, or a list or tuple of ints. D's copy
+    holds D's counts."""
     _CHANNEL_ATTRIBUTES[module_class] = tuple(names)
+
+
+def _resized(value: object, plan: WidthPlan) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return plan.teacher_size(value)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return type(value)(plan.teacher_size(v) for v in value)
+    return None
 
 
 def resize_channel_attributes(teacher: nn.Module, plan: WidthPlan) -> list[str]:
@@ -43,9 +53,9 @@ def resize_channel_attributes(teacher: nn.Module, plan: WidthPlan) -> list[str]:
     for name, module in teacher.named_modules():
         for cls in type(module).__mro__:
             for attr in _CHANNEL_ATTRIBUTES.get(cls, ()):
-                value = getattr(module, attr, None)
-                if isinstance(value, int):
-                    setattr(module, attr, plan.teacher_size(value))
+                value = _resized(getattr(module, attr, None), plan)
+                if value is not None:
+                    setattr(module, attr, value)
                     changed.append(f"{name}.{attr}" if name else attr)
     return changed
 

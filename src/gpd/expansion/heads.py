@@ -163,7 +163,7 @@ def register_known_attentions() -> None:
     """The attention classes of timm and torchvision that carry per-head tables."""
     try:
         from timm.models import beit, efficientformer, efficientformer_v2, eva, levit, pvt_v2, swin_transformer, twins, xcit
-        from timm.models import cait, edgenext
+        from timm.models import cait, edgenext, tiny_vit
     except ImportError:
         timm_specs = []
     else:
@@ -178,6 +178,8 @@ def register_known_attentions() -> None:
             (xcit.XCA, HeadSpec(qkv, {"temperature": 0})),
             (edgenext.CrossCovarianceAttn, HeadSpec(qkv, {"temperature": 0})),
             (levit.Attention, HeadSpec(**leaky)),
+            # qkv is laid out head by head ([q k v] of head 0, then head 1, ...): a plain tile copies whole heads
+            (tiny_vit.Attention, HeadSpec(head_tensors={"attention_biases": 0}, scaled_attrs=("num_heads", "out_dim"), caches=("attention_bias_cache",))),
             (levit.AttentionDownsample, HeadSpec(**leaky)),
             (efficientformer.Attention, HeadSpec(**leaky)),
             (efficientformer_v2.Attention2d, HeadSpec(**leaky)),

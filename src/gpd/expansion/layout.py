@@ -114,6 +114,29 @@ def _assign_ties(nearest: torch.Tensor, group: torch.Tensor, student_size: int) 
     return source
 
 
+def _rebalance_ties(source: torch.Tensor, group: torch.Tensor, student_size: int) -> torch.Tensor:
+    """Give every student channel of a tied group a copy, moving spare copies within the group.
+
+    Where the position heuristics of :func:`_assign_ties` fail (a shuffle's layout is no
+    run), a member can be left without a copy although the group has copies to spare.
+    The example cannot tell the members apart, so any spare copy serves; a channel that
+    differs on other inputs is refused by the verification, which uses other samples.
+    """
+    source = source.clone()
+    counts = torch.bincount(source, minlength=student_size)
+    for missing in (counts == 0).nonzero().flatten().tolist():
+        members = (group == group[missing]).nonzero().flatten()
+        donors = [int(m) for m in members if int(counts[m]) > 1]
+        if not donors:
+            continue
+        donor = max(donors, key=lambda m: (int(counts[m]), m))
+        position = int((source == donor).nonzero().flatten()[-1])
+        source[position] = missing
+        counts[donor] -= 1
+        counts[missing] += 1
+    return source
+
+
 def _consistent_prior(priors: list[ChannelMap], nearest: torch.Tensor, group: torch.Tensor) -> ChannelMap | None:
     """The first known layout (one already found in D) that the example cannot tell from the measured one."""
     for prior in priors:
@@ -156,7 +179,7 @@ def match_channels(
         prior = _consistent_prior([tiled, *(priors or [])], nearest, group)
         if prior is not None:
             return prior, error
-        nearest = _assign_ties(nearest, group, b.shape[0])
+        nearest = _rebalance_ties(_assign_ties(nearest, group, b.shape[0]), group, b.shape[0])
     counts = torch.bincount(nearest, minlength=b.shape[0])
     if bool((counts == 0).any()):
         return None, 1.0

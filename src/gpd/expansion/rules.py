@@ -398,6 +398,46 @@ def _check_groups(module: nn.Module, ctx: LayerContext, in_map: ChannelMap, out_
     return new_groups
 
 
+def _local_map(channel_map: ChannelMap, groups: int, per_group: int) -> ChannelMap | None:
+    """The map within a group when each of D's ``groups`` equal chunks copies one student group, in
+    order, all in the same pattern (the interleaved layout); None otherwise."""
+    if channel_map.teacher_size % groups:
+        return None
+    chunks = channel_map.source.view(groups, -1)
+    local = chunks - (torch.arange(groups) * per_group)[:, None]
+    if bool((local < 0).any() or (local >= per_group).any()) or not bool((local == local[0]).all()):
+        return None
+    source = local[0].clone()
+    counts = torch.bincount(source, minlength=per_group)
+    if bool((counts == 0).any()):
+        return None
+    first = torch.full((per_group,), source.numel(), dtype=torch.long)
+    first.scatter_reduce_(0, source, torch.arange(source.numel()), reduce="amin")
+    return ChannelMap(source=source, student_size=per_group, student_index=first)
+
+
+def wide_group_maps(module: nn.Module, in_map: ChannelMap, out_map: ChannelMap) -> ChannelMap | None:
+    """A grouped conv whose input holds each student group's copies side by side (interleaved).
+
+    D keeps the student's group count, each group ``r`` times wider: every one of its
+    outputs reads all copies of its group's inputs, divided by their number, like an
+    ungrouped conv restricted to the group. Returns the within-group input map, or None
+    where the layouts do not group that way.
+    """
+    groups = module.groups
+    local_out = _local_map(out_map, groups, module.out_channels // groups)
+    local_in = _local_map(in_map, groups, module.in_channels // groups)
+    return local_in if local_out is not None else None
+
+
+def _wide_group_input(module: nn.Module, ctx: LayerContext, in_map: ChannelMap, out_map: ChannelMap) -> ChannelMap | None:
+    """The within-group input map of a grouped conv D keeps at the student's group count: in the
+    interleaved layout, for groups wider than one channel (depthwise convs tile as before)."""
+    if ctx.plan.layout != "interleaved" or module.in_channels == module.groups or not ctx.expand_input:
+        return None
+    return wide_group_maps(module, in_map, out_map)
+
+
 def expand_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
     """Conv1d/2d/3d: ungrouped convs divide by the input copies; grouped convs tile."""
     if getattr(module, "transposed", False):
@@ -415,6 +455,11 @@ def expand_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
         )
         bias_scale = paper_bias_scale(out_map)
         groups = 1
+    elif (local_in := _wide_group_input(module, ctx, in_map, out_map)) is not None:
+        weight = local_in.expand(out_map.expand(module.weight, 0), 1, divide=True)
+        weight_slice = ParamSlice({0: out_map, 1: local_in}, divided_dim=1, paper_scale=paper_weight_scale(local_in, out_map))
+        bias_scale = paper_bias_scale(out_map)
+        groups = module.groups
     else:  # the paper's layout scales a grouped conv's input and output instead: same tensors as here
         groups = _check_groups(module, ctx, in_map, out_map)
         weight = out_map.expand(module.weight, 0)

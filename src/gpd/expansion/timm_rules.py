@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from gpd.expansion.channels import ChannelMap, concat_maps
+from gpd.expansion.generic import register_channel_attributes
 from gpd.expansion.rules import (
     ExpandedLayer,
     LayerContext,
@@ -145,3 +146,29 @@ def register_timm_rules() -> None:
     tokens = {"cls_token": -1, "reg_token": -1, "pos_embed": -1, "dist_token": -1}
     register_channel_tensors(vision_transformer.VisionTransformer, tokens)
     register_channel_tensors(convnext.ConvNeXtBlock, {"gamma": 0}, multiplies=True)
+    register_split_attributes()
+
+
+def register_split_attributes() -> None:
+    """The channel counts that timm's blocks split, slice or partially add with in ``forward()``
+    (CSPNet, GhostNet, DPN, Res2Net, MixNet, SK-ResNet, ReXNet, InceptionNeXt). D holds its own
+    counts; the interleaved layout then makes the student's pieces D's (gpd.expansion.channels)."""
+    from timm.layers.mixed_conv2d import MixedConv2d
+    from timm.layers.selective_kernel import SelectiveKernel
+    from timm.models import cspnet, dpn, ghostnet, inception_next, res2net, rexnet
+
+    declared = [
+        (cspnet.CrossStage, ("expand_chs",)),
+        (cspnet.CrossStage3, ("expand_chs",)),
+        (ghostnet.GhostModule, ("out_chs",)),
+        (ghostnet.GhostModuleV2, ("out_chs",)),
+        (ghostnet.GhostModuleV3, ("out_chs",)),
+        (dpn.DualPathBlock, ("num_1x1_c",)),
+        (res2net.Bottle2neck, ("width",)),
+        (MixedConv2d, ("splits",)),
+        (SelectiveKernel, ("in_channels",)),
+        (rexnet.LinearBottleneck, ("in_channels",)),
+        (inception_next.InceptionDWConv2d, ("split_indexes",)),
+    ]
+    for module_class, names in declared:
+        register_channel_attributes(module_class, names)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from gpd.expansion.channels import ChannelMap
+from gpd.expansion.channels import ChannelMap, WidthPlan
 from gpd.expansion.roles import iter_units
 
 
@@ -39,13 +39,20 @@ def relative_error(actual: Any, expected: Any) -> float:
     return worst
 
 
-def read_student_channels(tensor: torch.Tensor, shape: torch.Size, channel_map: ChannelMap | None) -> torch.Tensor | None:
-    """D's activation restricted to the student's channels, or None if shapes do not relate."""
+def read_student_channels(
+    tensor: torch.Tensor, shape: torch.Size, channel_map: ChannelMap | None, plan: WidthPlan | None = None
+) -> torch.Tensor | None:
+    """D's activation restricted to the student's channels, or None if shapes do not relate.
+
+    An axis without a known map is read in the plan's layout (the prefix without a plan)."""
     for dim, (big, small) in enumerate(zip(tensor.shape, shape)):
         if big == small:
             continue
+        fallback = plan.map(small) if plan is not None else None
         if channel_map is not None and channel_map.teacher_size == big and channel_map.student_size == small:
             tensor = channel_map.select(tensor, dim)
+        elif fallback is not None and fallback.teacher_size == big:
+            tensor = fallback.select(tensor, dim)
         elif big > small:
             tensor = tensor.narrow(dim, 0, small)
         else:
@@ -92,6 +99,7 @@ def locate_divergence(
     example: tuple,
     output_maps: dict[str, ChannelMap],
     tolerance: float,
+    plan: WidthPlan | None = None,
 ) -> Divergence | None:
     """Run both models with hooks and return the first unit whose output differs."""
     expected: dict[str, torch.Tensor] = {}
@@ -105,7 +113,7 @@ def locate_divergence(
     for name, exp in expected.items():
         if name not in actual:
             continue
-        got = read_student_channels(actual[name], exp.shape, output_maps.get(name))
+        got = read_student_channels(actual[name], exp.shape, output_maps.get(name), plan)
         error = float("inf") if got is None else relative_error(got, exp)
         if error > tolerance:
             return Divergence(name, classes.get(name, "?"), error)
