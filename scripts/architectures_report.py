@@ -31,7 +31,8 @@ def _cell(result: ZooResult | None) -> str:
     if not result.exact:
         return "refused"
     errors = f"{result.teacher_error:.0e} / {result.student_error:.0e} / {result.export_error:.0e}"
-    return f"exact {errors}{' (f64)' if result.float64 else ''}, {result.seconds:.1f} s"
+    layout = ", interleaved" if result.layout == "interleaved" else ""
+    return f"exact {errors}{' (f64)' if result.float64 else ''}{layout}, {result.seconds:.1f} s"
 
 
 def _reason(result: ZooResult) -> str:
@@ -93,6 +94,9 @@ def write(results: dict[str, dict[float, ZooResult]], ratios: list[float], wall:
         "instance == original. Errors are max |out - ref| / max |ref| (D / view / export); `(f64)` marks the",
         "errors of a float64 expansion, measured where float32 rounding exceeded 1e-4. The time is that of",
         "`gpd.expand` (verification included). A model refused at r = 2 is not run at the other ratios.",
+        "`interleaved` marks the models that `gpd.expand` gave the interleaved layout (each channel's copies side",
+        "by side, for a forward() that splits or slices channels; docs/method.md, \"Channel layouts\"): "
+        f"{sum(1 for rs in results.values() for r in rs.values() if r.exact and r.layout == 'interleaved' and r.ratio == ratios[0])} at r = {ratios[0]:g}.",
         f"Measured {time.strftime('%Y-%m-%d')} with torch {torch.__version__}, torchvision "
         f"{torchvision.__version__}, timm {timm.__version__}, on {platform.machine()} with Python {platform.python_version()}.",
         "",

@@ -221,3 +221,16 @@ def test_sharing_holds_after_a_step() -> None:
     with torch.no_grad():
         assert rel_err(exported(x), model.forward_student(x)) < 1e-12
         assert rel_err(model.forward_student(x), student.eval()(x)) > 1e-4  # the step moved the student
+
+
+def test_the_config_key_and_the_distiller_choose_the_layout() -> None:
+    from gpd.config import load_config
+    from gpd.errors import ConfigError
+
+    assert load_config(None, ["gpd.layout=interleaved"]).gpd.layout == "interleaved"
+    with pytest.raises(ConfigError, match="gpd.layout must be auto, tiled or interleaved"):
+        load_config(None, ["gpd.layout=diagonal"])
+    distiller = gpd.Distiller(SplitCNN(), None, "none", input_size=(3, 8, 8), noise_std=0.0)
+    assert distiller.gpd.report.layout == "interleaved"
+    with pytest.raises(gpd.ExpansionError):
+        gpd.Distiller(SplitCNN(), None, "none", input_size=(3, 8, 8), layout="tiled")

@@ -172,6 +172,9 @@ def validate(cfg: Config) -> None:
     _require(
         g.branch_init in ("default", "identity"), f"gpd.branch_init must be default or identity, got '{g.branch_init}'"
     )
+    _require(
+        g.layout in ("auto", "tiled", "interleaved"), f"gpd.layout must be auto, tiled or interleaved, got '{g.layout}'"
+    )
     _require(g.enabled or g.share, "gpd.share=false separates D's parameters from the student's; it needs gpd.enabled=true")
     _require(
         not g.compensate_step or (g.enabled and g.share),

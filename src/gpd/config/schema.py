@@ -56,6 +56,7 @@ class GPDConfig:
     branch_init: str = "default"  # default (from scratch) | identity (blocks start equal to the convs)
     share: bool = True  # false (ablation): D is built by IR but keeps parameters separate from the student's
     compensate_step: bool = False  # false: the paper's per-layer steps; true: the plain networks' steps (docs/method.md)
+    layout: str = "auto"  # D's copies: auto (tiled, else interleaved where only that is exact) | tiled | interleaved
 
 
 @dataclass

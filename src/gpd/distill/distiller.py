@@ -72,6 +72,7 @@ class Distiller(nn.Module):
     divided by r and gives D the plain wide network's steps; by default every tensor
     steps as in the paper's parameterisation (see :func:`gpd.expand`). ``noise_std``:
     symmetry-breaking noise on D's copies, relative to each tensor's RMS (0: none).
+    ``layout``: how D lays out a channel's copies (see :func:`gpd.expand`).
     Build the optimizer from :meth:`param_groups`, which applies the student's
     weight-decay exclusions to D. ``export_student()`` returns a plain student of the
     original class, branches merged.
@@ -103,6 +104,7 @@ class Distiller(nn.Module):
         branch_init: str = "default",
         share_parameters: bool = True,
         compensate_step: bool = False,
+        layout: str = "auto",
     ) -> None:
         super().__init__()
         options = dict(kd_options or {})
@@ -146,6 +148,7 @@ class Distiller(nn.Module):
                 branches=branches,
                 branch_init=branch_init,
                 compensate_step=compensate_step,
+                layout=layout,
             )
             self.gpd = shared if share_parameters else UnsharedPair.from_expanded(shared)
         else:

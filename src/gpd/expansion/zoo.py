@@ -123,6 +123,7 @@ class ZooResult:
     student_params: int = 0
     teacher_params: int = 0
     float64: bool = False  # the errors are of a float64 expansion (float32 rounding exceeded the tolerance)
+    layout: str = ""  # of D's copies, as gpd.expand chose it: "tiled" or "interleaved"
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -177,5 +178,5 @@ def check_model(spec: ZooModel, ratio: float, tolerance: float = 1e-4) -> ZooRes
         spec.name, ratio, exact, reason="" if exact else f"differs on a fresh input: errors {errors}", float64=float64,
         teacher_error=errors[0], student_error=errors[1], export_error=errors[2], seconds=seconds,
         student_params=sum(p.numel() for p in student.parameters()),
-        teacher_params=sum(p.numel() for p in model.parameters()),
+        teacher_params=sum(p.numel() for p in model.parameters()), layout=model.report.layout,
     )  # fmt: skip

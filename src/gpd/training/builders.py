@@ -154,6 +154,7 @@ def build_distiller(cfg: Config, data: DataBundle, dry_run: bool, log: Log) -> t
         branch_init=cfg.gpd.branch_init,
         share_parameters=cfg.gpd.share,
         compensate_step=cfg.gpd.compensate_step,
+        layout=cfg.gpd.layout,
     )
     return distiller, student_params
 
