@@ -145,7 +145,7 @@ def build_distiller(cfg: Config, data: DataBundle, dry_run: bool, log: Log) -> t
         kd_options=kd_options(cfg),
         dynamic_teacher=cfg.gpd.enabled,
         ratio=cfg.gpd.ratio,
-        sce_weight=cfg.gpd.kd_weight,
+        sce_weight=cfg.gpd.sce_weight,
         sce_eps=cfg.gpd.sce_eps,
         label_smoothing=cfg.train.label_smoothing,
         noise_std=cfg.gpd.noise_std,
