@@ -488,8 +488,11 @@ def plan_conflicts(specs: list[Spec], out: Path) -> list[str]:
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv; a run of an older gpd has its old column names renamed."""
+    from gpd.deprecated import upgrade_rows
+
     with open(path / "metrics.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+        return upgrade_rows(list(csv.DictReader(handle)), str(path / "metrics.csv"))
 
 
 def number(value: str | None) -> float | None:
@@ -504,7 +507,7 @@ def accuracies(path: Path) -> dict[str, float | None]:
     return {
         "last": student[-1],
         "best": max(student),
-        "teacher": number(rows[-1].get("teacher_acc")),
+        "dynamic": number(rows[-1].get("dynamic_acc")),
         "gap": number(rows[-1].get("gap")),
         "ce1": number(rows[0].get("loss_ce_student")),
         "seconds": sum(float(r["seconds"]) for r in rows),
@@ -618,7 +621,7 @@ def group_table(
             label or specs[ids[0]].label,
             column(done, "last"),
             column(done, "best"),
-            column(done, "teacher"),
+            column(done, "dynamic"),
             paired_delta(last_by_seed(slug), last_by_seed(base)) if (base := baseline_of(slug)) else "—",
             column(done, "gap"),
             *([column(done, "ce1", 3)] if show_ce else []),
@@ -951,7 +954,7 @@ def main(argv: list[str] | None = None) -> int:
             summarize({})  # a truthful partial summary, should the suite stop here
         r = results[spec.id]
         print(f"    student {r['last']:.2f}% (best {r['best']:.2f}%)"
-              + (f", D {r['teacher']:.2f}%" if r["teacher"] is not None else ""), flush=True)  # fmt: skip
+              + (f", D {r['dynamic']:.2f}%" if r["dynamic"] is not None else ""), flush=True)  # fmt: skip
     wall = time.perf_counter() - clock
     summary = summarize(make_reports(specs, out, log))
     print(summary)

@@ -175,7 +175,7 @@ def find_unused_parameters(distiller: Distiller, cfg: Config, ctx: DistContext) 
     if not ctx.enabled or distiller.gpd is None:
         return False
     gpd = distiller.gpd
-    never_run = any(any(True for _ in gpd.teacher.get_submodule(name).parameters()) for name in gpd.report.roles.unused)
+    never_run = any(any(True for _ in gpd.dynamic.get_submodule(name).parameters()) for name in gpd.report.roles.unused)
     sequential = cfg.train.memory_mode == "sequential"
     return never_run or (sequential and (not distiller.shares_parameters or bool(distiller.review_heads)))
 
