@@ -16,7 +16,7 @@ six-branch blocks, as in the paper and the bundled configs):
               fine-tuning with GPD, equally long (same epochs, same steps)
     ablation  (Fashion-MNIST, scratch) branches on / off, ratio 1.5 / 2 / 3 (branches off:
               six-branch blocks need an integer ratio), sharing on / off (gpd.share=false),
-              the r² step of sharing kept / removed (gpd.compensate_step), lambda (gpd.kd_weight) 1 / 3
+              the r² step of sharing kept / removed (gpd.compensate_step), lambda (gpd.sce_weight) 1 / 3
     early     (--early only) the bundled demo config for one epoch of 2000 images (15 steps of 128),
               with and without GPD
 
@@ -315,7 +315,7 @@ def build_specs(
                     "no_branches": ("r = 2, branches off (plain 3x3 convs)", ["gpd.branches=none"], "gpd_plain_convs"),
                     "unshared": ("sharing off (gpd.share=false)", ["gpd.share=false"], "gpd"),
                     "compensated": ("r² step removed (gpd.compensate_step=true)", ["gpd.compensate_step=true"], "gpd"),
-                    "lambda1": ("λ = 1", ["gpd.kd_weight=1"], "gpd"),
+                    "lambda1": ("λ = 1", ["gpd.sce_weight=1"], "gpd"),
                 }
                 for key in mode.ablations:
                     label, extra, cost = variants[key]
@@ -488,8 +488,11 @@ def plan_conflicts(specs: list[Spec], out: Path) -> list[str]:
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv; a run of an older gpd has its old column names renamed."""
+    from gpd.deprecated import upgrade_rows
+
     with open(path / "metrics.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+        return upgrade_rows(list(csv.DictReader(handle)), str(path / "metrics.csv"))
 
 
 def number(value: str | None) -> float | None:
@@ -504,7 +507,7 @@ def accuracies(path: Path) -> dict[str, float | None]:
     return {
         "last": student[-1],
         "best": max(student),
-        "teacher": number(rows[-1].get("teacher_acc")),
+        "dynamic": number(rows[-1].get("dynamic_acc")),
         "gap": number(rows[-1].get("gap")),
         "ce1": number(rows[0].get("loss_ce_student")),
         "seconds": sum(float(r["seconds"]) for r in rows),
@@ -618,7 +621,7 @@ def group_table(
             label or specs[ids[0]].label,
             column(done, "last"),
             column(done, "best"),
-            column(done, "teacher"),
+            column(done, "dynamic"),
             paired_delta(last_by_seed(slug), last_by_seed(base)) if (base := baseline_of(slug)) else "—",
             column(done, "gap"),
             *([column(done, "ce1", 3)] if show_ce else []),
@@ -951,7 +954,7 @@ def main(argv: list[str] | None = None) -> int:
             summarize({})  # a truthful partial summary, should the suite stop here
         r = results[spec.id]
         print(f"    student {r['last']:.2f}% (best {r['best']:.2f}%)"
-              + (f", D {r['teacher']:.2f}%" if r["teacher"] is not None else ""), flush=True)  # fmt: skip
+              + (f", D {r['dynamic']:.2f}%" if r["dynamic"] is not None else ""), flush=True)  # fmt: skip
     wall = time.perf_counter() - clock
     summary = summarize(make_reports(specs, out, log))
     print(summary)

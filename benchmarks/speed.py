@@ -239,7 +239,7 @@ def _branch_paths(distiller) -> dict[str, dict[str, int]]:
     from gpd.branches import OREPAConv2d
 
     gpd = getattr(distiller, "gpd", None)
-    parts = {"D": gpd.teacher, "student": gpd.student} if gpd is not None else {"student": distiller}
+    parts = {"D": gpd.dynamic, "student": gpd.student} if gpd is not None else {"student": distiller}
     return {
         role: dict(Counter(m.last_path for m in module.modules() if isinstance(m, OREPAConv2d)))
         for role, module in parts.items()
@@ -297,7 +297,7 @@ def extras_worker(pair: Pair, size: int, batch: int, steps: int, warmup: int, en
     training = {
         "student_train": train(plain),
         "view_train": train(gpd.forward_student),
-        "d_train": train(gpd.forward_teacher),
+        "d_train": train(gpd.forward_dynamic),
         "derive": derive,
     }
     inference = {"fresh_infer": infer(fresh), "exported_infer": infer(exported)}

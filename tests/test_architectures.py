@@ -66,12 +66,12 @@ def prepared(factory: Factory, seed: int = 0) -> nn.Module:
 def check_exact(factory: Factory, ratio: float) -> None:
     student = prepared(factory)
     gm = gpd.expand(student, ratio, input_size=(3, 32, 32)).eval()
-    assert gm.report.teacher_error <= TOL and gm.report.student_error <= TOL
+    assert gm.report.dynamic_error <= TOL and gm.report.student_error <= TOL
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         expected = student(x)
         assert_nontrivial(expected)
-        assert rel_err(gm.forward_teacher(x), expected) <= TOL
+        assert rel_err(gm.forward_dynamic(x), expected) <= TOL
         assert rel_err(gm.forward_student(x), expected) <= TOL
         exported = gm.export_student()
         fresh = factory()
@@ -101,9 +101,9 @@ def test_transformer_refuses_ratio_1_5_with_the_reason(factory: Factory) -> None
 
 def test_attention_heads_multiply_and_keep_their_dimension() -> None:
     gm = gpd.expand(prepared(TRANSFORMERS[0].values[0]), 3, input_size=(3, 32, 32))
-    attn_s, attn_d = gm.student.module.blocks[0].attn, gm.teacher.blocks[0].attn
+    attn_s, attn_d = gm.student.module.blocks[0].attn, gm.dynamic.blocks[0].attn
     assert attn_d.num_heads == 3 * attn_s.num_heads and attn_d.head_dim == attn_s.head_dim
-    assert gm.teacher.cls_token.shape[-1] == 3 * gm.export_student().cls_token.shape[-1]
+    assert gm.dynamic.cls_token.shape[-1] == 3 * gm.export_student().cls_token.shape[-1]
 
 
 def test_distilled_vit_has_both_heads_found() -> None:
@@ -112,10 +112,10 @@ def test_distilled_vit_has_both_heads_found() -> None:
     assert gm.report.roles.input_layers == {"patch_embed.proj"}
 
 
-def independent_student_value(name: str, teacher: torch.Tensor, shape: torch.Size, ratio: int) -> torch.Tensor:
+def independent_student_value(name: str, dynamic: torch.Tensor, shape: torch.Size, ratio: int) -> torch.Tensor:
     """The student's tensor from D's, by the rule written out by hand (not the library's code)."""
-    value = teacher
-    for dim, (big, small) in enumerate(zip(teacher.shape, shape)):
+    value = dynamic
+    for dim, (big, small) in enumerate(zip(dynamic.shape, shape)):
         if big == small:
             continue
         if name.endswith(("qkv.weight", "qkv.bias")) and dim == 0:  # [q..q, k..k, v..v] segments
@@ -123,7 +123,7 @@ def independent_student_value(name: str, teacher: torch.Tensor, shape: torch.Siz
             value = torch.cat([value.narrow(0, s * ratio * third, third) for s in range(3)], 0)
         else:
             value = value.narrow(dim, 0, small)
-    divided = value.ndim >= 2 and teacher.shape[1] == ratio * shape[1] and "token" not in name and "pos_embed" not in name
+    divided = value.ndim >= 2 and dynamic.shape[1] == ratio * shape[1] and "token" not in name and "pos_embed" not in name
     return value * ratio if divided else value
 
 
@@ -134,13 +134,13 @@ def test_sgd_step_on_transformer_moves_the_student_by_the_rule() -> None:
     optimizer = torch.optim.SGD(gm.parameters(), lr=0.5)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 1, 2, 3])
-    loss = nn.functional.cross_entropy(gm.forward_teacher(x), y) + nn.functional.cross_entropy(gm.forward_student(x), y)
+    loss = nn.functional.cross_entropy(gm.forward_dynamic(x), y) + nn.functional.cross_entropy(gm.forward_student(x), y)
     loss.backward()
     optimizer.step()
 
-    teacher_params = dict(gm.teacher.named_parameters())
+    dynamic_params = dict(gm.dynamic.named_parameters())
     expected = {
-        name: independent_student_value(name, teacher_params[name].detach(), p.shape, ratio)
+        name: independent_student_value(name, dynamic_params[name].detach(), p.shape, ratio)
         for name, p in student.named_parameters()
     }
     derived = gm.student_parameters()

@@ -230,8 +230,8 @@ def test_cross_entropy_of_soft_targets_is_the_plain_soft_cross_entropy_without_s
     x, y = torch.randn(6, 1, 28, 28), soft_targets()
     with torch.no_grad():
         losses = kd_distiller(x, y)
-        student, teacher = kd_distiller.student_logits(x), kd_distiller.teacher_logits(x)
-    for name, logits in (("ce_student", student), ("ce_teacher", teacher)):
+        student, dynamic = kd_distiller.student_logits(x), kd_distiller.dynamic_logits(x)
+    for name, logits in (("ce_student", student), ("ce_dynamic", dynamic)):
         manual = -(y * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()  # no second smoothing
         torch.testing.assert_close(losses[name], manual)
     hard = y.argmax(dim=1)
@@ -246,7 +246,7 @@ def test_dkd_reads_soft_targets_as_their_argmax(kd_distiller):
         soft = kd_distiller(x, y)
         hard = kd_distiller(x, y.argmax(dim=1))
         student, static = kd_distiller.student_logits(x), kd_distiller.static_teacher(x)
-    for role in ("student", "teacher"):
+    for role in ("student", "dynamic"):
         torch.testing.assert_close(soft[f"kd_{role}"], hard[f"kd_{role}"])
     torch.testing.assert_close(soft["kd_student"], dkd(student, static, y.argmax(dim=1), 1.0, 2.0, 1.0))
     torch.testing.assert_close(soft["sce"], hard["sce"])
@@ -258,7 +258,7 @@ def test_reviewkd_accepts_soft_targets():
         create_model("resnet8", 10, 1), create_model("resnet14", 10, 1), "reviewkd", input_size=(1, 28, 28)
     )
     losses = distiller(torch.randn(4, 1, 28, 28), soft_targets(4))
-    assert {"reviewkd_student", "reviewkd_teacher", "ce_student"} <= set(losses)
+    assert {"reviewkd_student", "reviewkd_dynamic", "ce_student"} <= set(losses)
     sum(losses.values()).backward()
 
 

@@ -163,15 +163,15 @@ def test_early_runs_are_the_demo_and_its_scratch_group_is_the_default_suites() -
 
 # --- partial suites: missing runs, resuming ------------------------------------------------------
 
-METRICS_HEADER = "epoch,lr,train_loss,loss_ce_student,student_acc,teacher_acc,gap,static_teacher_acc,img_per_s,seconds"
+METRICS_HEADER = "epoch,lr,train_loss,loss_ce_student,student_acc,dynamic_acc,gap,static_teacher_acc,img_per_s,seconds"
 
 
-def fake_run(path: Path, accs: list[float], epochs: int, finished: bool = True, teacher: bool = True) -> None:
+def fake_run(path: Path, accs: list[float], epochs: int, finished: bool = True, dynamic: bool = True) -> None:
     """A run directory as gpd train leaves it: config.yaml, metrics.csv and student.pt or checkpoint.pt."""
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(f"data:\n  train_subset: null\n  test_subset: null\ntrain:\n  epochs: {epochs}\n")
     rows = [
-        f"{i},0.1,1.0,{2.0 - i / 10},{acc},{acc + 5 if teacher else ''},{5.0 if teacher else ''},,100,1.0"
+        f"{i},0.1,1.0,{2.0 - i / 10},{acc},{acc + 5 if dynamic else ''},{5.0 if dynamic else ''},,100,1.0"
         for i, acc in enumerate(accs, 1)
     ]
     (path / "metrics.csv").write_text("\n".join([METRICS_HEADER, *rows]) + "\n")
@@ -183,9 +183,9 @@ def test_a_partial_suite_reports_its_missing_runs(tmp_path: Path) -> None:
     m = load_script()
     out = tmp_path / "bench"
     runs = out / "runs" / "digits"
-    fake_run(runs / "s0" / "scratch", [70.0, 80.0], 10, teacher=False)
+    fake_run(runs / "s0" / "scratch", [70.0, 80.0], 10, dynamic=False)
     fake_run(runs / "s0" / "scratch_gpd", [75.0, 81.5], 10)
-    fake_run(runs / "s1" / "scratch", [72.0, 79.0], 10, teacher=False)
+    fake_run(runs / "s1" / "scratch", [72.0, 79.0], 10, dynamic=False)
     fake_run(runs / "s1" / "scratch_gpd", [60.0, 70.0, 74.0], 10, finished=False)  # interrupted after epoch 3
     args = ("--long", "--data", "digits", "--only", "scratch,finetune", "--seeds", "0", "1", "--out", str(out))
     result = run(*args, "--summary", timeout=120)

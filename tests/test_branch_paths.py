@@ -181,14 +181,14 @@ def test_student_blocks_choose_their_path_and_both_paths_give_the_same_step(monk
         else:
             monkeypatch.undo()
         gpd_model.zero_grad(set_to_none=True)
-        (gpd_model.forward_student(x).square().sum() + gpd_model.forward_teacher(x).square().sum()).backward()
+        (gpd_model.forward_student(x).square().sum() + gpd_model.forward_dynamic(x).square().sum()).backward()
         return [p.grad.clone() for p in gpd_model.parameters()]
 
     student_blocks = [m for m in gpd_model.student.modules() if isinstance(m, OREPAConv2d)]
-    teacher_blocks = [m for m in gpd_model.teacher.modules() if isinstance(m, OREPAConv2d)]
+    dynamic_blocks = [m for m in gpd_model.dynamic.modules() if isinstance(m, OREPAConv2d)]
     merged = grads(BranchPaths(True, True))
     on_batch = grads(BranchPaths(False, False))
-    assert {b.last_path for b in student_blocks + teacher_blocks} == {"batch:b3+b5"}
+    assert {b.last_path for b in student_blocks + dynamic_blocks} == {"batch:b3+b5"}
     automatic = grads(None)
     assert all(b.last_path for b in student_blocks)
     for a, b, c in zip(merged, on_batch, automatic):
@@ -206,7 +206,7 @@ def test_student_evaluation_reuses_its_merged_kernels_until_d_changes() -> None:
         first = gpd_model.forward_student(x)
         assert torch.equal(gpd_model.forward_student(x), first)
         assert all(b.last_path == "cached" for b in blocks)
-        for p in gpd_model.teacher.parameters():
+        for p in gpd_model.dynamic.parameters():
             p.mul_(1.01)
         changed = gpd_model.forward_student(x)
         assert all(b.last_path == "merge" for b in blocks) and not torch.equal(changed, first)

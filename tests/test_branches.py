@@ -284,23 +284,23 @@ def conv_ctx(ratio: float, expand_input: bool = True, expand_output: bool = True
         (6, 6, 6, 1.5, True, True),  # depthwise: uneven copies are exact
     ],
 )
-def test_teacher_block_merges_to_the_ir_of_the_student_kernel(in_ch, out_ch, groups, ratio, expand_input, expand_output) -> None:
+def test_dynamic_block_merges_to_the_ir_of_the_student_kernel(in_ch, out_ch, groups, ratio, expand_input, expand_output) -> None:
     torch.manual_seed(0)
     block = randomized_block(nn.Conv2d(in_ch, out_ch, 3, padding=1, groups=groups, bias=True).double(), seed=4)
     ctx = conv_ctx(ratio, expand_input, expand_output)
     layer = expand_orepa(block, ctx)
     expected = expand_conv(block.to_conv(), ctx).module
-    teacher = layer.module
-    assert isinstance(teacher, OREPAConv2d)
-    assert (teacher.in_channels, teacher.out_channels, teacher.groups) == (
+    wide = layer.module
+    assert isinstance(wide, OREPAConv2d)
+    assert (wide.in_channels, wide.out_channels, wide.groups) == (
         expected.in_channels, expected.out_channels, expected.groups,
     )  # fmt: skip
     with torch.no_grad():
-        assert (teacher.merged_kernel() - expected.weight).abs().max() <= 1e-12
-        assert torch.equal(teacher.bias, expected.bias)
+        assert (wide.merged_kernel() - expected.weight).abs().max() <= 1e-12
+        assert torch.equal(wide.bias, expected.bias)
         x = torch.randn(2, expected.in_channels, 7, 7, dtype=torch.float64)
-        assert (teacher(x) - expected(x)).abs().max() <= 1e-12
-    params = dict(teacher.named_parameters())
+        assert (wide(x) - expected(x)).abs().max() <= 1e-12
+    params = dict(wide.named_parameters())
     assert set(layer.params) == set(params)
     for name, param in block.named_parameters():  # the student reads its own tensors back
         assert (layer.params[name].derive(params[name]) - param).abs().max() <= 1e-12, name
@@ -328,13 +328,13 @@ def test_expanded_resnet8_with_branches_matches_in_eval_and_train_mode(ratio: in
     student = branched(make_resnet8, 1)
     gm = gpd.expand(student, ratio, input_size=(1, 32, 32))
     assert gm.report.rules_used["expand_orepa"] == ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2"]
-    assert gm.teacher.layer1[0].conv1.weight_id_1x1.shape == (16 * ratio, 16 * ratio)
+    assert gm.dynamic.layer1[0].conv1.weight_id_1x1.shape == (16 * ratio, 16 * ratio)
     assert_student_params_equal(gm, student, exact=ratio == 2)  # x2 then /2 is exact in binary
     x = torch.randn(8, 1, 32, 32)
     reference, gm_train = copy.deepcopy(student).train(), copy.deepcopy(gm).train()
     with torch.no_grad():
         expected = reference(x)
-        assert rel_err(gm_train.forward_teacher(x), expected) <= 1e-4
+        assert rel_err(gm_train.forward_dynamic(x), expected) <= 1e-4
         assert rel_err(gm_train.forward_student(x), expected) <= 1e-4
 
 
@@ -342,14 +342,14 @@ def test_expanded_mobilenet_v2_with_branches_matches() -> None:
     student = branched(make_mobilenet_v2, 3)
     gm = gpd.expand(student, 2, input_size=(3, 32, 32))
     assert len(gm.report.rules_used["expand_orepa"]) == 13
-    block = gm.teacher.features[3].conv[1][0]  # a stride-1 depthwise block
+    block = gm.dynamic.features[3].conv[1][0]  # a stride-1 depthwise block
     assert isinstance(block, OREPAConv2d) and block.groups == block.in_channels == 2 * 144
     assert_student_params_equal(gm, student, exact=True)
-    assert gm.report.teacher_error <= 1e-4 and not gm.report.checked_in_float64
+    assert gm.report.dynamic_error <= 1e-4 and not gm.report.checked_in_float64
     gm.eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert rel_err(gm.forward_teacher(x), student(x)) <= 1e-4
+        assert rel_err(gm.forward_dynamic(x), student(x)) <= 1e-4
 
 
 def test_training_with_branches_then_merged_export() -> None:
@@ -359,7 +359,7 @@ def test_training_with_branches_then_merged_export() -> None:
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
         x, y = torch.randn(8, 1, 28, 28, generator=gen), torch.randint(0, 10, (8,), generator=gen)
-        loss = F.cross_entropy(gm.forward_teacher(x), y) + F.cross_entropy(gm.forward_student(x), y)
+        loss = F.cross_entropy(gm.forward_dynamic(x), y) + F.cross_entropy(gm.forward_student(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -23,13 +23,13 @@ def test_expand_with_branches_keeps_d_equal_to_s_and_exports_plain_convs():
     torch.manual_seed(0)
     student = create_model("resnet8", num_classes=10, in_chans=1)
     model = gpd.expand(student, 2, input_size=(1, 28, 28), branches="orepa")
-    assert count_branch_blocks(model.teacher) == count_branch_blocks(model.student.module) == 5
+    assert count_branch_blocks(model.dynamic) == count_branch_blocks(model.student.module) == 5
     x = torch.randn(4, 1, 28, 28)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     model.train()
     for _ in range(3):
         y = torch.randint(0, 10, (4,))
-        loss = sum(torch.nn.functional.cross_entropy(f(x), y) for f in (model.forward_teacher, model.forward_student))
+        loss = sum(torch.nn.functional.cross_entropy(f(x), y) for f in (model.forward_dynamic, model.forward_student))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -40,9 +40,9 @@ def test_expand_with_branches_keeps_d_equal_to_s_and_exports_plain_convs():
     fresh.load_state_dict(exported.state_dict(), strict=True)
     with torch.no_grad():
         assert rel_err(fresh.eval()(x), model.forward_student(x)) <= 1e-5
-        teacher = model.export_teacher().eval()
-        assert not any(isinstance(m, OREPAConv2d) for m in teacher.modules())
-        assert rel_err(teacher(x), model.forward_teacher(x)) <= 1e-5
+        dynamic = model.export_dynamic().eval()
+        assert not any(isinstance(m, OREPAConv2d) for m in dynamic.modules())
+        assert rel_err(dynamic(x), model.forward_dynamic(x)) <= 1e-5
 
 
 def test_identity_branches_start_equal_to_the_pretrained_student():
@@ -53,7 +53,7 @@ def test_identity_branches_start_equal_to_the_pretrained_student():
     with torch.no_grad():
         expected = pretrained(x)
         assert rel_err(model.forward_student(x), expected) <= 1e-5
-        assert rel_err(model.forward_teacher(x), expected) <= 1e-4
+        assert rel_err(model.forward_dynamic(x), expected) <= 1e-4
 
 
 def test_unknown_branch_kind_is_refused():

@@ -43,7 +43,7 @@ def test_expand_resnet8_reports_costs_verification_roles_and_rules(capsys):
     assert main(["expand", "resnet8", "--ratio", "2"]) == 0
     out = capsys.readouterr().out
     s_params, s_gflops = costs(out, "student S")
-    d_params, d_gflops = costs(out, "teacher D")
+    d_params, d_gflops = costs(out, "dynamic D")
     assert s_params == sum(p.numel() for p in create_model("resnet8", 10, 3).parameters())
     assert 3.8 < d_params / s_params < 4.0  # r^2, less at the unexpanded input and output layers
     assert 0 < s_gflops < d_gflops and 3.5 < d_gflops / s_gflops <= 4.0
@@ -72,7 +72,7 @@ def test_expand_timm_resnet18_at_32_pixels(capsys):
     assert "input 3x32x32" in report_value(out, "model")
     assert report_value(out, "verification").startswith("passed")
     s_params, _ = costs(out, "student S")
-    d_params, _ = costs(out, "teacher D")
+    d_params, _ = costs(out, "dynamic D")
     assert 3.9 < d_params / s_params < 4.0
 
 
@@ -207,7 +207,7 @@ def test_export_onnx_of_an_expanded_vit_student(tmp_path: Path, capsys):
     student = create_model("timm:vit_tiny_patch16_224", 10, 3, img_size=32)
     model = gpd.expand(student, 2, input_size=(3, 32, 32))
     with torch.no_grad():  # move D away from the initial copy so the export reads real shared values
-        for param in model.teacher.parameters():
+        for param in model.dynamic.parameters():
             param.add_(torch.randn_like(param) * 0.01)
     exported = model.export_student().eval()
     path = tmp_path / "student.pt"

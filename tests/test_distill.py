@@ -38,7 +38,7 @@ def test_loss_terms(method, dynamic_teacher):
     student, teacher = small_pair()
     distiller = gpd.Distiller(student, teacher, kd=method, dynamic_teacher=dynamic_teacher, input_size=(1, 28, 28))
     losses = distiller(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)), epoch=30.0)
-    expected = {"ce_student", "kd_student"} | ({"ce_teacher", "kd_teacher", "sce"} if dynamic_teacher else set())
+    expected = {"ce_student", "kd_student"} | ({"ce_dynamic", "kd_dynamic", "sce"} if dynamic_teacher else set())
     assert set(losses) == expected
     assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
 
@@ -89,7 +89,7 @@ def test_finetuning_starts_with_d_predicting_exactly_like_the_student(tmp_path):
     with torch.no_grad():
         for x, _ in trainer.test_loader:
             x = x.contiguous(memory_format=torch.channels_last)
-            d_pred = distiller.teacher_logits(x).argmax(-1)
+            d_pred = distiller.dynamic_logits(x).argmax(-1)
             s_pred = distiller.student_logits(x).argmax(-1)
             assert torch.equal(d_pred, s_pred)
             assert torch.equal(s_pred, pretrained.eval()(x).argmax(-1))
@@ -101,7 +101,7 @@ def test_reviewkd_gives_student_and_d_their_own_fusion_heads(dynamic_teacher):
     distiller = gpd.Distiller(student, teacher, kd="reviewkd", dynamic_teacher=dynamic_teacher, input_size=(1, 28, 28))
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
     losses = distiller(x, y)
-    expected = {"ce_student", "reviewkd_student"} | ({"ce_teacher", "reviewkd_teacher", "sce"} if dynamic_teacher else set())
+    expected = {"ce_student", "reviewkd_student"} | ({"ce_dynamic", "reviewkd_dynamic", "sce"} if dynamic_teacher else set())
     assert set(losses) == expected
     sum(losses.values()).backward()
     heads = distiller.review_heads
@@ -109,7 +109,7 @@ def test_reviewkd_gives_student_and_d_their_own_fusion_heads(dynamic_teacher):
     widths = {role: [abf.reduce[0].in_channels for abf in head.abfs] for role, head in heads.items()}
     assert widths["student"] == [16, 32, 64, 64]  # three stages and the pooled level
     if dynamic_teacher:
-        assert widths["teacher"] == [32, 64, 128, 128]  # D's own fusion head, sized to D's widths
+        assert widths["dynamic"] == [32, 64, 128, 128]  # D's own fusion head, sized to D's widths
     exported = distiller.export_student()
     assert type(exported) is type(student)
     exported.load_state_dict(create_model("resnet8", 10, 1).state_dict(), strict=True)  # no head inside

@@ -52,7 +52,7 @@ def check_equal_at_init(student: nn.Module, in_chans: int) -> None:
     student = prepared(student, in_chans)
     student_before = copy.deepcopy(student)  # the reference for the train-mode forward
     gm = gpd.expand(student, 2, input_size=(in_chans, 32, 32))
-    assert gm.report.teacher_error is not None and gm.report.teacher_error <= TOL
+    assert gm.report.dynamic_error is not None and gm.report.dynamic_error <= TOL
     x = inputs(in_chans, 1)
 
     # eval mode
@@ -60,7 +60,7 @@ def check_equal_at_init(student: nn.Module, in_chans: int) -> None:
     with torch.no_grad():
         expected = student(x)
         assert_nontrivial(expected)
-        assert rel_err(gm.forward_teacher(x), expected) <= TOL
+        assert rel_err(gm.forward_dynamic(x), expected) <= TOL
         assert rel_err(gm.forward_student(x), expected) <= TOL
 
     # train mode: one forward on copies that start from the same state (batch statistics)
@@ -69,38 +69,38 @@ def check_equal_at_init(student: nn.Module, in_chans: int) -> None:
     with torch.no_grad():
         expected = ref(x)
         assert_nontrivial(expected)
-        assert rel_err(gm.forward_teacher(x), expected) <= TOL
+        assert rel_err(gm.forward_dynamic(x), expected) <= TOL
         assert rel_err(gm.forward_student(x), expected) <= TOL
 
     # running statistics after that forward: D's first block == the student's (both views)
     ref_bns = batchnorms(ref)
-    teacher_bns = batchnorms(gm.teacher)
+    dynamic_bns = batchnorms(gm.dynamic)
     view_bns = batchnorms(gm.student.module)
-    assert ref_bns and set(ref_bns) == set(teacher_bns) == set(view_bns)
+    assert ref_bns and set(ref_bns) == set(dynamic_bns) == set(view_bns)
     for name, ref_bn in ref_bns.items():
         c = ref_bn.num_features
-        t_bn, v_bn = teacher_bns[name], view_bns[name]
+        t_bn, v_bn = dynamic_bns[name], view_bns[name]
         assert int(t_bn.num_batches_tracked) == int(v_bn.num_batches_tracked) == int(ref_bn.num_batches_tracked)
         for stat in ("running_mean", "running_var"):
             want = getattr(ref_bn, stat)
             assert rel_err(getattr(v_bn, stat), want) <= TOL, (name, stat, "student view")
-            assert rel_err(getattr(t_bn, stat)[:c], want) <= TOL, (name, stat, "teacher first block")
+            assert rel_err(getattr(t_bn, stat)[:c], want) <= TOL, (name, stat, "D first block")
             # and the other copies of D follow the same statistics (tiled)
             if t_bn.num_features == 2 * c:
-                assert rel_err(getattr(t_bn, stat)[c:], want) <= TOL, (name, stat, "teacher copy 1")
+                assert rel_err(getattr(t_bn, stat)[c:], want) <= TOL, (name, stat, "D copy 1")
 
 
 # ---------------------------------------------------------------------------- D == S at init
 
 
 @pytest.mark.parametrize("name", _BUNDLED)
-def test_bundled_model_teacher_equals_student_at_init(name: str) -> None:
+def test_bundled_model_dynamic_equals_student_at_init(name: str) -> None:
     in_chans = 1 if _BUNDLED.index(name) % 2 else 3
     torch.manual_seed(0)
     check_equal_at_init(create_bundled(name, in_chans=in_chans), in_chans)
 
 
-def test_torchvision_resnet18_teacher_equals_student_at_init() -> None:
+def test_torchvision_resnet18_dynamic_equals_student_at_init() -> None:
     torch.manual_seed(0)
     check_equal_at_init(tv_resnet18(), 3)
 
@@ -115,12 +115,12 @@ def test_ratios(arch: str, ratio: float) -> None:
     with torch.no_grad():
         expected = student(x)
         assert_nontrivial(expected)
-        assert rel_err(gm.forward_teacher(x), expected) <= TOL
+        assert rel_err(gm.forward_dynamic(x), expected) <= TOL
         assert rel_err(gm.forward_student(x), expected) <= TOL
     # D really is wider: every expanded conv has round(C * r) channels
     first = "conv1" if arch == "resnet18" else "features.0.0"
-    assert gm.teacher.get_submodule(first).out_channels == round(student.get_submodule(first).out_channels * ratio)
-    assert gm.teacher.get_submodule(first).in_channels == 3
+    assert gm.dynamic.get_submodule(first).out_channels == round(student.get_submodule(first).out_channels * ratio)
+    assert gm.dynamic.get_submodule(first).in_channels == 3
 
 
 def n_params(model: nn.Module) -> int:
@@ -130,17 +130,17 @@ def n_params(model: nn.Module) -> int:
 def test_parameter_count_is_about_r_squared() -> None:
     student = tv_resnet18()
     gm = gpd.expand(student, 2, input_size=(3, 32, 32))
-    factor = n_params(gm.teacher) / n_params(student)
+    factor = n_params(gm.dynamic) / n_params(student)
     assert 3.5 <= factor <= 4.1, factor
-    assert n_params(gm) == n_params(gm.teacher)
+    assert n_params(gm) == n_params(gm.dynamic)
 
 
 def test_detects_input_and_output_layers_of_resnet18() -> None:
     gm = gpd.expand(tv_resnet18(), 2, input_size=(3, 32, 32))
     assert set(gm.report.roles.input_layers) == {"conv1"}
     assert set(gm.report.roles.output_layers) == {"fc"}
-    assert gm.teacher.conv1.in_channels == 3 and gm.teacher.conv1.out_channels == 128
-    assert gm.teacher.fc.out_features == 10 and gm.teacher.fc.in_features == 1024
+    assert gm.dynamic.conv1.in_channels == 3 and gm.dynamic.conv1.out_channels == 128
+    assert gm.dynamic.fc.out_features == 10 and gm.dynamic.fc.in_features == 1024
 
 
 # ---------------------------------------------------------------------------- refusals
@@ -188,7 +188,7 @@ def test_channel_concat_passes_when_verification_is_off() -> None:
     gm = gpd.expand(student, 2, input_size=(3, 16, 16), check=False).eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        assert rel_err(gm.forward_teacher(x), student(x)) > TOL
+        assert rel_err(gm.forward_dynamic(x), student(x)) > TOL
 
 
 class Gain(nn.Module):
@@ -237,7 +237,7 @@ def test_custom_per_channel_layer_without_rule_is_expanded_generically() -> None
     student = GainNet().eval()
     gm = gpd.expand(student, 2, input_size=(3, 8, 8))
     assert gm.report.rules_used["expand_generic_leaf"] == ["gain"]
-    assert torch.equal(gm.teacher.gain.gain, student.gain.gain.repeat(2))
+    assert torch.equal(gm.dynamic.gain.gain, student.gain.gain.repeat(2))
 
 
 def test_custom_layer_with_ambiguous_tensor_is_refused_naming_it() -> None:
@@ -274,12 +274,12 @@ def test_registered_rule_for_custom_layer(gain_rule) -> None:
     student.eval()
     gm = gpd.expand(student, 2, input_size=(3, 8, 8)).eval()
     assert "gain" in gm.report.rules_used["expand_gain"]
-    assert gm.teacher.gain.gain.shape == (16,)
-    assert isinstance(gm.teacher.gain, Gain)
+    assert gm.dynamic.gain.gain.shape == (16,)
+    assert isinstance(gm.dynamic.gain, Gain)
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         expected = student(x)
-        assert rel_err(gm.forward_teacher(x), expected) <= TOL
+        assert rel_err(gm.forward_dynamic(x), expected) <= TOL
         assert rel_err(gm.forward_student(x), expected) <= TOL
     assert torch.equal(gm.student_parameters()["gain.gain"], student.gain.gain)
     # train mode too (BatchNorm batch statistics)
@@ -287,7 +287,7 @@ def test_registered_rule_for_custom_layer(gain_rule) -> None:
     gm.train()
     with torch.no_grad():
         expected = ref(x)
-        assert rel_err(gm.forward_teacher(x), expected) <= TOL
+        assert rel_err(gm.forward_dynamic(x), expected) <= TOL
         assert rel_err(gm.forward_student(x), expected) <= TOL
 
 
@@ -307,12 +307,12 @@ def test_symmetry_noise_breaks_bit_identity_but_keeps_student_exact() -> None:
     torch.manual_seed(1)
     # a loose tolerance here: the default one is the subject of the xfail test below
     noisy = gpd.expand(student, 2, input_size=(3, 32, 32), noise_std=1e-6, tolerance=1e-2)
-    assert noisy.report.teacher_error is not None and noisy.report.teacher_error <= 1e-2
+    assert noisy.report.dynamic_error is not None and noisy.report.dynamic_error <= 1e-2
 
-    exact_params = dict(exact.teacher.named_parameters())
-    differing = [n for n, p in noisy.teacher.named_parameters() if not torch.equal(p, exact_params[n])]
+    exact_params = dict(exact.dynamic.named_parameters())
+    differing = [n for n, p in noisy.dynamic.named_parameters() if not torch.equal(p, exact_params[n])]
     assert differing, "noise_std=1e-6 left D bit-identical to the noise-free expansion"
-    conv = noisy.teacher.layer1[0].conv1.weight
+    conv = noisy.dynamic.layer1[0].conv1.weight
     diff = (conv - exact_params["layer1.0.conv1.weight"]).abs()
     assert 0 < diff.max().item() < 1e-4
     assert diff[:64, :64].max().item() == 0.0  # the student's block has no noise
@@ -326,7 +326,7 @@ def test_symmetry_noise_breaks_bit_identity_but_keeps_student_exact() -> None:
     with torch.no_grad():
         expected = student(x)
         assert torch.equal(noisy.forward_student(x), expected)
-        assert 0 < rel_err(noisy.forward_teacher(x), expected) <= 1e-2
+        assert 0 < rel_err(noisy.forward_dynamic(x), expected) <= 1e-2
 
 
 def test_symmetry_noise_passes_verification_at_default_tolerance() -> None:
@@ -334,7 +334,7 @@ def test_symmetry_noise_passes_verification_at_default_tolerance() -> None:
         torch.manual_seed(seed)
         student = prepared(tv_resnet18(), 3, seed=seed)
         gm = gpd.expand(student, 2, input_size=(3, 32, 32), noise_std=1e-6)  # default tolerance 1e-4
-        assert gm.report.teacher_error is not None
+        assert gm.report.dynamic_error is not None
         assert gm.report.student_error == 0.0
 
 
@@ -360,7 +360,7 @@ class ChannelSumNet(nn.Module):
         return self.fc(self.conv(x).sum((1, 2, 3))[:, None])
 
 
-def test_teacher_that_crashes_raises_expansion_error() -> None:
+def test_dynamic_teacher_that_crashes_raises_expansion_error() -> None:
     torch.manual_seed(0)
     with pytest.raises(gpd.ExpansionError) as info:
         gpd.expand(ChannelSumNet(), 2, input_size=(3, 8, 8))

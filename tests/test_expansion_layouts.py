@@ -33,7 +33,7 @@ def check_exact(student: nn.Module, size: tuple[int, ...], ratio: float = 2, fre
     x = torch.randn(3, *size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     with torch.no_grad():
         expected = student(x)
-        assert rel(gm.forward_teacher(x), expected) < 1e-10
+        assert rel(gm.forward_dynamic(x), expected) < 1e-10
         assert rel(gm.forward_student(x), expected) < 1e-10
         if fresh is not None:
             fresh.double().load_state_dict(gm.export_student().state_dict(), strict=True)
@@ -88,7 +88,7 @@ def test_concat_layout_is_measured_and_consumers_are_permuted() -> None:
     bn_map = gm.student.slices["bn.weight"].dims[0]
     assert bn_map.source.tolist() == [0, 1, 2, 3] * 2 + [4, 5, 6, 7, 8, 9] * 2  # [a, a, b, b]
     assert bn_map.student_index.tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 12, 13]
-    assert gm.teacher.dw.groups == 20  # a depthwise conv keeps the permuted layout
+    assert gm.dynamic.dw.groups == 20  # a depthwise conv keeps the permuted layout
 
 
 @pytest.mark.parametrize("ratio", [2, 3, 1.5])
@@ -102,8 +102,8 @@ def test_channel_shuffle_is_a_permutation() -> None:
 
 def test_token_mixing_linear_is_kept() -> None:
     gm = check_exact(TokenMixer(), (3, 8, 8), fresh=TokenMixer())
-    assert gm.teacher.tokens.weight.shape == (4, 4)
-    assert gm.teacher.fc.in_features == 16
+    assert gm.dynamic.tokens.weight.shape == (4, 4)
+    assert gm.dynamic.fc.in_features == 16
 
 
 class LayerScaled(nn.Module):
@@ -131,8 +131,8 @@ class LayerScaleNet(nn.Module):
 
 def test_generic_per_channel_tensors_are_tiled_and_scalars_kept() -> None:
     gm = check_exact(LayerScaleNet(), (3, 8, 8), fresh=LayerScaleNet())
-    assert gm.teacher.block.layer_scale.shape == (12, 1, 1)
-    assert gm.teacher.block.gain.shape == (1,)
+    assert gm.dynamic.block.layer_scale.shape == (12, 1, 1)
+    assert gm.dynamic.block.gain.shape == (1,)
     slices = gm.student.slices
     assert slices["block.layer_scale"].paper_scale == 1.0  # multiplies activations
     assert slices["block.pos_shift"].paper_scale == 0.5  # added to them: the paper's layout holds it / r
@@ -182,7 +182,7 @@ def tiny_densenet() -> nn.Module:
 def test_swin_relative_position_tables_are_tiled_per_head() -> None:
     torch.manual_seed(0)
     gm = check_exact(tiny_swin(), (3, 32, 32), fresh=tiny_swin())
-    attn = gm.teacher.layers[0].blocks[0].attn
+    attn = gm.dynamic.layers[0].blocks[0].attn
     assert attn.num_heads == 4 and attn.relative_position_bias_table.shape[1] == 4
 
 
@@ -233,12 +233,12 @@ def test_sgd_step_on_d_moves_the_student_as_the_paper_predicts(arch: str) -> Non
         expected = -lr * step_factor(name, plain, set(roles.input_layers), set(roles.output_layers), 2) * param.grad
         assert rel(after[name] - before[name], expected) < 1e-8, name
     # the student view is the student made of D's slices (read by hand with each slice's map)
-    teacher = dict(gm.teacher.named_parameters())
+    dynamic = dict(gm.dynamic.named_parameters())
     fresh = copy.deepcopy(student)
     with torch.no_grad():
         for name, param in fresh.named_parameters():
             s = gm.student.slices[name]
-            value = teacher[name].detach()
+            value = dynamic[name].detach()
             for dim, channel_map in s.dims.items():
                 value = value.index_select(dim, channel_map.student_index)
             if s.divided_dim is not None:

@@ -45,7 +45,7 @@ def sgd_steps(gm: gpd.GPDModel, steps: int, in_chans: int = 3) -> None:
     gm.train()
     for step in range(steps):
         x, y = data(10 + step, in_chans=in_chans)
-        loss = F.cross_entropy(gm.forward_teacher(x), y) + F.cross_entropy(gm.forward_student(x), y)
+        loss = F.cross_entropy(gm.forward_dynamic(x), y) + F.cross_entropy(gm.forward_student(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -84,28 +84,28 @@ def test_export_student_loads_strictly_and_matches(arch: str) -> None:
     assert [n for n, _ in exported.named_parameters()] == [n for n, _ in student.named_parameters()]
 
 
-def test_export_teacher_is_standalone_and_equal() -> None:
+def test_export_dynamic_is_standalone_and_equal() -> None:
     student, _ = make("tv_resnet18")
     gm = gpd.expand(student, RATIO, input_size=(3, 32, 32))
     sgd_steps(gm, 2)
-    teacher = gm.export_teacher()
-    assert type(teacher) is type(student)
-    assert not isinstance(teacher, gpd.GPDModel)
+    dynamic = gm.export_dynamic()
+    assert type(dynamic) is type(student)
+    assert not isinstance(dynamic, gpd.GPDModel)
     gm_ptrs = {p.data_ptr() for p in gm.parameters()} | {b.data_ptr() for b in gm.buffers()}
-    assert not gm_ptrs & {t.data_ptr() for t in teacher.state_dict().values()}
-    assert teacher.conv1.out_channels == 2 * student.conv1.out_channels  # a plain wide network
-    teacher.eval()
+    assert not gm_ptrs & {t.data_ptr() for t in dynamic.state_dict().values()}
+    assert dynamic.conv1.out_channels == 2 * student.conv1.out_channels  # a plain wide network
+    dynamic.eval()
     gm.eval()
     x, _ = data(7)
     with torch.no_grad():
-        expected = gm.forward_teacher(x)
-        assert torch.equal(teacher(x), expected)
+        expected = gm.forward_dynamic(x)
+        assert torch.equal(dynamic(x), expected)
         for p in gm.parameters():
             p.mul_(0.5)
-        assert torch.equal(teacher(x), expected)
+        assert torch.equal(dynamic(x), expected)
 
 
-def test_exported_student_has_no_links_to_the_teacher() -> None:
+def test_exported_student_has_no_links_to_the_dynamic_teacher() -> None:
     student, _ = make("tv_resnet18")
     gm = gpd.expand(student, RATIO, input_size=(3, 32, 32))
     sgd_steps(gm, 1)
@@ -130,10 +130,10 @@ def test_exported_student_has_no_links_to_the_teacher() -> None:
         assert torch.equal(v, saved[k]), k
 
     # and training the exported student leaves D alone
-    d_before = {n: p.detach().clone() for n, p in gm.teacher.named_parameters()}
+    d_before = {n: p.detach().clone() for n, p in gm.dynamic.named_parameters()}
     opt = torch.optim.SGD(exported.parameters(), lr=0.1)
     exported.train()
     F.cross_entropy(exported(x), y).backward()
     opt.step()
-    for n, p in gm.teacher.named_parameters():
+    for n, p in gm.dynamic.named_parameters():
         assert torch.equal(p, d_before[n]), n

@@ -44,7 +44,7 @@ def test_common_settings(name):
     text = (resources.files("gpd.config") / "bundled" / f"{name}.yaml").read_text()
     assert text.startswith("# ") and "GPD paper" in text.split("\ndata:")[0]  # the comment says where settings come from
     assert (cfg.data.name, cfg.data.root, cfg.data.image_size) == ("imagefolder", "data/imagenet", 224)
-    assert (cfg.gpd.enabled, cfg.gpd.ratio, cfg.gpd.kd_weight, cfg.gpd.sce_eps) == (True, 2.0, 3.0, 0.1)
+    assert (cfg.gpd.enabled, cfg.gpd.ratio, cfg.gpd.sce_weight, cfg.gpd.sce_eps) == (True, 2.0, 3.0, 0.1)
     assert (cfg.train.ema, cfg.train.ema_decay, cfg.train.grad_clip) == (True, None, 5.0)
     # the recipe's per-step EMA decay 0.99996, as a horizon in images: the same at the config's batch
     decay = ema_decay_per_step(

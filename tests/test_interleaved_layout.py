@@ -98,11 +98,11 @@ def test_a_split_model_is_refused_tiled_and_exact_interleaved(r: int) -> None:
         gpd.expand(student, r, example_input=x, layout="tiled")
     model = gpd.expand(student, r, example_input=x)  # auto: tiled is refused, interleaved is exact
     assert model.report.layout == "interleaved"
-    assert model.teacher.group.groups == 2 and model.teacher.group.in_channels == 4 * r  # r-times-wider groups
+    assert model.dynamic.group.groups == 2 and model.dynamic.group.in_channels == 4 * r  # r-times-wider groups
     fresh = torch.randn(5, 3, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         expected = student(fresh)
-        assert rel_err(model.forward_teacher(fresh), expected) < 1e-12
+        assert rel_err(model.forward_dynamic(fresh), expected) < 1e-12
         assert rel_err(model.forward_student(fresh), expected) < 1e-12
         exported = SplitCNN().to(torch.float64).eval()
         exported.load_state_dict(model.export_student().state_dict(), strict=True)
@@ -113,9 +113,9 @@ def test_split_sizes_held_by_the_module_are_resized_for_d() -> None:
     student = randomized(SizedSplit())
     x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
     model = gpd.expand(student, 2, example_input=x)
-    assert model.report.layout == "interleaved" and model.teacher.sizes == [8, 12, 4] and student.sizes == [4, 6, 2]
+    assert model.report.layout == "interleaved" and model.dynamic.sizes == [8, 12, 4] and student.sizes == [4, 6, 2]
     with torch.no_grad():
-        assert rel_err(model.forward_teacher(x), student(x)) < 1e-12
+        assert rel_err(model.forward_dynamic(x), student(x)) < 1e-12
         assert rel_err(model.forward_student(x), student(x)) < 1e-12
 
 
@@ -195,14 +195,14 @@ def test_student_and_dynamic_teacher_steps_per_kind(r: int, rule: str) -> None:
         assert rel_err(after[name] - before[name], predicted) <= 1e-9, (name, KINDS[name])
 
     model = gpd.expand(randomized(SplitCNN()).train(), r, example_input=x, compensate_step=rule == "plain").train()
-    plain_d = copy.deepcopy(model.teacher)  # the plain wide network: a deepcopy of the module carries no hooks
+    plain_d = copy.deepcopy(model.dynamic)  # the plain wide network: a deepcopy of the module carries no hooks
     F.cross_entropy(plain_d(x), y).backward()
-    before = {n: p.detach().clone() for n, p in model.teacher.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.dynamic.named_parameters()}
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    F.cross_entropy(model.forward_teacher(x), y).backward()
+    F.cross_entropy(model.forward_dynamic(x), y).backward()
     optimizer.step()
     grads = dict(plain_d.named_parameters())
-    for name, param in model.teacher.named_parameters():
+    for name, param in model.dynamic.named_parameters():
         predicted = -LR * teacher_factor(KINDS[name], r, rule) * grads[name].grad
         assert rel_err(param.detach() - before[name], predicted) <= 1e-9, (name, KINDS[name])
 
@@ -213,7 +213,7 @@ def test_sharing_holds_after_a_step() -> None:
     x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (4,))
     model = gpd.expand(student, 2, example_input=x).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    (F.cross_entropy(model.forward_teacher(x), y) + F.cross_entropy(model.forward_student(x), y)).backward()
+    (F.cross_entropy(model.forward_dynamic(x), y) + F.cross_entropy(model.forward_student(x), y)).backward()
     optimizer.step()
     model.eval()
     exported = SplitCNN().to(torch.float64).eval()

@@ -14,8 +14,8 @@ import pytest
 from gpd.cli.main import main
 
 COLUMNS = ["epoch", "lr", "train_loss"]
-TAIL = ["student_acc", "teacher_acc", "gap", "static_teacher_acc"]
-EMA = ["ema_student_acc", "ema_teacher_acc"]
+TAIL = ["student_acc", "dynamic_acc", "gap", "static_teacher_acc"]
+EMA = ["ema_student_acc", "ema_dynamic_acc"]
 END = ["img_per_s", "seconds"]
 
 # student accuracy per epoch; each peaks before its last epoch so best != final
@@ -24,7 +24,7 @@ STUDENT = {
     "gpd_ema": [63.0, 76.5, 82.25, 85.5, 86.75, 86.5],
     "kd_gpd": [65.25, 78.0, 83.5, 87.0, 86.8, 87.25],
 }
-TEACHER = {"gpd_ema": [63.5, 77.25, 83.0, 86.25, 87.5, 87.75], "kd_gpd": [66.0, 79.0, 84.75, 88.0, 88.5, 88.25]}
+DYNAMIC = {"gpd_ema": [63.5, 77.25, 83.0, 86.25, 87.5, 87.75], "kd_gpd": [66.0, 79.0, 84.75, 88.0, 88.5, 88.25]}
 STATIC_TEACHER = 92.66
 EPOCH_SECONDS = {"baseline": 20.0, "gpd_ema": 65.5, "kd_gpd": 70.25}
 
@@ -35,20 +35,20 @@ def write_run(root: Path, name: str, loss_terms: list[str], *, ema: bool = False
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(config)
     header = COLUMNS + [f"loss_{t}" for t in loss_terms] + TAIL + (EMA if ema else []) + END
-    student, teacher = STUDENT[name], TEACHER.get(name)
+    student, dynamic = STUDENT[name], DYNAMIC.get(name)
     with open(run / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header)
         writer.writeheader()
         for i, s in enumerate(student):
             row = {"epoch": i + 1, "lr": 0.2 * (1 - i / 6), "train_loss": 2.0 / (i + 1), "student_acc": s}
             row |= {f"loss_{t}": (k + 1) * 0.5 / (i + 1) for k, t in enumerate(loss_terms)}
-            row |= {"teacher_acc": "", "gap": "", "static_teacher_acc": ""}
-            if teacher:
-                row |= {"teacher_acc": teacher[i], "gap": round(teacher[i] - s, 6)}
+            row |= {"dynamic_acc": "", "gap": "", "static_teacher_acc": ""}
+            if dynamic:
+                row |= {"dynamic_acc": dynamic[i], "gap": round(dynamic[i] - s, 6)}
             if name == "kd_gpd":
                 row["static_teacher_acc"] = STATIC_TEACHER
             if ema:
-                row |= {"ema_student_acc": s + 0.5, "ema_teacher_acc": teacher[i] + 0.25}
+                row |= {"ema_student_acc": s + 0.5, "ema_dynamic_acc": dynamic[i] + 0.25}
             row |= {"img_per_s": 500.0, "seconds": EPOCH_SECONDS[name]}
             writer.writerow(row)
     return run
@@ -71,9 +71,9 @@ def baseline(tmp_path: Path) -> Path:
 def make_three(root: Path) -> list[Path]:
     return [
         write_run(root, "baseline", ["ce_student"], config=config("resnet8", gpd=False)),
-        write_run(root, "gpd_ema", ["ce_student", "ce_teacher", "sce"], ema=True, config=config("resnet8", gpd=True)),
+        write_run(root, "gpd_ema", ["ce_student", "ce_dynamic", "sce"], ema=True, config=config("resnet8", gpd=True)),
         write_run(
-            root, "kd_gpd", ["ce_student", "ce_teacher", "sce", "kd_student", "kd_teacher"],
+            root, "kd_gpd", ["ce_student", "ce_dynamic", "sce", "kd_student", "kd_dynamic"],
             config=config("resnet8", gpd=True, kd="kd", teacher="resnet20"),
         ),
     ]
@@ -130,9 +130,9 @@ def test_report_numbers_match_the_csv(three_runs) -> None:
         assert row["final student acc (%)"] == f"{student[-1]:.2f}"
         assert row["best student acc (%)"] == f"{best:.2f} (epoch {student.index(best) + 1})"
         assert row["epochs"] == "6"
-        if name in TEACHER:
-            assert row["final dyn. teacher acc (%)"] == f"{TEACHER[name][-1]:.2f}"
-            assert row["final gap"] == f"{TEACHER[name][-1] - student[-1]:+.2f}"
+        if name in DYNAMIC:
+            assert row["final dyn. teacher acc (%)"] == f"{DYNAMIC[name][-1]:.2f}"
+            assert row["final gap"] == f"{DYNAMIC[name][-1] - student[-1]:+.2f}"
         else:
             assert row["final dyn. teacher acc (%)"] == row["final gap"] == "—"
     assert rows["baseline"]["GPD"] == "off" and rows["gpd_ema"]["GPD"] == "on, r=2"
@@ -243,10 +243,10 @@ def test_errors_are_one_line(tmp_path: Path, capsys, case: str, words: list[str]
 
 def test_gradient_norms_are_plotted_when_the_run_logged_them(tmp_path: Path) -> None:
     """Runs since gpd logged gradient norms get gradients.png; older runs (above) do not."""
-    run = write_run(tmp_path, "gpd_ema", ["ce_student", "ce_teacher", "sce"], config=config("resnet8", True))
+    run = write_run(tmp_path, "gpd_ema", ["ce_student", "ce_dynamic", "sce"], config=config("resnet8", True))
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    extra = {"grad_norm": 2.0, "clipped_frac": 0.25, "grad_norm_student": 1.5, "grad_norm_teacher": 1.0}
+    extra = {"grad_norm": 2.0, "clipped_frac": 0.25, "grad_norm_student": 1.5, "grad_norm_dynamic": 1.0}
     with open(run / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) + list(extra))
         writer.writeheader()

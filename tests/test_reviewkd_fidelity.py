@@ -96,14 +96,14 @@ def test_distiller_taps_pre_activation_for_teacher_and_d_and_adds_the_pooled_lev
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         targets = distiller.static_targets(x)
-        with distiller._taps(distiller.gpd.teacher, "student_stages", True) as d_feats:
-            distiller.teacher_logits(x)
+        with distiller._taps(distiller.gpd.dynamic, "student_stages", True) as d_feats:
+            distiller.dynamic_logits(x)
     assert [tuple(f.shape) for f in targets.features] == [(2, 16, 32, 32), (2, 32, 16, 16), (2, 64, 8, 8), (2, 64, 1, 1)]
     assert [tuple(f.shape) for f in d_feats] == [(2, 32, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8), (2, 128, 1, 1)]
     assert all((f < 0).any() for f in targets.features[:3]) and all((f < 0).any() for f in d_feats[:3])
     post = gpd.Distiller(student, teacher, "reviewkd", input_size=(3, 32, 32), kd_options={"student_preact": False})
-    with torch.no_grad(), post._taps(post.gpd.teacher, "student_stages", True) as d_post:
-        post.teacher_logits(x)
+    with torch.no_grad(), post._taps(post.gpd.dynamic, "student_stages", True) as d_post:
+        post.dynamic_logits(x)
     assert all((f >= 0).all() for f in d_post)  # post-ReLU student/D taps; the teacher's stay pre-ReLU
     with torch.no_grad():
         assert any((f < 0).any() for f in post.static_targets(x).features)
@@ -176,8 +176,8 @@ def test_kd_ce_weight_and_kd_weight_golden_values():
     x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
     with torch.no_grad():
         losses = distiller(x, y)
-        zs, zd, zt = distiller.student_logits(x).double(), distiller.teacher_logits(x).double(), teacher(x).double()
-    for role, z in (("student", zs), ("teacher", zd)):
+        zs, zd, zt = distiller.student_logits(x).double(), distiller.dynamic_logits(x).double(), teacher(x).double()
+    for role, z in (("student", zs), ("dynamic", zd)):
         assert float(losses[f"ce_{role}"]) == pytest.approx(0.1 * _ce(z, y), rel=1e-5)
         p_t = torch.softmax(zt / 4, dim=1)
         kl = float((p_t * (torch.log(p_t) - torch.log_softmax(z / 4, dim=1))).sum(1).mean())
@@ -193,7 +193,7 @@ def test_ce_weight_of_dkd_and_reviewkd(method):
     with torch.no_grad():
         losses = distiller(x, y, epoch=100.0)
         assert float(losses["ce_student"]) == pytest.approx(0.25 * _ce(distiller.student_logits(x), y), rel=1e-5)
-        assert float(losses["ce_teacher"]) == pytest.approx(0.25 * _ce(distiller.teacher_logits(x), y), rel=1e-5)
+        assert float(losses["ce_dynamic"]) == pytest.approx(0.25 * _ce(distiller.dynamic_logits(x), y), rel=1e-5)
 
 
 def test_reviewkd_warmup_is_a_linear_ramp_of_its_weighted_loss():
@@ -210,7 +210,7 @@ def test_reviewkd_warmup_is_a_linear_ramp_of_its_weighted_loss():
         distiller.reviewkd_weight = weight
         for epoch in (0.0, 2.5, 5.0, 19.0, 20.0, 35.0):
             losses = distiller(x, y, epoch=epoch)
-            for role in ("student", "teacher"):
+            for role in ("student", "dynamic"):
                 expected = 5.0 * min(epoch / 20.0, 1.0) * float(unit[f"reviewkd_{role}"])
                 assert float(losses[f"reviewkd_{role}"]) == pytest.approx(expected, rel=1e-5, abs=1e-12)
                 assert float(losses[f"ce_{role}"]) == pytest.approx(float(full[f"ce_{role}"]), rel=1e-6)

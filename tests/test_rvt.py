@@ -84,19 +84,19 @@ def test_one_input_channel_and_rebuild_from_spec() -> None:
 def test_expands_exactly(name: str, ratio: int) -> None:
     student = prepared(name)
     gm = gpd.expand(student, ratio, input_size=SIZE).eval()
-    assert gm.report.teacher_error <= TOL and gm.report.student_error <= TOL
+    assert gm.report.dynamic_error <= TOL and gm.report.student_error <= TOL
     assert "channel_tensors" in gm.report.rules_used and "pos_embed" in gm.report.rules_used["channel_tensors"]
-    teacher = gm.teacher
-    assert teacher.pos_embed.shape[-1] == ratio * student.embed_dim
-    attn_s, attn_d = student.stages[1].blocks[0].attn, teacher.stages[1].blocks[0].attn
+    dynamic = gm.dynamic
+    assert dynamic.pos_embed.shape[-1] == ratio * student.embed_dim
+    attn_s, attn_d = student.stages[1].blocks[0].attn, dynamic.stages[1].blocks[0].attn
     assert attn_d.num_heads == ratio * attn_s.num_heads and attn_d.head_dim == attn_s.head_dim == 64
-    assert teacher.stages[0].blocks[0].mlp.dwconv.groups == ratio * student.stages[0].blocks[0].mlp.dwconv.groups
-    assert teacher.head.out_features == 10
+    assert dynamic.stages[0].blocks[0].mlp.dwconv.groups == ratio * student.stages[0].blocks[0].mlp.dwconv.groups
+    assert dynamic.head.out_features == 10
     x = batch(7)
     with torch.no_grad():
         expected = student(x)
         assert_nontrivial(expected)
-        assert rel_err(gm.forward_teacher(x), expected) <= TOL
+        assert rel_err(gm.forward_dynamic(x), expected) <= TOL
         assert rel_err(gm.forward_student(x), expected) <= TOL
 
 
@@ -116,7 +116,7 @@ def test_exported_student_loads_strictly_into_a_fresh_model() -> None:
     gm.train()
     x, y = batch(11, 4), torch.tensor([0, 1, 2, 3])
     ce = nn.functional.cross_entropy
-    loss = ce(gm.forward_student(x), y) + ce(gm.forward_teacher(x), y)
+    loss = ce(gm.forward_student(x), y) + ce(gm.forward_dynamic(x), y)
     loss.backward()
     opt.step()
     gm.eval()

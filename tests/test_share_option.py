@@ -43,15 +43,15 @@ def test_unshared_pair_starts_with_d_equal_to_the_student():
     with torch.no_grad():
         expected = student.eval()(x)
         assert torch.allclose(distiller.student_logits(x), expected, atol=1e-5)
-        assert torch.allclose(distiller.teacher_logits(x), expected, rtol=1e-4, atol=1e-4)
+        assert torch.allclose(distiller.dynamic_logits(x), expected, rtol=1e-4, atol=1e-4)
     # separate tensors: no storage in common between D and the student
-    d_ptrs = {p.data_ptr() for p in distiller.gpd.teacher.parameters()}
+    d_ptrs = {p.data_ptr() for p in distiller.gpd.dynamic.parameters()}
     s_params = list(distiller.gpd.student.parameters())
     assert s_params and not d_ptrs & {p.data_ptr() for p in s_params}
     # both are trained: the optimizer sees D's and the student's parameters
     trainable = {id(p) for p in distiller.parameters()}
     assert {id(p) for p in s_params} <= trainable
-    assert {id(p) for p in distiller.gpd.teacher.parameters()} <= trainable
+    assert {id(p) for p in distiller.gpd.dynamic.parameters()} <= trainable
 
 
 def test_same_loss_terms_as_the_shared_pair():
@@ -61,7 +61,7 @@ def test_same_loss_terms_as_the_shared_pair():
     separate = unshared(student).eval()
     with torch.no_grad():
         a, b = shared(x, y), separate(x, y)
-    assert set(a) == set(b) == {"ce_teacher", "ce_student", "sce"}
+    assert set(a) == set(b) == {"ce_dynamic", "ce_student", "sce"}
     for name in a:  # the same function at init, hence the same losses
         assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-5), name
 
@@ -70,7 +70,7 @@ def test_after_a_step_the_student_is_no_longer_a_slice_of_d():
     student, _ = small_pair()
     distiller = unshared(student).train()
     pair = distiller.gpd
-    conv_s, conv_d = pair.student.layer1[0].conv2.weight, pair.teacher.layer1[0].conv2.weight
+    conv_s, conv_d = pair.student.layer1[0].conv2.weight, pair.dynamic.layer1[0].conv2.weight
     c_out, c_in = conv_s.shape[:2]
 
     def block0_scaled() -> torch.Tensor:  # where the shared student would read its weights: r * D[:C, :C]
@@ -88,7 +88,7 @@ def test_after_a_step_the_student_is_no_longer_a_slice_of_d():
     # gradients of the student's loss stay out of D: SCE stops at D's logits, CE(S) does not touch D
     distiller.zero_grad(set_to_none=True)
     distiller(x, y)["ce_student"].backward()
-    assert all(p.grad is None for p in pair.teacher.parameters())
+    assert all(p.grad is None for p in pair.dynamic.parameters())
 
 
 def test_export_gives_the_student_modules_weights():
@@ -107,9 +107,9 @@ def test_export_gives_the_student_modules_weights():
     fresh.load_state_dict(exported.state_dict(), strict=True)  # branches merged into plain convs
     with torch.no_grad():
         assert torch.allclose(fresh.eval()(x), distiller.student_logits(x), rtol=1e-4, atol=1e-4)
-    teacher = distiller.gpd.export_teacher()
+    dynamic = distiller.gpd.export_dynamic()
     with torch.no_grad():
-        assert torch.allclose(teacher.eval()(x), distiller.teacher_logits(x), rtol=1e-4, atol=1e-4)
+        assert torch.allclose(dynamic.eval()(x), distiller.dynamic_logits(x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["dkd", "reviewkd"])
@@ -119,13 +119,13 @@ def test_kd_methods_work_with_separate_parameters(method):
     x, y = batch(8)
     losses = distiller(x, y, epoch=30.0)
     term = "reviewkd" if method == "reviewkd" else "kd"
-    assert set(losses) == {"ce_student", "ce_teacher", "sce", f"{term}_student", f"{term}_teacher"}
+    assert set(losses) == {"ce_student", "ce_dynamic", "sce", f"{term}_student", f"{term}_dynamic"}
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in distiller.gpd.student.parameters())
-    assert all(p.grad is not None for p in distiller.gpd.teacher.parameters())
+    assert all(p.grad is not None for p in distiller.gpd.dynamic.parameters())
     if method == "reviewkd":
         widths = {role: [abf.reduce[0].in_channels for abf in head.abfs] for role, head in distiller.review_heads.items()}
-        assert widths == {"student": [16, 32, 64, 64], "teacher": [32, 64, 128, 128]}  # stages + pooled level
+        assert widths == {"student": [16, 32, 64, 64], "dynamic": [32, 64, 128, 128]}  # stages + pooled level
 
 
 def test_config_option_and_validation():
@@ -144,7 +144,7 @@ def test_cli_run_with_separate_parameters(tmp_path: Path, capsys):
     assert main(["train", f"output_dir={run_dir}", *args]) == 0
     assert "separate parameters (gpd.share=false)" in capsys.readouterr().out
     row = list(csv.DictReader(open(run_dir / "metrics.csv")))[-1]
-    assert row["teacher_acc"] != "" and "loss_sce" in row
+    assert row["dynamic_acc"] != "" and "loss_sce" in row
     payload = torch.load(run_dir / "student.pt", weights_only=True)
     fresh = create_model("resnet8", 10, 1)
     fresh.load_state_dict(payload["state_dict"], strict=True)

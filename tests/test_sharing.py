@@ -48,10 +48,10 @@ def predicted_student_params(
     gm: gpd.GPDModel, student: nn.Module, ratio: int, differentiable: bool = False
 ) -> dict[str, torch.Tensor]:
     """The student's parameters read out of D by hand (prefix slice; x r on widened conv/linear inputs)."""
-    teacher_params = dict(gm.teacher.named_parameters())
+    dynamic_params = dict(gm.dynamic.named_parameters())
     out = {}
     for name, s_param in student.named_parameters():
-        d_param = teacher_params[name] if differentiable else teacher_params[name].detach()
+        d_param = dynamic_params[name] if differentiable else dynamic_params[name].detach()
         value = d_param[tuple(slice(0, n) for n in s_param.shape)]
         owner = student.get_submodule(name.rpartition(".")[0])
         ungrouped = isinstance(owner, nn.Linear) or (
@@ -68,12 +68,12 @@ def predicted_student_params(
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_parameters_are_the_teachers_only(arch: str) -> None:
+def test_parameters_are_the_dynamic_teachers_only(arch: str) -> None:
     gm = gpd.expand(make_student(arch), RATIO, input_size=(3, 32, 32))
     params = list(gm.parameters())
-    teacher_params = list(gm.teacher.parameters())
-    assert len(params) == len(teacher_params)
-    assert {id(p) for p in params} == {id(p) for p in teacher_params}
+    dynamic_params = list(gm.dynamic.parameters())
+    assert len(params) == len(dynamic_params)
+    assert {id(p) for p in params} == {id(p) for p in dynamic_params}
     assert list(gm.student.parameters()) == []
     assert list(gm.student.module.parameters()) == []
     # the student keeps its own BatchNorm statistics as buffers
@@ -105,7 +105,7 @@ def test_sgd_step_moves_the_student_as_the_slice_rule_predicts(arch: str) -> Non
 
     gm.train()
     before = {n: v.detach().clone() for n, v in gm.student_parameters().items()}
-    loss = F.cross_entropy(gm.forward_teacher(x), y) + F.cross_entropy(gm.forward_student(x), y)
+    loss = F.cross_entropy(gm.forward_dynamic(x), y) + F.cross_entropy(gm.forward_student(x), y)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -144,7 +144,7 @@ def test_student_loss_only_reaches_the_first_block(arch: str) -> None:
 
     conv_name = "layer1.0.conv1.weight"
     s_shape = dict(student.named_parameters())[conv_name].shape
-    grad = dict(gm.teacher.named_parameters())[conv_name].grad
+    grad = dict(gm.dynamic.named_parameters())[conv_name].grad
     c_out, c_in = s_shape[0], s_shape[1]
     assert grad is not None and grad.shape[:2] == (RATIO * c_out, RATIO * c_in)
     assert grad[:c_out, :c_in].abs().max() > 0
@@ -153,7 +153,7 @@ def test_student_loss_only_reaches_the_first_block(arch: str) -> None:
 
     # every parameter of D: no gradient outside the student's block
     s_params = dict(student.named_parameters())
-    for name, param in gm.teacher.named_parameters():
+    for name, param in gm.dynamic.named_parameters():
         if param.grad is None:
             continue
         mask = torch.ones_like(param.grad, dtype=torch.bool)
@@ -163,14 +163,14 @@ def test_student_loss_only_reaches_the_first_block(arch: str) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_teacher_loss_gives_tiled_gradients(arch: str) -> None:
+def test_dynamic_loss_gives_tiled_gradients(arch: str) -> None:
     """D's own loss treats the copies alike (the symmetry only the student's loss breaks)."""
     student = make_student(arch)
     gm = gpd.expand(student, RATIO, input_size=(3, 32, 32)).train()
     x, y = batch(4)
     gm.zero_grad()
-    F.cross_entropy(gm.forward_teacher(x), y).backward()
-    grad = gm.teacher.get_submodule("layer1.0.conv1").weight.grad
+    F.cross_entropy(gm.forward_dynamic(x), y).backward()
+    grad = gm.dynamic.get_submodule("layer1.0.conv1").weight.grad
     c_out = grad.shape[0] // RATIO
     assert grad[c_out:].abs().max() > 0
     assert rel_err(grad[c_out:], grad[:c_out]) <= 1e-4
@@ -182,7 +182,7 @@ def test_teacher_loss_gives_tiled_gradients(arch: str) -> None:
 def _student_grads(gm: gpd.GPDModel, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     gm.zero_grad(set_to_none=True)
     F.cross_entropy(gm.forward_student(x), y).backward()
-    return {n: p.grad.clone() for n, p in gm.teacher.named_parameters() if p.grad is not None}
+    return {n: p.grad.clone() for n, p in gm.dynamic.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
@@ -197,7 +197,7 @@ def test_student_gradient_equals_slicing_by_hand(memory_format: torch.memory_for
     reference = copy.deepcopy(gm)
     params = predicted_student_params(reference, student, RATIO, differentiable=True)
     out = torch.func.functional_call(reference.student.module, params, (x,), strict=False)
-    d_params = dict(reference.teacher.named_parameters())
+    d_params = dict(reference.dynamic.named_parameters())
     F.cross_entropy(out, y).backward()
     expected = {n: p.grad for n, p in d_params.items() if p.grad is not None}
     assert set(got) == set(expected)
@@ -212,7 +212,7 @@ def test_student_gradient_keeps_the_parameter_layout() -> None:
     gm = gpd.expand(nn.Sequential(conv, nn.ReLU(), nn.Conv2d(16, 8, 3)), RATIO, input_size=(8, 6, 6))
     gm = gm.to(memory_format=torch.channels_last)
     slice_ = gm.student.slices["2.weight"]  # both axes widened: a prefix block times r
-    weight = gm.teacher.get_parameter("2.weight")
+    weight = gm.dynamic.get_parameter("2.weight")
     derived = slice_.derive(weight)
     assert torch.equal(derived, weight.detach()[:8, :16] * RATIO)
     (grad,) = torch.autograd.grad(derived, weight, torch.ones_like(derived))

@@ -91,7 +91,7 @@ def student_factor(kind: str, r: int, rule: str) -> float:
     return {"stem": r * r, "middle": r * r, "expanded_bias": r * r, "token": r * r}.get(kind, 1.0)
 
 
-def teacher_factor(kind: str, r: int, rule: str) -> float:
+def dynamic_factor(kind: str, r: int, rule: str) -> float:
     """D's step relative to the plain wide network's (gpd's D), derived on paper."""
     if rule == "plain":
         return 1.0
@@ -148,14 +148,14 @@ def test_student_step_per_kind(arch: str, r: int, rule: str) -> None:
 def test_dynamic_teacher_step_per_kind(arch: str, r: int, rule: str) -> None:
     student, x, y, kind_of = make(arch)
     model = expand(student, r, rule, x)
-    plain_d = copy.deepcopy(model.teacher)  # a plain wide network: deepcopy of the module carries no hooks
+    plain_d = copy.deepcopy(model.dynamic)  # a plain wide network: deepcopy of the module carries no hooks
     F.cross_entropy(plain_d(x), y).backward()
-    before = {n: p.detach().clone() for n, p in model.teacher.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.dynamic.named_parameters()}
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    F.cross_entropy(model.forward_teacher(x), y).backward()
+    F.cross_entropy(model.forward_dynamic(x), y).backward()
     optimizer.step()
-    for name, param in model.teacher.named_parameters():
-        predicted = -LR * teacher_factor(kind_of(name), r, rule) * dict(plain_d.named_parameters())[name].grad
+    for name, param in model.dynamic.named_parameters():
+        predicted = -LR * dynamic_factor(kind_of(name), r, rule) * dict(plain_d.named_parameters())[name].grad
         assert rel_err(param.detach() - before[name], predicted) <= 1e-9, (name, kind_of(name))
 
 
@@ -164,10 +164,10 @@ def test_paper_steps_survive_copies_pickling_and_device_moves() -> None:
     model = expand(student, 2, "paper", x)
     for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model)), copy.deepcopy(model).to(memory_format=torch.channels_last)):
         other.zero_grad()
-        F.cross_entropy(other.forward_teacher(x), y).backward()
+        F.cross_entropy(other.forward_dynamic(x), y).backward()
         model.zero_grad()
-        F.cross_entropy(model.forward_teacher(x), y).backward()
-        for (name, a), (_, b) in zip(model.teacher.named_parameters(), other.teacher.named_parameters()):
+        F.cross_entropy(model.forward_dynamic(x), y).backward()
+        for (name, a), (_, b) in zip(model.dynamic.named_parameters(), other.dynamic.named_parameters()):
             assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-15), name
 
 
@@ -177,18 +177,18 @@ def test_clipping_measures_the_papers_gradient_norm() -> None:
     r = 2
     student, x, y, kind_of = make("cnn")
     model = expand(student, r, "paper", x)
-    plain_d = copy.deepcopy(model.teacher)
+    plain_d = copy.deepcopy(model.dynamic)
     F.cross_entropy(plain_d(x), y).backward()
     scale = {"stem": 1 / r, "expanded_bias": 1 / r, "head": r}
     papers = [p.grad / scale.get(kind_of(n), 1.0) for n, p in plain_d.named_parameters()]
     expected_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in papers]))
-    F.cross_entropy(model.forward_teacher(x), y).backward()
-    grads = {n: p.grad.clone() for n, p in model.teacher.named_parameters()}
+    F.cross_entropy(model.forward_dynamic(x), y).backward()
+    grads = {n: p.grad.clone() for n, p in model.dynamic.named_parameters()}
     max_norm = float(expected_norm) / 3
     norm = clip_grad_norm_(model.parameters(), max_norm, model.grad_scales())
     assert abs(float(norm) - float(expected_norm)) <= 1e-9 * float(expected_norm)
     coefficient = max_norm / (float(expected_norm) + 1e-6)
-    for name, param in model.teacher.named_parameters():
+    for name, param in model.dynamic.named_parameters():
         assert torch.allclose(param.grad, grads[name] * coefficient, rtol=1e-12, atol=0), name
 
 
@@ -202,9 +202,9 @@ def test_adaptive_optimizers_get_the_papers_step_through_lr_scale() -> None:
     for group in groups:
         group["lr"] = LR * group["lr_scale"]
     optimizer = torch.optim.AdamW(groups, lr=LR, weight_decay=0.0, eps=1e-30)
-    d = distiller.gpd.teacher
+    d = distiller.gpd.dynamic
     before = {n: p.detach().clone() for n, p in d.named_parameters()}
-    F.cross_entropy(distiller.teacher_logits(x), y).backward()
+    F.cross_entropy(distiller.dynamic_logits(x), y).backward()
     grads = {n: p.grad.clone() for n, p in d.named_parameters()}
     optimizer.step()
     scale = {"stem": 1 / r, "expanded_bias": 1 / r, "head": r}
@@ -226,7 +226,7 @@ def test_weight_decay_groups_follow_the_students_recipe(arch: str) -> None:
     names = {id(p): n for n, p in student.named_parameters()}
     decayed = {names[id(p)] for g in reference if g["weight_decay"] for p in g["params"]}
     distiller = gpd.Distiller(student, ratio=2, example_input=x.float())
-    d_names = {id(p): n for n, p in distiller.gpd.teacher.named_parameters()}
+    d_names = {id(p): n for n, p in distiller.gpd.dynamic.named_parameters()}
     groups = distiller.param_groups(1e-2)
     got = {d_names[id(p)] for g in groups if g["weight_decay"] for p in g["params"]}
     assert got == decayed
@@ -253,12 +253,12 @@ def test_default_noise_lets_every_pair_of_copies_diverge(r: int) -> None:
         kwargs = {} if noise is None else {"noise_std": noise}
         distiller = gpd.Distiller(copy.deepcopy(student), ratio=r, example_input=x, **kwargs).train()
         optimizer = torch.optim.SGD(distiller.param_groups(0.0), lr=0.1, momentum=0.9)
-        start = copies(distiller.gpd.teacher.mid.weight, r)
+        start = copies(distiller.gpd.dynamic.mid.weight, r)
         for _ in range(3):
             optimizer.zero_grad()
             sum(distiller(x, y).values()).backward()
             optimizer.step()
-        moved = [c - s for c, s in zip(copies(distiller.gpd.teacher.mid.weight, r), start)]
+        moved = [c - s for c, s in zip(copies(distiller.gpd.dynamic.mid.weight, r), start)]
         return start, moved
 
     _, moved = train(noise=0.0)
@@ -278,7 +278,7 @@ def test_noise_leaves_the_student_exact_and_is_reported() -> None:
     distiller = gpd.Distiller(student, ratio=2, example_input=x).eval()
     report = distiller.gpd.report
     assert report.noise_std == 1e-3 and 0 < report.noise_error < 1e-2
-    assert report.teacher_error < 1e-5  # verified before the noise
+    assert report.dynamic_error < 1e-5  # verified before the noise
     with torch.no_grad():
         assert torch.equal(distiller.student_logits(x), student(x))
 
@@ -316,7 +316,7 @@ def test_trainer_gives_adaptive_optimizers_the_papers_lr_scale(tmp_path) -> None
 
     cfg = load_config(None, ["train.optimizer=adamw", "train.lr=0.001", "train.warmup_epochs=0", f"output_dir={tmp_path / 'run'}"])
     trainer = Trainer(cfg, prepare_run_dir(cfg), dry_run=True)
-    d = trainer.distiller.gpd.teacher
+    d = trainer.distiller.gpd.dynamic
     group_of = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}
     stem, head, middle = d.conv1.weight, d.fc.weight, d.layer1[0].conv1.weight
     assert group_of[id(stem)]["lr"] == pytest.approx(0.001 * 2)  # a = 1/r

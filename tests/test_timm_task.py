@@ -35,7 +35,7 @@ def test_a_few_steps_of_a_timm_resnet18_in_a_plain_loop() -> None:
     losses = []
     for _ in range(5):  # one batch, again and again: the loss must fall
         result = task(x, y)
-        assert set(result) == {"loss", "output", "ce_teacher", "ce_student", "sce"}
+        assert set(result) == {"loss", "output", "ce_dynamic", "ce_student", "sce"}
         assert result["output"].shape == (8, 10)
         optimizer.zero_grad()
         result["loss"].backward()
@@ -55,14 +55,14 @@ def test_checkpoint_state_holds_d_and_round_trips() -> None:
     task(x, y)["loss"].backward()
     optimizer.step()
     state = task.get_checkpoint_state()
-    assert any(k.startswith("pair.teacher.") for k in state["state_dict"])  # D is in the checkpoint
+    assert any(k.startswith("pair.dynamic.") for k in state["state_dict"])  # D is in the checkpoint
     other = GPDTask(timm_resnet18(), ratio=2, input_size=SIZE)  # same init, but not the step
     other.load_checkpoint_state(state["state_dict"], state.get("task_state"))
     task.eval()
     other.eval()
     with torch.no_grad():
         assert torch.equal(other.get_eval_model()(x), task.get_eval_model()(x))
-        assert torch.equal(other.distiller.teacher_logits(x), task.distiller.teacher_logits(x))
+        assert torch.equal(other.distiller.dynamic_logits(x), task.distiller.dynamic_logits(x))
 
 
 def test_ema_state_round_trips() -> None:
@@ -88,7 +88,7 @@ def test_reviewkd_heads_are_task_state() -> None:
     teacher = timm.create_model("resnet34", num_classes=10, in_chans=1)
     task = GPDTask(timm_resnet18(), teacher, kd="reviewkd", ratio=2, input_size=SIZE)
     x, y = batch()
-    assert {"reviewkd_student", "reviewkd_teacher"} <= set(task(x, y))
+    assert {"reviewkd_student", "reviewkd_dynamic"} <= set(task(x, y))
     state = task.get_task_state()
     assert set(state) == {"review_heads"}
     other = GPDTask(timm_resnet18(), copy.deepcopy(teacher), kd="reviewkd", ratio=2, input_size=SIZE)

@@ -163,7 +163,7 @@ def test_checkpoint_holds_the_full_state_and_tensorboard_gets_the_metrics(tmp_pa
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"accuracy/student", "accuracy/teacher", "accuracy/ema_student", "loss/sce", "train/gap"} <= tags
+    assert {"accuracy/student", "accuracy/dynamic", "accuracy/ema_student", "loss/sce", "train/gap"} <= tags
     logged = float(metrics_rows(run)[0]["student_acc"])
     assert events.Scalars("accuracy/student")[0].value == pytest.approx(logged, abs=1e-3)
 
@@ -177,7 +177,7 @@ def test_ema_is_evaluated_and_its_last_weights_are_exported_without_a_validation
     cfg = load_config(None, [*SMALL, "train.epochs=2", "train.ema=true", "train.ema_decay=0.8", f"output_dir={run}"])
     result = Trainer(cfg, prepare_run_dir(cfg)).fit()
     row = metrics_rows(run)[-1]
-    assert row["ema_student_acc"] != "" and row["ema_teacher_acc"] != ""
+    assert row["ema_student_acc"] != "" and row["ema_dynamic_acc"] != ""
     assert "val_student_acc" not in row
     payload = torch.load(run / "student.pt", weights_only=True)
     # nothing is chosen on the test set: the last epoch's EMA, whichever test accuracy is higher
@@ -204,7 +204,7 @@ def test_sequential_mode_gives_the_joint_gradients():
     distiller.load_state_dict(state)  # BatchNorm statistics as before the joint pass
     distiller.zero_grad(set_to_none=True)
     losses = sequential_backward(distiller, x, y, 0.0, nullcontext, lambda loss: loss.backward())
-    assert set(losses) == {"ce_teacher", "ce_student", "sce"}
+    assert set(losses) == {"ce_dynamic", "ce_student", "sce"}
     for a, b, (name, _) in zip(joint, [p.grad for p in params], distiller.named_parameters()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=name)
 

@@ -144,7 +144,7 @@ def test_weights_are_selected_on_validation_and_test_accuracy_never_influences_t
     best_val, neg_epoch, final = max(candidates)
     assert meta_a["val_acc"] == pytest.approx(best_val, abs=1e-3)
     assert (meta_a["epoch"], meta_a["weights"]) == (-neg_epoch, "final" if final else "ema")
-    assert {"val_student_acc", "val_teacher_acc", "val_ema_student_acc", "val_ema_teacher_acc"} <= set(rows_a[0])
+    assert {"val_student_acc", "val_dynamic_acc", "val_ema_student_acc", "val_ema_dynamic_acc"} <= set(rows_a[0])
 
 
 @needs_fashion_mnist

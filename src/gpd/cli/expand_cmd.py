@@ -134,28 +134,28 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
 
-def cost_lines(student: Cost, teacher: Cost) -> list[str]:
+def cost_lines(student: Cost, dynamic: Cost) -> list[str]:
     """An aligned table: parameters and GFLOPs/image of S and D, and D / S."""
     rows = [
         ("", "parameters", "GFLOPs/image"),
         ("student S", f"{student.params:,}", f"{student.flops / 1e9:.4f}"),
-        ("teacher D", f"{teacher.params:,}", f"{teacher.flops / 1e9:.4f}"),
-        ("D / S", _ratio(teacher.params, student.params), _ratio(teacher.flops, student.flops)),
+        ("dynamic D", f"{dynamic.params:,}", f"{dynamic.flops / 1e9:.4f}"),
+        ("D / S", _ratio(dynamic.params, student.params), _ratio(dynamic.flops, student.flops)),
     ]
     widths = [max(len(row[i]) for row in rows) for i in (1, 2)]
     return [_line(label, f"{params:>{widths[0]}}   {flops:>{widths[1]}}") for label, params, flops in rows]
 
 
 def verification_line(
-    teacher_error: float | None, student_error: float | None, tolerance: float, checked_in_float64: bool = False
+    dynamic_error: float | None, student_error: float | None, tolerance: float, checked_in_float64: bool = False
 ) -> str:
-    if teacher_error is None or student_error is None:
+    if dynamic_error is None or student_error is None:
         return _line("verification", "not run")
     how = (
-        f"exact in float64; float32 rounding gives relative error of D {teacher_error:.1e}, "
+        f"exact in float64; float32 rounding gives relative error of D {dynamic_error:.1e}, "
         f"of the student view {student_error:.1e} (above the tolerance {tolerance:.0e})"
         if checked_in_float64
-        else f"relative error of D {teacher_error:.1e}, of the student view {student_error:.1e} "
+        else f"relative error of D {dynamic_error:.1e}, of the student view {student_error:.1e} "
         f"(tolerance {tolerance:.0e})"
     )
     return _line("verification", f"passed (eval mode): {how}")
@@ -182,7 +182,7 @@ def format_report(
     input_size: tuple[int, ...],
     model: GPDModel,
     student: Cost,
-    teacher: Cost,
+    dynamic: Cost,
     tolerance: float,
 ) -> str:
     """The whole report of ``gpd expand``: costs, verification, roles, rules."""
@@ -191,8 +191,8 @@ def format_report(
     lines = [
         _line("model", f"{name}, {num_classes} classes, input {'x'.join(map(str, input_size))}, ratio {report.ratio:g}"),
         _line("layout", report.layout + (" (each channel's copies side by side: the model splits channels)" if report.layout == "interleaved" else "")),
-        *cost_lines(student, teacher),
-        verification_line(report.teacher_error, report.student_error, tolerance, report.checked_in_float64),
+        *cost_lines(student, dynamic),
+        verification_line(report.dynamic_error, report.student_error, tolerance, report.checked_in_float64),
         _line("input layers", _names(roles.input_layers, roles.order)),
         _line("output layers", _names(roles.output_layers, roles.order)),
     ]
@@ -227,5 +227,5 @@ def run_expand(
     student = build_model(name, num_classes, channels, spatial, parse_kwargs(kwargs))
     size = model_input_size(student, channels, spatial)
     model = gpd.expand(student, ratio, input_size=size, tolerance=tolerance)
-    costs = measure(student, size), measure(model.teacher, size)
+    costs = measure(student, size), measure(model.dynamic, size)
     return format_report(name, num_classes, size, model, *costs, tolerance)

@@ -62,9 +62,9 @@ def build_figures(runs: Sequence[RunRecord]) -> tuple[dict[str, Figure], list[st
             figures[name] = fig
     if "gap.png" not in figures:
         notes.append(
-            "No gap plot: no run has a dynamic teacher (teacher_acc is empty)."
+            "No gap plot: no run has a dynamic teacher (dynamic_acc is empty)."
             if len(runs) > 1
-            else "No gap plot: the run has no dynamic teacher (teacher_acc is empty)."
+            else "No gap plot: the run has no dynamic teacher (dynamic_acc is empty)."
         )
     return figures, notes
 

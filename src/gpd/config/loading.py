@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from gpd.config.schema import Config
+from gpd.deprecated import upgrade_config_layer, upgrade_overrides
 from gpd.errors import ConfigError, ModelError, first_line
 
 DEFAULT_CONFIG = "fashion_mnist/demo"
@@ -82,8 +83,17 @@ def _merge(base: DictConfig, layer: DictConfig, where: str) -> DictConfig:
         raise ConfigError(_one_line(err, base, layer, where)) from None
 
 
+def _upgrade_layer(layer: DictConfig, where: str) -> DictConfig:
+    """``layer`` with the old key names (``gpd.kd_weight``) renamed, warning (gpd.deprecated)."""
+    content = OmegaConf.to_container(layer, resolve=False)
+    upgraded = upgrade_config_layer(content, where)  # type: ignore[arg-type]
+    return layer if upgraded is content else OmegaConf.create(upgraded)
+
+
 def load_config(config: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Merge the schema's defaults, a config file (or bundled name) and dotted overrides."""
+    """Merge the schema's defaults, a config file (or bundled name) and dotted overrides.
+
+    Old key names, in the file or in an override, are renamed here, once, with a warning."""
     merged: DictConfig = OmegaConf.structured(Config)
     if config is not None:
         path = resolve_config_path(config)
@@ -95,11 +105,11 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
             raise ConfigError(
                 f"config {path} must be a mapping of sections (data:, model:, train: ...), not a list"
             )
-        merged = _merge(merged, layer, f"in {path}")
+        merged = _merge(merged, _upgrade_layer(layer, f"in {path}"), f"in {path}")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.epochs=5)")
-    for item in overrides or []:  # one at a time, so an error names its override
+    for item in upgrade_overrides(list(overrides or [])):  # one at a time, so an error names its override
         try:
             layer = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as err:
@@ -165,7 +175,7 @@ def validate(cfg: Config) -> None:
     )
     _require(t.on_nonfinite in ("stop", "skip"), f"train.on_nonfinite must be stop or skip, got '{t.on_nonfinite}'")
     _require(math.isfinite(g.ratio) and g.ratio >= 1, f"gpd.ratio must be >= 1 (the dynamic teacher is wider), got {g.ratio}")
-    _require(g.kd_weight >= 0, f"gpd.kd_weight must be >= 0, got {g.kd_weight}")
+    _require(g.sce_weight >= 0, f"gpd.sce_weight must be >= 0, got {g.sce_weight}")
     _require(0 <= g.sce_eps <= 1, f"gpd.sce_eps must be in [0, 1], got {g.sce_eps}")
     _require(g.noise_std >= 0, f"gpd.noise_std must be >= 0, got {g.noise_std}")
     _require(g.branches in ("none", "orepa"), f"gpd.branches must be none or orepa, got '{g.branches}'")

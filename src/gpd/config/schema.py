@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from gpd.deprecated import warn_renamed
+
 
 @dataclass
 class DataConfig:
@@ -49,7 +51,7 @@ class ModelConfig:
 class GPDConfig:
     enabled: bool = True  # false: the plain student trains alone (the baseline)
     ratio: float = 2.0  # width of the dynamic teacher relative to the student
-    kd_weight: float = 3.0  # lambda: weight of SCE(student || stop_grad(dynamic teacher))
+    sce_weight: float = 3.0  # lambda: weight of SCE(student || stop_grad(dynamic teacher)); formerly gpd.kd_weight
     sce_eps: float = 0.1  # label smoothing of the dynamic teacher's soft targets
     noise_std: float = 1e-3  # symmetry-breaking noise on D's copies, relative to each tensor's RMS; 0: none
     branches: str = "none"  # orepa: train 3x3 stride-1 convs as six-branch blocks (merged on export)
@@ -57,6 +59,17 @@ class GPDConfig:
     share: bool = True  # false (ablation): D is built by IR but keeps parameters separate from the student's
     compensate_step: bool = False  # false: the paper's per-layer steps; true: the plain networks' steps (docs/method.md)
     layout: str = "auto"  # D's copies: auto (tiled, else interleaved where only that is exact) | tiled | interleaved
+
+    @property
+    def kd_weight(self) -> float:
+        """Deprecated: the old name of ``sce_weight`` (λ weighs SCE, not the KD method; that is ``kd.weight``)."""
+        warn_renamed("GPDConfig.kd_weight", "GPDConfig.sce_weight")
+        return self.sce_weight
+
+    @kd_weight.setter
+    def kd_weight(self, value: float) -> None:
+        warn_renamed("GPDConfig.kd_weight", "GPDConfig.sce_weight")
+        self.sce_weight = value
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpd.branches import merge_branches
+from gpd.deprecated import renamed_kwargs, upgrade_state_keys, warn_renamed
 from gpd.distill.features import feature_stage_names, stage_features
 from gpd.distill.kd_methods import KDLoss, build_kd_method
 from gpd.distill.pair import DynamicPair, UnsharedPair, trained_student_module
@@ -164,10 +165,16 @@ class Distiller(nn.Module):
     def student_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.gpd.forward_student(x) if self.gpd is not None else self.plain(x)  # type: ignore[misc]
 
-    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def dynamic_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """D's logits (the dynamic teacher's; the static teacher's are :meth:`static_targets`)."""
         if self.gpd is None:
             raise RuntimeError("this Distiller trains the student alone; it has no dynamic teacher")
-        return self.gpd.forward_teacher(x)
+        return self.gpd.forward_dynamic(x)
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Deprecated: the old name of :meth:`dynamic_logits` (D's logits, not the static teacher's)."""
+        warn_renamed("Distiller.teacher_logits()", "Distiller.dynamic_logits()")
+        return self.dynamic_logits(x)
 
     @property
     def shares_parameters(self) -> bool:
@@ -215,9 +222,9 @@ class Distiller(nn.Module):
                             )
                 widths = {"student": [f.shape[1] for f in s_feats]}
                 if self.gpd is not None:
-                    with self._taps(self.gpd.teacher, "student_stages", True) as d_feats:
-                        self.gpd.forward_teacher(example_input)
-                    widths["teacher"] = [f.shape[1] for f in d_feats]
+                    with self._taps(self.gpd.dynamic, "student_stages", True) as d_feats:
+                        self.gpd.forward_dynamic(example_input)
+                    widths["dynamic"] = [f.shape[1] for f in d_feats]
         finally:
             for module, mode in modes.items():
                 module.training = mode
@@ -236,6 +243,14 @@ class Distiller(nn.Module):
             self.static_teacher.eval()
         return self
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Older state_dicts hold D's ReviewKD head under ``review_heads.teacher.*``: renamed to
+        ``review_heads.dynamic.*`` (with a warning). D itself is renamed by its pair
+        (:class:`~gpd.gpd_model.PairRoles`); the static teacher's keys are left alone."""
+        upgrade_state_keys(state_dict, f"{prefix}review_heads.", "teacher", "dynamic", "D's ReviewKD head")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @renamed_kwargs(teacher_logits="dynamic_logits")
     def forward(
         self,
         x: torch.Tensor,
@@ -245,7 +260,7 @@ class Distiller(nn.Module):
         with_student_logits: bool = False,
         part: str = "all",
         targets: StaticTargets | None = None,
-        teacher_logits: torch.Tensor | None = None,
+        dynamic_logits: torch.Tensor | None = None,
     ) -> Any:
         """The weighted loss terms of one batch; their sum is the training loss.
 
@@ -257,20 +272,20 @@ class Distiller(nn.Module):
         ``part`` runs one half of the step, for the sequential memory mode through a DDP
         wrapper (each half is then one forward that DDP sees): ``"dynamic"`` returns
         ``(D's losses, D's logits, the static teacher's targets)``; ``"student"`` takes
-        those ``targets`` and ``teacher_logits`` (detached) and returns the student's losses.
+        those ``targets`` and ``dynamic_logits`` (D's, detached) and returns the student's losses.
         """
         if part == "dynamic":
             targets = self.static_targets(x)
-            losses, dynamic_logits = self.teacher_losses(x, y, targets, epoch=epoch)
+            losses, dynamic_logits = self.dynamic_losses(x, y, targets, epoch=epoch)
             return losses, dynamic_logits, targets
         if part == "student":
             assert targets is not None, "part='student' needs the targets of part='dynamic'"
-            return self.student_losses(x, y, targets, teacher_logits, epoch=epoch)
+            return self.student_losses(x, y, targets, dynamic_logits, epoch=epoch)
         if part != "all":
             raise ValueError(f"part must be 'all', 'dynamic' or 'student', got {part!r}")
         targets = self.static_targets(x)
-        losses, teacher_logits = self.teacher_losses(x, y, targets, epoch=epoch)
-        student_terms, student_logits = self._student_terms(x, y, targets, teacher_logits, epoch)
+        losses, dynamic_logits = self.dynamic_losses(x, y, targets, epoch=epoch)
+        student_terms, student_logits = self._student_terms(x, y, targets, dynamic_logits, epoch)
         losses.update(student_terms)
         return (losses, student_logits) if with_student_logits else losses
 
@@ -285,39 +300,48 @@ class Distiller(nn.Module):
             logits = self.static_teacher(x)
         return StaticTargets(logits, feats)
 
+    def dynamic_losses(
+        self, x: torch.Tensor, y: torch.Tensor, targets: StaticTargets, *, epoch: float | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """D's loss terms (``ce_dynamic``, and ``kd_dynamic`` or ``reviewkd_dynamic`` against the
+        static teacher) and D's logits; no terms and ``None`` when there is no dynamic teacher."""
+        if self.gpd is None:
+            return {}, None
+        with self._taps(self.gpd.dynamic, "student_stages", bool(self.review_heads)) as feats:
+            dynamic_logits = self.gpd.forward_dynamic(x)
+        losses = {"ce_dynamic": self._ce(dynamic_logits, y)}
+        self._add_kd(losses, "dynamic", dynamic_logits, feats, targets, y, epoch)
+        return losses, dynamic_logits
+
     def teacher_losses(
         self, x: torch.Tensor, y: torch.Tensor, targets: StaticTargets, *, epoch: float | None = None
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """D's loss terms and D's logits (no terms and ``None`` when there is no dynamic teacher)."""
-        if self.gpd is None:
-            return {}, None
-        with self._taps(self.gpd.teacher, "student_stages", bool(self.review_heads)) as feats:
-            teacher_logits = self.gpd.forward_teacher(x)
-        losses = {"ce_teacher": self._ce(teacher_logits, y)}
-        self._add_kd(losses, "teacher", teacher_logits, feats, targets, y, epoch)
-        return losses, teacher_logits
+        """Deprecated: the old name of :meth:`dynamic_losses` (D's terms, now keyed ``*_dynamic``)."""
+        warn_renamed("Distiller.teacher_losses()", "Distiller.dynamic_losses()")
+        return self.dynamic_losses(x, y, targets, epoch=epoch)
 
+    @renamed_kwargs(teacher_logits="dynamic_logits")
     def student_losses(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
         targets: StaticTargets,
-        teacher_logits: torch.Tensor | None,
+        dynamic_logits: torch.Tensor | None,
         *,
         epoch: float | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The student's loss terms; SCE towards ``teacher_logits`` (no gradient flows into them)."""
-        return self._student_terms(x, y, targets, teacher_logits, epoch)[0]
+        """The student's loss terms; SCE towards D's ``dynamic_logits`` (no gradient flows into them)."""
+        return self._student_terms(x, y, targets, dynamic_logits, epoch)[0]
 
     def _student_terms(
-        self, x: torch.Tensor, y: torch.Tensor, targets: StaticTargets, teacher_logits: torch.Tensor | None, epoch: float | None
+        self, x: torch.Tensor, y: torch.Tensor, targets: StaticTargets, dynamic_logits: torch.Tensor | None, epoch: float | None
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         with self._taps(self.student_module(), "student_stages", bool(self.review_heads)) as feats:
             student_logits = self.student_logits(x)
         losses = {"ce_student": self._ce(student_logits, y)}
         self._add_kd(losses, "student", student_logits, feats, targets, y, epoch)
-        if teacher_logits is not None:
-            losses["sce"] = self.sce_weight * sce(student_logits, teacher_logits, eps=self.sce_eps)
+        if dynamic_logits is not None:
+            losses["sce"] = self.sce_weight * sce(student_logits, dynamic_logits, eps=self.sce_eps)
         return losses, student_logits
 
     def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -353,7 +377,7 @@ class Distiller(nn.Module):
         y: torch.Tensor,
         epoch: float | None,
     ) -> None:
-        """The KD term of ``role`` (student or teacher) against the static teacher, if any."""
+        """The KD term of ``role`` ("student" or "dynamic") against the static teacher, if any."""
         if targets.logits is None:
             return
         if self.review_heads:
@@ -385,7 +409,7 @@ class Distiller(nn.Module):
         """
         owners: list[tuple[nn.Module, dict[str, float]]] = []
         if self.gpd is not None:
-            owners.append((self.gpd.teacher, getattr(self.gpd, "paper_scales", {})))
+            owners.append((self.gpd.dynamic, getattr(self.gpd, "paper_scales", {})))
             if not self.shares_parameters:
                 owners.append((self.gpd.student, {}))  # type: ignore[attr-defined]
         elif self.plain is not None:

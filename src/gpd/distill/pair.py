@@ -18,23 +18,24 @@ from typing import Any, Protocol, runtime_checkable
 from torch import nn
 
 from gpd.branches import merge_branches
+from gpd.deprecated import renamed_kwargs
 from gpd.gpd_model import ExpansionReport, GPDModel, PairRoles
 
 
 @runtime_checkable
 class DynamicPair(Protocol):
-    """A dynamic teacher D (``teacher``) trained next to a student, with exports of both."""
+    """A dynamic teacher D (``dynamic``) trained next to a student, with exports of both."""
 
-    teacher: nn.Module
+    dynamic: nn.Module
     report: ExpansionReport
 
     def forward_student(self, *args: Any, **kwargs: Any) -> Any: ...
 
-    def forward_teacher(self, *args: Any, **kwargs: Any) -> Any: ...
+    def forward_dynamic(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def export_student(self) -> nn.Module: ...
 
-    def export_teacher(self) -> nn.Module: ...
+    def export_dynamic(self) -> nn.Module: ...
 
 
 def trained_student_module(pair: DynamicPair) -> nn.Module:
@@ -50,7 +51,7 @@ def trained_student_module(pair: DynamicPair) -> nn.Module:
 class UnsharedPair(PairRoles, nn.Module):
     """D and a student with separate parameters, both starting as the same function.
 
-    Built with :meth:`from_expanded` from a verified GPDModel: ``teacher`` is a deep copy
+    Built with :meth:`from_expanded` from a verified GPDModel: ``dynamic`` is a deep copy
     of its D, ``student`` a standalone module holding the student's parameters read out
     of D (so, at ratio r, the student's weights equal the original student's, and the
     pair computes D == S exactly as the shared pair does). ``parameters()`` are D's and
@@ -58,9 +59,10 @@ class UnsharedPair(PairRoles, nn.Module):
     on the student's weights has no r^2 scaling (docs/method.md, "Per-layer steps").
     """
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, report: ExpansionReport) -> None:
+    @renamed_kwargs(teacher="dynamic")
+    def __init__(self, dynamic: nn.Module, student: nn.Module, report: ExpansionReport) -> None:
         super().__init__()
-        self.teacher = teacher
+        self.dynamic = dynamic
         self.student = student
         self.report = report
         self.paper_scales = {}
@@ -68,9 +70,9 @@ class UnsharedPair(PairRoles, nn.Module):
     @classmethod
     def from_expanded(cls, model: GPDModel) -> UnsharedPair:
         """Separate copies of ``model``'s D and student (the student with its own BatchNorm statistics)."""
-        teacher = copy.deepcopy(model.teacher)
-        student = model.student.materialize(dict(model.teacher.named_parameters()))
-        pair = cls(teacher, student, model.report)
+        dynamic = copy.deepcopy(model.dynamic)
+        student = model.student.materialize(dict(model.dynamic.named_parameters()))
+        pair = cls(dynamic, student, model.report)
         pair._use_paper_steps(model.paper_scales)  # D steps as the shared pair's D does; the student plainly
         pair.train(model.training)
         return pair

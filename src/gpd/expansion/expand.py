@@ -97,7 +97,7 @@ def add_symmetry_noise(model: GPDModel, std: float, generator: torch.Generator |
     a stem of large weights and a head of small ones; a tensor of zeros (a bias at
     its initial value) stays exact. The student's function is unchanged.
     """
-    params = dict(model.teacher.named_parameters())
+    params = dict(model.dynamic.named_parameters())
     with torch.no_grad():
         for name, param_slice in model.student.slices.items():
             param = params[name]
@@ -136,7 +136,7 @@ def _measure(student: nn.Module, model: GPDModel, example: tuple) -> tuple[float
     """Relative errors of D and of the student view against ``student`` (eval mode, no grad)."""
     with torch.no_grad():
         expected = student(*example)
-        teacher = run_or_explain("dynamic teacher", model.teacher, model.forward_teacher, example)
+        teacher = run_or_explain("dynamic teacher", model.dynamic, model.forward_dynamic, example)
         view = run_or_explain("shared-parameter student", model.student.module, model.forward_student, example)
     return relative_error(teacher, expected), relative_error(view, expected)
 
@@ -145,7 +145,7 @@ def _raise_mismatch(
     student: nn.Module, model: GPDModel, example: tuple, output_maps: dict[str, ChannelMap], errors: tuple[float, float], tolerance: float
 ) -> None:
     for who, error, modules, run in (
-        ("dynamic teacher", errors[0], model.teacher, lambda: model.forward_teacher(*example)),
+        ("dynamic teacher", errors[0], model.dynamic, lambda: model.forward_dynamic(*example)),
         ("shared-parameter student", errors[1], model.student.module, lambda: model.forward_student(*example)),
     ):
         if error > tolerance:
@@ -186,7 +186,7 @@ def verify(
             return (*errors, False)
         student64, model64 = copy.deepcopy(student).double(), copy.deepcopy(model).double()
         if teacher64 is not None:
-            model64.teacher.load_state_dict(teacher64.state_dict())
+            model64.dynamic.load_state_dict(teacher64.state_dict())
         example64 = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in example)
         errors64 = _measure(student64, model64, example64)
         if max(errors64) <= FLOAT64_TOLERANCE:
@@ -328,7 +328,7 @@ def _expand_with_plan(
     gpd_model = GPDModel(teacher, StudentView(model, slices, compensate_step), plan, report, paper_scales=scales)
     gpd_model.train(model.training)
     if check:  # the rules must be exact; the noise below is a deliberate, reported departure
-        report.teacher_error, report.student_error, report.checked_in_float64 = verify(
+        report.dynamic_error, report.student_error, report.checked_in_float64 = verify(
             model, gpd_model, with_extra_samples(example, CHECK_EXTRA, seed=2), output_maps, tolerance, teacher64
         )
     del teacher64

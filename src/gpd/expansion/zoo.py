@@ -144,7 +144,7 @@ def _float64_errors(spec: ZooModel, student: nn.Module, ratio: float, x: torch.T
         expected = student64(x64)
         fresh = spec.factory().double()
         fresh.load_state_dict(model.export_student().state_dict(), strict=True)
-        return (_rel(model.forward_teacher(x64), expected), _rel(model.forward_student(x64), expected),
+        return (_rel(model.forward_dynamic(x64), expected), _rel(model.forward_student(x64), expected),
                 _rel(fresh.eval()(x64), expected))  # fmt: skip
 
 
@@ -162,7 +162,7 @@ def check_model(spec: ZooModel, ratio: float, tolerance: float = 1e-4) -> ZooRes
     model.eval()
     with torch.no_grad():
         expected = student(x)
-        teacher, view = model.forward_teacher(x), model.forward_student(x)
+        teacher, view = model.forward_dynamic(x), model.forward_student(x)
         fresh = spec.factory()
         fresh.load_state_dict(model.export_student().state_dict(), strict=True)
         exported = fresh.eval()(x)

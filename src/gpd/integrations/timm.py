@@ -29,6 +29,7 @@ import torch
 from timm.task import TrainingTask
 from torch import nn
 
+from gpd.deprecated import upgrade_state_keys
 from gpd.distill import Distiller
 
 
@@ -139,7 +140,9 @@ class GPDTask(TrainingTask):
         if owner is None:
             raise RuntimeError("Cannot load task state before setup_ema()." if ema else "Cannot load task state without a trainable module.")
         if "review_heads" in state:
-            _distiller_in(owner).review_heads.load_state_dict(state["review_heads"], strict=strict)
+            heads = dict(state["review_heads"])
+            upgrade_state_keys(heads, "", "teacher", "dynamic", "D's ReviewKD head")  # a task state of an older gpd
+            _distiller_in(owner).review_heads.load_state_dict(heads, strict=strict)
 
     def export_student(self, ema: bool = False) -> nn.Module:
         """The plain student (branches merged), of its original class, in eval mode."""

@@ -5,20 +5,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gpd.deprecated import renamed_kwargs
 
-def sce(student_logits: torch.Tensor, teacher_logits: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+
+@renamed_kwargs(teacher_logits="dynamic_logits")
+def sce(student_logits: torch.Tensor, dynamic_logits: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
     """Soft cross-entropy of the student against D's label-smoothed softmax.
 
     ``mean_batch( -sum_c q_c log softmax(z_S)_c )`` with
     ``q = (1 - eps) softmax(z_D) + eps / K``. The target is detached: this loss never
-    sends gradient into ``teacher_logits`` (GPD's stop-gradient on D).
+    sends gradient into ``dynamic_logits`` (GPD's stop-gradient on D).
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"logit shapes differ: {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}")
+    if student_logits.shape != dynamic_logits.shape:
+        raise ValueError(f"logit shapes differ: {tuple(student_logits.shape)} vs {tuple(dynamic_logits.shape)}")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"eps must be in [0, 1], got {eps}")
     num_classes = student_logits.shape[-1]
-    target = (1.0 - eps) * F.softmax(teacher_logits.detach().float(), dim=-1) + eps / num_classes
+    target = (1.0 - eps) * F.softmax(dynamic_logits.detach().float(), dim=-1) + eps / num_classes
     log_probs = F.log_softmax(student_logits.float(), dim=-1)
     return -(target * log_probs).sum(dim=-1).mean()
 

@@ -42,10 +42,10 @@ class Role:
 
 ROLES = [
     Role("student_acc", "student", "-", "C0"),
-    Role("teacher_acc", "dynamic teacher", "-.", "C1"),
+    Role("dynamic_acc", "dynamic teacher", "-.", "C1"),
     Role("static_teacher_acc", "static teacher", "--", "C2"),
     Role("ema_student_acc", "EMA student", ":", "C3"),
-    Role("ema_teacher_acc", "EMA teacher", (0, (3, 1, 1, 1, 1, 1)), "C4"),
+    Role("ema_dynamic_acc", "EMA dynamic teacher", (0, (3, 1, 1, 1, 1, 1)), "C4"),
 ]
 
 
@@ -164,25 +164,25 @@ def accuracy_figure(runs: Sequence[RunRecord]) -> Figure:
 
 def gap_figure(runs: Sequence[RunRecord]) -> Figure | None:
     """Dynamic teacher minus student accuracy per epoch; ``None`` when no run has a dynamic teacher."""
-    with_teacher = [(i, run) for i, run in enumerate(runs) if run.has("teacher_acc")]
-    if not with_teacher:
+    with_dynamic = [(i, run) for i, run in enumerate(runs) if run.has("dynamic_acc")]
+    if not with_dynamic:
         return None
-    fig = _new_figure(7.5 + (_legend_room([r.label for _, r in with_teacher]) if len(runs) > 1 else 0.0), 4.5)
+    fig = _new_figure(7.5 + (_legend_room([r.label for _, r in with_dynamic]) if len(runs) > 1 else 0.0), 4.5)
     ax = fig.add_subplot()
     ax.axhline(0.0, color="0.5", linewidth=0.8)
     handles = []
-    for i, run in with_teacher:
+    for i, run in with_dynamic:
         gaps = [
-            t - s if t is not None and s is not None else None
-            for t, s in zip(run.values("teacher_acc"), run.values("student_acc"))
+            d - s if d is not None and s is not None else None
+            for d, s in zip(run.values("dynamic_acc"), run.values("student_acc"))
         ]
         (line,) = ax.plot(run.epochs, gaps, color=run_colour(i), marker=_marker(run), markersize=3, label=run.label)
         handles.append(line)
     if len(runs) > 1:
         _legend_outside(ax, handles, "run")
     _epoch_axis(ax)
-    ax.set_ylabel("teacher − student accuracy (points)")
-    ax.set_title(_title([r for _, r in with_teacher], "Gap: dynamic teacher − student test accuracy"))
+    ax.set_ylabel("dynamic teacher − student accuracy (points)")
+    ax.set_title(_title([r for _, r in with_dynamic], "Gap: dynamic teacher − student test accuracy"))
     return fig
 
 
@@ -248,7 +248,7 @@ def lr_figure(runs: Sequence[RunRecord]) -> Figure | None:
 GRADIENT_COLUMNS = {
     "grad_norm": "global norm before clipping",
     "grad_norm_student": "student's loss terms",
-    "grad_norm_teacher": "dynamic teacher's loss terms",
+    "grad_norm_dynamic": "dynamic teacher's loss terms",
 }
 
 
@@ -262,7 +262,7 @@ def gradients_figure(runs: Sequence[RunRecord]) -> Figure | None:
     legend_room = _legend_room([r.label for _, r in with_norms]) if len(runs) > 1 else 0.0
     fig = _new_figure(9.0 + legend_room, 4.0)
     axes = fig.subplots(1, 2 if clipped else 1, squeeze=False)[0]
-    styles = {"grad_norm": "-", "grad_norm_student": "--", "grad_norm_teacher": ":"}
+    styles = {"grad_norm": "-", "grad_norm_student": "--", "grad_norm_dynamic": ":"}
     for i, run in with_norms:
         for column, style in styles.items():
             if run.has(column):

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from gpd.deprecated import upgrade_columns
 from gpd.errors import DataError
 
 CONFIG_FILE = "config.yaml"
@@ -158,7 +159,7 @@ def read_metrics(path: Path) -> list[Row]:
     lines = [line for line in lines if any(cell.strip() for cell in line)]
     if not lines:
         raise DataError(f"{path} is empty; report the run once it has finished an epoch")
-    header = [name.strip() for name in lines[0]]
+    header = upgrade_columns([name.strip() for name in lines[0]], str(path))  # a run of an older gpd: old names
     if "epoch" not in header:
         raise DataError(f"{path} has no 'epoch' column in its header; it is not a metrics file written by gpd train")
     if len(lines) == 1:

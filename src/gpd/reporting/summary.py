@@ -29,10 +29,10 @@ EPOCH_COLUMNS = [
     ("lr", "lr"),
     ("train_loss", "train loss"),
     ("student_acc", "student acc (%)"),
-    ("teacher_acc", "dyn. teacher acc (%)"),
+    ("dynamic_acc", "dyn. teacher acc (%)"),
     ("gap", "gap"),
     ("ema_student_acc", "EMA student acc (%)"),
-    ("ema_teacher_acc", "EMA teacher acc (%)"),
+    ("ema_dynamic_acc", "EMA dyn. teacher acc (%)"),
     ("img_per_s", "img/s"),
     ("seconds", "time (s)"),
 ]
@@ -66,11 +66,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]
 
 
 def final_gap(run: RunRecord) -> float | None:
-    """Teacher minus student accuracy at the last epoch that evaluated both."""
+    """Dynamic teacher minus student accuracy at the last epoch that evaluated both."""
     pairs = [
-        (t, s)
-        for t, s in zip(run.values("teacher_acc"), run.values("student_acc"))
-        if t is not None and s is not None and not math.isnan(t - s)
+        (d, s)
+        for d, s in zip(run.values("dynamic_acc"), run.values("student_acc"))
+        if d is not None and s is not None and not math.isnan(d - s)
     ]
     return pairs[-1][0] - pairs[-1][1] if pairs else None
 
@@ -78,7 +78,7 @@ def final_gap(run: RunRecord) -> float | None:
 def gpd_setting(run: RunRecord) -> str:
     enabled = run.setting("gpd.enabled")
     if enabled is None:
-        return "on" if run.has("teacher_acc") else MISSING
+        return "on" if run.has("dynamic_acc") else MISSING
     if not enabled:
         return "off"
     ratio = run.setting("gpd.ratio")
@@ -126,7 +126,7 @@ def comparison_table(runs: Sequence[RunRecord]) -> list[str]:
             epochs_done(run),
             acc(run.last("student_acc")),
             _best(run),
-            acc(run.last("teacher_acc")),
+            acc(run.last("dynamic_acc")),
             MISSING if gap is None else f"{gap:+.2f}",
             acc(run.last("static_teacher_acc")),
         ]

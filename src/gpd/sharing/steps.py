@@ -32,20 +32,20 @@ StepRule = Literal["paper", "plain"]
 STEP_RULES: tuple[str, ...] = ("paper", "plain")
 
 
-def paper_scales(slices: dict, teacher: nn.Module) -> dict[str, float]:
+def paper_scales(slices: dict, dynamic: nn.Module) -> dict[str, float]:
     """``paper_scale`` of every parameter of D whose scale is not 1, by D's parameter name."""
-    names = {name for name, _ in teacher.named_parameters()}
+    names = {name for name, _ in dynamic.named_parameters()}
     return {name: float(s.paper_scale) for name, s in slices.items() if name in names and s.paper_scale != 1.0}
 
 
-def install_paper_steps(teacher: nn.Module, scales: dict[str, float]) -> list[RemovableHandle]:
+def install_paper_steps(dynamic: nn.Module, scales: dict[str, float]) -> list[RemovableHandle]:
     """Multiply the gradient of each of D's tensors by ``1 / paper_scale**2`` as it arrives.
 
     The hook sits on the parameter itself, so it runs before autograd accumulates the
     gradient (and before DDP's reducer sees it), whatever loss produced it: D's own
     terms or the student's, which reach D's tensors through the student view.
     """
-    params = dict(teacher.named_parameters())
+    params = dict(dynamic.named_parameters())
     handles = []
     for name, scale in scales.items():
         if not params[name].requires_grad:  # a frozen copy (an EMA, an export): nothing to step

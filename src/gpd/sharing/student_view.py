@@ -46,31 +46,31 @@ class StudentView(nn.Module):
             owner, leaf = _owner(self.module, name)
             del owner._parameters[leaf]
 
-    def derive(self, teacher_params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def derive(self, dynamic_params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The student's parameters, read out of D's (differentiable)."""
-        return {name: s.derive(teacher_params[name], self.compensate_step) for name, s in self.slices.items()}
+        return {name: s.derive(dynamic_params[name], self.compensate_step) for name, s in self.slices.items()}
 
-    def forward(self, teacher_params: dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self.module, self._parameters_for(teacher_params), args, kwargs, strict=False)
+    def forward(self, dynamic_params: dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> Any:
+        return functional_call(self.module, self._parameters_for(dynamic_params), args, kwargs, strict=False)
 
-    def _parameters_for(self, teacher_params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _parameters_for(self, dynamic_params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Derived anew under autograd; without it the same tensors while none of D's changes, so
         the student's merged branch kernels stay cached in evaluation (gpd.branches.cache)."""
         if torch.is_grad_enabled():
             self.__dict__.pop("_derived", None)
-            return self.derive(teacher_params)
+            return self.derive(dynamic_params)
         from gpd.branches.cache import VersionedCache  # gpd.branches imports the expansion, which imports this
 
         cache = self.__dict__.setdefault("_derived", VersionedCache())
-        tensors = [teacher_params[name] for name in self.slices]
+        tensors = [dynamic_params[name] for name in self.slices]
         extra = (torch.is_inference_mode_enabled(), self.compensate_step)
         derived = cache.get(tensors, extra)
-        return derived if derived is not None else cache.put(tensors, self.derive(teacher_params), extra)
+        return derived if derived is not None else cache.put(tensors, self.derive(dynamic_params), extra)
 
-    def materialize(self, teacher_params: dict[str, torch.Tensor]) -> nn.Module:
+    def materialize(self, dynamic_params: dict[str, torch.Tensor]) -> nn.Module:
         """A standalone copy of the student with the derived parameters filled in."""
         with torch.no_grad():
-            values = self.derive(teacher_params)
+            values = self.derive(dynamic_params)
         module = copy.deepcopy(self.module)
         for name, requires_grad in self.requires_grad.items():  # the student's own order
             owner, leaf = _owner(module, name)

@@ -145,7 +145,7 @@ def build_distiller(cfg: Config, data: DataBundle, dry_run: bool, log: Log) -> t
         kd_options=kd_options(cfg),
         dynamic_teacher=cfg.gpd.enabled,
         ratio=cfg.gpd.ratio,
-        sce_weight=cfg.gpd.kd_weight,
+        sce_weight=cfg.gpd.sce_weight,
         sce_eps=cfg.gpd.sce_eps,
         label_smoothing=cfg.train.label_smoothing,
         noise_std=cfg.gpd.noise_std,
@@ -176,7 +176,7 @@ def find_unused_parameters(distiller: Distiller, cfg: Config, ctx: DistContext) 
     if not ctx.enabled or distiller.gpd is None:
         return False
     gpd = distiller.gpd
-    never_run = any(any(True for _ in gpd.teacher.get_submodule(name).parameters()) for name in gpd.report.roles.unused)
+    never_run = any(any(True for _ in gpd.dynamic.get_submodule(name).parameters()) for name in gpd.report.roles.unused)
     sequential = cfg.train.memory_mode == "sequential"
     return never_run or (sequential and (not distiller.shares_parameters or bool(distiller.review_heads)))
 

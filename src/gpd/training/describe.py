@@ -38,8 +38,8 @@ def _models_line(trainer: Trainer) -> str:
     if d.gpd is not None:
         r = d.gpd.report
         line += (
-            f"; dynamic teacher at ratio {r.ratio:g}: {count_parameters(d.gpd.teacher) / 1e6:.3f}M parameters, "
-            f"verified equal to the student (relative error {r.teacher_error:.1e})"
+            f"; dynamic teacher at ratio {r.ratio:g}: {count_parameters(d.gpd.dynamic) / 1e6:.3f}M parameters, "
+            f"verified equal to the student (relative error {r.dynamic_error:.1e})"
         )
         if r.noise_std:
             line += (

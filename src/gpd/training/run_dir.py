@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from gpd.config import Config, to_yaml
+from gpd.deprecated import upgrade_columns
 from gpd.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
@@ -124,7 +125,10 @@ class MetricsCSV:
             reader = csv.DictReader(f)
             rows = [row for row in reader if row.get("epoch", "").isdigit() and int(row["epoch"]) <= last_epoch]
         if reader.fieldnames:
-            self.rewrite(rows, fields=list(reader.fieldnames))
+            fields = list(reader.fieldnames)
+            names = dict(zip(fields, upgrade_columns(fields, str(self.path))))  # a run of an older gpd
+            rows = [{names[k]: v for k, v in row.items() if k in names} for row in rows]
+            self.rewrite(rows, fields=list(names.values()))
 
     def rewrite(self, rows: list[dict[str, Any]], fields: list[str] | None = None) -> None:
         """Replace the file by ``rows`` (a resume: the rows its checkpoint holds), atomically;

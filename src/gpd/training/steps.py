@@ -54,7 +54,7 @@ def sequential_backward(
             backward(sum(losses.values()))  # type: ignore[arg-type]
     dynamic_logits = dynamic_logits.detach() if dynamic_logits is not None else None
     with autocast():
-        student_losses = module(x, y, epoch=epoch, part="student", targets=targets, teacher_logits=dynamic_logits)
+        student_losses = module(x, y, epoch=epoch, part="student", targets=targets, dynamic_logits=dynamic_logits)
     backward(sum(student_losses.values()))  # type: ignore[arg-type]
     return {**losses, **student_losses}
 
@@ -76,12 +76,12 @@ def probed_backward(
     """
     with autocast():
         targets = distiller.static_targets(x)
-        losses, teacher_logits = distiller.teacher_losses(x, y, targets, epoch=epoch)
+        losses, dynamic_logits = distiller.dynamic_losses(x, y, targets, epoch=epoch)
     backward(sum(losses.values()))  # type: ignore[arg-type]
-    teacher_norm = grad_norm(params, scales)
-    after_teacher = {p: p.grad.clone() for p in params if p.grad is not None}
+    dynamic_norm = grad_norm(params, scales)
+    after_dynamic = {p: p.grad.clone() for p in params if p.grad is not None}
     with autocast():
-        student_losses = distiller.student_losses(x, y, targets, teacher_logits.detach(), epoch=epoch)  # type: ignore[union-attr]
+        student_losses = distiller.student_losses(x, y, targets, dynamic_logits.detach(), epoch=epoch)  # type: ignore[union-attr]
     backward(sum(student_losses.values()))  # type: ignore[arg-type]
-    student_norm = grad_norm(params, scales, minus=after_teacher)
-    return {**losses, **student_losses}, (teacher_norm, student_norm)
+    student_norm = grad_norm(params, scales, minus=after_dynamic)
+    return {**losses, **student_losses}, (dynamic_norm, student_norm)

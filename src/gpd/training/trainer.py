@@ -28,6 +28,7 @@ from tqdm import tqdm
 from gpd.branches import merge_branches
 from gpd.config import Config
 from gpd.data.mixing import build_mixup, mix_batch
+from gpd.deprecated import upgrade_rows
 from gpd.distill.pair import DynamicPair
 from gpd.errors import CheckpointError, ConfigError
 from gpd.export import student_payload
@@ -57,7 +58,7 @@ from gpd.training.static_teacher import fingerprint
 from gpd.training.steps import joint_backward, probed_backward, sequential_backward
 from gpd.training.sync_bn import convert_sync_batchnorm
 
-_GRAD_STATS = ("grad_norm", "clipped_frac", "grad_norm_student", "grad_norm_teacher")
+_GRAD_STATS = ("grad_norm", "clipped_frac", "grad_norm_student", "grad_norm_dynamic")
 _TRAIN_STATS = ("train_seconds", "img_per_s", "skipped_steps", *_GRAD_STATS)
 
 
@@ -180,7 +181,7 @@ class Trainer:
             )
         if self.ctx.is_main:
             if "metrics" in state:  # the rows of the epochs the checkpoint holds: no gap, no extra row
-                self.rows = [dict(row) for row in state["metrics"]]
+                self.rows = upgrade_rows([dict(row) for row in state["metrics"]], f"the metrics rows of {path}")
                 self.metrics.rewrite(self.rows)
             else:  # older checkpoints hold no rows: keep the file's rows up to the checkpoint's epoch
                 self.metrics.truncate(int(state["epoch"]))
@@ -278,7 +279,7 @@ class Trainer:
         probes = stats.get("probes", 0.0)
         if probes:
             out["grad_norm_student"] = stats["grad_norm_student"] / probes
-            out["grad_norm_teacher"] = stats["grad_norm_teacher"] / probes
+            out["grad_norm_dynamic"] = stats["grad_norm_dynamic"] / probes
         return out
 
     def train_step(
@@ -295,7 +296,7 @@ class Trainer:
                 self.distiller, x, y, epoch_progress, p.autocast, p.backward, self.trainable, self.grad_scales
             )
             loss_scale = p.scaler.get_scale() if p.scaler is not None else 1.0
-            self._grad_stats["grad_norm_teacher"] += role_norms[0] / loss_scale
+            self._grad_stats["grad_norm_dynamic"] += role_norms[0] / loss_scale
             self._grad_stats["grad_norm_student"] += role_norms[1] / loss_scale
             self._grad_stats["probes"] += 1
         elif self.cfg.train.memory_mode == "joint":
@@ -338,12 +339,12 @@ class Trainer:
         broadcast_buffers(self.distiller, self.ctx)
         models: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"student": self.distiller.student_logits}
         if self.distiller.has_dynamic_teacher:
-            models["teacher"] = self.distiller.teacher_logits
+            models["dynamic"] = self.distiller.dynamic_logits
         if self.ema is not None:
             broadcast_buffers(self.ema, self.ctx)
             models["ema_student"] = student_forward(self.ema.module)
             if isinstance(self.ema.module, DynamicPair):
-                models["ema_teacher"] = self.ema.module.forward_teacher
+                models["ema_dynamic"] = self.ema.module.forward_dynamic
         result: dict[str, float] = {}
         if self.val_loader is not None:
             result.update({f"val_{k}": v for k, v in self._accuracy(models, self.val_loader).items()})
@@ -421,15 +422,15 @@ class Trainer:
             "train_loss": train["loss"] if "loss" in train else float("nan"),
             **{f"loss_{k}": v for k, v in train.items() if k not in ("loss", *_TRAIN_STATS)},
             "student_acc": acc["student"],
-            "teacher_acc": acc.get("teacher", ""),
-            "gap": acc["teacher"] - acc["student"] if "teacher" in acc else "",
+            "dynamic_acc": acc.get("dynamic", ""),
+            "gap": acc["dynamic"] - acc["student"] if "dynamic" in acc else "",
             "static_teacher_acc": self.static_teacher_acc if self.static_teacher_acc is not None else "",
         }
         if self.ema is not None:
             row["ema_student_acc"] = acc["ema_student"]
-            row["ema_teacher_acc"] = acc.get("ema_teacher", "")
+            row["ema_dynamic_acc"] = acc.get("ema_dynamic", "")
         if self.val_loader is not None:  # validation columns apart from the test columns above
-            for name in ("student", "teacher", "ema_student", "ema_teacher"):
+            for name in ("student", "dynamic", "ema_student", "ema_dynamic"):
                 if self.ema is not None or not name.startswith("ema"):
                     row[f"val_{name}_acc"] = acc.get(f"val_{name}", "")
         if self.cfg.train.on_nonfinite == "skip":
@@ -447,8 +448,8 @@ class Trainer:
 
     def _summary(self, epoch: int, row: dict[str, Any], acc: dict[str, float], img_per_s: float) -> str:
         line = f"epoch {epoch}/{self.cfg.train.epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  student {acc['student']:.2f}%"
-        if "teacher" in acc:
-            line += f"  teacher {acc['teacher']:.2f}%  gap {row['gap']:+.2f}"
+        if "dynamic" in acc:
+            line += f"  dynamic teacher {acc['dynamic']:.2f}%  gap {row['gap']:+.2f}"
         if self.ema is not None:
             line += f"  EMA student {acc['ema_student']:.2f}%"
         if "val_student" in acc:

@@ -1,0 +1,410 @@
+"""The old names of the dynamic teacher D and of λ (gpd.deprecated): each still works and warns.
+
+D was ``teacher`` (GPDModel.teacher, forward_teacher, role="teacher", the loss key
+ce_teacher, the metrics column teacher_acc, state_dict keys teacher.*), and λ was
+``gpd.kd_weight``; they are now ``dynamic`` and ``gpd.sce_weight``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import gpd
+from gpd.cli.main import main
+from gpd.config import bundled_config_names, load_config
+from gpd.deprecated import METRIC_COLUMNS, upgrade_columns, upgrade_rows
+from gpd.distill import Distiller
+from gpd.errors import ConfigError
+from gpd.losses import sce
+from gpd.models import create_model
+from gpd.reporting.runs import read_run
+from gpd.training import Trainer, prepare_run_dir
+from gpd.training.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+SIZE = (1, 28, 28)
+
+
+def expanded(seed: int = 0) -> gpd.GPDModel:
+    torch.manual_seed(seed)
+    return gpd.expand(create_model("resnet8", num_classes=10, in_chans=1), 2, input_size=SIZE).eval()
+
+
+def old_keys(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """``state`` as an older gpd saved it: D under ``{prefix}teacher.`` instead of ``{prefix}dynamic.``."""
+    new = f"{prefix}dynamic."
+    return {(f"{prefix}teacher." + k[len(new):] if k.startswith(new) else k): v for k, v in state.items()}
+
+
+def messages(record: list[warnings.WarningMessage], category: type[Warning]) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, category)]
+
+
+# ------------------------------------------------------------------------ config: gpd.kd_weight
+
+
+def test_kd_weight_in_a_yaml_file_is_read_as_sce_weight(tmp_path: Path):
+    path = tmp_path / "old.yaml"
+    path.write_text("gpd:\n  ratio: 2.0\n  kd_weight: 1.5\nkd:\n  weight: 0.25\n")
+    with pytest.warns(FutureWarning, match=r"gpd\.kd_weight .*use gpd\.sce_weight"):
+        cfg = load_config(str(path))
+    assert cfg.gpd.sce_weight == 1.5 and cfg.kd.weight == 0.25  # kd.weight is the KD method's, untouched
+
+
+def test_kd_weight_as_an_override_is_read_as_sce_weight():
+    with pytest.warns(FutureWarning, match=r"override 'gpd\.kd_weight=2\.5'.*use gpd\.sce_weight"):
+        cfg = load_config(None, ["gpd.kd_weight=2.5"])
+    assert cfg.gpd.sce_weight == 2.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new name and kd.weight warn about nothing
+        assert load_config(None, ["gpd.sce_weight=2.5", "kd.weight=0.5"]).gpd.sce_weight == 2.5
+
+
+def test_a_later_layer_overrides_the_old_name_with_the_new(tmp_path: Path):
+    path = tmp_path / "old.yaml"
+    path.write_text("gpd:\n  kd_weight: 1.5\n")
+    with pytest.warns(FutureWarning):
+        assert load_config(str(path), ["gpd.sce_weight=4"]).gpd.sce_weight == 4.0
+
+
+def test_old_and_new_name_both_given_is_a_one_line_error(tmp_path: Path, capsys):
+    path = tmp_path / "both.yaml"
+    path.write_text("gpd:\n  kd_weight: 1.5\n  sce_weight: 2.0\n")
+    with pytest.raises(ConfigError, match=r"gpd\.kd_weight and gpd\.sce_weight are both given in .*keep only gpd\.sce_weight"):
+        load_config(str(path))
+    with pytest.raises(ConfigError, match=r"'gpd\.kd_weight' and 'gpd\.sce_weight' both given"):
+        load_config(None, ["gpd.kd_weight=1", "gpd.sce_weight=2"])
+    assert main(["train", "--dry-run", "gpd.sce_weight=2", "gpd.kd_weight=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpd: error: ") and err.count("\n") == 1 and "gpd.sce_weight" in err
+
+
+def test_bundled_configs_use_the_new_name_only():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for name in bundled_config_names():
+            load_config(name)
+
+
+def test_the_config_attribute_alias_warns():
+    cfg = load_config(None, ["gpd.sce_weight=1.25"])
+    with pytest.warns(DeprecationWarning, match="GPDConfig.sce_weight"):
+        assert cfg.gpd.kd_weight == 1.25
+    with pytest.warns(DeprecationWarning):
+        cfg.gpd.kd_weight = 2.0
+    assert cfg.gpd.sce_weight == 2.0
+
+
+# ------------------------------------------------------------------------ GPDModel and the pairs
+
+
+def test_teacher_attribute_and_methods_warn_and_delegate():
+    model = expanded()
+    x = torch.randn(2, *SIZE)
+    with pytest.warns(DeprecationWarning, match=r"GPDModel\.teacher is deprecated, use GPDModel\.dynamic"):
+        assert model.teacher is model.dynamic
+    with torch.no_grad():
+        with pytest.warns(DeprecationWarning, match=r"forward_dynamic\(\)"):
+            assert torch.equal(model.forward_teacher(x), model.forward_dynamic(x))
+        with pytest.warns(DeprecationWarning, match=r"role='dynamic'"):
+            assert torch.equal(model(x, role="teacher"), model(x, role="dynamic"))
+        with pytest.warns(DeprecationWarning, match=r"export_dynamic\(\)"):
+            exported = model.export_teacher()
+        assert torch.equal(exported.eval()(x), model.forward_dynamic(x))
+    with pytest.warns(DeprecationWarning, match="ExpansionReport.dynamic_error"):
+        assert model.report.teacher_error == model.report.dynamic_error
+    with pytest.raises(ValueError, match="'student' or 'dynamic'"):
+        model(x, role="static")
+
+
+def test_assigning_teacher_replaces_d_and_registers_no_second_module():
+    model = expanded()
+    wider = copy.deepcopy(model.dynamic)
+    with pytest.warns(DeprecationWarning, match="GPDModel.dynamic"):
+        model.teacher = wider
+    assert model.dynamic is wider and set(dict(model.named_children())) == {"dynamic", "student"}
+
+
+def test_constructor_takes_the_old_keyword():
+    model = expanded()
+    with pytest.warns(DeprecationWarning, match=r"dynamic=\.\.\."):
+        again = gpd.GPDModel(teacher=model.dynamic, student=model.student, plan=model.plan, report=model.report)
+    assert again.dynamic is model.dynamic
+
+
+def test_an_old_state_dict_loads_into_a_fresh_model_with_identical_outputs():
+    trained, fresh = expanded(seed=0), expanded(seed=1)
+    with torch.no_grad():  # move D and the student's BatchNorm statistics away from the fresh model's
+        for p in trained.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    trained.train()
+    with torch.no_grad():
+        trained.forward_student(torch.randn(8, *SIZE))
+    trained.eval()
+    old = old_keys(trained.state_dict())
+    assert any(k.startswith("teacher.") for k in old) and not any(k.startswith("dynamic.") for k in old)
+    with pytest.warns(FutureWarning, match=r"'teacher\.\*'; loaded as 'dynamic\.\*'"):
+        result = fresh.load_state_dict(old, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    x = torch.randn(4, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(fresh.forward_dynamic(x), trained.forward_dynamic(x))
+        assert torch.equal(fresh.forward_student(x), trained.forward_student(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a state_dict with the new keys loads silently
+        fresh.load_state_dict(trained.state_dict())
+
+
+class Wrapped(nn.Module):
+    """A static teacher whose own child happens to be called ``teacher``."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.teacher = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher(x)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_an_old_distiller_state_dict_loads_and_the_static_teacher_keys_stay(share: bool):
+    def build(seed: int) -> Distiller:
+        torch.manual_seed(seed)
+        static = Wrapped(create_model("resnet14", num_classes=10, in_chans=1))
+        student = create_model("resnet8", num_classes=10, in_chans=1)
+        return Distiller(student, static, kd="kd", input_size=SIZE, share_parameters=share).eval()
+
+    trained, fresh = build(0), build(0)
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    old = old_keys(trained.state_dict(), prefix="gpd.")
+    assert any(k.startswith("static_teacher.teacher.") for k in old) and any(k.startswith("gpd.teacher.") for k in old)
+    with pytest.warns(FutureWarning, match=r"'gpd\.teacher\.\*'"):
+        result = fresh.load_state_dict(old, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    x, y = torch.randn(4, *SIZE), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        assert torch.equal(fresh.dynamic_logits(x), trained.dynamic_logits(x))
+        assert torch.equal(fresh.student_logits(x), trained.student_logits(x))
+        assert torch.equal(fresh.static_teacher(x), trained.static_teacher(x))
+        losses = fresh(x, y)
+    assert set(losses) == {"ce_dynamic", "kd_dynamic", "ce_student", "kd_student", "sce"}
+
+
+def test_an_old_reviewkd_head_of_d_loads():
+    def build() -> Distiller:
+        torch.manual_seed(0)
+        return Distiller(create_model("resnet8", 10, 1), create_model("resnet14", 10, 1), "reviewkd", input_size=SIZE).eval()
+
+    trained, fresh = build(), build()
+    assert set(trained.review_heads) == {"student", "dynamic"}
+    with torch.no_grad():
+        for p in trained.review_heads.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    old = {k.replace("review_heads.dynamic.", "review_heads.teacher.", 1): v for k, v in old_keys(trained.state_dict(), "gpd.").items()}
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fresh.load_state_dict(old, strict=True)
+    said = " | ".join(messages(record, FutureWarning))
+    assert "D's ReviewKD head" in said and "'gpd.teacher.*'" in said and "static_teacher" not in said
+    x, y = torch.randn(4, *SIZE), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        assert torch.equal(fresh(x, y)["reviewkd_dynamic"], trained(x, y)["reviewkd_dynamic"])
+
+
+def test_an_old_timm_task_checkpoint_loads():
+    from gpd.integrations.timm import GPDTask
+
+    def build() -> GPDTask:
+        torch.manual_seed(0)
+        return GPDTask(create_model("resnet8", 10, 1), create_model("resnet14", 10, 1), kd="reviewkd", input_size=SIZE)
+
+    task, other = build(), build()
+    with torch.no_grad():
+        for p in task.distiller.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    state = task.get_checkpoint_state()
+    old_state = old_keys(state["state_dict"], "pair.")
+    old_heads = {k.replace("dynamic.", "teacher.", 1): v for k, v in state["task_state"]["review_heads"].items()}
+    assert any(k.startswith("pair.teacher.") for k in old_state) and any(k.startswith("teacher.") for k in old_heads)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        other.load_checkpoint_state(old_state, {"review_heads": old_heads})
+    said = " | ".join(messages(record, FutureWarning))
+    assert "'pair.teacher.*'" in said and "D's ReviewKD head" in said, said
+    task.eval()
+    other.eval()
+    x, y = torch.randn(4, *SIZE), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        assert torch.equal(other.get_eval_model()(x), task.get_eval_model()(x))
+        assert torch.equal(other.distiller.dynamic_logits(x), task.distiller.dynamic_logits(x))
+        assert torch.equal(other.distiller(x, y)["reviewkd_dynamic"], task.distiller(x, y)["reviewkd_dynamic"])
+
+
+# ------------------------------------------------------------------------ Distiller and losses
+
+
+def test_distiller_old_methods_and_keywords_warn_and_delegate():
+    torch.manual_seed(0)
+    distiller = Distiller(create_model("resnet8", 10, 1), input_size=SIZE).eval()
+    x, y = torch.randn(4, *SIZE), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        with pytest.warns(DeprecationWarning, match=r"Distiller\.dynamic_logits\(\)"):
+            assert torch.equal(distiller.teacher_logits(x), distiller.dynamic_logits(x))
+        targets = distiller.static_targets(x)
+        with pytest.warns(DeprecationWarning, match=r"Distiller\.dynamic_losses\(\)"):
+            losses, logits = distiller.teacher_losses(x, y, targets)
+        assert set(losses) == {"ce_dynamic"}
+        expected = distiller(x, y, part="student", targets=targets, dynamic_logits=logits)
+        with pytest.warns(DeprecationWarning, match=r"dynamic_logits=\.\.\."):
+            old = distiller(x, y, part="student", targets=targets, teacher_logits=logits)
+        assert {k: float(v) for k, v in old.items()} == {k: float(v) for k, v in expected.items()}
+        with pytest.warns(DeprecationWarning, match=r"dynamic_logits=\.\.\."):
+            assert float(distiller.student_losses(x, y, targets, teacher_logits=logits)["sce"]) == float(expected["sce"])
+        with pytest.raises(TypeError, match="give only dynamic_logits"):
+            distiller(x, y, part="student", targets=targets, teacher_logits=logits, dynamic_logits=logits)
+
+
+def test_sce_takes_the_old_keyword():
+    student, dynamic = torch.randn(3, 5), torch.randn(3, 5)
+    with pytest.warns(DeprecationWarning, match=r"dynamic_logits=\.\.\."):
+        assert torch.equal(sce(student, teacher_logits=dynamic), sce(student, dynamic))
+
+
+# ------------------------------------------------------------------------ metrics columns and gpd report
+
+
+def test_old_metric_columns_are_renamed_and_the_static_teachers_kept():
+    assert "static_teacher_acc" not in METRIC_COLUMNS
+    header = ["epoch", "loss_ce_teacher", "loss_kd_teacher", "teacher_acc", "gap", "static_teacher_acc",
+              "ema_teacher_acc", "val_teacher_acc", "val_ema_teacher_acc", "grad_norm_teacher"]  # fmt: skip
+    with pytest.warns(FutureWarning, match="dynamic_acc"):
+        assert upgrade_columns(header, "metrics.csv") == [
+            "epoch", "loss_ce_dynamic", "loss_kd_dynamic", "dynamic_acc", "gap", "static_teacher_acc",
+            "ema_dynamic_acc", "val_dynamic_acc", "val_ema_dynamic_acc", "grad_norm_dynamic",
+        ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = [{"epoch": 1, "dynamic_acc": 50.0}]
+        assert upgrade_rows(rows, "x") is rows
+
+
+def rename_csv_columns(path: Path, mapping: dict[str, str]) -> None:
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    lines[0] = [mapping.get(name, name) for name in lines[0]]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(lines)
+
+
+OLD_COLUMNS = {new: old for old, new in METRIC_COLUMNS.items()}
+
+
+def test_report_reads_an_old_metrics_csv_as_the_new_one(tmp_path: Path):
+    header = ["epoch", "lr", "train_loss", "loss_ce_student", "loss_ce_dynamic", "loss_sce", "student_acc",
+              "dynamic_acc", "gap", "static_teacher_acc", "ema_student_acc", "ema_dynamic_acc", "grad_norm",
+              "grad_norm_student", "grad_norm_dynamic", "img_per_s", "seconds"]  # fmt: skip
+    runs = []
+    for which in ("new", "old"):
+        run = tmp_path / which / "run"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text("model:\n  student: resnet8\ngpd:\n  enabled: true\n  ratio: 2.0\n  kd_weight: 3.0\n")
+        with open(run / "metrics.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for epoch in (1, 2, 3):
+                writer.writerow([epoch, 0.1, 2.0 / epoch, 1.0, 0.9, 0.2, 60 + epoch, 61.5 + epoch, 1.5, "",
+                                 60.5 + epoch, 62 + epoch, 2.0, 1.5, 1.0, 500, 10.0])  # fmt: skip
+        if which == "old":
+            rename_csv_columns(run / "metrics.csv", OLD_COLUMNS)
+        runs.append(run)
+    assert "teacher_acc" in (runs[1] / "metrics.csv").read_text().splitlines()[0].split(",")
+    with pytest.warns(FutureWarning, match=r"old column names .*teacher_acc.*read as .*dynamic_acc"):
+        old = read_run(runs[1])
+    assert old.rows == read_run(runs[0]).rows
+    with pytest.warns(FutureWarning):
+        assert main(["report", str(runs[1])]) == 0
+    assert main(["report", str(runs[0])]) == 0
+    names = sorted(p.name for p in (runs[1] / "report").iterdir())
+    assert names == sorted(p.name for p in (runs[0] / "report").iterdir()) and "gap.png" in names
+    old_text = (runs[1] / "report" / "report.md").read_text().replace(str(runs[1]), str(runs[0]))
+    assert old_text == (runs[0] / "report" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------ --resume of an old run directory
+
+TINY_RUN = [
+    "data.name=digits", "data.train_subset=128", "data.test_subset=64", "train.batch_size=32",
+    "train.eval_batch_size=64", "train.device=cpu", "train.deterministic=true", "train.ema=true",
+    "train.ema_decay=0.9", "train.grad_probe_every=2", "train.threads=1",
+]  # fmt: skip
+
+
+def make_old_style(run: Path, *, rows_in_checkpoint: bool) -> None:
+    """Turn a run directory of this gpd into one an older gpd wrote: D's keys, the metrics columns
+    (in the file and, unless ``rows_in_checkpoint`` is False, in the checkpoint) and gpd.kd_weight."""
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["model"] = old_keys(state["model"], "gpd.")
+    state["ema"] = old_keys(state["ema"], "module.")
+    if rows_in_checkpoint:
+        state["metrics"] = [{OLD_COLUMNS.get(k, k): v for k, v in row.items()} for row in state["metrics"]]
+    else:
+        del state["metrics"]  # a checkpoint older still: the rows come from metrics.csv alone
+    torch.save(state, run / "checkpoint.pt")
+    rename_csv_columns(run / "metrics.csv", OLD_COLUMNS)
+    config = (run / "config.yaml").read_text()
+    assert "  sce_weight: 3.0\n" in config
+    (run / "config.yaml").write_text(config.replace("  sce_weight: 3.0\n", "  kd_weight: 3.0\n"))
+
+
+def metrics_without_timing(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in ("img_per_s", "seconds")} for row in csv.DictReader(f)]
+
+
+def test_resume_of_an_old_run_directory_continues_as_a_new_one(tmp_path: Path):
+    first = tmp_path / "first"
+    cfg = load_config(None, [*TINY_RUN, "train.epochs=1", f"output_dir={first}"])
+    Trainer(cfg, prepare_run_dir(cfg)).fit()
+    header = (first / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"loss_ce_dynamic", "dynamic_acc", "ema_dynamic_acc", "grad_norm_dynamic"} <= set(header)
+
+    runs = {}
+    for name in ("new", "old_rows", "old_file"):
+        runs[name] = tmp_path / name
+        shutil.copytree(first, runs[name])
+        (runs[name] / "config.yaml").write_text((first / "config.yaml").read_text().replace(str(first), str(runs[name])))
+    make_old_style(runs["old_rows"], rows_in_checkpoint=True)
+    make_old_style(runs["old_file"], rows_in_checkpoint=False)
+
+    assert main(["train", "--resume", str(runs["new"]), "train.epochs=2"]) == 0
+    for name in ("old_rows", "old_file"):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            assert main(["train", "--resume", str(runs[name]), "train.epochs=2"]) == 0
+        said = " | ".join(messages(record, FutureWarning))
+        assert "gpd.kd_weight" in said and "'gpd.teacher.*'" in said and "'module.teacher.*'" in said, said
+        assert "teacher_acc" in said, said
+
+    reference = runs["new"]
+    expected_student = torch.load(reference / "student.pt", weights_only=True)["state_dict"]
+    for name in ("old_rows", "old_file"):
+        run = runs[name]
+        student = torch.load(run / "student.pt", weights_only=True)["state_dict"]
+        assert student.keys() == expected_student.keys()
+        assert all(torch.equal(student[k], expected_student[k]) for k in student), name  # bit-identical
+        assert metrics_without_timing(run) == metrics_without_timing(reference), name
+        assert "kd_weight" not in (run / "config.yaml").read_text()  # rewritten with the new names
+        assert not any(k.startswith("gpd.teacher.") for k in load_checkpoint(run / "checkpoint.pt")["model"])
