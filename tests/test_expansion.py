@@ -385,3 +385,50 @@ def test_expand_does_not_modify_the_student() -> None:
         assert torch.equal(v, saved[k]), k
     gm_ptrs = {p.data_ptr() for p in gm.parameters()} | {b.data_ptr() for b in gm.buffers()}
     assert not gm_ptrs & {t.data_ptr() for t in student.state_dict().values()}
+
+
+# ---------------------------------------------------------------- layer-scaled branches
+
+
+class Undivided(nn.Linear):
+    """A Linear whose (deliberately wrong) rule tiles its weight without dividing by the input copies."""
+
+
+def _undivided_rule(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
+    in_map, out_map = ctx.in_map(module.in_features, -1), ctx.out_map(module.out_features, -1)
+    new = replace_tensors(module, {"weight": in_map.expand(out_map.expand(module.weight, 0), 1)})
+    new.in_features, new.out_features = in_map.teacher_size, out_map.teacher_size
+    return ExpandedLayer(new, {"weight": ParamSlice({0: out_map, 1: in_map})}, output_map=out_map)
+
+
+gpd.register_expansion_rule(Undivided, _undivided_rule)
+
+
+class ScaledBranch(nn.Module):
+    """x + gamma * branch(x) with gamma initialised to 1e-6, as ConvNeXt and CaiT do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(6, 8)
+        self.branch = Undivided(8, 8, bias=False)
+        self.gamma = nn.Parameter(torch.full((8,), 1e-6))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        return self.head(h + self.gamma * self.branch(h))
+
+
+gpd.register_channel_tensors(ScaledBranch, {"gamma": 0}, multiplies=True)
+
+
+def test_a_wrong_rule_under_a_tiny_layer_scale_is_refused() -> None:
+    # At gamma = 1e-6 the wrong branch changes D's output by ~1e-6 only: below the
+    # tolerance, but wrong once training grows gamma. Verification repeats the check
+    # with every layer scale at one (ones are copies of ones in any layout).
+    torch.manual_seed(0)
+    with pytest.raises(gpd.ExpansionError, match="does not compute the student's function"):
+        gpd.expand(ScaledBranch(), 2, example_input=torch.randn(4, 6))
+    fixed = ScaledBranch()
+    fixed.branch = nn.Linear(8, 8, bias=False)  # the correct rule: accepted
+    gpd.expand(fixed, 2, example_input=torch.randn(4, 6))

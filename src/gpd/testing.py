@@ -73,11 +73,21 @@ def randomize_batchnorm(
     return model
 
 
+LAYER_SCALE_MAX = 1e-4  # a per-channel vector initialised below this, and nowhere zero, is a layer scale
+
+
 @torch.no_grad()
 def perturbed_for_verification(model: nn.Module, input_size: tuple[int, ...], seed: int = 0) -> nn.Module:
-    """``model`` with every parameter perturbed by N(0, 0.02^2) and random BatchNorm statistics, in eval mode."""
+    """``model`` with every parameter perturbed by N(0, 0.02^2) and random BatchNorm statistics, in eval mode.
+
+    Layer scales (per-channel vectors initialised to 1e-6 or 1e-5) are drawn from U(0.5, 1.5)
+    first: at 1e-6, or at 0.02 after the perturbation, a residual branch adds too little for
+    a wrong expansion of it to show above the tolerance.
+    """
     generator = torch.Generator().manual_seed(seed)
     for param in model.parameters():
+        if param.ndim == 1 and param.numel() > 1 and bool((param != 0).all()) and float(param.abs().max()) <= LAYER_SCALE_MAX:
+            param.copy_(_uniform(param.shape, 0.5, 1.5, generator))
         param.add_(torch.randn(param.shape, generator=generator) * 0.02)
     randomize_batchnorm(model, generator, example=torch.randn(8, *input_size, generator=generator))
     return model.eval()

@@ -12,11 +12,12 @@ from gpd.expansion.rules import (
     register_expansion_rule,
     replace_tensors,
 )
-from gpd.expansion.heads import register_known_attentions
+from gpd.expansion.heads import register_fused_mlps, register_known_attentions
 from gpd.expansion.timm_rules import register_timm_rules
 
 register_timm_rules()
 register_known_attentions()
+register_fused_mlps()
 
 __all__ = [
     "ChannelMap",

@@ -160,7 +160,55 @@ def _raise_mismatch(
             )
 
 
+LAYER_SCALE_MAX = 1e-4  # a per-channel vector initialised this small (1e-6, 1e-5) and nowhere zero is a layer scale
+
+
+def with_unit_layer_scales(
+    student: nn.Module, model: GPDModel, teacher64: nn.Module | None
+) -> tuple[nn.Module, GPDModel, nn.Module | None] | None:
+    """Copies of the student and of D whose layer scales are one; None when there are none.
+
+    A residual branch scaled by 1e-6 (ConvNeXt, CaiT, EdgeNeXt at initialisation) adds
+    1e-6 of its output: a wrong expansion of that branch hides below any tolerance, and
+    shows once training grows the scale. A vector of ones is a copy of ones in any
+    layout, so D stays the expansion of the student with every branch at full weight.
+    """
+    slices = model.student.slices
+    names = [
+        name for name, p in ((n, q.detach()) for n, q in student.named_parameters())
+        if p.ndim == 1 and p.numel() > 1 and bool((p != 0).all()) and float(p.abs().max()) <= LAYER_SCALE_MAX
+        and name in slices and slices[name].divided_dim is None
+    ]  # fmt: skip
+    if not names:
+        return None
+    student, model = copy.deepcopy(student), copy.deepcopy(model)
+    teacher64 = copy.deepcopy(teacher64) if teacher64 is not None else None
+    with torch.no_grad():
+        for module in (student, model.dynamic, teacher64):
+            if module is not None:
+                params = dict(module.named_parameters())
+                for name in names:
+                    params[name].fill_(1.0)
+    return student, model, teacher64
+
+
 def verify(
+    student: nn.Module,
+    model: GPDModel,
+    example: tuple,
+    output_maps: dict[str, ChannelMap],
+    tolerance: float,
+    teacher64: nn.Module | None = None,
+) -> tuple[float, float, bool]:
+    """:func:`verify_once`, then again with every layer scale at one (:func:`with_unit_layer_scales`)."""
+    result = verify_once(student, model, example, output_maps, tolerance, teacher64)
+    unit = with_unit_layer_scales(student, model, teacher64)
+    if unit is not None:
+        verify_once(unit[0], unit[1], example, output_maps, tolerance, unit[2])
+    return result
+
+
+def verify_once(
     student: nn.Module,
     model: GPDModel,
     example: tuple,

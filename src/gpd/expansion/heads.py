@@ -202,3 +202,32 @@ def register_known_attentions() -> None:
         return
     register_channel_attributes(tv_vit.VisionTransformer, ("hidden_dim",))
     register_head_attention(tv_swin.ShiftedWindowAttention, HeadSpec({"qkv": 3}, {"relative_position_bias_table": 1}))
+
+
+def expand_glu_mlp(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
+    """timm's GluMlp: ``fc1`` writes ``[x, gate]`` and ``forward()`` chunks it in two.
+
+    ``fc1`` is expanded per half, as a fused qkv is per segment (``[x, x, g, g]``), so
+    each half of D's output is the tiled copy of the student's half; the other layers
+    keep their own rules. (A Conv2d ``fc1``, ``use_conv=True``, is left to the
+    interleaved layout.)"""
+    if not isinstance(module.fc1, nn.Linear):
+        raise ctx.error(module, "a GluMlp with a conv fc1 is expanded in the interleaved layout")
+    half = ctx.plan.map(module.fc1.out_features // 2)
+    layers = {"fc1": expand_linear_with_maps(module.fc1, ctx.in_map(module.fc1.in_features, -1), concat_maps([half, half]))}
+    for child_name, child in module.named_children():
+        if child_name != "fc1":
+            layers[child_name] = expand_subtree(child, ctx, f"{ctx.name}.{child_name}")
+    new = _copy_with_children(module, {n: layer.module for n, layer in layers.items()})
+    params = {f"{n}.{p}": s for n, layer in layers.items() for p, s in layer.params.items()}
+    fc2 = layers.get("fc2")
+    return ExpandedLayer(new, params, output_map=fc2.output_map if fc2 is not None else None)
+
+
+def register_fused_mlps() -> None:
+    """MLPs whose first layer writes two halves that ``forward()`` splits (timm's GluMlp: SwiGLU, GeGLU)."""
+    try:
+        from timm.layers.mlp import GluMlp
+    except ImportError:
+        return
+    register_expansion_rule(GluMlp, expand_glu_mlp)
