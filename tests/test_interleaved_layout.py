@@ -234,3 +234,76 @@ def test_the_config_key_and_the_distiller_choose_the_layout() -> None:
     assert distiller.gpd.report.layout == "interleaved"
     with pytest.raises(gpd.ExpansionError):
         gpd.Distiller(SplitCNN(), None, "none", input_size=(3, 8, 8), layout="tiled")
+
+
+# ------------------------------------------------------------- heads and fused halves
+
+
+def test_head_blocks_copy_whole_heads_when_interleaved() -> None:
+    heads = WidthPlan(2, "interleaved").map(6, block=3)  # two heads of three channels
+    assert heads.source.tolist() == [0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5] and heads.student_index.tolist() == [0, 1, 2, 6, 7, 8]
+    assert WidthPlan(2).map(6, block=3).source.tolist() == [0, 1, 2, 3, 4, 5] * 2  # tiled: whole heads anyway
+    with pytest.raises(gpd.ExpansionError, match="not a whole number of blocks"):
+        WidthPlan(1.25, "interleaved").map(8, block=4)  # 10 channels: two and a half heads
+
+
+class SplitAttention(nn.Module):
+    """Tokens whose channels are split and re-joined, then timm's multi-head attention (two heads)."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        from timm.layers.attention import Attention
+
+        self.embed = nn.Linear(3, dim)
+        self.mix = nn.Linear(dim // 2, dim // 2)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads=2, qkv_bias=True)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.flatten(2).transpose(1, 2))
+        a, b = tokens.chunk(2, -1)
+        tokens = torch.cat([a, torch.relu(self.mix(b))], -1)
+        tokens = tokens + self.attn(self.norm(tokens))
+        return self.head(tokens.mean(1))
+
+
+ATTENTION_KINDS = {
+    "embed.weight": "stem", "embed.bias": "expanded_bias", "mix.weight": "middle", "mix.bias": "expanded_bias",
+    "norm.weight": "norm", "norm.bias": "norm", "attn.qkv.weight": "middle", "attn.qkv.bias": "expanded_bias",
+    "attn.proj.weight": "middle", "attn.proj.bias": "expanded_bias", "head.weight": "head", "head.bias": "head_bias",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("r", [2, 3])
+def test_attention_after_a_split_copies_whole_heads_and_steps_as_tiled(r: int) -> None:
+    student = randomized(SplitAttention()).train()
+    x, y = torch.randn(4, 3, 4, 4, dtype=torch.float64), torch.randint(0, 5, (4,))
+    model = gpd.expand(student, r, example_input=x, noise_std=0.0).train()
+    assert model.report.layout == "interleaved" and model.dynamic.attn.num_heads == 2 * r
+    with torch.no_grad():
+        fresh = torch.randn(3, 3, 4, 4, dtype=torch.float64)
+        assert rel_err(model.forward_dynamic(fresh), student(fresh)) < 1e-12
+    plain = copy.deepcopy(student)
+    F.cross_entropy(plain(x), y).backward()
+    before = {n: p.detach().clone() for n, p in model.student_parameters().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    F.cross_entropy(model.forward_student(x), y).backward()
+    optimizer.step()
+    after = model.student_parameters()
+    for name, param in plain.named_parameters():
+        predicted = -LR * student_factor(ATTENTION_KINDS[name], r, "paper") * param.grad
+        assert rel_err(after[name] - before[name], predicted) <= 1e-9, name
+
+
+def test_glu_mlp_halves_are_expanded_like_fused_segments() -> None:
+    """timm's GluMlp chunks fc1's output in [x, gate]: each half is tiled on its own (``[x, x, g, g]``)."""
+    from timm.layers.mlp import GluMlp
+
+    student = randomized(nn.Sequential(nn.Linear(6, 8), GluMlp(8, 12, act_layer=nn.SiLU), nn.Linear(8, 3)))
+    x = torch.randn(5, 6, dtype=torch.float64)
+    model = gpd.expand(student, 2, example_input=x, noise_std=0.0)
+    assert model.report.layout == "tiled" and model.dynamic[1].fc1.out_features == 24
+    with torch.no_grad():
+        assert rel_err(model.forward_dynamic(x), student(x)) < 1e-12
+        assert rel_err(model.forward_student(x), student(x)) < 1e-12

@@ -161,14 +161,27 @@ class WidthPlan:
     def teacher_size(self, student_size: int) -> int:
         return int(round(student_size * self.ratio))
 
-    def map(self, student_size: int) -> ChannelMap:
-        """The channel map of an expanded axis of ``student_size`` channels."""
+    def map(self, student_size: int, block: int = 1) -> ChannelMap:
+        """The channel map of an expanded axis of ``student_size`` channels.
+
+        ``block``: in the interleaved layout, copy runs of that many channels (an
+        attention head's channels) rather than single channels, so that each of D's
+        heads copies one whole student head; the tiled layout copies whole heads anyway.
+        """
         size = self.teacher_size(student_size)
         if self.layout == "interleaved":
-            counts = torch.full((student_size,), size // student_size, dtype=torch.long)
-            counts[: size - student_size * (size // student_size)] += 1
-            source = torch.repeat_interleave(torch.arange(student_size), counts)
-            return ChannelMap(source=source, student_size=student_size, student_index=torch.cumsum(counts, 0) - counts)
+            if block < 1 or student_size % block or size % block:
+                raise ExpansionError(
+                    f"ratio {self.ratio} gives {size} channels, not a whole number of blocks of {block}; use an integer ratio"
+                )
+            blocks, teacher_blocks = student_size // block, size // block
+            counts = torch.full((blocks,), teacher_blocks // blocks, dtype=torch.long)
+            counts[: teacher_blocks - blocks * (teacher_blocks // blocks)] += 1
+            first_block = torch.repeat_interleave(torch.arange(blocks), counts)
+            source = (first_block[:, None] * block + torch.arange(block)).reshape(-1)
+            starts = (torch.cumsum(counts, 0) - counts) * block
+            student_index = (starts[:, None] + torch.arange(block)).reshape(-1)
+            return ChannelMap(source=source, student_size=student_size, student_index=student_index)
         index = torch.arange(student_size)
         return ChannelMap(
             source=torch.arange(size) % student_size, student_size=student_size, student_index=index

@@ -43,6 +43,13 @@ class HeadSpec:
     channel_tensors: tuple[str, ...] = ()  # own per-attention-channel vectors (q_bias, v_bias, k_bias)
     scaled_attrs: tuple[str, ...] = ("num_heads",)
     caches: tuple[str, ...] = ()  # dict attributes cached from the student's tensors: emptied
+    reads_heads: tuple[str, ...] = ("proj",)  # child Linears that read the heads' output (laid out head by head)
+
+
+def _head_dim(module: nn.Module, channels: int) -> int:
+    """The channels of one head on an axis of ``channels`` attention channels (1 if unknown)."""
+    heads = getattr(module, "num_heads", None)
+    return channels // heads if isinstance(heads, int) and heads > 0 and channels % heads == 0 else 1
 
 
 def expand_subtree(module: nn.Module, ctx: LayerContext, name: str) -> ExpandedLayer:
@@ -81,14 +88,23 @@ def head_attention_rule(spec: HeadSpec):
             raise ctx.error(module, "attention that reads the input or writes the output is not supported")
         ratio = int(ctx.plan.ratio)
         layers: dict[str, ExpandedLayer] = {}
+        head_maps = {}  # attention channels -> their map, head by head
         for child_name, child in module.named_children():
             if child_name in spec.fused and child is not None:
                 segments = spec.fused[child_name]
-                segment = ctx.plan.map(child.out_features // segments)
+                size = child.out_features // segments
+                segment = head_maps.setdefault(size, ctx.plan.map(size, block=_head_dim(module, size)))
                 in_map = ctx.in_map(child.in_features, -1)
                 layers[child_name] = expand_linear_with_maps(child, in_map, concat_maps([segment] * segments))
+        for child_name, child in module.named_children():
+            if child_name in layers:
+                continue
+            if child_name in spec.reads_heads and isinstance(child, nn.Linear) and child.in_features in head_maps:
+                out_map = ctx.out_map(child.out_features, -1)
+                layers[child_name] = expand_linear_with_maps(child, head_maps[child.in_features], out_map)
             else:
                 layers[child_name] = expand_subtree(child, ctx, f"{ctx.name}.{child_name}")
+        layers = {name: layers[name] for name, _ in module.named_children()}  # the module's own order
         new = _copy_with_children(module, {n: layer.module for n, layer in layers.items()})
         params = {f"{n}.{p}": s for n, layer in layers.items() for p, s in layer.params.items()}
         own = dict(module.named_parameters(recurse=False))
@@ -104,7 +120,7 @@ def head_attention_rule(spec: HeadSpec):
             value = getattr(module, name, None)
             if value is None:
                 continue
-            channel_map = ctx.plan.map(value.shape[0])
+            channel_map = head_maps.get(value.shape[0]) or ctx.plan.map(value.shape[0], block=_head_dim(module, value.shape[0]))
             _set(new, name, channel_map.expand(value, 0), name in own)
             if name in own:  # a bias of the fused projection: as that bias (docs/method.md)
                 params[name] = ParamSlice({0: channel_map}, paper_scale=paper_bias_scale(channel_map))
@@ -136,7 +152,7 @@ def expand_multihead_attention(module: nn.MultiheadAttention, ctx: LayerContext)
     if not ctx.plan.is_integer:
         raise ctx.error(module, f"ratio {ctx.plan.ratio} would split attention heads; use an integer ratio")
     dim = module.embed_dim
-    in_map, segment = ctx.in_map(dim, -1), ctx.plan.map(dim)
+    in_map, segment = ctx.in_map(dim, -1), ctx.plan.map(dim, block=module.head_dim)
     out_map = concat_maps([segment] * 3)
     weight = in_map.expand(out_map.expand(module.in_proj_weight, 0), 1, divide=True)
     tensors = {"in_proj_weight": weight}
@@ -163,7 +179,7 @@ def register_known_attentions() -> None:
     """The attention classes of timm and torchvision that carry per-head tables."""
     try:
         from timm.models import beit, efficientformer, efficientformer_v2, eva, levit, pvt_v2, swin_transformer, twins, xcit
-        from timm.models import cait, edgenext, tiny_vit
+        from timm.models import cait, edgenext, metaformer, tiny_vit
     except ImportError:
         timm_specs = []
     else:
@@ -178,6 +194,7 @@ def register_known_attentions() -> None:
             (xcit.XCA, HeadSpec(qkv, {"temperature": 0})),
             (edgenext.CrossCovarianceAttn, HeadSpec(qkv, {"temperature": 0})),
             (levit.Attention, HeadSpec(**leaky)),
+            (metaformer.Attention, HeadSpec(qkv, scaled_attrs=("num_heads", "attention_dim"))),
             # qkv is laid out head by head ([q k v] of head 0, then head 1, ...): a plain tile copies whole heads
             (tiny_vit.Attention, HeadSpec(head_tensors={"attention_biases": 0}, scaled_attrs=("num_heads", "out_dim"), caches=("attention_bias_cache",))),
             (levit.AttentionDownsample, HeadSpec(**leaky)),

@@ -52,7 +52,7 @@ def expand_timm_attention(module: nn.Module, ctx: LayerContext) -> ExpandedLayer
     head_dim = module.head_dim
     attn_dim = getattr(module, "attn_dim", module.num_heads * head_dim)
     in_map = ctx.plan.map(dim)
-    head_map = ctx.plan.map(attn_dim)
+    head_map = ctx.plan.map(attn_dim, block=head_dim)
     _check_whole_heads(module, ctx, head_map, head_dim)
 
     layers: dict[str, ExpandedLayer] = {

@@ -102,7 +102,7 @@ _z("tv:mobilenet_v2", "MobileNet"), _z("tv:mobilenet_v3_small", "MobileNet"),
     _z("timm:twins_pcpvt_small", "Twins", 64, slow=True), _z("timm:twins_svt_small", "Twins", 64, slow=True),
     _z("timm:mixer_s32_224", "MLP-Mixer", 64, img_size=64), _z("timm:resmlp_12_224", "ResMLP", 32, img_size=32),
     _z("timm:poolformer_s12", "metaformer"), _z("timm:poolformerv2_s12", "metaformer"), _z("timm:convformer_s18", "metaformer", slow=True),
-    _z("timm:caformer_s18", "metaformer", slow=True), _z("timm:edgenext_xx_small", "EdgeNeXt"), _z("timm:mobilevit_xxs", "MobileViT"),
+    _z("timm:caformer_s18", "metaformer", slow=True), _z("timm:edgenext_xx_small", "EdgeNeXt"), _z("timm:edgenext_base", "EdgeNeXt", slow=True), _z("timm:mobilevit_xxs", "MobileViT"),
     _z("timm:mobilevitv2_050", "MobileViT"), _z("timm:coat_lite_tiny", "CoaT", 64, img_size=64), _z("timm:tiny_vit_5m_224", "TinyViT", 64),
     _z("timm:fastvit_t8", "FastViT"), _z("timm:inception_next_tiny", "InceptionNeXt", slow=True), _z("timm:visformer_tiny", "Visformer", 64, img_size=64),
 ]  # fmt: skip
