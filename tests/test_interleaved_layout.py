@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import gpd
-from gpd.expansion.channels import WidthPlan
+from gpd.channel_maps import WidthPlan
 from gpd.expansion.generic import register_channel_attributes
 from helpers import rel_err
 

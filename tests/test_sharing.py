@@ -230,7 +230,7 @@ def test_student_gradient_keeps_the_parameter_layout() -> None:
 def test_student_gradient_matches_the_generic_slicing_path(arch: str, ratio: float, monkeypatch) -> None:
     """Uneven copies (a per-channel scale) and fused qkv (an index on one axis) give the generic path's gradient."""
     timm = pytest.importorskip("timm")
-    from gpd.expansion.rules import ParamSlice
+    from gpd.sharing.param_slice import ParamSlice
 
     torch.manual_seed(0)
     if arch == "vit":
@@ -292,8 +292,8 @@ def test_compensate_step_moves_the_student_as_plain_sgd_would(ratio: float) -> N
 
 def test_compensate_step_also_on_the_generic_path() -> None:
     """A slice indexed on two axes is read with ordinary ops, not _ReadBlock: same rule."""
-    from gpd.expansion.channels import ChannelMap
-    from gpd.expansion.rules import ParamSlice
+    from gpd.channel_maps import ChannelMap
+    from gpd.sharing.param_slice import ParamSlice
 
     def interleaved(size: int) -> ChannelMap:  # D = [c0, c0, c1, c1, ...]: the student's channels are not a prefix
         return ChannelMap(source=torch.arange(size).repeat_interleave(2), student_size=size,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gpd.deprecated import dynamic_role, renamed_kwargs, upgrade_state_keys, warn_renamed
-from gpd.expansion.channels import WidthPlan
+from gpd.channel_maps import WidthPlan
 from gpd.expansion.roles import LayerRoles
 from gpd.sharing import StudentView
 from gpd.sharing.steps import install_paper_steps
@@ -24,7 +24,7 @@ class ExpansionReport:
     ratio: float
     roles: LayerRoles
     rules_used: dict[str, list[str]] = field(default_factory=dict)
-    layout: str = "tiled"  # of D's copies: "tiled" or "interleaved" (gpd.expansion.channels)
+    layout: str = "tiled"  # of D's copies: "tiled" or "interleaved" (gpd.channel_maps)
     dynamic_error: float | None = None  # float32 (the model's dtype) relative errors of D and of the student view
     student_error: float | None = None
     checked_in_float64: bool = False  # float32 rounding exceeded the tolerance; float64 confirmed exactness

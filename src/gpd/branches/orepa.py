@@ -28,7 +28,7 @@ cheap to merge and runs one ``F.conv2d``; the composed branches 3 (the inner 1x1
 are merged or run on the batch, whichever the cost model of :mod:`gpd.branches.paths`
 finds cheaper for the block's shape and this batch (both exact: tests/test_branch_paths.py).
 Without gradients (evaluation, EMA evaluation, export) the merged kernel is cached until
-a branch tensor is written (:mod:`gpd.branches.cache`).
+a branch tensor is written (:mod:`gpd.sharing.cache`).
 
 Why the composed branches are exact, including at the zero-padded border:
 
@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpd.branches.cache import VersionedCache
+from gpd.sharing.cache import VersionedCache
 from gpd.branches.merge import DW_MULTIPLIER, MergeKernel, compose_1x1_3x3, compose_dw_pw, merge_kernel_values
 from gpd.branches.paths import BlockShape, BranchPaths, choose_paths
 from gpd.errors import ModelError

@@ -1,17 +1,17 @@
 """Inverse Reparameterization: the dynamic teacher as a plain wide copy of the student."""
 
-from gpd.expansion.channels import ChannelMap, WidthPlan
+from gpd.channel_maps import ChannelMap, WidthPlan
 from gpd.expansion.expand import expand
 from gpd.expansion.rules import (
     ExpandedLayer,
     ExpansionRule,
     LayerContext,
-    ParamSlice,
     find_rule,
     register_channel_tensors,
     register_expansion_rule,
     replace_tensors,
 )
+from gpd.sharing.param_slice import ParamSlice
 from gpd.expansion.heads import register_fused_mlps, register_known_attentions
 from gpd.expansion.timm_rules import register_timm_rules
 

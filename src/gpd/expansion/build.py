@@ -20,11 +20,12 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from gpd.errors import ExpansionError, first_line
-from gpd.expansion.channels import ChannelMap, WidthPlan
+from gpd.channel_maps import ChannelMap, WidthPlan
 from gpd.expansion.generic import expand_generic_leaf, expand_own_tensors, known_channel_counts, resize_channel_attributes
 from gpd.expansion.layout import MeasuredInput, measure_input
 from gpd.expansion.roles import LayerRoles, iter_channel_tensor_holders, iter_units
-from gpd.expansion.rules import ExpandedLayer, LayerContext, ParamSlice, RuleEntry
+from gpd.expansion.rules import ExpandedLayer, LayerContext, RuleEntry
+from gpd.sharing.param_slice import ParamSlice
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gpd.errors import ExpansionError, first_line
-from gpd.expansion.channels import LAYOUTS, ChannelMap, WidthPlan
+from gpd.channel_maps import LAYOUTS, ChannelMap, WidthPlan
 from gpd.expansion.build import build_teacher
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
 from gpd.expansion.verify import locate_divergence, relative_error

@@ -21,8 +21,9 @@ from __future__ import annotations
 from torch import nn
 
 from gpd.errors import ExpansionError
-from gpd.expansion.channels import ChannelMap, WidthPlan, identity_map
-from gpd.expansion.rules import ExpandedLayer, LayerContext, ParamSlice, channel_tensor_multiplies
+from gpd.channel_maps import ChannelMap, WidthPlan, identity_map
+from gpd.expansion.rules import ExpandedLayer, LayerContext, channel_tensor_multiplies
+from gpd.sharing.param_slice import ParamSlice
 
 ADDED_NAME_PARTS = ("token", "pos", "embed", "bias", "beta", "shift", "offset")
 SIZE_ATTRIBUTES = ("in_channels", "out_channels", "in_features", "out_features", "num_features", "num_channels")

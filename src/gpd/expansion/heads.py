@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from gpd.expansion.channels import concat_maps
+from gpd.channel_maps import concat_maps
 from gpd.expansion.generic import expand_generic_leaf, register_channel_attributes
 from gpd.expansion.rules import (
     ExpandedLayer,
     LayerContext,
-    ParamSlice,
     expand_linear_with_maps,
     find_rule,
     keep_unchanged,
@@ -32,6 +31,7 @@ from gpd.expansion.rules import (
     paper_weight_scale,
     register_expansion_rule,
 )
+from gpd.sharing.param_slice import ParamSlice
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gpd.expansion.channels import ChannelMap, WidthPlan, identity_map
+from gpd.channel_maps import ChannelMap, WidthPlan, identity_map
 
 MATCH_TOLERANCE = 1e-3  # relative to the activation's scale; 1e-7 when D is built in float64
 

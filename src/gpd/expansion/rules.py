@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from gpd.errors import ExpansionError
-from gpd.expansion.channels import ChannelMap, WidthPlan, identity_map
+from gpd.channel_maps import ChannelMap, WidthPlan, identity_map
 from gpd.expansion.layout import MeasuredInput
+from gpd.sharing.param_slice import ParamSlice
 
 
 @dataclass(frozen=True)
@@ -69,163 +70,6 @@ class LayerContext:
 
     def error(self, module: nn.Module, why: str) -> ExpansionError:
         return ExpansionError(f"layer '{self.name}' ({type(module).__name__}): {why}")
-
-
-@dataclass(eq=False)
-class ParamSlice:
-    """How a student parameter is read out of the matching parameter of D.
-
-    ``dims`` maps each expanded axis to its channel map; the student's value is D's
-    tensor restricted to the student's channels on those axes, multiplied by the
-    number of copies on ``divided_dim`` (the axis whose copies D divided by that
-    number, so that reading all of them sums to the student's value).
-
-    ``paper_scale`` relates D's tensor to the paper's parameterisation of D (the
-    authors' layout, whose activations are ``h / r`` per copy): there the tensor holds
-    ``paper_scale`` times the value it holds here. It is 1/r on the layer that reads
-    the image and on the bias of every ungrouped conv/linear whose output is expanded,
-    r on the layer that writes the logits, 1/r on tokens and position embeddings, and 1
-    elsewhere. An SGD step taken in the paper's coordinates equals one taken here with
-    the loss gradient multiplied by ``1 / paper_scale**2`` (docs/method.md, "Per-layer
-    steps"); :mod:`gpd.sharing.steps` applies that.
-    """
-
-    dims: dict[int, ChannelMap] = field(default_factory=dict)
-    divided_dim: int | None = None
-    paper_scale: float = 1.0
-    _scales: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(
-        default_factory=dict, repr=False
-    )
-
-    def derive(self, teacher_tensor: torch.Tensor, compensate_step: bool = False) -> torch.Tensor:
-        """The student's tensor: a view of D's where no rescaling is needed.
-
-        When the result takes part in autograd, it is read by :class:`_ReadBlock`
-        instead: one copy forward, and a backward that writes the student's gradient
-        straight into a zero tensor laid out like D's parameter (see there).
-
-        ``compensate_step``: the student's value is ``scale * theta``, so its gradient
-        reaches ``theta`` multiplied by ``scale`` and an SGD step moves the student's
-        value by ``scale**2`` times the plain step (docs/method.md). With True the
-        gradient is divided by ``scale`` instead (same forward value), which removes
-        that factor; tensors without a divided axis are unaffected.
-        """
-        if torch.is_grad_enabled() and teacher_tensor.requires_grad:
-            read = self._block_reader()
-            if read is not None:
-                prefix, index_dim, index = read
-                scale = self._scale(teacher_tensor) if self.divided_dim is not None else None
-                grad_scale = 1 / scale if compensate_step and scale is not None else scale
-                if index is not None:
-                    index = index.to(teacher_tensor.device)
-                return _ReadBlock.apply(teacher_tensor, prefix, index_dim, index, scale, grad_scale)
-        out = teacher_tensor
-        for dim, channel_map in self.dims.items():
-            out = channel_map.select(out, dim)
-        if self.divided_dim is not None:
-            scale = self._scale(out)
-            if compensate_step and out.requires_grad:
-                # forward: scale * out; backward: the gradient divided by scale
-                return out / scale + (out * scale - out / scale).detach()
-            out = out * scale
-        return out
-
-    def _block_reader(self) -> tuple[tuple[tuple[int, int], ...], int | None, torch.Tensor | None] | None:
-        """``(prefix narrows, index dim, index)`` for :class:`_ReadBlock`; None if more than one axis needs an index."""
-        prefix, indexed = [], []
-        for dim, channel_map in self.dims.items():
-            if channel_map.is_identity:
-                continue  # the whole axis: no narrow (torch.compile's functionalization then drops the
-                # backward's scale on the block written through a narrow of the full axis; tested)
-            if channel_map.student_is_prefix:
-                prefix.append((dim, channel_map.student_size))
-            else:
-                indexed.append((dim, channel_map.student_index))
-        if len(indexed) > 1:
-            return None
-        index_dim, index = indexed[0] if indexed else (None, None)
-        return tuple(prefix), index_dim, index
-
-    def _scale(self, like: torch.Tensor) -> torch.Tensor | float:
-        channel_map = self.dims[self.divided_dim]  # type: ignore[index]
-        if channel_map.uniform_count is not None:
-            return float(channel_map.uniform_count)
-        key = (like.device, like.dtype)
-        if key not in self._scales:
-            self._scales[key] = channel_map.student_scale(self.divided_dim, like.ndim, like)  # type: ignore[arg-type,assignment]
-        return self._scales[key]
-
-    def student_mask(self, teacher_shape: torch.Size) -> torch.Tensor:
-        """Boolean mask over D's tensor, True where the student's entries live."""
-        mask = torch.ones(teacher_shape, dtype=torch.bool)
-        for dim, channel_map in self.dims.items():
-            along = torch.zeros(teacher_shape[dim], dtype=torch.bool)
-            along[channel_map.student_index] = True
-            shape = [1] * len(teacher_shape)
-            shape[dim] = -1
-            mask = mask & along.view(shape)
-        return mask
-
-
-def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
-    """The memory format ``tensor`` is dense in (contiguous unless it is only channels_last)."""
-    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if tensor.dim() == 5 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
-
-
-class _ReadBlock(torch.autograd.Function):
-    """The student's block of a D tensor (prefix narrows, at most one index), times a scale.
-
-    The backward multiplies the block's gradient by ``grad_scale``: the same ``scale``
-    for the true derivative, its reciprocal to remove the r² step (ParamSlice.derive).
-
-    Same values as narrowing, selecting and scaling with ordinary ops, but the backward
-    pass allocates one zero gradient in the memory format of D's parameter (so autograd
-    stores it as ``.grad`` or adds it without a layout copy) and writes the scaled
-    gradient of the block into it once. Chained slice backwards instead zero-fill and
-    copy once per sliced axis, and in channels_last each gradient is copied once more
-    into the parameter's layout (ResNet-18, channels_last, CPU: the student's forward +
-    backward through the view fell from 1.27 to 1.10 times a plain student's; see
-    docs/SPEED.md).
-    """
-
-    @staticmethod
-    def forward(ctx, teacher, prefix, index_dim, index, scale, grad_scale):  # type: ignore[override]
-        block = teacher
-        for dim, size in prefix:
-            block = block.narrow(dim, 0, size)
-        if index is not None:
-            block = block.index_select(index_dim, index)
-        if scale is not None:
-            out = block * scale
-        elif index is None:
-            out = block.clone(memory_format=torch.preserve_format)
-        else:
-            out = block
-        ctx.shape, ctx.format = teacher.shape, _memory_format(teacher)
-        ctx.prefix, ctx.index_dim, ctx.index, ctx.grad_scale = prefix, index_dim, index, grad_scale
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        full = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.format).zero_()
-        block = full
-        for dim, size in ctx.prefix:
-            block = block.narrow(dim, 0, size)
-        scale = ctx.grad_scale
-        if ctx.index_dim is not None:
-            block.index_copy_(ctx.index_dim, ctx.index, grad if scale is None else grad * scale)
-        elif scale is None:
-            block.copy_(grad)
-        elif isinstance(scale, float):
-            block.add_(grad, alpha=scale)
-        else:
-            torch.mul(grad, scale, out=block)
-        return full, None, None, None, None, None
 
 
 @dataclass
@@ -285,24 +129,41 @@ def register_channel_tensors(module_class: type[nn.Module], axes: dict[str, int]
     summed over. ``multiplies=True`` declares tensors that scale an activation
     channel by channel instead (a layer-scale gamma): the paper's parameterisation
     holds those unchanged, while it divides added tensors by r (see ``ParamSlice.paper_scale``).
+    A class of your own can declare the same as class attributes, without importing gpd:
+    ``gpd_channel_tensors = {"pos_embed": -1}`` (and ``gpd_multiplying_tensors = ("gamma",)``).
     """
     _CHANNEL_TENSORS[module_class] = dict(axes)
     _MULTIPLYING_TENSORS[module_class] = set(axes) if multiplies else set()
+
+
+CHANNEL_TENSORS_ATTRIBUTE = "gpd_channel_tensors"  # a model class's own declaration: {name: axis}
+MULTIPLYING_TENSORS_ATTRIBUTE = "gpd_multiplying_tensors"  # the names among them that scale activations
+
+
+def _declared(cls: type) -> tuple[dict[str, int], set[str]]:
+    """What ``cls`` itself declares: registered, or as class attributes (so that a model
+    package can declare its tensors without importing the expansion engine)."""
+    axes = dict(cls.__dict__.get(CHANNEL_TENSORS_ATTRIBUTE, {}))
+    multiplying = set(cls.__dict__.get(MULTIPLYING_TENSORS_ATTRIBUTE, ()))
+    axes.update(_CHANNEL_TENSORS.get(cls, {}))
+    multiplying |= _MULTIPLYING_TENSORS.get(cls, set())
+    return axes, multiplying
 
 
 def channel_tensor_axes(module: nn.Module) -> dict[str, int]:
     """The declared channel axes of ``module``'s own tensors (from every class in its MRO)."""
     axes: dict[str, int] = {}
     for cls in reversed(type(module).__mro__):
-        axes.update(_CHANNEL_TENSORS.get(cls, {}))
+        axes.update(_declared(cls)[0])
     return axes
 
 
 def channel_tensor_multiplies(module: nn.Module, name: str) -> bool:
     """Whether the declared channel tensor ``name`` of ``module`` scales activations (else it is added to them)."""
     for cls in type(module).__mro__:
-        if name in _CHANNEL_TENSORS.get(cls, {}):
-            return name in _MULTIPLYING_TENSORS.get(cls, set())
+        axes, multiplying = _declared(cls)
+        if name in axes:
+            return name in multiplying
     return False
 
 

@@ -14,12 +14,11 @@ import copy
 import torch
 from torch import nn
 
-from gpd.expansion.channels import ChannelMap, concat_maps
+from gpd.channel_maps import ChannelMap, concat_maps
 from gpd.expansion.generic import register_channel_attributes
 from gpd.expansion.rules import (
     ExpandedLayer,
     LayerContext,
-    ParamSlice,
     expand_conv,
     paper_weight_scale,
     expand_channel_vectors,
@@ -28,6 +27,7 @@ from gpd.expansion.rules import (
     register_channel_tensors,
     register_expansion_rule,
 )
+from gpd.sharing.param_slice import ParamSlice
 
 
 def _check_whole_heads(module: nn.Module, ctx: LayerContext, channel_map: ChannelMap, head_dim: int) -> None:
@@ -152,7 +152,7 @@ def register_timm_rules() -> None:
 def register_split_attributes() -> None:
     """The channel counts that timm's blocks split, slice or partially add with in ``forward()``
     (CSPNet, GhostNet, DPN, Res2Net, MixNet, SK-ResNet, ReXNet, InceptionNeXt). D holds its own
-    counts; the interleaved layout then makes the student's pieces D's (gpd.expansion.channels)."""
+    counts; the interleaved layout then makes the student's pieces D's (gpd.channel_maps)."""
     from timm.layers.mixed_conv2d import MixedConv2d
     from timm.layers.selective_kernel import SelectiveKernel
     from timm.models import cspnet, dpn, ghostnet, inception_next, res2net, rexnet

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from gpd.expansion.channels import ChannelMap, WidthPlan
+from gpd.channel_maps import ChannelMap, WidthPlan
 from gpd.expansion.roles import iter_units
 
 

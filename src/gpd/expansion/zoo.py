@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-import gpd
-from gpd.expansion.expand import FLOAT64_TOLERANCE
+from gpd.errors import ExpansionError
+from gpd.expansion.expand import FLOAT64_TOLERANCE, expand
 from gpd.testing import perturbed_for_verification
 
 NUM_CLASSES = 10
@@ -139,7 +139,7 @@ def _float64_errors(spec: ZooModel, student: nn.Module, ratio: float, x: torch.T
 
     student64 = copy.deepcopy(student).double().eval()
     x64 = x.double()
-    model = gpd.expand(student64, ratio, example_input=torch.randn(2, *spec.input_size, dtype=torch.float64)).eval()
+    model = expand(student64, ratio, example_input=torch.randn(2, *spec.input_size, dtype=torch.float64)).eval()
     with torch.no_grad():
         expected = student64(x64)
         fresh = spec.factory().double()
@@ -154,8 +154,8 @@ def check_model(spec: ZooModel, ratio: float, tolerance: float = 1e-4) -> ZooRes
     student = perturbed_for_verification(spec.factory(), spec.input_size)
     started = time.perf_counter()
     try:
-        model = gpd.expand(student, ratio, input_size=spec.input_size)
-    except gpd.ExpansionError as err:
+        model = expand(student, ratio, input_size=spec.input_size)
+    except ExpansionError as err:
         return ZooResult(spec.name, ratio, False, reason=str(err), seconds=time.perf_counter() - started)
     seconds = time.perf_counter() - started
     x = torch.randn(2, *spec.input_size, generator=torch.Generator().manual_seed(7))
@@ -171,7 +171,7 @@ def check_model(spec: ZooModel, ratio: float, tolerance: float = 1e-4) -> ZooRes
     if float64:  # float32 rounding of a deep net: settle it by expanding a float64 copy, as exactness is a float64 fact
         try:
             errors = _float64_errors(spec, student, ratio, x)
-        except gpd.ExpansionError as err:
+        except ExpansionError as err:
             return ZooResult(spec.name, ratio, False, reason=f"float32 errors {errors}; in float64: {err}", seconds=seconds)
     exact = max(errors) <= (FLOAT64_EXACT if float64 else tolerance)
     return ZooResult(

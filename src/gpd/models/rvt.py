@@ -39,7 +39,6 @@ from timm.layers import DropPath, trunc_normal_
 from timm.layers.attention import Attention
 from torch import Tensor, nn
 
-from gpd.expansion.rules import register_channel_tensors
 from gpd.models.registry import register_model
 
 HEAD_DIM = 64
@@ -179,6 +178,8 @@ class RVT(nn.Module):
     """RVT classifier: conv stem + position embedding, multi-stage blocks, GAP, LayerNorm, ``head``."""
 
     stage_names: tuple[str, ...] = ("stages.0", "stages.1", "stages.2")
+    # pos_embed is added to the (B, N, C) tokens: tiled on its channel (last) axis in D (docs/method.md)
+    gpd_channel_tensors = {"pos_embed": -1}
 
     def __init__(
         self,
@@ -307,6 +308,3 @@ def _register(name: str) -> None:
 
 for _name in RVT_CONFIGS:
     _register(_name)
-
-# pos_embed is added to the (B, N, C) tokens: tiled on its channel (last) axis in D.
-register_channel_tensors(RVT, {"pos_embed": -1})

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gpd.expansion.rules import ParamSlice
+from gpd.sharing.cache import VersionedCache
+from gpd.sharing.param_slice import ParamSlice
 
 
 def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -55,12 +56,10 @@ class StudentView(nn.Module):
 
     def _parameters_for(self, dynamic_params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Derived anew under autograd; without it the same tensors while none of D's changes, so
-        the student's merged branch kernels stay cached in evaluation (gpd.branches.cache)."""
+        the student's merged branch kernels stay cached in evaluation (gpd.sharing.cache)."""
         if torch.is_grad_enabled():
             self.__dict__.pop("_derived", None)
             return self.derive(dynamic_params)
-        from gpd.branches.cache import VersionedCache  # gpd.branches imports the expansion, which imports this
-
         cache = self.__dict__.setdefault("_derived", VersionedCache())
         tensors = [dynamic_params[name] for name in self.slices]
         extra = (torch.is_inference_mode_enabled(), self.compensate_step)
