@@ -75,3 +75,29 @@ def test_channel_maps_and_sharing_stand_alone() -> None:
             assert imported in ("errors", "channel_maps"), (importer, imported)
         if importer == "models":
             assert imported != "expansion", "a model declares its channel tensors by a class attribute"
+
+
+def _run(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_import_gpd_leaves_timm_and_torchvision_alone() -> None:
+    out = _run("import sys, gpd; print('timm' in sys.modules, 'torchvision' in sys.modules)")
+    assert out.split() == ["False", "False"]
+
+
+def test_timm_rules_load_on_first_use_and_a_users_earlier_rule_wins() -> None:
+    out = _run(
+        "import gpd, timm\n"
+        "from timm.layers import LayerScale\n"
+        "from gpd.expansion.rules import find_rule, keep_unchanged\n"
+        "from timm.layers.attention import Attention\n"
+        "gpd.register_expansion_rule(LayerScale, keep_unchanged)  # before any lookup\n"
+        "print(find_rule(LayerScale(4)).rule is keep_unchanged, find_rule(Attention(8, num_heads=2)) is not None)\n"
+    )
+    assert out.split() == ["True", "True"]

@@ -9,15 +9,16 @@ from gpd.expansion.rules import (
     find_rule,
     register_channel_tensors,
     register_expansion_rule,
+    register_when_imported,
     replace_tensors,
 )
 from gpd.sharing.param_slice import ParamSlice
 from gpd.expansion.heads import register_fused_mlps, register_known_attentions
 from gpd.expansion.timm_rules import register_timm_rules
 
-register_timm_rules()
+register_when_imported("timm", register_timm_rules)
 register_known_attentions()
-register_fused_mlps()
+register_when_imported("timm", register_fused_mlps)
 
 __all__ = [
     "ChannelMap",

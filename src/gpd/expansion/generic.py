@@ -22,7 +22,7 @@ from torch import nn
 
 from gpd.errors import ExpansionError
 from gpd.channel_maps import ChannelMap, WidthPlan, identity_map
-from gpd.expansion.rules import ExpandedLayer, LayerContext, channel_tensor_multiplies
+from gpd.expansion.rules import ExpandedLayer, LayerContext, channel_tensor_multiplies, run_pending_registrations
 from gpd.sharing.param_slice import ParamSlice
 
 ADDED_NAME_PARTS = ("token", "pos", "embed", "bias", "beta", "shift", "offset")
@@ -50,6 +50,7 @@ def _resized(value: object, plan: WidthPlan) -> object:
 
 def resize_channel_attributes(teacher: nn.Module, plan: WidthPlan) -> list[str]:
     """Apply the declared channel attributes to every module of D; the names changed."""
+    run_pending_registrations()
     changed = []
     for name, module in teacher.named_modules():
         for cls in type(module).__mro__:

@@ -30,6 +30,7 @@ from gpd.expansion.rules import (
     paper_bias_scale,
     paper_weight_scale,
     register_expansion_rule,
+    register_when_imported,
 )
 from gpd.sharing.param_slice import ParamSlice
 
@@ -176,7 +177,15 @@ def register_head_attention(module_class: type[nn.Module], spec: HeadSpec) -> No
 
 
 def register_known_attentions() -> None:
-    """The attention classes of timm and torchvision that carry per-head tables."""
+    """torch's MultiheadAttention now; timm's and torchvision's attention classes once
+    their package is imported (:func:`gpd.expansion.rules.register_when_imported`)."""
+    register_expansion_rule(nn.MultiheadAttention, expand_multihead_attention)
+    register_when_imported("timm", register_timm_attentions)
+    register_when_imported("torchvision", register_torchvision_attentions)
+
+
+def register_timm_attentions() -> None:
+    """The attention classes of timm that carry per-head tables."""
     try:
         from timm.models import beit, efficientformer, efficientformer_v2, eva, levit, pvt_v2, swin_transformer, twins, xcit
         from timm.models import cait, edgenext, metaformer, tiny_vit
@@ -208,10 +217,13 @@ def register_known_attentions() -> None:
             (cait.ClassAttn, HeadSpec()),
             (xcit.ClassAttn, HeadSpec()),
         ]
-    register_expansion_rule(nn.MultiheadAttention, expand_multihead_attention)
     for module_class, spec in timm_specs:
         if spec is not None:
             register_head_attention(module_class, spec)
+
+
+def register_torchvision_attentions() -> None:
+    """torchvision's Swin attention and its ViT's hidden size."""
     try:
         from torchvision.models import swin_transformer as tv_swin
         from torchvision.models import vision_transformer as tv_vit

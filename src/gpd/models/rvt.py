@@ -35,8 +35,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
-from timm.layers.attention import Attention
 from torch import Tensor, nn
 
 from gpd.models.registry import register_model
@@ -131,6 +129,9 @@ class Block(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
+        from timm.layers import DropPath  # timm is imported when an RVT is built, not with gpd
+        from timm.layers.attention import Attention
+
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=True, attn_drop=attn_drop, proj_drop=drop)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -232,6 +233,8 @@ class RVT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        from timm.layers import trunc_normal_
+
         trunc_normal_(self.pos_embed, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):
