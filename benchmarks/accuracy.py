@@ -106,7 +106,9 @@ FULL_PLANS = {
     "digits": Plan(train_subset=None, test_subset=None, epochs=10, finetune_epochs=5, teacher_epochs=15, batch_size=64),
 }
 TINY_PLANS = {
-    "fashion_mnist": Plan(train_subset=256, test_subset=128, epochs=1, finetune_epochs=1, teacher_epochs=1, batch_size=64),
+    "fashion_mnist": Plan(
+        train_subset=256, test_subset=128, epochs=1, finetune_epochs=1, teacher_epochs=1, batch_size=64
+    ),
     "digits": Plan(train_subset=128, test_subset=64, epochs=1, finetune_epochs=1, teacher_epochs=1, batch_size=64),
 }
 # The early group: `gpd train data.train_subset=2000 train.epochs=1`, i.e. the bundled demo
@@ -120,14 +122,18 @@ MODES = {
     "quick": Mode(
         plans={
             "fashion_mnist": Plan(train_subset=2000, test_subset=1000, epochs=1, finetune_epochs=1, teacher_epochs=2),
-            "digits": Plan(train_subset=None, test_subset=None, epochs=3, finetune_epochs=1, teacher_epochs=4, batch_size=64),
+            "digits": Plan(
+                train_subset=None, test_subset=None, epochs=3, finetune_epochs=1, teacher_epochs=4, batch_size=64
+            ),
         },
         seeds=(0,),
         ablations=ALL_ABLATIONS,
         distill_methods=METHODS,
     ),
     # For the smoke test only: the smallest runs that still exercise every code path.
-    "tiny": Mode(plans=TINY_PLANS, seeds=(0,), ablations=("unshared",), distill_methods=("kd",), ablation_data=DATASETS),
+    "tiny": Mode(
+        plans=TINY_PLANS, seeds=(0,), ablations=("unshared",), distill_methods=("kd",), ablation_data=DATASETS
+    ),
     # The early-training re-measure: the 15-step demo run (seed 0) and the full suite's scratch group.
     "early": Mode(
         plans={"fashion_mnist": FULL_PLANS["fashion_mnist"]},
@@ -279,7 +285,9 @@ def build_specs(
                 extra = [f"data.train_subset={ep.train_subset}", f"train.epochs={ep.epochs}", f"train.seed={seed}"]
                 if ep.test_subset is not None:
                     extra.append(f"data.test_subset={ep.test_subset}")
-                steps = ep.epochs * (split_sizes(data, ep)[0] // ep.batch_size)  # gpd train drops the last partial batch
+                steps = ep.epochs * (
+                    split_sizes(data, ep)[0] // ep.batch_size
+                )  # gpd train drops the last partial batch
                 add(Spec(data, "early", "early", f"{steps} steps, CE alone (gpd.enabled=false)", "fashion_mnist/demo",
                          [*extra, "gpd.enabled=false"], seed, "plain", False), ep)  # fmt: skip
                 add(Spec(data, "early", "early_gpd", f"{steps} steps, GPD (the demo: r = 2, λ = 3, no branch blocks)",
@@ -296,7 +304,17 @@ def build_specs(
                     name = {"kd": "KD", "dkd": "DKD", "reviewkd": "ReviewKD"}[method]
                     # DKD's warm-up: the bundled 1 epoch, never longer than the run
                     warm = [f"dkd.warmup_epochs={min(1.0, plan.epochs / 2)}"] if method == "dkd" else []
-                    run("distill", method, name, f"fashion_mnist/{method}", at + warm, seed, f"static{review}", False, [t.id])
+                    run(
+                        "distill",
+                        method,
+                        name,
+                        f"fashion_mnist/{method}",
+                        at + warm,
+                        seed,
+                        f"static{review}",
+                        False,
+                        [t.id],
+                    )
                     run("distill", f"{method}_gpd", f"{name} + GPD", f"fashion_mnist/{method}_gpd", at + warm, seed,
                         f"gpd_static{review}", True, [t.id])  # fmt: skip
             if on("finetune"):
@@ -348,7 +366,11 @@ def choose_long_epochs(budget_s: float) -> tuple[int, float, float]:
 
 def fmt_time(seconds: float) -> str:
     seconds = round(seconds)
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min" if seconds >= 3600 else f"{seconds // 60} min {seconds % 60:02d} s"
+    return (
+        f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+        if seconds >= 3600
+        else f"{seconds // 60} min {seconds % 60:02d} s"
+    )
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -570,7 +592,11 @@ TABLE_ROWS = {
     "early": [("early", None), ("early_gpd", None)],
     "scratch": [("scratch", None), ("scratch_gpd", None)],
     "distill": [(m + suffix, None) for m in METHODS for suffix in ("", "_gpd")],
-    "finetune": [("scratch", "pretrained start (the scratch baseline, no fine-tuning)"), ("finetune", None), ("finetune_gpd", None)],
+    "finetune": [
+        ("scratch", "pretrained start (the scratch baseline, no fine-tuning)"),
+        ("finetune", None),
+        ("finetune_gpd", None),
+    ],
     "ablation": [
         ("scratch_gpd", "GPD as in the other groups: r = 2, branches on, sharing on, λ = 3"),
         ("ablation_no_branches", None),
@@ -681,7 +707,7 @@ def write_summary(
     if missing:
         text += [
             f"**Incomplete: {len(specs) - len(missing)} of {len(specs)} planned runs finished.** The tables cover",
-            "the finished runs only: *seeds* reads \"k of n\" where seeds are missing, a row without any",
+            'the finished runs only: *seeds* reads "k of n" where seeds are missing, a row without any',
             "finished seed shows —, and Δ pairs only the seeds whose two runs both finished. The missing",
             "runs are listed at the end; `--resume` continues the suite.",
             "",
@@ -706,7 +732,11 @@ def write_summary(
         text += [f"## {data}", ""]
         if any(s.data == data and s.group != "early" for s in specs):
             has_teacher = f"{data}/teacher" in by_id
-            others = [f"fine-tuning {plan.finetune_epochs}"] if any(s.data == data and s.group == "finetune" for s in specs) else []
+            others = (
+                [f"fine-tuning {plan.finetune_epochs}"]
+                if any(s.data == data and s.group == "finetune" for s in specs)
+                else []
+            )
             others += [f"static teacher {plan.teacher_epochs}"] if has_teacher else []
             epochs_text = f"{plan.epochs} ({', '.join(others)})" if others else str(plan.epochs)
             text += [
@@ -812,21 +842,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="train.seed values of every group (default 0 1 2; --quick: 0; --early: 0 for the "
                              "15-step runs)")  # fmt: skip
-    parser.add_argument("--only", default=None, help=f"comma-separated groups: {', '.join(GROUPS)} (default: the mode's)")
-    parser.add_argument("--data", default=None, help=f"comma-separated data sets: {', '.join(DATASETS)} (default: the mode's)")
-    parser.add_argument("--resume", action="store_true",
-                        help="reuse --out: skip runs whose student.pt exists, continue interrupted ones")
-    parser.add_argument("--summary", action="store_true",
-                        help="train nothing: write RESULTS.md from the runs in --out (finished and missing)")
+    parser.add_argument(
+        "--only", default=None, help=f"comma-separated groups: {', '.join(GROUPS)} (default: the mode's)"
+    )
+    parser.add_argument(
+        "--data", default=None, help=f"comma-separated data sets: {', '.join(DATASETS)} (default: the mode's)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse --out: skip runs whose student.pt exists, continue interrupted ones",
+    )
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="train nothing: write RESULTS.md from the runs in --out (finished and missing)",
+    )
     parser.add_argument("--results", default="RESULTS.md",
                         help="the summary's file name in --out (default RESULTS.md; e.g. RESULTS-early.md when --early "
                              "reuses the scratch runs of a full-suite work dir with --resume)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None,
-                        help="OMP_NUM_THREADS of every run (default: the cores other processes leave free, sampled before each run)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs of the scratch, distillation and ablation runs instead of the mode's "
-                             "(fine-tuning and the static teacher keep theirs; with --long: the Fashion-MNIST "
-                             "epochs instead of the budget's, fine-tuning and teacher in proportion); use a new --out for it")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS of every run (default: the cores other processes leave free, sampled before each run)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs of the scratch, distillation and ablation runs instead of the mode's "
+        "(fine-tuning and the static teacher keep theirs; with --long: the Fashion-MNIST "
+        "epochs instead of the budget's, fine-tuning and teacher in proportion); use a new --out for it",
+    )
     parser.add_argument("--estimate", action="store_true", help="print the plan and its time estimate, run nothing")
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
@@ -861,7 +909,15 @@ def select_mode(args: argparse.Namespace) -> tuple[str, Mode, list[str]]:
         notes[0] += (f" Fine-tuning {fm.finetune_epochs}, static teacher {fm.teacher_epochs}; the digits keep "
                      f"{mode.plans['digits'].epochs} (fine-tuning {mode.plans['digits'].finetune_epochs}).")  # fmt: skip
         return "long", mode, notes
-    name = ("early-tiny" if args.tiny else "early") if args.early else "tiny" if args.tiny else "quick" if args.quick else "full"
+    name = (
+        ("early-tiny" if args.tiny else "early")
+        if args.early
+        else "tiny"
+        if args.tiny
+        else "quick"
+        if args.quick
+        else "full"
+    )
     mode = MODES[name]
     if args.epochs is not None:
         mode = replace(mode, plans={d: replace(p, epochs=args.epochs) for d, p in mode.plans.items()})
@@ -875,7 +931,10 @@ def main(argv: list[str] | None = None) -> int:
     datasets = args.data.split(",") if args.data else list(mode.datasets)
     for chosen, known, what in ((groups, mode.groups, "groups"), (datasets, mode.datasets, "data sets")):
         if bad := [v for v in chosen if v not in known]:
-            print(f"accuracy.py: {mode_name} mode has no {', '.join(bad)}; its {what}: {', '.join(known)}", file=sys.stderr)
+            print(
+                f"accuracy.py: {mode_name} mode has no {', '.join(bad)}; its {what}: {', '.join(known)}",
+                file=sys.stderr,
+            )
             return 2
     seeds = seeds_by_group(mode, args.seeds)
     out: Path = args.out.resolve()

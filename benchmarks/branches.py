@@ -29,7 +29,9 @@ CASES = [
 ]
 
 
-def worker(student: str, in_chans: int, size: int, batch: int, gpd_on: bool, branches: str, steps: int, threads: int) -> dict:
+def worker(
+    student: str, in_chans: int, size: int, batch: int, gpd_on: bool, branches: str, steps: int, threads: int
+) -> dict:
     import torch
 
     from gpd.distill import Distiller
@@ -52,13 +54,25 @@ def worker(student: str, in_chans: int, size: int, batch: int, gpd_on: bool, bra
         optimizer.step()
         if step >= 3:  # warm-up steps excluded
             times.append(time.perf_counter() - started)
-    return {"step_ms": 1000 * statistics.median(times), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "step_ms": 1000 * statistics.median(times),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 PATH_SHAPES = [
     # (channels, map size, batch): D's and the student's blocks of the ResNet pair at 112/224 px, the CIFAR pair
-    (1024, 4, 16), (1024, 4, 64), (1024, 7, 16), (512, 4, 16), (512, 7, 16), (512, 7, 64),
-    (256, 14, 16), (256, 8, 32), (128, 32, 32), (1024, 1, 8), (512, 2, 8),
+    (1024, 4, 16),
+    (1024, 4, 64),
+    (1024, 7, 16),
+    (512, 4, 16),
+    (512, 7, 16),
+    (512, 7, 64),
+    (256, 14, 16),
+    (256, 8, 32),
+    (128, 32, 32),
+    (1024, 1, 8),
+    (512, 2, 8),
 ]
 
 
@@ -71,8 +85,10 @@ def time_paths(threads: int, repeats: int = 3) -> None:
     from gpd.branches.paths import BlockShape, BranchPaths, branch_costs
 
     torch.set_num_threads(threads)
-    print("| channels | map, batch | branch | model: merged / on batch (weighted MACs) | model picks "
-          "| measured ms merged | measured ms on batch | measured faster | agree |")
+    print(
+        "| channels | map, batch | branch | model: merged / on batch (weighted MACs) | model picks "
+        "| measured ms merged | measured ms on batch | measured faster | agree |"
+    )
     print("|---" * 9 + "|")
     for channels, hw, batch in PATH_SHAPES:
         conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
@@ -94,9 +110,12 @@ def time_paths(threads: int, repeats: int = 3) -> None:
             pick = "merged" if merged_cost <= batch_cost else "on batch"
             faster = min(measured, key=measured.get)
             close = abs(measured["merged"] - measured["on batch"]) <= 0.1 * min(measured.values())
-            print(f"| {channels} | {hw}x{hw}, {batch} | {branch} | {merged_cost / 1e9:.2f} / {batch_cost / 1e9:.2f} G "
-                  f"| {pick} | {measured['merged']:.0f} | {measured['on batch']:.0f} | {faster} "
-                  f"| {'yes' if pick == faster else ('within 10%' if close else 'no')} |", flush=True)
+            print(
+                f"| {channels} | {hw}x{hw}, {batch} | {branch} | {merged_cost / 1e9:.2f} / {batch_cost / 1e9:.2f} G "
+                f"| {pick} | {measured['merged']:.0f} | {measured['on batch']:.0f} | {faster} "
+                f"| {'yes' if pick == faster else ('within 10%' if close else 'no')} |",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -112,16 +131,31 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(**json.loads(args.worker), steps=args.steps, threads=args.threads)))
         return
-    print(f"| student | input, batch | mode | step ms, no branches | step ms, branches | time ratio | peak RSS MB, no branches | peak RSS MB, branches |")
+    print(
+        "| student | input, batch | mode | step ms, no branches | step ms, branches | time ratio | peak RSS MB, no branches | peak RSS MB, branches |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for student, in_chans, size, batch in CASES:
         for gpd_on in (False, True):
             row = {}
             for branches in ("none", "orepa"):
-                spec = dict(student=student, in_chans=in_chans, size=size, batch=batch, gpd_on=gpd_on, branches=branches)
+                spec = dict(
+                    student=student, in_chans=in_chans, size=size, batch=batch, gpd_on=gpd_on, branches=branches
+                )
                 out = subprocess.run(
-                    [sys.executable, __file__, "--worker", json.dumps(spec), "--steps", str(args.steps), "--threads", str(args.threads)],
-                    capture_output=True, text=True, check=True,
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        json.dumps(spec),
+                        "--steps",
+                        str(args.steps),
+                        "--threads",
+                        str(args.threads),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
                 )
                 row[branches] = json.loads(out.stdout.strip().splitlines()[-1])
             print(

@@ -28,19 +28,21 @@ import copy
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 import gpd
 from gpd.models import create_model
 from gpd.models.registry import sized_kwargs
 from gpd.training.precision import Precision
 
-PAIRS = {"resnet": ("tv:resnet34", "tv:resnet18"), "deit": ("timm:deit_small_patch16_224", "timm:deit_tiny_patch16_224")}
+PAIRS = {
+    "resnet": ("tv:resnet34", "tv:resnet18"),
+    "deit": ("timm:deit_small_patch16_224", "timm:deit_tiny_patch16_224"),
+}
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -136,7 +138,9 @@ def check_steps(settings: Settings) -> list[list[str]]:
 def check_compile(settings: Settings) -> list[list[str]]:
     torch.manual_seed(0)
     student = build("tv:resnet18", settings)
-    eager = gpd.Distiller(student, ratio=2, input_size=(3, settings.size, settings.size), noise_std=0.0).to(settings.device)
+    eager = gpd.Distiller(student, ratio=2, input_size=(3, settings.size, settings.size), noise_std=0.0).to(
+        settings.device
+    )
     # eval mode: BatchNorm with running statistics, so that the comparison is well conditioned (in train
     # mode on small batches even a plain resnet18's compiled gradients differ from eager ones by ~1e-2)
     eager.eval()
@@ -195,7 +199,7 @@ def check_ddp(settings: Settings) -> list[list[str]]:
 def run_check(name: str, fn: Callable[[], list[list[str]]]) -> list[list[str]]:
     try:
         return fn()
-    except Exception as err:  # noqa: BLE001 - a failing check is a row of the report, not the end of it
+    except Exception as err:
         return [[name, "FAIL", f"{type(err).__name__}: {' '.join(str(err).split())[:300]}", ""]]
 
 
@@ -207,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
-        print("gpu_check: error: no CUDA device; run on a GPU machine, or pass --dry-run to check the paths on CPU", file=sys.stderr)
+        print(
+            "gpu_check: error: no CUDA device; run on a GPU machine, or pass --dry-run to check the paths on CPU",
+            file=sys.stderr,
+        )
         return 2
     if args.dry_run:
         settings = Settings(torch.device("cpu"), 32, 2, 2, 1, True)

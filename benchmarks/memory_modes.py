@@ -33,7 +33,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(student: str, in_chans: int, size: int, batch: int, classes: int, mode: str, steps: int, device: str) -> dict:
+def worker(
+    student: str, in_chans: int, size: int, batch: int, classes: int, mode: str, steps: int, device: str
+) -> dict:
     import torch
 
     from gpd.distill import Distiller
@@ -63,7 +65,12 @@ def worker(student: str, in_chans: int, size: int, batch: int, classes: int, mod
         if step >= 2:  # warm-up steps excluded
             times.append(time.perf_counter() - started)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()
-    return {"step_ms": 1000 * min(times), "median_ms": 1000 * statistics.median(times), "peak_mb": peak, "built_mb": built_rss}
+    return {
+        "step_ms": 1000 * min(times),
+        "median_ms": 1000 * statistics.median(times),
+        "peak_mb": peak,
+        "built_mb": built_rss,
+    }
 
 
 def main() -> None:

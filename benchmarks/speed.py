@@ -176,6 +176,7 @@ def step_worker(pair: Pair, method: str, gpd_on: bool, branches: str, size: int,
                 warmup: int, env: Env) -> dict:  # fmt: skip
     """Median step time, step peak memory and step FLOPs of one configuration."""
     import torch
+
     from gpd.distill import Distiller
     from gpd.training.steps import joint_backward
 
@@ -538,7 +539,7 @@ def main() -> None:
 
         if branch_pair is not None and (branch_pair.key, "kd+orepa", False) in rows:
             size, batch = size_of(branch_pair), batch_of(branch_pair)
-            print("\n## Six-branch blocks (Channel-Branch Reparameterization, branches=\"orepa\"), KD\n")
+            print('\n## Six-branch blocks (Channel-Branch Reparameterization, branches="orepa"), KD\n')
             print("Steps as in the first table; the no-branch columns are its KD rows. Each branch configuration "
                   "ran right after the matching no-branch one.\n")  # fmt: skip
             cpu_head = " | CPU ms, no branches | CPU ms, branches | CPU-time ratio" if cpu else ""
@@ -575,10 +576,14 @@ def branch_cost_table(args: argparse.Namespace, cases: str) -> None:
             key, size, batch = case.strip().split(":")
             parsed.append((PAIR_BY_KEY[key], int(size), int(batch)))
         except (ValueError, KeyError):
-            raise SystemExit(f"--cases takes PAIR:SIZE:BATCH with PAIR in {', '.join(PAIR_BY_KEY)}, got {case!r}")
+            raise SystemExit(
+                f"--cases takes PAIR:SIZE:BATCH with PAIR in {', '.join(PAIR_BY_KEY)}, got {case!r}"
+            ) from None
     started = time.time()
     cpu = args.device == "cpu"
-    print(f"# Six-branch blocks: DKD + GPD (r = 2) step with and without branches ({time.strftime('%Y-%m-%d %H:%M')})\n")
+    print(
+        f"# Six-branch blocks: DKD + GPD (r = 2) step with and without branches ({time.strftime('%Y-%m-%d %H:%M')})\n"
+    )
     print(f"device {args.device} ({_cpu_model() if cpu else ''}); precision {args.precision}; threads {args.threads}; "
           f"{args.warmup} warm-up + {args.steps} timed steps, median; rounds {args.rounds} (the two configurations "
           f"of a case alternate); load average at start {_load()}\n")  # fmt: skip

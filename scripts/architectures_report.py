@@ -65,7 +65,9 @@ def write(results: dict[str, dict[float, ZooResult]], ratios: list[float], wall:
     for ratio in ratios:
         ran = [rs[ratio] for rs in results.values() if ratio in rs]
         exact = sum(r.exact for r in ran)
-        summary.append(f"| {ratio:g} | {exact} / {total} ({100 * exact / total:.0f}%) | {len(ran) - exact} | {total - len(ran)} |")
+        summary.append(
+            f"| {ratio:g} | {exact} / {total} ({100 * exact / total:.0f}%) | {len(ran) - exact} | {total - len(ran)} |"
+        )
     families: dict[str, list[str]] = {}
     for spec in specs:
         families.setdefault(spec.family, []).append(spec.name)
@@ -77,7 +79,9 @@ def write(results: dict[str, dict[float, ZooResult]], ratios: list[float], wall:
     for spec in specs:
         rs = results[spec.name]
         first = rs.get(ratios[0])
-        params = f"{first.student_params / 1e6:.2f}M -> {first.teacher_params / 1e6:.2f}M" if first and first.exact else ""
+        params = (
+            f"{first.student_params / 1e6:.2f}M -> {first.teacher_params / 1e6:.2f}M" if first and first.exact else ""
+        )
         cells = " | ".join(_cell(rs.get(ratio)) for ratio in ratios)
         rows.append(f"| {spec.name} | {spec.family} | {spec.input_size[1]} | {params} | {cells} |")
         refusals += [f"| {spec.name} | {r.ratio:g} | {_reason(r)} |" for r in rs.values() if not r.exact]
@@ -95,7 +99,7 @@ def write(results: dict[str, dict[float, ZooResult]], ratios: list[float], wall:
         "errors of a float64 expansion, measured where float32 rounding exceeded 1e-4. The time is that of",
         "`gpd.expand` (verification included). A model refused at r = 2 is not run at the other ratios.",
         "`interleaved` marks the models that `gpd.expand` gave the interleaved layout (each channel's copies side",
-        "by side, for a forward() that splits or slices channels; docs/method.md, \"Channel layouts\"): "
+        'by side, for a forward() that splits or slices channels; docs/method.md, "Channel layouts"): '
         f"{sum(1 for rs in results.values() for r in rs.values() if r.exact and r.layout == 'interleaved' and r.ratio == ratios[0])} at r = {ratios[0]:g}.",
         f"Measured {time.strftime('%Y-%m-%d')} with torch {torch.__version__}, torchvision "
         f"{torchvision.__version__}, timm {timm.__version__}, on {platform.machine()} with Python {platform.python_version()}.",

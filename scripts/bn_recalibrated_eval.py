@@ -57,10 +57,14 @@ def main() -> None:
         student_file = path / "student.pt" if path.is_dir() else path
         model = gpd.load_student(student_file)
         meta = torch.load(student_file, weights_only=True, map_location="cpu").get("metadata", {})
-        data = build_datasets(meta.get("data", "fashion_mnist"), train_subset=args.train_subset, augment=False, seed=args.seed)
+        data = build_datasets(
+            meta.get("data", "fashion_mnist"), train_subset=args.train_subset, augment=False, seed=args.seed
+        )
         saved = accuracy(model, data.test)
         recalibrate(model, data.train)
-        print(f"{path}: test {saved:.2f}% as saved, {accuracy(model, data.test):.2f}% with BatchNorm statistics recomputed")
+        print(
+            f"{path}: test {saved:.2f}% as saved, {accuracy(model, data.test):.2f}% with BatchNorm statistics recomputed"
+        )
 
 
 if __name__ == "__main__":

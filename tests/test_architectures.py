@@ -14,12 +14,12 @@ import pytest
 import timm
 import torch
 import torchvision
-from helpers import assert_nontrivial, rel_err
 from torch import nn
 
 import gpd
 from gpd.models import create_model
 from gpd.testing import perturbed_for_verification
+from helpers import assert_nontrivial, rel_err
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -123,7 +123,9 @@ def independent_student_value(name: str, dynamic: torch.Tensor, shape: torch.Siz
             value = torch.cat([value.narrow(0, s * ratio * third, third) for s in range(3)], 0)
         else:
             value = value.narrow(dim, 0, small)
-    divided = value.ndim >= 2 and dynamic.shape[1] == ratio * shape[1] and "token" not in name and "pos_embed" not in name
+    divided = (
+        value.ndim >= 2 and dynamic.shape[1] == ratio * shape[1] and "token" not in name and "pos_embed" not in name
+    )
     return value * ratio if divided else value
 
 

@@ -16,8 +16,14 @@ from gpd.expansion.zoo import ZOO, check_model
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 FAST_EXACT = [
-    "timm:mobilevit_xxs", "timm:mixer_s32_224", "timm:levit_128s", "timm:convnextv2_atto", "timm:pit_ti_224",
-    "tv:squeezenet1_1", "tv:densenet121", "tv:googlenet",
+    "timm:mobilevit_xxs",
+    "timm:mixer_s32_224",
+    "timm:levit_128s",
+    "timm:convnextv2_atto",
+    "timm:pit_ti_224",
+    "tv:squeezenet1_1",
+    "tv:densenet121",
+    "tv:googlenet",
 ]
 BY_NAME = {spec.name: spec for spec in ZOO}
 

@@ -8,7 +8,6 @@ smoothing, and DKD must read them as their argmax.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,7 +114,7 @@ def test_deit_recipe_on_imagefolder_uses_timm_randaugment_erasing_and_bicubic(tm
     assert steps(test)[0].interpolation == T.InterpolationMode.BICUBIC  # DeiT resizes test images bicubic too
     write_imagefolder(tmp_path / "imnet")
     bundle = build_datasets("imagefolder", root=tmp_path / "imnet", image_size=32, recipe=DEIT)
-    x, y = bundle.train[0]
+    x, _y = bundle.train[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
 
 
@@ -140,7 +139,9 @@ def test_each_image_key_alone():
 def test_random_erasing_changes_pixels():
     image = pil_image(size=(32, 32))
     plain = AugmentRecipe(interpolation="bilinear").train_transform(32, IMAGENET_MEAN, IMAGENET_STD)
-    erased = AugmentRecipe(interpolation="bilinear", random_erasing=1.0).train_transform(32, IMAGENET_MEAN, IMAGENET_STD)
+    erased = AugmentRecipe(interpolation="bilinear", random_erasing=1.0).train_transform(
+        32, IMAGENET_MEAN, IMAGENET_STD
+    )
     seeded(5)
     a = plain(image)
     seeded(5)

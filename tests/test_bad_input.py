@@ -74,7 +74,9 @@ def files(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("inputs")
     torch.manual_seed(0)
     # gpd student files
-    torch.save(student_payload(create_model("resnet8", 10, 3), data="cifar10", input_size=[3, 32, 32]), root / "resnet8_c10.pt")
+    torch.save(
+        student_payload(create_model("resnet8", 10, 3), data="cifar10", input_size=[3, 32, 32]), root / "resnet8_c10.pt"
+    )
     torch.save(student_payload(create_model("resnet8", 100, 1)), root / "resnet8_fm100.pt")
     torch.save(student_payload(create_model("resnet20", 10, 1)), root / "resnet20_fm_student.pt")
     # plain state_dict files
@@ -174,7 +176,10 @@ def test_a_student_file_whose_model_module_is_gone(tmp_path, capsys):
 
 def test_a_pretrained_file_of_another_architecture(files, tmp_path, capsys):
     with untouched(files):
-        err = fails(["train", f"student.pretrained_file={files / 'resnet20_fm_student.pt'}", f"output_dir={tmp_path / 'run'}"], capsys)
+        err = fails(
+            ["train", f"student.pretrained_file={files / 'resnet20_fm_student.pt'}", f"output_dir={tmp_path / 'run'}"],
+            capsys,
+        )
     assert "student.pretrained_file" in err and "does not belong to resnet8" in err and "unexpected" in err
     assert not (tmp_path / "run").exists()
 
@@ -184,9 +189,14 @@ def test_a_pretrained_file_of_another_architecture(files, tmp_path, capsys):
     [
         (["student.pretrained_file=missing.pth"], ["student.pretrained_file", "missing.pth", "does not exist"]),
         (["student.pretrained_file=missing.safetensors"], ["student.pretrained_file", "does not exist"]),
-        (["student.pretrained_file=a.pth", "student.checkpoint=b.pt"], ["student.checkpoint and student.pretrained_file", "only one"]),
-        (["fashion_mnist/kd", "teacher.model=null", "teacher.checkpoint=null", "teacher.pretrained_file=a.pth"],
-         ["teacher.pretrained_file needs teacher.model"]),
+        (
+            ["student.pretrained_file=a.pth", "student.checkpoint=b.pt"],
+            ["student.checkpoint and student.pretrained_file", "only one"],
+        ),
+        (
+            ["fashion_mnist/kd", "teacher.model=null", "teacher.checkpoint=null", "teacher.pretrained_file=a.pth"],
+            ["teacher.pretrained_file needs teacher.model"],
+        ),
     ],
 )
 def test_pretrained_file_errors(args, needles, tmp_path, capsys):
@@ -353,14 +363,26 @@ def test_eval_with_missing_data_files(files, capsys):
 
 def test_teacher_of_10_classes_for_a_cifar100_student(files, tmp_path, capsys):
     # a dry run without the data set uses a synthetic CIFAR-100 stand-in; the teacher is still checked
-    args = ["cifar100/kd", "teacher.model=null", f"teacher.checkpoint={files / 'resnet8_c10.pt'}", f"data.root={files / 'empty_dir'}"]
+    args = [
+        "cifar100/kd",
+        "teacher.model=null",
+        f"teacher.checkpoint={files / 'resnet8_c10.pt'}",
+        f"data.root={files / 'empty_dir'}",
+    ]
     with untouched(files):
         err = fails(["train", *args, "--dry-run"], capsys)
-    assert "the teacher predicts 10 classes but cifar100" in err and "has 100" in err and "trained on this data set" in err
+    assert (
+        "the teacher predicts 10 classes but cifar100" in err and "has 100" in err and "trained on this data set" in err
+    )
 
 
 def test_teacher_state_dict_of_10_classes_for_a_cifar100_run(files, capsys):
-    args = ["cifar100/kd", "teacher.model=resnet8", f"teacher.checkpoint={files / 'resnet8_c10.pth'}", f"data.root={files / 'empty_dir'}"]
+    args = [
+        "cifar100/kd",
+        "teacher.model=resnet8",
+        f"teacher.checkpoint={files / 'resnet8_c10.pth'}",
+        f"data.root={files / 'empty_dir'}",
+    ]
     with untouched(files):
         err = fails(["train", *args, "--dry-run"], capsys)
     assert "teacher.checkpoint" in err and "does not fit resnet8 (100 classes, 3 input channels)" in err
@@ -368,7 +390,12 @@ def test_teacher_state_dict_of_10_classes_for_a_cifar100_run(files, capsys):
 
 
 def test_student_checkpoint_of_10_classes_for_a_cifar100_student(files, capsys):
-    args = ["cifar100/kd", "model.student=resnet8", f"student.checkpoint={files / 'resnet8_c10.pt'}", f"data.root={files / 'empty_dir'}"]
+    args = [
+        "cifar100/kd",
+        "model.student=resnet8",
+        f"student.checkpoint={files / 'resnet8_c10.pt'}",
+        f"data.root={files / 'empty_dir'}",
+    ]
     with untouched(files):
         err = fails(["train", *args, "--dry-run"], capsys)
     assert "student.checkpoint" in err and "fc.weight: file 10x64, model 100x64" in err
@@ -436,7 +463,10 @@ def test_checkpoint_of_another_architecture(args, needles, files, tmp_path, caps
 
 CHECKPOINT_USERS = {
     "student.checkpoint": (["train", "student.checkpoint={path}", "output_dir={tmp}/run"], "student.checkpoint"),
-    "teacher.checkpoint": (["train", "kd.method=kd", "teacher.checkpoint={path}", "output_dir={tmp}/run"], "teacher.checkpoint"),
+    "teacher.checkpoint": (
+        ["train", "kd.method=kd", "teacher.checkpoint={path}", "output_dir={tmp}/run"],
+        "teacher.checkpoint",
+    ),
     "teacher.checkpoint+model": (
         ["train", "kd.method=kd", "teacher.model=resnet20", "teacher.checkpoint={path}", "output_dir={tmp}/run"],
         "teacher.checkpoint",
@@ -476,7 +506,9 @@ def test_missing_checkpoint(user, missing, files, tmp_path, capsys):
     if user in ("eval", "export"):
         assert f"no exported student at {shown}" in err
     else:
-        assert f"{key} {shown} does not exist" in err and "a run directory, a gpd student.pt or a state_dict file" in err
+        assert (
+            f"{key} {shown} does not exist" in err and "a run directory, a gpd student.pt or a state_dict file" in err
+        )
 
 
 @pytest.mark.parametrize(
@@ -558,7 +590,9 @@ def test_ratio_1_is_allowed():
     assert load_config(None, ["gpd.ratio=1"]).gpd.ratio == 1.0
 
 
-@pytest.mark.parametrize("ratio, message", [("0.5", "ratio must be >= 1"), ("-1", "ratio must be >= 1"), ("nan", "ratio must be a number")])
+@pytest.mark.parametrize(
+    "ratio, message", [("0.5", "ratio must be >= 1"), ("-1", "ratio must be >= 1"), ("nan", "ratio must be a number")]
+)
 def test_expand_ratio_below_1(ratio, message, capsys):
     err = fails(["expand", "resnet8", "--ratio", ratio], capsys)
     assert message in err and f"got {ratio}" in err
@@ -612,11 +646,17 @@ def test_console_script_reports_an_unknown_command_in_one_line(tmp_path):
         (["data.mixup_prob=2"], "data.mixup_prob must be a probability in [0, 1], got 2.0"),
         (["data.mixup_switch_prob=-0.1"], "data.mixup_switch_prob must be a probability in [0, 1], got -0.1"),
         (["data.color_jitter=-0.4"], "data.color_jitter must be >= 0 or null, got -0.4"),
-        (["data.interpolation=lanczos"], "data.interpolation must be bilinear, bicubic, nearest or null, got 'lanczos'"),
+        (
+            ["data.interpolation=lanczos"],
+            "data.interpolation must be bilinear, bicubic, nearest or null, got 'lanczos'",
+        ),
         (["data.randaugment=rand-m"], "data.randaugment: 'rand-m' is not a timm auto_augment string"),
         (["data.randaugment=rand-q9"], "Unknown RandAugment config section"),
         (["data.randaugment=fancy"], "Unknown AA policy fancy"),
-        (["data.randaugment=rand-m9"], "work with imagefolder, cifar10 and cifar100 (colour images), not fashion_mnist"),
+        (
+            ["data.randaugment=rand-m9"],
+            "work with imagefolder, cifar10 and cifar100 (colour images), not fashion_mnist",
+        ),
         (["data.name=cifar10", "data.random_erasing=0.25", "data.augment=false"], "need data.augment=true"),
         (["data.cutmix=1.0", "train.batch_size=127"], "need an even train.batch_size, got 127"),
         (["student.pretrained=true", "student.checkpoint=x.pt"], "set only one of them"),
@@ -638,7 +678,13 @@ def test_pretrained_teacher_offline_says_to_give_a_checkpoint(tmp_path, monkeypa
         raise URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(tvm, "get_model", offline)
-    args = ["train", "kd.method=kd", "teacher.model=tv:resnet18", "teacher.pretrained=true", f"output_dir={tmp_path / 'run'}"]
+    args = [
+        "train",
+        "kd.method=kd",
+        "teacher.model=tv:resnet18",
+        "teacher.pretrained=true",
+        f"output_dir={tmp_path / 'run'}",
+    ]
     err = fails(args, capsys)
     assert "teacher.pretrained: pretrained weights are not available offline" in err
     assert "teacher.checkpoint=FILE" in err and not (tmp_path / "run").exists()

@@ -85,7 +85,11 @@ def test_tiny_mode_runs_every_group(tmp_path: Path) -> None:
     assert rows["scratch"][3] == "—" and float(rows["scratch + GPD"][3]) >= 0  # only GPD has a D
     assert {r[0] for r in table_rows(results, "Distillation from a static teacher")} == {"KD", "KD + GPD"}
     finetune = [r[0] for r in table_rows(results, "Fine-tuning the scratch baseline")]
-    assert finetune == ["pretrained start (the scratch baseline, no fine-tuning)", "plain fine-tuning", "fine-tuning + GPD"]
+    assert finetune == [
+        "pretrained start (the scratch baseline, no fine-tuning)",
+        "plain fine-tuning",
+        "fine-tuning + GPD",
+    ]
     assert "sharing off (gpd.share=false)" in {r[0] for r in table_rows(results, "Ablations")}
     for row in table_rows(results, "Scratch: CE alone vs GPD"):
         assert 0 <= float(row[1]) <= 100 and float(row[1]) <= float(row[2])  # last <= best
@@ -150,7 +154,10 @@ def test_long_and_early_estimates_print_their_plans() -> None:
 def test_early_runs_are_the_demo_and_its_scratch_group_is_the_default_suites() -> None:
     m = load_script()
     early = m.MODES["early"]
-    specs = {s.id: s for s in m.build_specs(early, ["fashion_mnist"], list(early.groups), m.seeds_by_group(early), Path("/w"))}
+    specs = {
+        s.id: s
+        for s in m.build_specs(early, ["fashion_mnist"], list(early.groups), m.seeds_by_group(early), Path("/w"))
+    }
     demo, plain = specs["fashion_mnist/s0/early_gpd"], specs["fashion_mnist/s0/early"]
     assert demo.config == plain.config == "fashion_mnist/demo"  # `gpd train` with no config
     assert demo.overrides == ["data.train_subset=2000", "train.epochs=1", "train.seed=0"]
@@ -158,7 +165,9 @@ def test_early_runs_are_the_demo_and_its_scratch_group_is_the_default_suites() -
     assert demo.label.startswith("15 steps")  # 2000 // 128: the last partial batch is dropped
     full = m.MODES["full"]
     reference = {s.id: s for s in m.build_specs(full, ["fashion_mnist"], ["scratch"], [0, 1, 2], Path("/w"))}
-    assert {i: s.overrides for i, s in specs.items() if s.group == "scratch"} == {i: s.overrides for i, s in reference.items()}
+    assert {i: s.overrides for i, s in specs.items() if s.group == "scratch"} == {
+        i: s.overrides for i, s in reference.items()
+    }
 
 
 # --- partial suites: missing runs, resuming ------------------------------------------------------
@@ -202,8 +211,13 @@ def test_a_partial_suite_reports_its_missing_runs(tmp_path: Path) -> None:
     section = text.split("## Missing runs", 1)[1].split("\n## ", 1)[0]
     cells = [line.split("|") for line in section.splitlines() if line.startswith("| digits/")]
     missing = {row[1].strip(): row[2].strip() for row in cells}
-    assert set(missing) == {"digits/s1/scratch_gpd", *(f"digits/s{s}/finetune{g}" for s in (0, 1) for g in ("", "_gpd"))}
-    assert missing["digits/s1/scratch_gpd"].startswith("3 of 10 epochs done (interrupted, or still training); --resume continues")
+    assert set(missing) == {
+        "digits/s1/scratch_gpd",
+        *(f"digits/s{s}/finetune{g}" for s in (0, 1) for g in ("", "_gpd")),
+    }
+    assert missing["digits/s1/scratch_gpd"].startswith(
+        "3 of 10 epochs done (interrupted, or still training); --resume continues"
+    )
     assert missing["digits/s0/finetune"] == "not started"
 
     # --resume would continue the interrupted run from its checkpoint, with the plan's epochs
@@ -259,7 +273,10 @@ def test_tiny_early_mode(tmp_path: Path) -> None:
     assert result.stdout.splitlines()[0].startswith("4 runs (early-tiny mode, seeds 0); estimated")
     text = (out / "RESULTS.md").read_text()
     rows = {row[0]: row for row in table_rows(text, "Early training")}
-    assert set(rows) == {"2 steps, CE alone (gpd.enabled=false)", "2 steps, GPD (the demo: r = 2, λ = 3, no branch blocks)"}
+    assert set(rows) == {
+        "2 steps, CE alone (gpd.enabled=false)",
+        "2 steps, GPD (the demo: r = 2, λ = 3, no branch blocks)",
+    }
     for row in rows.values():
         assert float(row[6]) > 0  # the student's first-epoch CE
     assert {r[0] for r in table_rows(text, "Scratch: CE alone vs GPD")} == {"scratch", "scratch + GPD"}

@@ -70,7 +70,9 @@ def test_every_path_equals_the_branches_as_real_ops_forward_and_backward(
         assert (a - b).abs().max() <= 1e-10 * (1 + b.abs().max()), name
 
 
-@pytest.mark.parametrize("groups, compose_1x1, compose_dw", list(itertools.product((1, 2, 6), (True, False), (True, False))))
+@pytest.mark.parametrize(
+    "groups, compose_1x1, compose_dw", list(itertools.product((1, 2, 6), (True, False), (True, False)))
+)
 def test_merge_backward_passes_gradcheck(groups: int, compose_1x1: bool, compose_dw: bool) -> None:
     block = randomized_block(nn.Conv2d(6, 6 if groups == 6 else 10, 3, padding=1, groups=groups).double(), seed=5)
     tensors = block._merge_inputs()

@@ -51,7 +51,9 @@ def dct_basis(index: int) -> torch.Tensor:
     basis = torch.empty(3, 3, dtype=torch.float64)
     for h in range(3):
         for w in range(3):
-            basis[h, w] = c[u] * c[v] * math.cos(math.pi * (2 * h + 1) * u / 6) * math.cos(math.pi * (2 * w + 1) * v / 6)
+            basis[h, w] = (
+                c[u] * c[v] * math.cos(math.pi * (2 * h + 1) * u / 6) * math.cos(math.pi * (2 * w + 1) * v / 6)
+            )
     return basis
 
 
@@ -239,7 +241,9 @@ def make_mobilenet_v2() -> nn.Module:
 
 def branched(factory, in_chans: int) -> nn.Module:
     """``factory()`` with "default" branches and statistics calibrated after branching."""
-    return with_random_statistics(add_branches(factory(), "default", generator=torch.Generator().manual_seed(0)), in_chans)
+    return with_random_statistics(
+        add_branches(factory(), "default", generator=torch.Generator().manual_seed(0)), in_chans
+    )
 
 
 @pytest.mark.parametrize(
@@ -284,7 +288,9 @@ def conv_ctx(ratio: float, expand_input: bool = True, expand_output: bool = True
         (6, 6, 6, 1.5, True, True),  # depthwise: uneven copies are exact
     ],
 )
-def test_dynamic_block_merges_to_the_ir_of_the_student_kernel(in_ch, out_ch, groups, ratio, expand_input, expand_output) -> None:
+def test_dynamic_block_merges_to_the_ir_of_the_student_kernel(
+    in_ch, out_ch, groups, ratio, expand_input, expand_output
+) -> None:
     torch.manual_seed(0)
     block = randomized_block(nn.Conv2d(in_ch, out_ch, 3, padding=1, groups=groups, bias=True).double(), seed=4)
     ctx = conv_ctx(ratio, expand_input, expand_output)
@@ -327,7 +333,13 @@ def assert_student_params_equal(gm: gpd.GPDModel, student: nn.Module, exact: boo
 def test_expanded_resnet8_with_branches_matches_in_eval_and_train_mode(ratio: int) -> None:
     student = branched(make_resnet8, 1)
     gm = gpd.expand(student, ratio, input_size=(1, 32, 32))
-    assert gm.report.rules_used["expand_orepa"] == ["conv1", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2"]
+    assert gm.report.rules_used["expand_orepa"] == [
+        "conv1",
+        "layer1.0.conv1",
+        "layer1.0.conv2",
+        "layer2.0.conv2",
+        "layer3.0.conv2",
+    ]
     assert gm.dynamic.layer1[0].conv1.weight_id_1x1.shape == (16 * ratio, 16 * ratio)
     assert_student_params_equal(gm, student, exact=ratio == 2)  # x2 then /2 is exact in binary
     x = torch.randn(8, 1, 32, 32)

@@ -7,14 +7,14 @@ import csv
 import pytest
 import torch
 import torchvision
-from helpers import rel_err
-from test_cli import QUICK, needs_fashion_mnist
 
 import gpd
 from gpd.branches import OREPAConv2d, count_branch_blocks
 from gpd.cli.main import main
 from gpd.models import create_model
 from gpd.testing import perturbed_for_verification
+from helpers import rel_err
+from test_cli import QUICK, needs_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -61,6 +61,6 @@ def test_exported_student_loads_without_config_and_matches_metrics(trained_run: 
 def test_baseline_run_has_no_dynamic_teacher_columns(tmp_path: Path):
     run_dir = tmp_path / "baseline"
     assert main(["train", "fashion_mnist/scratch", f"output_dir={run_dir}", *QUICK]) == 0
-    row = list(csv.DictReader(open(run_dir / "metrics.csv")))[0]
+    row = next(iter(csv.DictReader(open(run_dir / "metrics.csv"))))
     assert row["dynamic_acc"] == "" and row["gap"] == ""
     assert "loss_ce_student" in row and "loss_sce" not in row

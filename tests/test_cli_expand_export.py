@@ -54,7 +54,9 @@ def test_expand_resnet8_reports_costs_verification_roles_and_rules(capsys):
     assert "tolerance 1e-04" in out
     assert report_value(out, "input layers") == "conv1"
     assert report_value(out, "output layers") == "fc"
-    assert re.search(r"^rules\s+expand_conv\s+9\s+conv1, layer1\.0\.conv1, layer1\.0\.conv2, \.\.\. \(\+6\)$", out, re.M)
+    assert re.search(
+        r"^rules\s+expand_conv\s+9\s+conv1, layer1\.0\.conv1, layer1\.0\.conv2, \.\.\. \(\+6\)$", out, re.M
+    )
     assert re.search(r"^\s+expand_linear\s+1\s+fc$", out, re.M)
     assert report_value(out, "model").startswith("resnet8, 10 classes, input 3x32x32, ratio 2")
 
@@ -99,7 +101,11 @@ def test_expand_errors_are_one_line(argv, needle, capsys):
 
 def test_kwarg_values_are_python_literals():
     assert parse_kwargs(["a=0.1", "b=[32, 64]", "c=gelu", "d=True", "e="]) == {
-        "a": 0.1, "b": [32, 64], "c": "gelu", "d": True, "e": ""
+        "a": 0.1,
+        "b": [32, 64],
+        "c": "gelu",
+        "d": True,
+        "e": "",
     }
 
 
@@ -200,7 +206,10 @@ def test_export_onnx_needs_an_input_size(tmp_path: Path, capsys):
     assert "--input-size" in one_line_error(capsys)
     assert not path.with_suffix(".onnx").exists()
     assert main(["export", str(path), "--format", "onnx", "--input-size", "1", "20", "20"]) == 0
-    assert_close_to_scale(onnx_outputs(path.with_suffix(".onnx"), torch.ones(1, 1, 20, 20)), reference_output(path, torch.ones(1, 1, 20, 20)))
+    assert_close_to_scale(
+        onnx_outputs(path.with_suffix(".onnx"), torch.ones(1, 1, 20, 20)),
+        reference_output(path, torch.ones(1, 1, 20, 20)),
+    )
 
 
 def test_export_onnx_of_an_expanded_vit_student(tmp_path: Path, capsys):

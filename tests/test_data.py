@@ -257,8 +257,10 @@ def test_train_subset_is_seeded_and_bounded(tmp_path: Path) -> None:
     assert len(labels(train_subset=1000)) == 50, "a subset larger than the set keeps all of it"
     full = build_datasets("mnist", root=root)
     assert len(full.test) == 20, "the test split is never subsampled"
-    picks = [tuple(build_datasets("mnist", root=root, train_subset=10, seed=s).train.images.flatten()[:50].tolist())
-             for s in range(3)]
+    picks = [
+        tuple(build_datasets("mnist", root=root, train_subset=10, seed=s).train.images.flatten()[:50].tolist())
+        for s in range(3)
+    ]
     assert len(set(picks)) > 1, "different seeds choose different samples"
     for bad in (0, -5):
         with pytest.raises(DataError):
@@ -313,7 +315,7 @@ def test_random_crop_cuts_a_shifted_window_of_the_zero_padded_image() -> None:
     assert out.shape == images.shape
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     for img, got in zip(padded, out):
-        windows = [img[:, t : t + 6, l : l + 5] for t in range(5) for l in range(5)]
+        windows = [img[:, t : t + 6, left : left + 5] for t in range(5) for left in range(5)]
         assert any(torch.equal(got, w) for w in windows)
 
 
@@ -430,7 +432,11 @@ def test_setup_script_does_nothing_when_debian_files_exist(tmp_path: Path) -> No
     env = {**os.environ, "GPD_DEBIAN_FASHION_MNIST_DIR": str(tmp_path)}
     res = subprocess.run(
         ["bash", str(REPO / "scripts" / "setup_data.sh"), "python-not-needed"],
-        env=env, capture_output=True, text=True, timeout=30, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().count("\n") == 0 and "nothing to do" in res.stdout

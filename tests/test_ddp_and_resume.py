@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -189,7 +188,9 @@ def test_a_nan_on_one_process_stops_every_process_at_the_same_step(tmp_path: Pat
     assert all(r.is_file() for r in reports), done.stdout[-2000:] + done.stderr[-2000:]
     out = "\n".join(r.read_text() for r in reports)
     # the NaN reached rank 0 through the averaged gradients; both name the first bad step of all
-    assert "rank 0 stopped after 3 steps: the loss became non-finite at epoch 1, step 1 (on another process)" in out, out + done.stderr[-2000:]
+    assert "rank 0 stopped after 3 steps: the loss became non-finite at epoch 1, step 1 (on another process)" in out, (
+        out + done.stderr[-2000:]
+    )
     assert "rank 1 stopped after 3 steps: the loss became non-finite at epoch 1, step 1 (" in out
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
@@ -280,7 +281,13 @@ def test_no_gap_or_duplicate_in_metrics_after_a_kill_between_the_two_writes(tmp_
     killed = tmp_path / "killed"
     script = tmp_path / "kill.py"
     script.write_text(KILL_IN_CHECKPOINT)
-    done = subprocess.run([sys.executable, str(script), f"output_dir={killed}", *args], env=ENV, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script), f"output_dir={killed}", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == -9
     assert len(rows_of(killed)) == 2 and load_checkpoint(killed / "checkpoint.pt")["epoch"] == 1
     resumed = gpd_train("--resume", str(killed))

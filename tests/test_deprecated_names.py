@@ -42,7 +42,7 @@ def expanded(seed: int = 0) -> gpd.GPDModel:
 def old_keys(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """``state`` as an older gpd saved it: D under ``{prefix}teacher.`` instead of ``{prefix}dynamic.``."""
     new = f"{prefix}dynamic."
-    return {(f"{prefix}teacher." + k[len(new):] if k.startswith(new) else k): v for k, v in state.items()}
+    return {(f"{prefix}teacher." + k[len(new) :] if k.startswith(new) else k): v for k, v in state.items()}
 
 
 def messages(record: list[warnings.WarningMessage], category: type[Warning]) -> list[str]:
@@ -79,7 +79,9 @@ def test_a_later_layer_overrides_the_old_name_with_the_new(tmp_path: Path):
 def test_old_and_new_name_both_given_is_a_one_line_error(tmp_path: Path, capsys):
     path = tmp_path / "both.yaml"
     path.write_text("gpd:\n  kd_weight: 1.5\n  sce_weight: 2.0\n")
-    with pytest.raises(ConfigError, match=r"gpd\.kd_weight and gpd\.sce_weight are both given in .*keep only gpd\.sce_weight"):
+    with pytest.raises(
+        ConfigError, match=r"gpd\.kd_weight and gpd\.sce_weight are both given in .*keep only gpd\.sce_weight"
+    ):
         load_config(str(path))
     with pytest.raises(ConfigError, match=r"'gpd\.kd_weight' and 'gpd\.sce_weight' both given"):
         load_config(None, ["gpd.kd_weight=1", "gpd.sce_weight=2"])
@@ -205,14 +207,19 @@ def test_an_old_distiller_state_dict_loads_and_the_static_teacher_keys_stay(shar
 def test_an_old_reviewkd_head_of_d_loads():
     def build() -> Distiller:
         torch.manual_seed(0)
-        return Distiller(create_model("resnet8", 10, 1), create_model("resnet14", 10, 1), "reviewkd", input_size=SIZE).eval()
+        return Distiller(
+            create_model("resnet8", 10, 1), create_model("resnet14", 10, 1), "reviewkd", input_size=SIZE
+        ).eval()
 
     trained, fresh = build(), build()
     assert set(trained.review_heads) == {"student", "dynamic"}
     with torch.no_grad():
         for p in trained.review_heads.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    old = {k.replace("review_heads.dynamic.", "review_heads.teacher.", 1): v for k, v in old_keys(trained.state_dict(), "gpd.").items()}
+    old = {
+        k.replace("review_heads.dynamic.", "review_heads.teacher.", 1): v
+        for k, v in old_keys(trained.state_dict(), "gpd.").items()
+    }
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         fresh.load_state_dict(old, strict=True)
@@ -272,7 +279,9 @@ def test_distiller_old_methods_and_keywords_warn_and_delegate():
             old = distiller(x, y, part="student", targets=targets, teacher_logits=logits)
         assert {k: float(v) for k, v in old.items()} == {k: float(v) for k, v in expected.items()}
         with pytest.warns(DeprecationWarning, match=r"dynamic_logits=\.\.\."):
-            assert float(distiller.student_losses(x, y, targets, teacher_logits=logits)["sce"]) == float(expected["sce"])
+            assert float(distiller.student_losses(x, y, targets, teacher_logits=logits)["sce"]) == float(
+                expected["sce"]
+            )
         with pytest.raises(TypeError, match="give only dynamic_logits"):
             distiller(x, y, part="student", targets=targets, teacher_logits=logits, dynamic_logits=logits)
 
@@ -320,7 +329,9 @@ def test_report_reads_an_old_metrics_csv_as_the_new_one(tmp_path: Path):
     for which in ("new", "old"):
         run = tmp_path / which / "run"
         run.mkdir(parents=True)
-        (run / "config.yaml").write_text("model:\n  student: resnet8\ngpd:\n  enabled: true\n  ratio: 2.0\n  kd_weight: 3.0\n")
+        (run / "config.yaml").write_text(
+            "model:\n  student: resnet8\ngpd:\n  enabled: true\n  ratio: 2.0\n  kd_weight: 3.0\n"
+        )
         with open(run / "metrics.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(header)
@@ -385,7 +396,9 @@ def test_resume_of_an_old_run_directory_continues_as_a_new_one(tmp_path: Path):
     for name in ("new", "old_rows", "old_file"):
         runs[name] = tmp_path / name
         shutil.copytree(first, runs[name])
-        (runs[name] / "config.yaml").write_text((first / "config.yaml").read_text().replace(str(first), str(runs[name])))
+        (runs[name] / "config.yaml").write_text(
+            (first / "config.yaml").read_text().replace(str(first), str(runs[name]))
+        )
     make_old_style(runs["old_rows"], rows_in_checkpoint=True)
     make_old_style(runs["old_file"], rows_in_checkpoint=False)
 

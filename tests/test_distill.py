@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_cli import needs_fashion_mnist
 
 import gpd
 from gpd.config import load_config
 from gpd.export import student_payload
 from gpd.models import create_model
+from test_cli import needs_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -55,7 +55,9 @@ def test_kd_term_matches_the_public_loss():
 
 def test_dkd_warms_up_linearly():
     student, teacher = small_pair()
-    distiller = gpd.Distiller(student, teacher, kd="dkd", kd_options={"warmup_epochs": 10}, dynamic_teacher=False).eval()
+    distiller = gpd.Distiller(
+        student, teacher, kd="dkd", kd_options={"warmup_epochs": 10}, dynamic_teacher=False
+    ).eval()
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
     with torch.no_grad():
         full = distiller(x, y, epoch=10.0)["kd_student"]
@@ -101,7 +103,9 @@ def test_reviewkd_gives_student_and_d_their_own_fusion_heads(dynamic_teacher):
     distiller = gpd.Distiller(student, teacher, kd="reviewkd", dynamic_teacher=dynamic_teacher, input_size=(1, 28, 28))
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
     losses = distiller(x, y)
-    expected = {"ce_student", "reviewkd_student"} | ({"ce_dynamic", "reviewkd_dynamic", "sce"} if dynamic_teacher else set())
+    expected = {"ce_student", "reviewkd_student"} | (
+        {"ce_dynamic", "reviewkd_dynamic", "sce"} if dynamic_teacher else set()
+    )
     assert set(losses) == expected
     sum(losses.values()).backward()
     heads = distiller.review_heads

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -157,7 +157,9 @@ def test_a_nan_is_caught_at_the_next_read_and_the_checkpoint_kept(tmp_path: Path
 def test_the_ema_horizon_means_the_same_for_any_batch_size():
     per_epoch = 60_000
     small = ema_decay_per_step(decay=None, epochs=2.0, images=None, images_per_step=64, steps_per_epoch=per_epoch // 64)
-    large = ema_decay_per_step(decay=None, epochs=2.0, images=None, images_per_step=512, steps_per_epoch=per_epoch // 512)
+    large = ema_decay_per_step(
+        decay=None, epochs=2.0, images=None, images_per_step=512, steps_per_epoch=per_epoch // 512
+    )
     # the weight left on the start after one epoch of steps: the same, about e^(-1/2)
     assert small ** (per_epoch // 64) == pytest.approx(large ** (per_epoch // 512), rel=1e-2)
     assert small ** (per_epoch // 64) == pytest.approx(math.exp(-0.5), rel=1e-2)
@@ -223,7 +225,9 @@ def _unscaled_gradients(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> t
 
 def test_fp16_with_the_gradient_scaler_gives_the_fp32_gradients_on_cpu(tmp_path: Path):
     options = ["train.grad_clip=null", "gpd.noise_std=0.0"]
-    runs = {name: dry_trainer(tmp_path / name, *options, f"train.precision={name}") for name in ("fp32", "fp16", "bf16")}
+    runs = {
+        name: dry_trainer(tmp_path / name, *options, f"train.precision={name}") for name in ("fp32", "fp16", "bf16")
+    }
     for trainer in runs.values():
         trainer.distiller.load_state_dict(runs["fp32"].distiller.state_dict())
     assert runs["fp16"].precision.scaler is not None and runs["fp16"].precision.scaler.get_scale() > 1
@@ -239,7 +243,9 @@ def test_fp16_with_the_gradient_scaler_gives_the_fp32_gradients_on_cpu(tmp_path:
 
 def test_fp16_runs_through_a_whole_run_and_its_scaler_is_checkpointed(tmp_path: Path):
     run = tmp_path / "run"
-    cfg = load_config(None, [*SMALL, "data.train_subset=128", "train.epochs=1", "train.precision=fp16", f"output_dir={run}"])
+    cfg = load_config(
+        None, [*SMALL, "data.train_subset=128", "train.epochs=1", "train.precision=fp16", f"output_dir={run}"]
+    )
     row = Trainer(cfg, prepare_run_dir(cfg)).fit()
     assert math.isfinite(row["train_loss"])
     assert load_checkpoint(run / "checkpoint.pt")["scaler"]["scale"] > 0

@@ -27,7 +27,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def check_exact(student: nn.Module, size: tuple[int, ...], ratio: float = 2, fresh: nn.Module | None = None) -> gpd.GPDModel:
+def check_exact(
+    student: nn.Module, size: tuple[int, ...], ratio: float = 2, fresh: nn.Module | None = None
+) -> gpd.GPDModel:
     student = perturbed_for_verification(student, size).double()
     gm = gpd.expand(student, ratio, example_input=torch.randn(2, *size, dtype=torch.float64)).eval()
     x = torch.randn(3, *size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
@@ -176,7 +178,9 @@ def tiny_swin() -> nn.Module:
 
 
 def tiny_densenet() -> nn.Module:
-    return torchvision.models.DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=5)
+    return torchvision.models.DenseNet(
+        growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=5
+    )
 
 
 def test_swin_relative_position_tables_are_tiled_per_head() -> None:

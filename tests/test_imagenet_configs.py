@@ -42,7 +42,9 @@ def test_every_expected_config_is_bundled():
 def test_common_settings(name):
     cfg = load_config(name)
     text = (resources.files("gpd.config") / "bundled" / f"{name}.yaml").read_text()
-    assert text.startswith("# ") and "GPD paper" in text.split("\ndata:")[0]  # the comment says where settings come from
+    assert (
+        text.startswith("# ") and "GPD paper" in text.split("\ndata:")[0]
+    )  # the comment says where settings come from
     assert (cfg.data.name, cfg.data.root, cfg.data.image_size) == ("imagefolder", "data/imagenet", 224)
     assert (cfg.gpd.enabled, cfg.gpd.ratio, cfg.gpd.sce_weight, cfg.gpd.sce_eps) == (True, 2.0, 3.0, 0.1)
     assert (cfg.train.ema, cfg.train.ema_decay, cfg.train.grad_clip) == (True, None, 5.0)
@@ -61,7 +63,13 @@ def test_common_settings(name):
 def test_cnn_settings(name):
     t = load_config(name).train
     finetune = "finetune" in name
-    assert (t.optimizer, t.momentum, t.batch_size, t.weight_decay, t.scheduler) == ("momentum", 0.9, 256, 1e-4, "multistep")
+    assert (t.optimizer, t.momentum, t.batch_size, t.weight_decay, t.scheduler) == (
+        "momentum",
+        0.9,
+        256,
+        1e-4,
+        "multistep",
+    )
     assert (t.epochs, t.lr, t.decay_milestones) == ((50, 0.01, [15, 30, 45]) if finetune else (100, 0.1, [30, 60, 90]))
     assert (t.decay_rate, t.warmup_epochs, t.label_smoothing) == (0.1, 0.0, 0.0)
     assert load_config(name).gpd.branches == "orepa"
@@ -72,10 +80,20 @@ def test_deit_recipe(name):
     cfg = load_config(name)
     t, d = cfg.train, cfg.data
     finetune = "finetune" in name
-    assert (t.optimizer, t.weight_decay, t.scheduler, t.warmup_epochs, t.label_smoothing) == ("adamw", 0.05, "cosine", 5.0, 0.1)
+    assert (t.optimizer, t.weight_decay, t.scheduler, t.warmup_epochs, t.label_smoothing) == (
+        "adamw",
+        0.05,
+        "cosine",
+        5.0,
+        0.1,
+    )
     assert (t.epochs, t.lr) == ((50, 5e-5) if finetune else (300, 5e-4 * t.batch_size / 512))
     assert (d.randaugment, d.random_erasing, d.mixup, d.cutmix, d.interpolation) == (
-        "rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0, "bicubic"
+        "rand-m9-mstd0.5-inc1",
+        0.25,
+        0.8,
+        1.0,
+        "bicubic",
     )
     assert cfg.model.kwargs["drop_path_rate"] == 0.1
 

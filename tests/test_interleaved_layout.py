@@ -241,7 +241,14 @@ def test_the_config_key_and_the_distiller_choose_the_layout() -> None:
 
 def test_head_blocks_copy_whole_heads_when_interleaved() -> None:
     heads = WidthPlan(2, "interleaved").map(6, block=3)  # two heads of three channels
-    assert heads.source.tolist() == [0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5] and heads.student_index.tolist() == [0, 1, 2, 6, 7, 8]
+    assert heads.source.tolist() == [0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5] and heads.student_index.tolist() == [
+        0,
+        1,
+        2,
+        6,
+        7,
+        8,
+    ]
     assert WidthPlan(2).map(6, block=3).source.tolist() == [0, 1, 2, 3, 4, 5] * 2  # tiled: whole heads anyway
     with pytest.raises(gpd.ExpansionError, match="not a whole number of blocks"):
         WidthPlan(1.25, "interleaved").map(8, block=4)  # 10 channels: two and a half heads

@@ -57,7 +57,9 @@ def _layer(package: str) -> int:
 
 
 def test_every_package_has_a_layer() -> None:
-    packages = {p.stem if p.is_file() else p.name for p in SRC.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
+    packages = {
+        p.stem if p.is_file() else p.name for p in SRC.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()
+    }
     packages = {("gpd" if p == "__init__" else p) for p in packages}
     assert packages <= set().union(*LAYERS), packages - set().union(*LAYERS)
 

@@ -155,8 +155,7 @@ def avg_pool(grid, size):
     """Average-pool a square H x H list-of-lists to size x size (H divisible by size)."""
     step = len(grid) // size
     return [
-        [sum(grid[r * step + i][c * step + j] for i in range(step) for j in range(step)) / step**2
-         for c in range(size)]
+        [sum(grid[r * step + i][c * step + j] for i in range(step) for j in range(step)) / step**2 for c in range(size)]
         for r in range(size)
     ]
 
@@ -197,9 +196,7 @@ def test_hcl_matches_loop_reference():
     teachers = [torch.randn(s, generator=gen) for s in shapes]
     # Used sizes for the default levels (4, 2, 1): 8x8 -> 8, 4, 2, 1; 4x4 -> 4, 2, 1; 2x2 -> 2, 1.
     sizes = [[8, 4, 2, 1], [4, 2, 1], [2, 1]]
-    expected = sum(
-        reference_hcl_pair(s.tolist(), t.tolist(), z) for s, t, z in zip(students, teachers, sizes)
-    )
+    expected = sum(reference_hcl_pair(s.tolist(), t.tolist(), z) for s, t, z in zip(students, teachers, sizes))
     assert hcl(students, teachers).item() == pytest.approx(expected, rel=1e-5)
     # Custom levels: only 2 is used on the 8x8 map (weights 1, 0.5).
     expected = reference_hcl_pair(students[0].tolist(), teachers[0].tolist(), [8, 2])

@@ -10,7 +10,10 @@ FORBIDDEN = ("DESIGN" + ".md", "../" + "shared")
 
 
 def test_no_reference_to_files_users_do_not_have() -> None:
-    files = [ROOT / "README.md", *[p for d in ("src", "tests", "docs", "benchmarks", "scripts") for p in (ROOT / d).rglob("*")]]
+    files = [
+        ROOT / "README.md",
+        *[p for d in ("src", "tests", "docs", "benchmarks", "scripts") for p in (ROOT / d).rglob("*")],
+    ]
     offending = [
         f"{path.relative_to(ROOT)}: {word}"
         for path in files

@@ -73,7 +73,9 @@ def make_three(root: Path) -> list[Path]:
         write_run(root, "baseline", ["ce_student"], config=config("resnet8", gpd=False)),
         write_run(root, "gpd_ema", ["ce_student", "ce_dynamic", "sce"], ema=True, config=config("resnet8", gpd=True)),
         write_run(
-            root, "kd_gpd", ["ce_student", "ce_dynamic", "sce", "kd_student", "kd_dynamic"],
+            root,
+            "kd_gpd",
+            ["ce_student", "ce_dynamic", "sce", "kd_student", "kd_dynamic"],
             config=config("resnet8", gpd=True, kd="kd", teacher="resnet20"),
         ),
     ]

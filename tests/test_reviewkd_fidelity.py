@@ -39,10 +39,16 @@ def test_cifar_resnet_taps_are_the_values_before_each_stages_last_relu():
     model = _trained_bn(create_model("resnet8", 10, 3), (3, 32, 32))
     names = ["layer1", "layer2", "layer3"]
     before_relu, stage_out = {}, {}
-    hooks = [getattr(model, n)[-1].relu2.register_forward_pre_hook(
-        lambda mod, args, n=n: before_relu.__setitem__(n, args[0].clone())) for n in names]
-    hooks += [getattr(model, n).register_forward_hook(
-        lambda mod, args, out, n=n: stage_out.__setitem__(n, out.clone())) for n in names]
+    hooks = [
+        getattr(model, n)[-1].relu2.register_forward_pre_hook(
+            lambda mod, args, n=n: before_relu.__setitem__(n, args[0].clone())
+        )
+        for n in names
+    ]
+    hooks += [
+        getattr(model, n).register_forward_hook(lambda mod, args, out, n=n: stage_out.__setitem__(n, out.clone()))
+        for n in names
+    ]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad(), stage_features(model, names, preact=True) as pre:
         model(x)
@@ -98,7 +104,12 @@ def test_distiller_taps_pre_activation_for_teacher_and_d_and_adds_the_pooled_lev
         targets = distiller.static_targets(x)
         with distiller._taps(distiller.gpd.dynamic, "student_stages", True) as d_feats:
             distiller.dynamic_logits(x)
-    assert [tuple(f.shape) for f in targets.features] == [(2, 16, 32, 32), (2, 32, 16, 16), (2, 64, 8, 8), (2, 64, 1, 1)]
+    assert [tuple(f.shape) for f in targets.features] == [
+        (2, 16, 32, 32),
+        (2, 32, 16, 16),
+        (2, 64, 8, 8),
+        (2, 64, 1, 1),
+    ]
     assert [tuple(f.shape) for f in d_feats] == [(2, 32, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8), (2, 128, 1, 1)]
     assert all((f < 0).any() for f in targets.features[:3]) and all((f < 0).any() for f in d_feats[:3])
     post = gpd.Distiller(student, teacher, "reviewkd", input_size=(3, 32, 32), kd_options={"student_preact": False})
@@ -134,8 +145,10 @@ def test_building_a_reviewkd_distiller_changes_no_buffer(dynamic_teacher, monkey
     torch.manual_seed(0)
     student = _trained_bn(create_model("resnet8", 10, 3), (3, 32, 32), seed=1).train()
     teacher = _trained_bn(create_model("resnet14", 10, 3), (3, 32, 32), seed=2)
-    before = {"student": {k: v.clone() for k, v in student.named_buffers()},
-              "teacher": {k: v.clone() for k, v in teacher.named_buffers()}}
+    before = {
+        "student": {k: v.clone() for k, v in student.named_buffers()},
+        "teacher": {k: v.clone() for k, v in teacher.named_buffers()},
+    }
     at_probe = {}
     original = gpd.Distiller._build_review_heads
 
@@ -171,8 +184,9 @@ def _ce(logits, y):
 def test_kd_ce_weight_and_kd_weight_golden_values():
     torch.manual_seed(0)
     student, teacher = create_model("resnet8", 10, 3), create_model("resnet14", 10, 3)
-    distiller = gpd.Distiller(student, teacher, "kd", input_size=(3, 32, 32),
-                              kd_options={"ce_weight": 0.1, "weight": 0.9, "temperature": 4.0}).eval()
+    distiller = gpd.Distiller(
+        student, teacher, "kd", input_size=(3, 32, 32), kd_options={"ce_weight": 0.1, "weight": 0.9, "temperature": 4.0}
+    ).eval()
     x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
     with torch.no_grad():
         losses = distiller(x, y)
@@ -199,8 +213,9 @@ def test_ce_weight_of_dkd_and_reviewkd(method):
 def test_reviewkd_warmup_is_a_linear_ramp_of_its_weighted_loss():
     torch.manual_seed(0)
     student, teacher = create_model("resnet8", 10, 3), create_model("resnet14", 10, 3)
-    distiller = gpd.Distiller(student, teacher, "reviewkd", input_size=(3, 32, 32),
-                              kd_options={"weight": 5.0, "warmup_epochs": 20.0}).eval()
+    distiller = gpd.Distiller(
+        student, teacher, "reviewkd", input_size=(3, 32, 32), kd_options={"weight": 5.0, "warmup_epochs": 20.0}
+    ).eval()
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     with torch.no_grad():
         full = distiller(x, y, epoch=None)
@@ -234,7 +249,13 @@ def test_cifar100_configs_follow_mdistillers_protocol():
         cfg = load_config(f"cifar100/{name}")
         t = cfg.train
         assert (t.epochs, t.lr, t.batch_size, list(t.decay_milestones), t.weight_decay, t.momentum) == (
-            240, 0.05, 64, [150, 180, 210], 5e-4, 0.9)
+            240,
+            0.05,
+            64,
+            [150, 180, 210],
+            5e-4,
+            0.9,
+        )
         assert (t.scheduler, t.decay_rate, t.warmup_epochs, t.optimizer) == ("multistep", 0.1, 0.0, "momentum")
         if name.startswith("kd"):
             assert (cfg.kd.ce_weight, cfg.kd.weight, cfg.kd.temperature) == (0.1, 0.9, 4.0)
@@ -243,7 +264,13 @@ def test_cifar100_configs_follow_mdistillers_protocol():
             assert (d.ce_weight, d.alpha, d.beta, d.temperature, d.warmup_epochs) == (1.0, 1.0, 8.0, 4.0, 20.0)
         else:
             r = cfg.reviewkd
-            assert (r.ce_weight, r.weight, r.warmup_epochs, r.mid_channels, r.student_preact) == (1.0, 5.0, 20.0, 256, False)
+            assert (r.ce_weight, r.weight, r.warmup_epochs, r.mid_channels, r.student_preact) == (
+                1.0,
+                5.0,
+                20.0,
+                256,
+                False,
+            )
 
 
 def test_imagenet_dkd_and_reviewkd_have_no_warmup():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_nontrivial, rel_err
 from timm.layers.attention import Attention
 from torch import nn
 
@@ -13,6 +12,7 @@ import gpd
 from gpd.models import create_model, create_model_from_spec
 from gpd.models.rvt import RVT
 from gpd.testing import perturbed_for_verification
+from helpers import assert_nontrivial, rel_err
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import needs_fashion_mnist
 
 import gpd
 from gpd.cli.main import main
 from gpd.config import load_config
 from gpd.distill.pair import DynamicPair, UnsharedPair
 from gpd.models import create_model
+from test_cli import needs_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -124,7 +124,9 @@ def test_kd_methods_work_with_separate_parameters(method):
     assert all(p.grad is not None for p in distiller.gpd.student.parameters())
     assert all(p.grad is not None for p in distiller.gpd.dynamic.parameters())
     if method == "reviewkd":
-        widths = {role: [abf.reduce[0].in_channels for abf in head.abfs] for role, head in distiller.review_heads.items()}
+        widths = {
+            role: [abf.reduce[0].in_channels for abf in head.abfs] for role, head in distiller.review_heads.items()
+        }
         assert widths == {"student": [16, 32, 64, 64], "dynamic": [32, 64, 128, 128]}  # stages + pooled level
 
 
@@ -157,7 +159,9 @@ def test_compensate_step_option_and_validation():
     assert load_config(None, []).gpd.compensate_step is False
     assert load_config(None, ["gpd.compensate_step=true"]).gpd.compensate_step is True
     for conflicting in ("gpd.share=false", "gpd.enabled=false"):
-        with pytest.raises(gpd.ConfigError, match="gpd.compensate_step=true .* needs gpd.enabled=true and gpd.share=true"):
+        with pytest.raises(
+            gpd.ConfigError, match="gpd.compensate_step=true .* needs gpd.enabled=true and gpd.share=true"
+        ):
             load_config(None, ["gpd.compensate_step=true", conflicting])
     student, _ = small_pair()
     with pytest.raises(gpd.ConfigError, match="compensate_step"):

@@ -54,9 +54,7 @@ def predicted_student_params(
         d_param = dynamic_params[name] if differentiable else dynamic_params[name].detach()
         value = d_param[tuple(slice(0, n) for n in s_param.shape)]
         owner = student.get_submodule(name.rpartition(".")[0])
-        ungrouped = isinstance(owner, nn.Linear) or (
-            isinstance(owner, nn.modules.conv._ConvNd) and owner.groups == 1
-        )
+        ungrouped = isinstance(owner, nn.Linear) or (isinstance(owner, nn.modules.conv._ConvNd) and owner.groups == 1)
         is_weight = name.rpartition(".")[2] == "weight"
         if ungrouped and is_weight and s_param.ndim >= 2 and d_param.shape[1] == ratio * s_param.shape[1]:
             value = value * ratio

@@ -160,9 +160,13 @@ def test_dynamic_teacher_step_per_kind(arch: str, r: int, rule: str) -> None:
 
 
 def test_paper_steps_survive_copies_pickling_and_device_moves() -> None:
-    student, x, y, kind_of = make("cnn")
+    student, x, y, _kind_of = make("cnn")
     model = expand(student, 2, "paper", x)
-    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model)), copy.deepcopy(model).to(memory_format=torch.channels_last)):
+    for other in (
+        copy.deepcopy(model),
+        pickle.loads(pickle.dumps(model)),
+        copy.deepcopy(model).to(memory_format=torch.channels_last),
+    ):
         other.zero_grad()
         F.cross_entropy(other.forward_dynamic(x), y).backward()
         model.zero_grad()
@@ -219,7 +223,7 @@ def test_weight_decay_groups_follow_the_students_recipe(arch: str) -> None:
     weight decay: no decay for 1-d tensors, biases and the student's no_weight_decay() names."""
     from timm.optim import param_groups_weight_decay
 
-    student, x, y, _ = make(arch)
+    student, x, _y, _ = make(arch)
     student = student.float()
     nwd = student.no_weight_decay() if hasattr(student, "no_weight_decay") else ()
     reference = param_groups_weight_decay(student, 1e-2, no_weight_decay_list=nwd)
@@ -304,7 +308,9 @@ def test_param_groups_match_timms_order_so_older_checkpoints_resume() -> None:
     distiller = gpd.Distiller(student.float(), ratio=2, example_input=x.float())
     old = create_optimizer_v2(distiller, opt="sgd", lr=0.1, weight_decay=5e-4, momentum=0.9)
     new = create_optimizer_v2(distiller.param_groups(5e-4), opt="sgd", lr=0.1, weight_decay=5e-4, momentum=0.9)
-    assert [[id(p) for p in g["params"]] for g in new.param_groups] == [[id(p) for p in g["params"]] for g in old.param_groups]
+    assert [[id(p) for p in g["params"]] for g in new.param_groups] == [
+        [id(p) for p in g["params"]] for g in old.param_groups
+    ]
     new.load_state_dict(old.state_dict())
 
 
@@ -314,7 +320,9 @@ def test_trainer_gives_adaptive_optimizers_the_papers_lr_scale(tmp_path) -> None
     from gpd.training.run_dir import prepare_run_dir
     from gpd.training.trainer import Trainer
 
-    cfg = load_config(None, ["train.optimizer=adamw", "train.lr=0.001", "train.warmup_epochs=0", f"output_dir={tmp_path / 'run'}"])
+    cfg = load_config(
+        None, ["train.optimizer=adamw", "train.lr=0.001", "train.warmup_epochs=0", f"output_dir={tmp_path / 'run'}"]
+    )
     trainer = Trainer(cfg, prepare_run_dir(cfg), dry_run=True)
     d = trainer.distiller.gpd.dynamic
     group_of = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}

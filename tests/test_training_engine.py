@@ -152,7 +152,20 @@ def test_checkpoint_holds_the_full_state_and_tensorboard_gets_the_metrics(tmp_pa
     cfg = load_config(None, [*SMALL, "train.epochs=1", "train.ema=true", f"output_dir={run}"])
     Trainer(cfg, prepare_run_dir(cfg)).fit()
     state = load_checkpoint(run / "checkpoint.pt")  # weights_only=True inside
-    assert {"model", "optimizer", "scheduler", "scaler", "ema", "rng", "epoch", "num_updates", "selection", "metrics", "static_teacher_fingerprint", "config"} <= set(state)
+    assert {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "ema",
+        "rng",
+        "epoch",
+        "num_updates",
+        "selection",
+        "metrics",
+        "static_teacher_fingerprint",
+        "config",
+    } <= set(state)
     assert state["epoch"] == 1 and state["num_updates"] == 512 // 64
     assert {"torch", "numpy", "python"} <= set(state["rng"][0])
     assert not any(k.startswith("static_teacher.") for k in state["model"])
@@ -258,7 +271,9 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_checkpoint(tmp_pat
 @needs_fashion_mnist
 def test_non_finite_loss_can_skip_the_step(tmp_path: Path):
     run = tmp_path / "run"
-    cfg = load_config(None, [*SMALL, "train.epochs=1", "train.on_nonfinite=skip", "train.grad_probe_every=0", f"output_dir={run}"])
+    cfg = load_config(
+        None, [*SMALL, "train.epochs=1", "train.on_nonfinite=skip", "train.grad_probe_every=0", f"output_dir={run}"]
+    )
     trainer = Trainer(cfg, prepare_run_dir(cfg))
     trainer.train_module = NaNAtStep(trainer.train_module, step=3)
     row = trainer.fit()
@@ -300,7 +315,9 @@ def test_torch_compile_trains(tmp_path: Path):
     # 32 steps: enough to learn (eager: 40.6%, compiled 53.1%, measured); that compiled gradients equal
     # eager ones is tests/test_steps.py::test_compiled_step_has_the_same_gradients
     run = tmp_path / "run"
-    cfg = load_config(None, [*SMALL, "data.train_subset=2048", "train.epochs=1", "train.compile=true", f"output_dir={run}"])
+    cfg = load_config(
+        None, [*SMALL, "data.train_subset=2048", "train.epochs=1", "train.compile=true", f"output_dir={run}"]
+    )
     row = Trainer(cfg, prepare_run_dir(cfg)).fit()
     assert row["student_acc"] > 25.0
 

@@ -33,7 +33,9 @@ SMALL = [
 
 
 def test_stratified_split_keeps_class_proportions_and_is_seeded():
-    targets = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[torch.randperm(100, generator=torch.Generator().manual_seed(3))]
+    targets = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[
+        torch.randperm(100, generator=torch.Generator().manual_seed(3))
+    ]
     train, val = stratified_split(targets, 10, seed=7)
     assert len(val) == 10 and len(train) == 90
     assert set(train.tolist()).isdisjoint(val.tolist()) and sorted(train.tolist() + val.tolist()) == list(range(100))
@@ -138,9 +140,14 @@ def test_weights_are_selected_on_validation_and_test_accuracy_never_influences_t
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["student_acc"] for r in rows_a] != [r["student_acc"] for r in rows_b]  # the test sets differ
     assert [r["val_student_acc"] for r in rows_a] == [r["val_student_acc"] for r in rows_b]
-    assert meta_a["selected_on"] == "validation" and (meta_a["epoch"], meta_a["weights"]) == (meta_b["epoch"], meta_b["weights"])
+    assert meta_a["selected_on"] == "validation" and (meta_a["epoch"], meta_a["weights"]) == (
+        meta_b["epoch"],
+        meta_b["weights"],
+    )
     # the choice is the best validation accuracy over epochs and over final/EMA weights
-    candidates = [(float(r[f"val_{w}_acc"]), -int(r["epoch"]), w == "student") for r in rows_a for w in ("student", "ema_student")]
+    candidates = [
+        (float(r[f"val_{w}_acc"]), -int(r["epoch"]), w == "student") for r in rows_a for w in ("student", "ema_student")
+    ]
     best_val, neg_epoch, final = max(candidates)
     assert meta_a["val_acc"] == pytest.approx(best_val, abs=1e-3)
     assert (meta_a["epoch"], meta_a["weights"]) == (-neg_epoch, "final" if final else "ema")

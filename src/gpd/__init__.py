@@ -15,9 +15,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
-    "Distiller",
     "ConfigError",
     "DataError",
+    "Distiller",
     "ExpansionError",
     "GPDError",
     "GPDModel",

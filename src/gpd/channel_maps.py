@@ -75,8 +75,7 @@ class ChannelMap:
         """
         if tensor.shape[dim] != self.student_size:
             raise ExpansionError(
-                f"cannot expand an axis of size {tensor.shape[dim]} with a channel map for "
-                f"{self.student_size} channels"
+                f"cannot expand an axis of size {tensor.shape[dim]} with a channel map for {self.student_size} channels"
             )
         out = tensor.index_select(dim, self.source.to(tensor.device))
         if divide and not self.is_identity:
@@ -125,9 +124,7 @@ def concat_maps(maps: list[ChannelMap]) -> ChannelMap:
         indices.append(m.student_index + teacher_offset)
         student_offset += m.student_size
         teacher_offset += m.teacher_size
-    return ChannelMap(
-        source=torch.cat(sources), student_size=student_offset, student_index=torch.cat(indices)
-    )
+    return ChannelMap(source=torch.cat(sources), student_size=student_offset, student_index=torch.cat(indices))
 
 
 Layout = Literal["tiled", "interleaved"]
@@ -159,7 +156,7 @@ class WidthPlan:
         return float(self.ratio).is_integer()
 
     def teacher_size(self, student_size: int) -> int:
-        return int(round(student_size * self.ratio))
+        return round(student_size * self.ratio)
 
     def map(self, student_size: int, block: int = 1) -> ChannelMap:
         """The channel map of an expanded axis of ``student_size`` channels.
@@ -183,6 +180,4 @@ class WidthPlan:
             student_index = (starts[:, None] + torch.arange(block)).reshape(-1)
             return ChannelMap(source=source, student_size=student_size, student_index=student_index)
         index = torch.arange(student_size)
-        return ChannelMap(
-            source=torch.arange(size) % student_size, student_size=student_size, student_index=index
-        )
+        return ChannelMap(source=torch.arange(size) % student_size, student_size=student_size, student_index=index)

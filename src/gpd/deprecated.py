@@ -65,7 +65,9 @@ def renamed_kwargs(**renames: str) -> Callable[[F], F]:
             for old, new in renames.items():
                 if old in kwargs:
                     if new in kwargs:
-                        raise TypeError(f"{fn.__qualname__}() got {old}= and {new}=; {old} is the old name of {new}, give only {new}")
+                        raise TypeError(
+                            f"{fn.__qualname__}() got {old}= and {new}=; {old} is the old name of {new}, give only {new}"
+                        )
                     warn_renamed(f"{fn.__qualname__}({old}=...)", f"{new}=...", stacklevel=3)
                     kwargs[new] = kwargs.pop(old)
             return fn(*args, **kwargs)
@@ -118,7 +120,7 @@ def upgrade_state_keys(state_dict: MutableMapping[str, Any], prefix: str, old: s
         stacklevel=4,
     )
     for key in keys:
-        state_dict[new_prefix + key[len(old_prefix):]] = state_dict.pop(key)
+        state_dict[new_prefix + key[len(old_prefix) :]] = state_dict.pop(key)
 
 
 def upgrade_config_layer(layer: dict[str, Any], where: str) -> dict[str, Any]:
@@ -135,8 +137,10 @@ def upgrade_config_layer(layer: dict[str, Any], where: str) -> dict[str, Any]:
             if old not in values:
                 continue
             if new in values:
-                raise ConfigError(f"{section}.{old} and {section}.{new} are both given {where}; "
-                                  f"{section}.{old} is the old name of {section}.{new}: keep only {section}.{new}")
+                raise ConfigError(
+                    f"{section}.{old} and {section}.{new} are both given {where}; "
+                    f"{section}.{old} is the old name of {section}.{new}: keep only {section}.{new}"
+                )
             warn_renamed(f"config key {section}.{old} ({where})", f"{section}.{new}", user_facing=True, stacklevel=5)
             changed = changed if changed is not None else {**layer}
             changed[section] = {(new if k == old else k): v for k, v in values.items()}
@@ -157,7 +161,9 @@ def upgrade_overrides(overrides: list[str]) -> list[str]:
             result.append(item)
             continue
         if new in given:
-            raise ConfigError(f"overrides '{key.strip()}' and '{new}' both given; {key.strip()} is the old name of {new}: keep only {new}")
+            raise ConfigError(
+                f"overrides '{key.strip()}' and '{new}' both given; {key.strip()} is the old name of {new}: keep only {new}"
+            )
         warn_renamed(f"config key {key.strip()} (override '{item}')", new, user_facing=True, stacklevel=4)
         result.append(f"{new}{sep}{value}")
     return result

@@ -40,7 +40,9 @@ def evaluate_exported(path: str | Path, overrides: list[str] | None = None) -> d
     device = resolve_device(cfg.train.device)
     model.to(device)
     recipe = AugmentRecipe.from_config(cfg.data)  # its interpolation resizes the test images as in training
-    data = build_datasets(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, augment=False, recipe=recipe)
+    data = build_datasets(
+        cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, augment=False, recipe=recipe
+    )
     loader = DataLoader(data.test, batch_size=cfg.train.eval_batch_size)
     with torch.inference_mode():
         acc = accuracy({"student": model}, loader, device)["student"]

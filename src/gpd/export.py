@@ -129,7 +129,9 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "model") -> nn.
     path, payload = read_checkpoint(path, label)
     state = _state_dict_of(payload)
     if state is None:
-        raise CheckpointError(f"{label} {path} holds no state_dict (a gpd student.pt, a run directory or a state_dict file)")
+        raise CheckpointError(
+            f"{label} {path} holds no state_dict (a gpd student.pt, a run directory or a state_dict file)"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

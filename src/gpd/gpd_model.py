@@ -8,8 +8,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from gpd.deprecated import dynamic_role, renamed_kwargs, upgrade_state_keys, warn_renamed
 from gpd.channel_maps import WidthPlan
+from gpd.deprecated import dynamic_role, renamed_kwargs, upgrade_state_keys, warn_renamed
 from gpd.expansion.roles import LayerRoles
 from gpd.sharing import StudentView
 from gpd.sharing.steps import install_paper_steps
@@ -176,7 +176,7 @@ class GPDModel(PairRoles, nn.Module):
 
     @property
     def step_rule(self) -> str:
-        """"paper" (D's tensors stepped as in the paper's layout) or "plain" (plain networks' steps)."""
+        """ "paper" (D's tensors stepped as in the paper's layout) or "plain" (plain networks' steps)."""
         return "plain" if self.student.compensate_step else "paper"
 
     def extra_repr(self) -> str:

@@ -43,9 +43,7 @@ def calibrate_batchnorm(model: nn.Module, example: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def randomize_batchnorm(
-    model: nn.Module, generator: torch.Generator, example: torch.Tensor | None = None
-) -> nn.Module:
+def randomize_batchnorm(model: nn.Module, generator: torch.Generator, example: torch.Tensor | None = None) -> nn.Module:
     """Give every BatchNorm random affine parameters and random running statistics.
 
     ``running_mean`` and ``running_var`` (positive) are drawn at random; with
@@ -86,7 +84,12 @@ def perturbed_for_verification(model: nn.Module, input_size: tuple[int, ...], se
     """
     generator = torch.Generator().manual_seed(seed)
     for param in model.parameters():
-        if param.ndim == 1 and param.numel() > 1 and bool((param != 0).all()) and float(param.abs().max()) <= LAYER_SCALE_MAX:
+        if (
+            param.ndim == 1
+            and param.numel() > 1
+            and bool((param != 0).all())
+            and float(param.abs().max()) <= LAYER_SCALE_MAX
+        ):
             param.copy_(_uniform(param.shape, 0.5, 1.5, generator))
         param.add_(torch.randn(param.shape, generator=generator) * 0.02)
     randomize_batchnorm(model, generator, example=torch.randn(8, *input_size, generator=generator))

@@ -37,7 +37,9 @@ def is_branchable(conv: nn.Module) -> bool:
     return same and _pair(conv.dilation) == (1, 1)  # type: ignore[union-attr,arg-type]
 
 
-def _replace_modules(model: nn.Module, pick: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]) -> nn.Module:
+def _replace_modules(
+    model: nn.Module, pick: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]
+) -> nn.Module:
     """A deep copy of ``model`` in which every module picked is replaced by ``make(module)``.
 
     Replacements are memoised by identity, so a module reachable under two names
@@ -56,21 +58,27 @@ def _replace_modules(model: nn.Module, pick: Callable[[nn.Module], bool], make: 
     return model
 
 
-def add_branches(model: nn.Module, init: BranchInit = "default", *, generator: torch.Generator | None = None) -> nn.Module:
+def add_branches(
+    model: nn.Module, init: BranchInit = "default", *, generator: torch.Generator | None = None
+) -> nn.Module:
     """A deep copy of ``model`` with every branchable conv replaced by ``OREPAConv2d.from_conv(conv, init)``.
 
     ``init="identity"`` keeps the model's function exactly (fine-tuning a pretrained
     student); ``"default"`` uses the authors' branch scales for training from scratch.
     """
     return _replace_modules(
-        model, is_branchable, lambda conv: OREPAConv2d.from_conv(conv, init, generator=generator)  # type: ignore[arg-type]
+        model,
+        is_branchable,
+        lambda conv: OREPAConv2d.from_conv(conv, init, generator=generator),  # type: ignore[arg-type]
     )
 
 
 def merge_branches(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with every OREPAConv2d merged back into a plain convolution."""
     return _replace_modules(
-        model, lambda module: isinstance(module, OREPAConv2d), lambda block: block.to_conv()  # type: ignore[operator]
+        model,
+        lambda module: isinstance(module, OREPAConv2d),
+        lambda block: block.to_conv(),  # type: ignore[operator]
     )
 
 

@@ -40,8 +40,8 @@ import torch
 from torch import Tensor
 
 from gpd.branches.orepa import DW_MULTIPLIER, OREPAConv2d
-from gpd.expansion import ExpandedLayer, LayerContext, ParamSlice, register_expansion_rule, replace_tensors
 from gpd.channel_maps import ChannelMap
+from gpd.expansion import ExpandedLayer, LayerContext, ParamSlice, register_expansion_rule, replace_tensors
 from gpd.expansion.rules import _check_groups, paper_bias_scale, paper_weight_scale
 
 PER_GROUP_TENSORS = ("weight_3x3", "weight_avg", "weight_prior", "weight_3x3_after_1x1", "weight_3x3_extra")

@@ -161,7 +161,9 @@ class MergeKernel(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         with torch.autocast(grad.device.type, enabled=False):
-            grads = _merge_backward(ctx.saved_tensors, grad, ctx.groups, ctx.compose_1x1, ctx.compose_dw, ctx.needs_input_grad[3:])
+            grads = _merge_backward(
+                ctx.saved_tensors, grad, ctx.groups, ctx.compose_1x1, ctx.compose_dw, ctx.needs_input_grad[3:]
+            )
         return (None, None, None, *grads)
 
 

@@ -52,10 +52,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpd.sharing.cache import VersionedCache
 from gpd.branches.merge import DW_MULTIPLIER, MergeKernel, compose_1x1_3x3, compose_dw_pw, merge_kernel_values
 from gpd.branches.paths import BlockShape, BranchPaths, choose_paths
 from gpd.errors import ModelError
+from gpd.sharing.cache import VersionedCache
 
 BranchInit = Literal["default", "identity"]
 

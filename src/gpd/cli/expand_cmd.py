@@ -189,8 +189,18 @@ def format_report(
     report = model.report
     roles = report.roles
     lines = [
-        _line("model", f"{name}, {num_classes} classes, input {'x'.join(map(str, input_size))}, ratio {report.ratio:g}"),
-        _line("layout", report.layout + (" (each channel's copies side by side: the model splits channels)" if report.layout == "interleaved" else "")),
+        _line(
+            "model", f"{name}, {num_classes} classes, input {'x'.join(map(str, input_size))}, ratio {report.ratio:g}"
+        ),
+        _line(
+            "layout",
+            report.layout
+            + (
+                " (each channel's copies side by side: the model splits channels)"
+                if report.layout == "interleaved"
+                else ""
+            ),
+        ),
         *cost_lines(student, dynamic),
         verification_line(report.dynamic_error, report.student_error, tolerance, report.checked_in_float64),
         _line("input layers", _names(roles.input_layers, roles.order)),

@@ -168,7 +168,9 @@ def write_onnx(payload: dict[str, Any], model: nn.Module, target: Path, input_si
         with torch.no_grad():
             model(example)
     except Exception as err:
-        raise ConfigError(f"the student does not run on inputs of size {'x'.join(map(str, size))}: {first_line(err)}") from None
+        raise ConfigError(
+            f"the student does not run on inputs of size {'x'.join(map(str, size))}: {first_line(err)}"
+        ) from None
     write_atomically(target, lambda tmp: export_onnx(model, example, tmp))
     return onnx_difference(target, model, example)
 

@@ -39,7 +39,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config, overrides = _split_config_and_overrides(args.items)
     if args.resume is not None:
         if config is not None:
-            raise ConfigError(f"--resume takes the run's own config.yaml; drop '{config}' (overrides like train.epochs=N are fine)")
+            raise ConfigError(
+                f"--resume takes the run's own config.yaml; drop '{config}' (overrides like train.epochs=N are fine)"
+            )
         if args.overwrite or args.dry_run:
             raise ConfigError("--resume cannot be combined with --overwrite or --dry-run")
     elif args.inexact_resume:
@@ -51,7 +53,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(cfg)
         if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
-            print(f"dry run of {config or DEFAULT_CONFIG} passed: data, models, losses, 2 optimisation steps and the export all work")
+            print(
+                f"dry run of {config or DEFAULT_CONFIG} passed: data, models, losses, 2 optimisation steps and the export all work"
+            )
         return 0
     launch(cfg, overwrite=args.overwrite)
     return 0
@@ -119,10 +123,17 @@ def _add_expand_parser(sub: argparse._SubParsersAction) -> None:
     size = expand.add_mutually_exclusive_group()
     size.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="size of one input sample")
     size.add_argument(
-        "--img-size", type=int, metavar="S", help="square images of S pixels (also passed to timm models built for one size)"
+        "--img-size",
+        type=int,
+        metavar="S",
+        help="square images of S pixels (also passed to timm models built for one size)",
     )
     expand.add_argument(
-        "--kwarg", action="append", default=[], metavar="KEY=VALUE", help="extra model argument (repeatable), e.g. drop_rate=0.1"
+        "--kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra model argument (repeatable), e.g. drop_rate=0.1",
     )
     expand.add_argument("--tolerance", type=float, default=1e-4, help="largest relative error accepted (default 1e-4)")
     expand.set_defaults(func=cmd_expand)
@@ -143,7 +154,11 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--output", default=None, metavar="FILE", help="output file (or folder)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     export.add_argument(
-        "--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
+        "--input-size",
+        type=int,
+        nargs=3,
+        metavar=("C", "H", "W"),
+        default=None,
         help="ONNX input size of one sample (default: the size recorded in student.pt)",
     )
     export.set_defaults(func=cmd_export)
@@ -187,8 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN_DIR",
         default=None,
-        help="continue an interrupted run from its last checkpoint, with its own config "
-        "(train.epochs=N may extend it)",
+        help="continue an interrupted run from its last checkpoint, with its own config (train.epochs=N may extend it)",
     )
     train.add_argument(
         "--inexact-resume",

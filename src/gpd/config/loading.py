@@ -22,7 +22,11 @@ def bundled_config_names() -> list[str]:
     root = resources.files("gpd.config") / "bundled"
     names = []
     for group in sorted(p for p in root.iterdir() if p.is_dir()):
-        names += [f"{group.name}/{f.name[:-5]}" for f in sorted(group.iterdir(), key=lambda f: f.name) if f.name.endswith(".yaml")]
+        names += [
+            f"{group.name}/{f.name[:-5]}"
+            for f in sorted(group.iterdir(), key=lambda f: f.name)
+            if f.name.endswith(".yaml")
+        ]
     return names
 
 
@@ -102,9 +106,7 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
         except Exception as err:  # YAML syntax errors come in many classes
             raise ConfigError(f"cannot read config {path}: {first_line(err)}") from None
         if not isinstance(layer, DictConfig):
-            raise ConfigError(
-                f"config {path} must be a mapping of sections (data:, model:, train: ...), not a list"
-            )
+            raise ConfigError(f"config {path} must be a mapping of sections (data:, model:, train: ...), not a list")
         merged = _merge(merged, _upgrade_layer(layer, f"in {path}"), f"in {path}")
     for item in overrides or []:
         if "=" not in item:
@@ -127,7 +129,9 @@ def _check_names(cfg: Config) -> None:
     from gpd.models import check_model_name
 
     if cfg.data.name.lower().replace("-", "_") not in KNOWN_DATASETS:
-        raise ConfigError(f"data.name: unknown data set '{cfg.data.name}'; known data sets: {', '.join(KNOWN_DATASETS)}")
+        raise ConfigError(
+            f"data.name: unknown data set '{cfg.data.name}'; known data sets: {', '.join(KNOWN_DATASETS)}"
+        )
     for key, name in (("model.student", cfg.model.student), ("teacher.model", cfg.teacher.model)):
         if name is not None:
             try:
@@ -157,9 +161,12 @@ def validate(cfg: Config) -> None:
         t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
         f"train.device must be auto, cpu, cuda, cuda:N or mps, got '{t.device}'",
     )
-    _require(t.precision in ("fp32", "bf16", "fp16"), f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
     _require(
-        t.memory_mode in ("joint", "sequential"), f"train.memory_mode must be joint or sequential, got '{t.memory_mode}'"
+        t.precision in ("fp32", "bf16", "fp16"), f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'"
+    )
+    _require(
+        t.memory_mode in ("joint", "sequential"),
+        f"train.memory_mode must be joint or sequential, got '{t.memory_mode}'",
     )
     _require(t.ema_decay is None or 0 < t.ema_decay < 1, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
     _require(t.ema_epochs > 0, f"train.ema_epochs must be > 0, got {t.ema_epochs}")
@@ -174,7 +181,9 @@ def validate(cfg: Config) -> None:
         f"train.threads must be auto or a positive number of threads, got '{t.threads}'",
     )
     _require(t.on_nonfinite in ("stop", "skip"), f"train.on_nonfinite must be stop or skip, got '{t.on_nonfinite}'")
-    _require(math.isfinite(g.ratio) and g.ratio >= 1, f"gpd.ratio must be >= 1 (the dynamic teacher is wider), got {g.ratio}")
+    _require(
+        math.isfinite(g.ratio) and g.ratio >= 1, f"gpd.ratio must be >= 1 (the dynamic teacher is wider), got {g.ratio}"
+    )
     _require(g.sce_weight >= 0, f"gpd.sce_weight must be >= 0, got {g.sce_weight}")
     _require(0 <= g.sce_eps <= 1, f"gpd.sce_eps must be in [0, 1], got {g.sce_eps}")
     _require(g.noise_std >= 0, f"gpd.noise_std must be >= 0, got {g.noise_std}")
@@ -185,7 +194,9 @@ def validate(cfg: Config) -> None:
     _require(
         g.layout in ("auto", "tiled", "interleaved"), f"gpd.layout must be auto, tiled or interleaved, got '{g.layout}'"
     )
-    _require(g.enabled or g.share, "gpd.share=false separates D's parameters from the student's; it needs gpd.enabled=true")
+    _require(
+        g.enabled or g.share, "gpd.share=false separates D's parameters from the student's; it needs gpd.enabled=true"
+    )
     _require(
         not g.compensate_step or (g.enabled and g.share),
         "gpd.compensate_step=true changes how shared parameters are stepped; it needs gpd.enabled=true and gpd.share=true",
@@ -232,7 +243,9 @@ def _validate_augmentation(cfg: Config) -> None:
     """The DeiT recipe's keys (data.randaugment ... data.mixup_switch_prob)."""
     d = cfg.data
     _require(0 <= d.random_erasing <= 1, f"data.random_erasing must be a probability in [0, 1], got {d.random_erasing}")
-    _require(d.color_jitter is None or d.color_jitter >= 0, f"data.color_jitter must be >= 0 or null, got {d.color_jitter}")
+    _require(
+        d.color_jitter is None or d.color_jitter >= 0, f"data.color_jitter must be >= 0 or null, got {d.color_jitter}"
+    )
     _require(
         d.interpolation is None or d.interpolation in INTERPOLATIONS,
         f"data.interpolation must be {', '.join(INTERPOLATIONS)} or null, got '{d.interpolation}'",
@@ -241,7 +254,8 @@ def _validate_augmentation(cfg: Config) -> None:
     _require(d.cutmix >= 0 and math.isfinite(d.cutmix), f"data.cutmix must be an alpha >= 0 (0: off), got {d.cutmix}")
     _require(0 <= d.mixup_prob <= 1, f"data.mixup_prob must be a probability in [0, 1], got {d.mixup_prob}")
     _require(
-        0 <= d.mixup_switch_prob <= 1, f"data.mixup_switch_prob must be a probability in [0, 1], got {d.mixup_switch_prob}"
+        0 <= d.mixup_switch_prob <= 1,
+        f"data.mixup_switch_prob must be a probability in [0, 1], got {d.mixup_switch_prob}",
     )
     if d.randaugment is not None:
         _check_randaugment(d.randaugment)

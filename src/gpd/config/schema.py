@@ -8,7 +8,7 @@ unknown key or a value of the wrong type is an error, not a silent no-op.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from gpd.deprecated import warn_renamed
 
@@ -16,24 +16,24 @@ from gpd.deprecated import warn_renamed
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"  # fashion_mnist | mnist | digits | cifar10 | cifar100 | imagefolder | hf_disk
-    root: Optional[str] = None  # None: $GPD_DATA, ./data, ~/.cache/gpd/data (and Debian's folder)
-    train_subset: Optional[int] = None  # keep only this many training samples
-    test_subset: Optional[int] = None  # evaluate on only this many test samples (quick runs)
+    root: str | None = None  # None: $GPD_DATA, ./data, ~/.cache/gpd/data (and Debian's folder)
+    train_subset: int | None = None  # keep only this many training samples
+    test_subset: int | None = None  # evaluate on only this many test samples (quick runs)
     download: bool = False  # let torchvision download the set (needs internet)
     augment: bool = True  # random crop and flip where the data set uses them
-    image_size: Optional[int] = None  # resize; None keeps the native size
+    image_size: int | None = None  # resize; None keeps the native size
     num_workers: int = 0  # DataLoader worker processes
-    val_split: Optional[float] = None  # hold out this fraction (or count) of training samples to select weights on
+    val_split: float | None = None  # hold out this fraction (or count) of training samples to select weights on
     val_seed: int = 0  # the seed of the stratified validation split (fixed across train.seed)
     image_key: str = "image"  # hf_disk: the column holding the images
     label_key: str = "label"  # hf_disk: the column holding the class labels
     # The DeiT recipe's augmentations (timm). Setting any of the next four switches the
     # training images of imagefolder/CIFAR to timm's create_transform pipeline; unset, the
     # default pipelines above are used unchanged.
-    randaugment: Optional[str] = None  # a timm auto_augment string, e.g. rand-m9-mstd0.5-inc1; null: off
+    randaugment: str | None = None  # a timm auto_augment string, e.g. rand-m9-mstd0.5-inc1; null: off
     random_erasing: float = 0.0  # probability of timm's RandomErasing (per-pixel random fill)
-    color_jitter: Optional[float] = None  # brightness/contrast/saturation factor; timm skips it under RandAugment
-    interpolation: Optional[str] = None  # bilinear | bicubic | nearest for resizing (null: bilinear)
+    color_jitter: float | None = None  # brightness/contrast/saturation factor; timm skips it under RandAugment
+    interpolation: str | None = None  # bilinear | bicubic | nearest for resizing (null: bilinear)
     # Mixup/CutMix of each training batch (timm Mixup; soft targets, label smoothing applied there).
     mixup: float = 0.0  # Mixup alpha; 0: off
     cutmix: float = 0.0  # CutMix alpha; 0: off
@@ -57,7 +57,9 @@ class GPDConfig:
     branches: str = "none"  # orepa: train 3x3 stride-1 convs as six-branch blocks (merged on export)
     branch_init: str = "default"  # default (from scratch) | identity (blocks start equal to the convs)
     share: bool = True  # false (ablation): D is built by IR but keeps parameters separate from the student's
-    compensate_step: bool = False  # false: the paper's per-layer steps; true: the plain networks' steps (docs/method.md)
+    compensate_step: bool = (
+        False  # false: the paper's per-layer steps; true: the plain networks' steps (docs/method.md)
+    )
     layout: str = "auto"  # D's copies: auto (tiled, else interleaved where only that is exact) | tiled | interleaved
 
     @property
@@ -74,17 +76,17 @@ class GPDConfig:
 
 @dataclass
 class StudentConfig:
-    checkpoint: Optional[str] = None  # fine-tuning: a run dir, student.pt or state_dict file (strict load)
+    checkpoint: str | None = None  # fine-tuning: a run dir, student.pt or state_dict file (strict load)
     pretrained: bool = False  # fine-tuning from torchvision/timm weights (needs internet; a dry run uses random ones)
-    pretrained_file: Optional[str] = None  # weights on disk from another task: head re-initialised, input channels adapted
+    pretrained_file: str | None = None  # weights on disk from another task: head re-initialised, input channels adapted
 
 
 @dataclass
 class TeacherConfig:
-    model: Optional[str] = None  # the static teacher's architecture (not needed for a gpd student.pt)
-    checkpoint: Optional[str] = None  # a run dir, student.pt or state_dict file of the teacher
+    model: str | None = None  # the static teacher's architecture (not needed for a gpd student.pt)
+    checkpoint: str | None = None  # a run dir, student.pt or state_dict file of the teacher
     pretrained: bool = False  # torchvision/timm weights (needs internet; a dry run uses random ones)
-    pretrained_file: Optional[str] = None  # weights on disk (state_dict or safetensors) for teacher.model, adapted
+    pretrained_file: str | None = None  # weights on disk (state_dict or safetensors) for teacher.model, adapted
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -129,7 +131,7 @@ class TrainConfig:
     decay_milestones: list[int] = field(default_factory=list)  # epochs, for scheduler=multistep
     decay_rate: float = 0.1
     label_smoothing: float = 0.0
-    grad_clip: Optional[float] = 5.0  # max global gradient norm (as the paper's optimizer sees it); null disables clipping
+    grad_clip: float | None = 5.0  # max global gradient norm (as the paper's optimizer sees it); null disables clipping
     grad_probe_every: int = 50  # every N steps, measure the student's and D's loss-gradient norms apart; 0: never
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process takes its LOCAL_RANK GPU)
@@ -138,9 +140,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward pass (both halves in memory_mode=sequential)
     memory_mode: str = "joint"  # joint: one backward of the summed loss; sequential: D's backward, then S's
     ema: bool = False  # keep an exponential moving average of the trained weights and evaluate it too
-    ema_epochs: float = 1.0  # the EMA's averaging horizon in epochs (per-step decay exp(-1/steps)); see docs/training.md
-    ema_images: Optional[int] = None  # the horizon in training images instead (any batch size, any process count)
-    ema_decay: Optional[float] = None  # an explicit per-step decay (older configs); overrides the horizons
+    ema_epochs: float = (
+        1.0  # the EMA's averaging horizon in epochs (per-step decay exp(-1/steps)); see docs/training.md
+    )
+    ema_images: int | None = None  # the horizon in training images instead (any batch size, any process count)
+    ema_decay: float | None = None  # an explicit per-step decay (older configs); overrides the horizons
     ema_warmup: bool = True  # timm's EMA warm-up: the decay ramps up over the first steps
     on_nonfinite: str = "stop"  # stop: end the run at a NaN/inf loss; skip: drop that step and go on
     nonfinite_check_every: int = 50  # stop: read the device's non-finite flag every N steps and at epoch ends
@@ -160,4 +164,4 @@ class Config:
     dkd: DKDConfig = field(default_factory=DKDConfig)
     reviewkd: ReviewKDConfig = field(default_factory=ReviewKDConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    output_dir: Optional[str] = None  # None: runs/<data>-<student>-<gpd|baseline>-<time>
+    output_dir: str | None = None  # None: runs/<data>-<student>-<gpd|baseline>-<time>

@@ -352,7 +352,9 @@ def _build_imagefolder(
     )
 
 
-def _imagefolder_transforms(size: int, augment: bool, recipe: AugmentRecipe | None = None) -> tuple[T.Compose, T.Compose]:
+def _imagefolder_transforms(
+    size: int, augment: bool, recipe: AugmentRecipe | None = None
+) -> tuple[T.Compose, T.Compose]:
     """Standard ImageNet recipe: random-resized crop + flip to train, resize + center crop to test.
 
     An active ``recipe`` trains with timm's pipeline instead, and its interpolation (if

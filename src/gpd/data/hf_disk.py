@@ -30,7 +30,13 @@ class HFImageDataset(Dataset):
     """One split of a Hugging Face data set: ``(transform(image), label)`` per sample."""
 
     def __init__(self, split: Any, image_key: str, label_key: str, mode: str, transform: T.Compose) -> None:
-        self.split, self.image_key, self.label_key, self.mode, self.transform = split, image_key, label_key, mode, transform
+        self.split, self.image_key, self.label_key, self.mode, self.transform = (
+            split,
+            image_key,
+            label_key,
+            mode,
+            transform,
+        )
 
     def __len__(self) -> int:
         return len(self.split)
@@ -93,7 +99,7 @@ def build_hf_disk(
         data = datasets.load_from_disk(str(root))
     except FileNotFoundError:
         raise DataError(f"hf_disk: {root} is not a folder written by datasets' save_to_disk()") from None
-    except Exception as err:  # noqa: BLE001 - an unreadable folder is one line for the user
+    except Exception as err:
         raise DataError(f"hf_disk: cannot read {root}: {' '.join(str(err).split())}") from None
     if not hasattr(data, "keys"):
         raise DataError(f"hf_disk: {root} holds a single split; save a DatasetDict with train and test splits")

@@ -15,7 +15,9 @@ from timm.data import Mixup
 from gpd.errors import ConfigError
 
 
-def build_mixup(data: Any, num_classes: int, label_smoothing: float = 0.0, batch_size: int | None = None) -> Mixup | None:
+def build_mixup(
+    data: Any, num_classes: int, label_smoothing: float = 0.0, batch_size: int | None = None
+) -> Mixup | None:
     """timm's Mixup for ``data.mixup``/``data.cutmix`` (alphas; 0 turns each off), or None when both are off.
 
     ``data`` is a ``DataConfig`` (or anything with its ``mixup``, ``cutmix``, ``mixup_prob``

@@ -119,8 +119,10 @@ class Distiller(nn.Module):
         self.reviewkd_warmup = float(options.pop("warmup_epochs", 0.0)) if kd == "reviewkd" else 0.0
         self.reviewkd_student_preact = bool(options.pop("student_preact", True)) if kd == "reviewkd" else True
         if kd == "reviewkd" and options:
-            raise ConfigError(f"unknown ReviewKD options {sorted(options)}; use weight, mid_channels, "
-                              "warmup_epochs, student_preact, ce_weight")
+            raise ConfigError(
+                f"unknown ReviewKD options {sorted(options)}; use weight, mid_channels, "
+                "warmup_epochs, student_preact, ce_weight"
+            )
         if kd == "reviewkd":
             self.kd_loss: KDLoss | None = None
         else:
@@ -131,8 +133,10 @@ class Distiller(nn.Module):
                 f"(teacher {'given' if teacher is not None else 'missing'}, kd={kd!r})"
             )
         if compensate_step and not (dynamic_teacher and share_parameters):
-            raise ConfigError("compensate_step applies to a student that shares D's parameters; "
-                              "it needs dynamic_teacher=True and share_parameters=True")
+            raise ConfigError(
+                "compensate_step applies to a student that shares D's parameters; "
+                "it needs dynamic_teacher=True and share_parameters=True"
+            )
         self.static_teacher = freeze(teacher) if teacher is not None else None
         self.sce_weight = sce_weight
         self.sce_eps = sce_eps
@@ -213,7 +217,10 @@ class Distiller(nn.Module):
                     self.static_teacher(example_input)  # type: ignore[misc]
                 with self._taps(self.student_module(), "student_stages", True) as s_feats:
                     self.student_logits(example_input)
-                for who, feats, names in (("static teacher", t_feats, self.teacher_stages), ("student", s_feats, self.student_stages)):
+                for who, feats, names in (
+                    ("static teacher", t_feats, self.teacher_stages),
+                    ("student", s_feats, self.student_stages),
+                ):
                     for name, feat in zip(names, feats):
                         if feat.ndim != 4:
                             raise ConfigError(
@@ -334,7 +341,12 @@ class Distiller(nn.Module):
         return self._student_terms(x, y, targets, dynamic_logits, epoch)[0]
 
     def _student_terms(
-        self, x: torch.Tensor, y: torch.Tensor, targets: StaticTargets, dynamic_logits: torch.Tensor | None, epoch: float | None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        targets: StaticTargets,
+        dynamic_logits: torch.Tensor | None,
+        epoch: float | None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         with self._taps(self.student_module(), "student_stages", bool(self.review_heads)) as feats:
             student_logits = self.student_logits(x)
@@ -383,7 +395,9 @@ class Distiller(nn.Module):
         if self.review_heads:
             warmup = self.reviewkd_warmup
             ramp = 1.0 if not warmup or epoch is None else min(epoch / warmup, 1.0)
-            losses[f"reviewkd_{role}"] = ramp * self.reviewkd_weight * reviewkd_loss(self.review_heads[role], feats, targets.features)
+            losses[f"reviewkd_{role}"] = (
+                ramp * self.reviewkd_weight * reviewkd_loss(self.review_heads[role], feats, targets.features)
+            )
         else:
             losses[f"kd_{role}"] = self.kd_loss(logits, targets.logits, hard_labels(y), epoch)  # type: ignore[misc]
 

@@ -39,8 +39,21 @@ from gpd.errors import ConfigError
 
 # Modules whose input is a stage's pre-activation value when their output is the stage's output.
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
-    nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardtanh, nn.Softplus, nn.Tanh,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Tanh,
 )
 
 
@@ -79,7 +92,7 @@ def classifier_name(model: nn.Module) -> str | None:
     if callable(get_classifier):
         try:
             head = get_classifier()
-        except Exception:  # noqa: BLE001 - a model's own method may not apply to this instance
+        except Exception:
             head = None
         if isinstance(head, nn.Linear) and id(head) in names:
             return names[id(head)]
@@ -148,13 +161,21 @@ def stage_features(
                 for module in stage.modules():
                     if isinstance(module, ACTIVATIONS):
                         handles.append(module.register_forward_pre_hook(activation_start))
-                        handles.append(module.register_forward_hook(
-                            lambda mod, args, out, name=name: activation_end(name, mod, out)))
+                        handles.append(
+                            module.register_forward_hook(
+                                lambda mod, args, out, name=name: activation_end(name, mod, out)
+                            )
+                        )
             handles.append(stage.register_forward_hook(lambda mod, args, out, name=name: stage_end(name, out)))
         head = classifier_name(model) if pooled else None
         if head is not None:
-            handles.append(model.get_submodule(head).register_forward_pre_hook(
-                lambda mod, args: pooled_input.append(args[0]) if args and isinstance(args[0], torch.Tensor) else None))
+            handles.append(
+                model.get_submodule(head).register_forward_pre_hook(
+                    lambda mod, args: (
+                        pooled_input.append(args[0]) if args and isinstance(args[0], torch.Tensor) else None
+                    )
+                )
+            )
     except BaseException:
         for handle in handles:
             handle.remove()
@@ -182,5 +203,6 @@ def _pooled_map(classifier_input: torch.Tensor | None, last_output: object) -> t
         return F.adaptive_avg_pool2d(last, 1)
     if classifier_input is not None and classifier_input.dim() == 4:
         return F.adaptive_avg_pool2d(classifier_input, 1)
-    raise ConfigError("ReviewKD's pooled level needs a classifier with a (B, C) input or a last stage "
-                      "giving (B, C, H, W) maps")
+    raise ConfigError(
+        "ReviewKD's pooled level needs a classifier with a (B, C) input or a last stage giving (B, C, H, W) maps"
+    )

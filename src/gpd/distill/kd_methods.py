@@ -29,7 +29,9 @@ class HintonKD:
     temperature: float = 4.0
     weight: float = 1.0
 
-    def __call__(self, logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, epoch: float | None) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, epoch: float | None
+    ) -> torch.Tensor:
         return self.weight * kd(logits, teacher_logits, self.temperature)
 
 
@@ -45,7 +47,9 @@ class DecoupledKD:
     temperature: float = 4.0
     warmup_epochs: float = 20.0
 
-    def __call__(self, logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, epoch: float | None) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, epoch: float | None
+    ) -> torch.Tensor:
         ramp = 1.0 if not self.warmup_epochs or epoch is None else min(epoch / self.warmup_epochs, 1.0)
         return ramp * dkd(logits, teacher_logits, target, self.alpha, self.beta, self.temperature, check_targets=False)
 

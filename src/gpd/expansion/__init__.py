@@ -2,6 +2,7 @@
 
 from gpd.channel_maps import ChannelMap, WidthPlan
 from gpd.expansion.expand import expand
+from gpd.expansion.heads import register_fused_mlps, register_known_attentions
 from gpd.expansion.rules import (
     ExpandedLayer,
     ExpansionRule,
@@ -12,9 +13,8 @@ from gpd.expansion.rules import (
     register_when_imported,
     replace_tensors,
 )
-from gpd.sharing.param_slice import ParamSlice
-from gpd.expansion.heads import register_fused_mlps, register_known_attentions
 from gpd.expansion.timm_rules import register_timm_rules
+from gpd.sharing.param_slice import ParamSlice
 
 register_when_imported("timm", register_timm_rules)
 register_known_attentions()

@@ -19,9 +19,14 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from gpd.errors import ExpansionError, first_line
 from gpd.channel_maps import ChannelMap, WidthPlan
-from gpd.expansion.generic import expand_generic_leaf, expand_own_tensors, known_channel_counts, resize_channel_attributes
+from gpd.errors import ExpansionError, first_line
+from gpd.expansion.generic import (
+    expand_generic_leaf,
+    expand_own_tensors,
+    known_channel_counts,
+    resize_channel_attributes,
+)
 from gpd.expansion.layout import MeasuredInput, measure_input
 from gpd.expansion.roles import LayerRoles, iter_channel_tensor_holders, iter_units
 from gpd.expansion.rules import ExpandedLayer, LayerContext, RuleEntry
@@ -41,10 +46,18 @@ def _plain_sizes(units: dict[str, nn.Module], roles: LayerRoles) -> set[int]:
     sizes: set[int] = set()
     for name in roles.input_layers:
         module = units.get(name)
-        sizes.update(v for v in (getattr(module, "in_channels", None), getattr(module, "in_features", None)) if isinstance(v, int))
+        sizes.update(
+            v
+            for v in (getattr(module, "in_channels", None), getattr(module, "in_features", None))
+            if isinstance(v, int)
+        )
     for name in roles.output_layers:
         module = units.get(name)
-        sizes.update(v for v in (getattr(module, "out_channels", None), getattr(module, "out_features", None)) if isinstance(v, int))
+        sizes.update(
+            v
+            for v in (getattr(module, "out_channels", None), getattr(module, "out_features", None))
+            if isinstance(v, int)
+        )
     return sizes
 
 
@@ -81,14 +94,18 @@ class TeacherBuilder:
             known_counts=self.counts,
         )
 
-    def expand_unit(self, name: str, module: nn.Module, entry: RuleEntry | None, measured: MeasuredInput | None) -> ExpandedLayer:
+    def expand_unit(
+        self, name: str, module: nn.Module, entry: RuleEntry | None, measured: MeasuredInput | None
+    ) -> ExpandedLayer:
         rule = entry.rule if entry is not None else expand_generic_leaf
         try:
             layer = rule(module, self.context(name, entry, measured))
         except ExpansionError:
             raise
         except Exception as err:  # a rule's own failure is a refusal naming the layer
-            raise ExpansionError(f"layer '{name}' ({type(module).__name__}): its expansion rule failed: {first_line(err)}") from err
+            raise ExpansionError(
+                f"layer '{name}' ({type(module).__name__}): its expansion rule failed: {first_line(err)}"
+            ) from err
         prefix = f"{name}." if name else ""
         self.slices.update({prefix + p: s for p, s in layer.params.items()})
         if layer.output_map is not None:
@@ -128,7 +145,9 @@ class TeacherBuilder:
         for name, module, axes in iter_channel_tensor_holders(self.student):
             target = teacher.get_submodule(name) if name else teacher
             prefix = f"{name}." if name else ""
-            for tensor_name, param_slice in expand_own_tensors(module, target, name, axes, self.plan, set(self.counts)).items():
+            for tensor_name, param_slice in expand_own_tensors(
+                module, target, name, axes, self.plan, set(self.counts)
+            ).items():
                 self.slices[prefix + tensor_name] = param_slice
                 self.rules_used.setdefault("channel_tensors", []).append(prefix + tensor_name)
         for attr in resize_channel_attributes(teacher, self.plan):
@@ -146,7 +165,13 @@ class TeacherBuilder:
         handles = []
         for name, (module, entry) in pending.items():
 
-            def hook(mod: nn.Module, args: tuple, name: str = name, module: nn.Module = module, entry: RuleEntry | None = entry) -> None:
+            def hook(
+                mod: nn.Module,
+                args: tuple,
+                name: str = name,
+                module: nn.Module = module,
+                entry: RuleEntry | None = entry,
+            ) -> None:
                 if name in self.built:
                     return
                 tensor, reference = _first_tensor(args, {}), student_inputs.get(name)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gpd.errors import ExpansionError, first_line
 from gpd.channel_maps import LAYOUTS, ChannelMap, WidthPlan
+from gpd.errors import ExpansionError, first_line
 from gpd.expansion.build import build_teacher
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
 from gpd.expansion.verify import locate_divergence, relative_error
@@ -35,7 +35,14 @@ def infer_input_size(model: nn.Module) -> tuple[int, ...]:
     default config, else 32 x 32 (enough for any CNN with global pooling).
     """
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    cfg = next((c for c in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None)) if isinstance(c, dict)), {})
+    cfg = next(
+        (
+            c
+            for c in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None))
+            if isinstance(c, dict)
+        ),
+        {},
+    )
     cfg_size = tuple(cfg.get("input_size") or ())
     channels = first_conv.in_channels if first_conv is not None else (cfg_size[0] if cfg_size else None)
     if channels is None:
@@ -109,7 +116,9 @@ def add_symmetry_noise(model: GPDModel, std: float, generator: torch.Generator |
             param.add_(noise.to(param.device))
 
 
-FLOAT64_TOLERANCE = 1e-6  # float64 rounding amplified by deep nets with random statistics (1e-8 measured), far below a wrong layout's
+FLOAT64_TOLERANCE = (
+    1e-6  # float64 rounding amplified by deep nets with random statistics (1e-8 measured), far below a wrong layout's
+)
 
 
 def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], example: tuple) -> Any:
@@ -142,7 +151,12 @@ def _measure(student: nn.Module, model: GPDModel, example: tuple) -> tuple[float
 
 
 def _raise_mismatch(
-    student: nn.Module, model: GPDModel, example: tuple, output_maps: dict[str, ChannelMap], errors: tuple[float, float], tolerance: float
+    student: nn.Module,
+    model: GPDModel,
+    example: tuple,
+    output_maps: dict[str, ChannelMap],
+    errors: tuple[float, float],
+    tolerance: float,
 ) -> None:
     for who, error, modules, run in (
         ("dynamic teacher", errors[0], model.dynamic, lambda: model.forward_dynamic(*example)),
@@ -326,7 +340,9 @@ def expand(
     """
     if layout not in ("auto", *LAYOUTS):
         raise ExpansionError(f"layout must be 'auto', {', '.join(repr(x) for x in LAYOUTS)}; got {layout!r}")
-    plans = [WidthPlan(ratio, "tiled"), WidthPlan(ratio, "interleaved")] if layout == "auto" else [WidthPlan(ratio, layout)]  # type: ignore[arg-type]
+    plans = (
+        [WidthPlan(ratio, "tiled"), WidthPlan(ratio, "interleaved")] if layout == "auto" else [WidthPlan(ratio, layout)]
+    )  # type: ignore[arg-type]
     example = _example(model, example_input, input_size)  # before branches hide the stem conv
     model = with_branches(model, branches, branch_init)
     roles = detect_roles(model, example, input_layers, output_layers)
@@ -338,7 +354,9 @@ def expand(
             refusals.append(err)
     if len(refusals) == 1:
         raise refusals[0]
-    raise ExpansionError(f"{refusals[0]} (the interleaved layout is refused too: {first_line(refusals[1])[:300]})") from refusals[0]
+    raise ExpansionError(
+        f"{refusals[0]} (the interleaved layout is refused too: {first_line(refusals[1])[:300]})"
+    ) from refusals[0]
 
 
 def _expand_with_plan(
@@ -362,9 +380,7 @@ def _expand_with_plan(
             "register a rule for their layer"
         )
     named = roles.input_layers | roles.output_layers
-    unverified = sorted(
-        n for n in roles.unused - named if any(True for _ in model.get_submodule(n).parameters())
-    )
+    unverified = sorted(n for n in roles.unused - named if any(True for _ in model.get_submodule(n).parameters()))
     if unverified:
         warnings.warn(
             f"layers never called on the example input were expanded on both sides without verification: "

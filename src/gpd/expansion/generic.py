@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from gpd.errors import ExpansionError
 from gpd.channel_maps import ChannelMap, WidthPlan, identity_map
+from gpd.errors import ExpansionError
 from gpd.expansion.rules import ExpandedLayer, LayerContext, channel_tensor_multiplies, run_pending_registrations
 from gpd.sharing.param_slice import ParamSlice
 
@@ -43,7 +43,11 @@ def register_channel_attributes(module_class: type[nn.Module], names: tuple[str,
 def _resized(value: object, plan: WidthPlan) -> object:
     if isinstance(value, int) and not isinstance(value, bool):
         return plan.teacher_size(value)
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         return type(value)(plan.teacher_size(v) for v in value)
     return None
 
@@ -104,7 +108,9 @@ def channel_axis(owner: str, name: str, shape: tuple[int, ...], counts: set[int]
     )
 
 
-def own_tensor_slice(module: nn.Module, name: str, channel_map: ChannelMap, dim: int, declared: bool = False) -> ParamSlice:
+def own_tensor_slice(
+    module: nn.Module, name: str, channel_map: ChannelMap, dim: int, declared: bool = False
+) -> ParamSlice:
     """The ParamSlice of a tiled own tensor, with the paper's scale of an added or multiplying tensor.
 
     A declared tensor (gpd.register_channel_tensors) is added unless declared ``multiplies``.

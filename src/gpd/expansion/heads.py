@@ -56,7 +56,9 @@ def _head_dim(module: nn.Module, channels: int) -> int:
 def expand_subtree(module: nn.Module, ctx: LayerContext, name: str) -> ExpandedLayer:
     """Expand ``module`` and everything in it with each unit's own rule, both sides expanded."""
     entry = find_rule(module)
-    sub = LayerContext(name=name, plan=ctx.plan, channelwise=entry.channelwise if entry else True, known_counts=ctx.known_counts)
+    sub = LayerContext(
+        name=name, plan=ctx.plan, channelwise=entry.channelwise if entry else True, known_counts=ctx.known_counts
+    )
     if entry is not None:
         return entry.rule(module, sub)
     children = list(module.named_children())
@@ -121,7 +123,9 @@ def head_attention_rule(spec: HeadSpec):
             value = getattr(module, name, None)
             if value is None:
                 continue
-            channel_map = head_maps.get(value.shape[0]) or ctx.plan.map(value.shape[0], block=_head_dim(module, value.shape[0]))
+            channel_map = head_maps.get(value.shape[0]) or ctx.plan.map(
+                value.shape[0], block=_head_dim(module, value.shape[0])
+            )
             _set(new, name, channel_map.expand(value, 0), name in own)
             if name in own:  # a bias of the fused projection: as that bias (docs/method.md)
                 params[name] = ParamSlice({0: channel_map}, paper_scale=paper_bias_scale(channel_map))
@@ -157,7 +161,11 @@ def expand_multihead_attention(module: nn.MultiheadAttention, ctx: LayerContext)
     out_map = concat_maps([segment] * 3)
     weight = in_map.expand(out_map.expand(module.in_proj_weight, 0), 1, divide=True)
     tensors = {"in_proj_weight": weight}
-    params = {"in_proj_weight": ParamSlice({0: out_map, 1: in_map}, divided_dim=1, paper_scale=paper_weight_scale(in_map, out_map))}
+    params = {
+        "in_proj_weight": ParamSlice(
+            {0: out_map, 1: in_map}, divided_dim=1, paper_scale=paper_weight_scale(in_map, out_map)
+        )
+    }
     if module.in_proj_bias is not None:
         tensors["in_proj_bias"] = out_map.expand(module.in_proj_bias, 0)
         params["in_proj_bias"] = ParamSlice({0: out_map}, paper_scale=paper_bias_scale(out_map))
@@ -166,7 +174,12 @@ def expand_multihead_attention(module: nn.MultiheadAttention, ctx: LayerContext)
     for name, value in tensors.items():
         _set(new, name, value, True)
     ratio = int(ctx.plan.ratio)
-    new.embed_dim, new.kdim, new.vdim, new.num_heads = dim * ratio, module.kdim * ratio, module.vdim * ratio, module.num_heads * ratio
+    new.embed_dim, new.kdim, new.vdim, new.num_heads = (
+        dim * ratio,
+        module.kdim * ratio,
+        module.vdim * ratio,
+        module.num_heads * ratio,
+    )
     params.update({f"out_proj.{p}": s for p, s in proj.params.items()})
     return ExpandedLayer(new, params, output_map=proj.output_map)
 
@@ -187,15 +200,32 @@ def register_known_attentions() -> None:
 def register_timm_attentions() -> None:
     """The attention classes of timm that carry per-head tables."""
     try:
-        from timm.models import beit, efficientformer, efficientformer_v2, eva, levit, pvt_v2, swin_transformer, twins, xcit
-        from timm.models import cait, edgenext, metaformer, tiny_vit
+        from timm.models import (
+            beit,
+            cait,
+            edgenext,
+            efficientformer,
+            efficientformer_v2,
+            eva,
+            levit,
+            metaformer,
+            pvt_v2,
+            swin_transformer,
+            tiny_vit,
+            twins,
+            xcit,
+        )
     except ImportError:
         timm_specs = []
     else:
         qkv = {"qkv": 3}
         biases = ("q_bias", "k_bias", "v_bias")
         table = {"relative_position_bias_table": 1}
-        leaky = dict(head_tensors={"attention_biases": 0}, scaled_attrs=("num_heads", "val_attn_dim", "dh"), caches=("attention_bias_cache",))
+        leaky = dict(
+            head_tensors={"attention_biases": 0},
+            scaled_attrs=("num_heads", "val_attn_dim", "dh"),
+            caches=("attention_bias_cache",),
+        )
         timm_specs = [
             (swin_transformer.WindowAttention, HeadSpec(qkv, table)),
             (beit.Attention, HeadSpec(qkv, table, biases)),
@@ -205,7 +235,14 @@ def register_timm_attentions() -> None:
             (levit.Attention, HeadSpec(**leaky)),
             (metaformer.Attention, HeadSpec(qkv, scaled_attrs=("num_heads", "attention_dim"))),
             # qkv is laid out head by head ([q k v] of head 0, then head 1, ...): a plain tile copies whole heads
-            (tiny_vit.Attention, HeadSpec(head_tensors={"attention_biases": 0}, scaled_attrs=("num_heads", "out_dim"), caches=("attention_bias_cache",))),
+            (
+                tiny_vit.Attention,
+                HeadSpec(
+                    head_tensors={"attention_biases": 0},
+                    scaled_attrs=("num_heads", "out_dim"),
+                    caches=("attention_bias_cache",),
+                ),
+            ),
             (levit.AttentionDownsample, HeadSpec(**leaky)),
             (efficientformer.Attention, HeadSpec(**leaky)),
             (efficientformer_v2.Attention2d, HeadSpec(**leaky)),
@@ -243,7 +280,9 @@ def expand_glu_mlp(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
     if not isinstance(module.fc1, nn.Linear):
         raise ctx.error(module, "a GluMlp with a conv fc1 is expanded in the interleaved layout")
     half = ctx.plan.map(module.fc1.out_features // 2)
-    layers = {"fc1": expand_linear_with_maps(module.fc1, ctx.in_map(module.fc1.in_features, -1), concat_maps([half, half]))}
+    layers = {
+        "fc1": expand_linear_with_maps(module.fc1, ctx.in_map(module.fc1.in_features, -1), concat_maps([half, half]))
+    }
     for child_name, child in module.named_children():
         if child_name != "fc1":
             layers[child_name] = expand_subtree(child, ctx, f"{ctx.name}.{child_name}")

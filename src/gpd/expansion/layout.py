@@ -198,7 +198,9 @@ def measure_input(
     if len(differing) > 1:
         return None
     if not differing:
-        if not torch.allclose(teacher.double(), student.double(), rtol=0, atol=_tolerance(student) * (float(student.abs().max()) or 1.0)):
+        if not torch.allclose(
+            teacher.double(), student.double(), rtol=0, atol=_tolerance(student) * (float(student.abs().max()) or 1.0)
+        ):
             return None
         return MeasuredInput(tuple(student.shape))
     dim = differing[0]

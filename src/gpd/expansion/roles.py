@@ -53,7 +53,9 @@ def iter_channel_tensor_holders(model: nn.Module) -> Iterator[tuple[str, nn.Modu
     for name, module in model.named_modules():
         if any(name == unit or name.startswith(unit + ".") for unit in inside_units):
             continue  # a rule handles this module's tensors
-        own = {n for n, _ in module.named_parameters(recurse=False)} | {n for n, _ in module.named_buffers(recurse=False)}
+        own = {n for n, _ in module.named_parameters(recurse=False)} | {
+            n for n, _ in module.named_buffers(recurse=False)
+        }
         if not own or not any(True for _ in module.children()):
             continue  # a leaf is a unit: its rule (or the generic leaf rule) handles its tensors
         declared = channel_tensor_axes(module)
@@ -119,7 +121,9 @@ def trace_calls(model: nn.Module, example_input: Any) -> tuple[list[_Call], list
         def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             pending.setdefault(id(mod), []).append(_nodes((args, kwargs)))
 
-        def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name, cw: bool = channelwise) -> None:
+        def hook(
+            mod: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name, cw: bool = channelwise
+        ) -> None:
             stack = pending.get(id(mod))
             calls.append(_Call(name, cw, stack.pop() if stack else _nodes((args, kwargs)), _nodes(output)))
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import nn
 
-from gpd.errors import ExpansionError
 from gpd.channel_maps import ChannelMap, WidthPlan, identity_map
+from gpd.errors import ExpansionError
 from gpd.expansion.layout import MeasuredInput
 from gpd.sharing.param_slice import ParamSlice
 
@@ -66,7 +66,10 @@ class LayerContext:
         """Whether a mixing layer meant to read expanded channels reads an unexpanded axis
         of an expanded tensor (MLP-Mixer's token MLP): then its output is not expanded either."""
         return bool(
-            self.expand_input and in_map.is_identity and self.measured is not None and self.measured.maps
+            self.expand_input
+            and in_map.is_identity
+            and self.measured is not None
+            and self.measured.maps
             and self.plan.teacher_size(in_map.student_size) != in_map.student_size
         )
 
@@ -110,9 +113,7 @@ _CHANNEL_TENSORS: dict[type, dict[str, int]] = {}
 _MULTIPLYING_TENSORS: dict[type, set[str]] = {}
 
 
-def register_expansion_rule(
-    module_class: type[nn.Module], rule: ExpansionRule, *, channelwise: bool = False
-) -> None:
+def register_expansion_rule(module_class: type[nn.Module], rule: ExpansionRule, *, channelwise: bool = False) -> None:
     """Register ``rule`` for ``module_class`` and its subclasses (the nearest class wins).
 
     A rule registered for a container class handles all of its submodules; the
@@ -190,7 +191,11 @@ def register_when_imported(package: str, registration: Callable[[], None]) -> No
 def run_pending_registrations() -> None:
     """Register the rules of every package that has been imported since (see :func:`register_when_imported`)."""
     for package in [p for p in _WHEN_IMPORTED if p in sys.modules]:
-        users = dict(_RULES), {k: dict(v) for k, v in _CHANNEL_TENSORS.items()}, {k: set(v) for k, v in _MULTIPLYING_TENSORS.items()}
+        users = (
+            dict(_RULES),
+            {k: dict(v) for k, v in _CHANNEL_TENSORS.items()},
+            {k: set(v) for k, v in _MULTIPLYING_TENSORS.items()},
+        )
         for registration in _WHEN_IMPORTED.pop(package):
             registration()
         _RULES.update(users[0])  # what was registered before the built-ins were loaded wins
@@ -323,7 +328,9 @@ def wide_group_maps(module: nn.Module, in_map: ChannelMap, out_map: ChannelMap) 
     return local_in if local_out is not None else None
 
 
-def _wide_group_input(module: nn.Module, ctx: LayerContext, in_map: ChannelMap, out_map: ChannelMap) -> ChannelMap | None:
+def _wide_group_input(
+    module: nn.Module, ctx: LayerContext, in_map: ChannelMap, out_map: ChannelMap
+) -> ChannelMap | None:
     """The within-group input map of a grouped conv D keeps at the student's group count: in the
     interleaved layout, for groups wider than one channel (depthwise convs tile as before)."""
     if ctx.plan.layout != "interleaved" or module.in_channels == module.groups or not ctx.expand_input:
@@ -350,7 +357,9 @@ def expand_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
         groups = 1
     elif (local_in := _wide_group_input(module, ctx, in_map, out_map)) is not None:
         weight = local_in.expand(out_map.expand(module.weight, 0), 1, divide=True)
-        weight_slice = ParamSlice({0: out_map, 1: local_in}, divided_dim=1, paper_scale=paper_weight_scale(local_in, out_map))
+        weight_slice = ParamSlice(
+            {0: out_map, 1: local_in}, divided_dim=1, paper_scale=paper_weight_scale(local_in, out_map)
+        )
         bias_scale = paper_bias_scale(out_map)
         groups = module.groups
     else:  # the paper's layout scales a grouped conv's input and output instead: same tensors as here
@@ -389,14 +398,18 @@ def expand_linear_with_maps(module: nn.Linear, in_map: ChannelMap, out_map: Chan
 def expand_linear(module: nn.Linear, ctx: LayerContext) -> ExpandedLayer:
     """Linear: like an ungrouped conv, on the last axis (kept as is where that axis is not expanded)."""
     in_map = ctx.in_map(module.in_features, -1)
-    out_map = identity_map(module.out_features) if ctx.reads_other_axis(in_map) else ctx.out_map(module.out_features, -1)
+    out_map = (
+        identity_map(module.out_features) if ctx.reads_other_axis(in_map) else ctx.out_map(module.out_features, -1)
+    )
     return expand_linear_with_maps(module, in_map, out_map)
 
 
 def expand_batchnorm(module: nn.modules.batchnorm._NormBase, ctx: LayerContext) -> ExpandedLayer:
     """BatchNorm/InstanceNorm: per-channel affine and statistics are tiled."""
     channel_map = ctx.out_map(module.num_features, 1)
-    params = {n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n) is not None}
+    params = {
+        n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n) is not None
+    }
     buffers = {
         n: channel_map.expand(getattr(module, n), 0)
         for n in ("running_mean", "running_var")
@@ -422,7 +435,9 @@ def expand_layernorm_with_map(module: nn.LayerNorm, ctx: LayerContext, channel_m
             f"ratio {ctx.plan.ratio} copies some channels more than others, which changes "
             "LayerNorm's mean and variance; use an integer ratio",
         )
-    params = {n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n, None) is not None}
+    params = {
+        n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n, None) is not None
+    }
     new = replace_tensors(module, params)
     new.normalized_shape = (channel_map.teacher_size,)
     return ExpandedLayer(new, {n: ParamSlice({0: channel_map}) for n in params}, output_map=channel_map)
@@ -438,7 +453,9 @@ def expand_groupnorm(module: nn.GroupNorm, ctx: LayerContext) -> ExpandedLayer:
     groups = channel_map.source.view(-1, per_group) // per_group
     if not bool((groups == groups[:, :1]).all()):
         raise ctx.error(module, "its input's channel layout splits a group across D's groups")
-    params = {n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n) is not None}
+    params = {
+        n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n) is not None
+    }
     new = replace_tensors(module, params)
     new.num_channels, new.num_groups = channel_map.teacher_size, module.num_groups * count
     return ExpandedLayer(new, {n: ParamSlice({0: channel_map}) for n in params}, output_map=channel_map)

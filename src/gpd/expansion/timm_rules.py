@@ -19,11 +19,11 @@ from gpd.expansion.generic import register_channel_attributes
 from gpd.expansion.rules import (
     ExpandedLayer,
     LayerContext,
-    expand_conv,
-    paper_weight_scale,
     expand_channel_vectors,
+    expand_conv,
     expand_layernorm_with_map,
     expand_linear_with_maps,
+    paper_weight_scale,
     register_channel_tensors,
     register_expansion_rule,
 )
@@ -93,7 +93,9 @@ def expand_scaled_std_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLaye
     in_map, out_map = ctx.in_map(module.in_channels, 1), base.output_map
     divided = module.groups == 1 and not in_map.is_identity
     if divided and in_map.uniform_count is None:
-        raise ctx.error(module, f"ratio {ctx.plan.ratio} copies input channels unevenly; a standardised conv needs whole copies")
+        raise ctx.error(
+            module, f"ratio {ctx.plan.ratio} copies input channels unevenly; a standardised conv needs whole copies"
+        )
     new = base.module
     weight = out_map.expand(module.weight, 0)
     if module.groups == 1:

@@ -172,7 +172,9 @@ def check_model(spec: ZooModel, ratio: float, tolerance: float = 1e-4) -> ZooRes
         try:
             errors = _float64_errors(spec, student, ratio, x)
         except ExpansionError as err:
-            return ZooResult(spec.name, ratio, False, reason=f"float32 errors {errors}; in float64: {err}", seconds=seconds)
+            return ZooResult(
+                spec.name, ratio, False, reason=f"float32 errors {errors}; in float64: {err}", seconds=seconds
+            )
     exact = max(errors) <= (FLOAT64_EXACT if float64 else tolerance)
     return ZooResult(
         spec.name, ratio, exact, reason="" if exact else f"differs on a fresh input: errors {errors}", float64=float64,

@@ -92,7 +92,7 @@ class GPDTask(TrainingTask):
     def distiller(self) -> Distiller:
         return _distiller_in(self.trainable_module)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: A002 - timm's name
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         losses, logits = self.trainable_module(input, target, epoch=self.epoch, with_student_logits=True)
         return {"loss": sum(losses.values()), "output": logits, **losses}  # type: ignore[dict-item]
 
@@ -138,7 +138,11 @@ class GPDTask(TrainingTask):
             return
         owner = module if module is not None else self.get_trainable_module(ema=ema)
         if owner is None:
-            raise RuntimeError("Cannot load task state before setup_ema()." if ema else "Cannot load task state without a trainable module.")
+            raise RuntimeError(
+                "Cannot load task state before setup_ema()."
+                if ema
+                else "Cannot load task state without a trainable module."
+            )
         if "review_heads" in state:
             heads = dict(state["review_heads"])
             upgrade_state_keys(heads, "", "teacher", "dynamic", "D's ReviewKD head")  # a task state of an older gpd

@@ -88,8 +88,9 @@ def dkd(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     target = target.to(device=student_logits.device, dtype=torch.long)
     if check_targets and batch and (target.min() < 0 or target.max() >= num_classes):
-        raise ValueError(f"target indices must lie in [0, {num_classes}), got range "
-                         f"[{int(target.min())}, {int(target.max())}]")
+        raise ValueError(
+            f"target indices must lie in [0, {num_classes}), got range [{int(target.min())}, {int(target.max())}]"
+        )
 
     s_log_t, s_log_rest, s_log_hat = _binary_and_nontarget_log_probs(student_logits, target, temperature)
     t_log_t, t_log_rest, t_log_hat = _binary_and_nontarget_log_probs(teacher_logits.detach(), target, temperature)

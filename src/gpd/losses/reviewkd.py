@@ -71,8 +71,10 @@ def hcl(
     total = None
     for index, (student, teacher) in enumerate(zip(student_features, teacher_features)):
         if student.shape != teacher.shape or student.dim() != 4:
-            raise ValueError(f"pair {index}: need two (N, C, H, W) maps of the same shape, got "
-                             f"{tuple(student.shape)} and {tuple(teacher.shape)}")
+            raise ValueError(
+                f"pair {index}: need two (N, C, H, W) maps of the same shape, got "
+                f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+            )
         dtype = torch.promote_types(student.dtype, torch.float32)
         student = student.to(dtype)
         teacher = teacher.detach().to(dtype)
@@ -194,8 +196,10 @@ def reviewkd_loss(
     targets = []
     for index, (out, teacher) in enumerate(zip(fused, teacher_features)):
         if teacher.shape[:2] != out.shape[:2]:
-            raise ValueError(f"stage {index}: head output {tuple(out.shape)} and teacher feature "
-                             f"{tuple(teacher.shape)} differ in batch or channels")
+            raise ValueError(
+                f"stage {index}: head output {tuple(out.shape)} and teacher feature "
+                f"{tuple(teacher.shape)} differ in batch or channels"
+            )
         teacher = teacher.detach()
         if teacher.shape[-2:] != out.shape[-2:]:
             teacher = F.adaptive_avg_pool2d(teacher, out.shape[-2:])

@@ -38,8 +38,7 @@ def split(name: str) -> tuple[str, str]:
     module, _, attr = name.rpartition(SEPARATOR)
     if not module or not attr.isidentifier():
         raise ModelError(
-            f"model {name!r}: an import path is MODULE:FACTORY or path/to/file.py:FACTORY "
-            "(e.g. my_pkg.nets:build_net)"
+            f"model {name!r}: an import path is MODULE:FACTORY or path/to/file.py:FACTORY (e.g. my_pkg.nets:build_net)"
         )
     return module, attr
 

@@ -90,8 +90,6 @@ class MobileNetV1(nn.Module):
 
 
 @register_model("mobilenetv1")
-def mobilenetv1(
-    num_classes: int, in_chans: int = 3, width_mult: float = 1.0, small_input: bool = False
-) -> nn.Module:
+def mobilenetv1(num_classes: int, in_chans: int = 3, width_mult: float = 1.0, small_input: bool = False) -> nn.Module:
     """MobileNetV1; width_mult scales every layer, small_input makes the stem stride 1."""
     return MobileNetV1(num_classes, in_chans, width_mult=width_mult, small_input=small_input)

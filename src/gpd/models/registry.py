@@ -84,7 +84,9 @@ def create_model(
         model = _create_timm(name[len(TIMM_PREFIX) :], num_classes, in_chans, pretrained, kwargs)
     elif import_path.is_import_path(name):
         if pretrained:
-            raise ModelError(f"{PRETRAINED_UNAVAILABLE} (model {name!r} is your own: load its weights with a checkpoint)")
+            raise ModelError(
+                f"{PRETRAINED_UNAVAILABLE} (model {name!r} is your own: load its weights with a checkpoint)"
+            )
         name = import_path.canonical(name)
         model = import_path.create(name, num_classes, in_chans, kwargs)
     else:
@@ -237,9 +239,7 @@ def _check_timm_name(arch: str) -> None:
         raise ModelError(f"unknown timm model 'timm:{arch}'{hint}")
 
 
-def _create_bundled(
-    name: str, num_classes: int, in_chans: int, pretrained: bool, kwargs: dict[str, Any]
-) -> nn.Module:
+def _create_bundled(name: str, num_classes: int, in_chans: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     factory = _REGISTRY.get(name)
     if factory is None:
         raise ModelError(_unknown_name_message(name))
@@ -253,9 +253,7 @@ def _create_bundled(
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
             listed = ", ".join(accepted) if accepted else "none"
-            raise ModelError(
-                f"model {name!r} got unknown argument(s) {', '.join(unknown)}; accepted: {listed}"
-            )
+            raise ModelError(f"model {name!r} got unknown argument(s) {', '.join(unknown)}; accepted: {listed}")
     try:
         return factory(num_classes=num_classes, in_chans=in_chans, **kwargs)
     except ValueError as err:
@@ -303,16 +301,14 @@ def _resize_torchvision_head(model: nn.Module, arch: str, num_classes: int) -> N
 
 def _replace_first_conv(model: nn.Module, label: str, in_chans: int, keep_weights: bool) -> None:
     """Rebuild the first Conv2d with ``in_chans`` inputs and otherwise the same hyper-parameters."""
-    for mod_name, module in model.named_modules():
+    for mod_name, module in model.named_modules():  # noqa: B007 (mod_name is used after the loop)
         if isinstance(module, nn.Conv2d):
             break
     else:
         raise ModelError(f"cannot set in_chans={in_chans} for {label!r}: it has no Conv2d layer")
     old: nn.Conv2d = module
     if in_chans % old.groups != 0:
-        raise ModelError(
-            f"cannot set in_chans={in_chans} for {label!r}: its first conv has groups={old.groups}"
-        )
+        raise ModelError(f"cannot set in_chans={in_chans} for {label!r}: its first conv has groups={old.groups}")
     new = nn.Conv2d(
         in_chans,
         old.out_channels,
@@ -340,16 +336,12 @@ def _set_submodule(model: nn.Module, dotted: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _create_timm(
-    arch: str, num_classes: int, in_chans: int, pretrained: bool, kwargs: dict[str, Any]
-) -> nn.Module:
+def _create_timm(arch: str, num_classes: int, in_chans: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     import timm
 
     _check_timm_name(arch)
     try:
-        return timm.create_model(
-            arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs
-        )
+        return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except (TypeError, ValueError, KeyError, AssertionError) as err:
         raise ModelError(f"cannot build 'timm:{arch}': {_one_line(err)}") from err
     except Exception as err:  # download / cache failures: offline machine

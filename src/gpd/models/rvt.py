@@ -32,6 +32,7 @@ dynamic teacher for integer ratios.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -180,7 +181,7 @@ class RVT(nn.Module):
 
     stage_names: tuple[str, ...] = ("stages.0", "stages.1", "stages.2")
     # pos_embed is added to the (B, N, C) tokens: tiled on its channel (last) axis in D (docs/method.md)
-    gpd_channel_tensors = {"pos_embed": -1}
+    gpd_channel_tensors: ClassVar[dict[str, int]] = {"pos_embed": -1}
 
     def __init__(
         self,
@@ -223,8 +224,16 @@ class RVT(nn.Module):
         start = 0
         for i, depth in enumerate(depths):
             self.stages.append(
-                Stage(embed_dim, depth, num_heads, mlp_ratio, downsample=i > 0, drop=drop_rate,
-                      attn_drop=attn_drop_rate, drop_path=rates[start : start + depth])  # fmt: skip
+                Stage(
+                    embed_dim,
+                    depth,
+                    num_heads,
+                    mlp_ratio,
+                    downsample=i > 0,
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=rates[start : start + depth],
+                )
             )
             start += depth
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)

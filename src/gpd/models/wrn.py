@@ -74,9 +74,7 @@ class WideResNet(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     @staticmethod
-    def _make_stage(
-        in_planes: int, planes: int, blocks: int, stride: int, drop_rate: float
-    ) -> nn.Sequential:
+    def _make_stage(in_planes: int, planes: int, blocks: int, stride: int, drop_rate: float) -> nn.Sequential:
         layers = [WideBasicBlock(in_planes, planes, stride, drop_rate)]
         layers += [WideBasicBlock(planes, planes, 1, drop_rate) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)

@@ -207,8 +207,12 @@ def losses_figure(runs: Sequence[RunRecord]) -> Figure | None:
         for i, run in enumerate(runs):
             if run.has(term):
                 ax.plot(
-                    run.epochs, run.values(term), color=run_colour(i), linewidth=_nested_width(i, len(runs)),
-                    marker=_marker(run), markersize=3,
+                    run.epochs,
+                    run.values(term),
+                    color=run_colour(i),
+                    linewidth=_nested_width(i, len(runs)),
+                    marker=_marker(run),
+                    markersize=3,
                 )
         ax.set_title(_term_title(term), fontsize="medium")
         _epoch_axis(ax)
@@ -232,8 +236,13 @@ def lr_figure(runs: Sequence[RunRecord]) -> Figure | None:
     handles = []
     for i, run in with_lr:
         (line,) = ax.plot(
-            run.epochs, run.values("lr"), color=run_colour(i), linewidth=_nested_width(i, len(runs)),
-            marker=_marker(run), markersize=3, label=run.label,
+            run.epochs,
+            run.values("lr"),
+            color=run_colour(i),
+            linewidth=_nested_width(i, len(runs)),
+            marker=_marker(run),
+            markersize=3,
+            label=run.label,
         )
         handles.append(line)
     if len(runs) > 1:
@@ -266,7 +275,14 @@ def gradients_figure(runs: Sequence[RunRecord]) -> Figure | None:
     for i, run in with_norms:
         for column, style in styles.items():
             if run.has(column):
-                axes[0].plot(run.epochs, run.values(column), color=run_colour(i), linestyle=style, marker=_marker(run), markersize=3)
+                axes[0].plot(
+                    run.epochs,
+                    run.values(column),
+                    color=run_colour(i),
+                    linestyle=style,
+                    marker=_marker(run),
+                    markersize=3,
+                )
         if clipped and run.has("clipped_frac"):
             axes[1].plot(run.epochs, run.values("clipped_frac"), color=run_colour(i), marker=_marker(run), markersize=3)
     axes[0].set_yscale("log")
@@ -282,7 +298,9 @@ def gradients_figure(runs: Sequence[RunRecord]) -> Figure | None:
         _epoch_axis(axes[1])
     if len(runs) > 1:
         run_handles = [Line2D([], [], color=run_colour(i), linewidth=3, label=run.label) for i, run in with_norms]
-        fig.legend(handles=run_handles, title="run", loc="outside right upper", fontsize="small", title_fontsize="small")
+        fig.legend(
+            handles=run_handles, title="run", loc="outside right upper", fontsize="small", title_fontsize="small"
+        )
     fig.suptitle(_title([r for _, r in with_norms], "Gradients per epoch"))
     return fig
 

@@ -171,7 +171,7 @@ def read_metrics(path: Path) -> list[Row]:
                 f"{path} line {number} has {len(line)} cells for {len(header)} columns; fix or delete that line"
             )
         rows.append({name: _number(path, number, name, cell) for name, cell in zip(header, line)})
-        rows[-1].update({name: None for name in header[len(line):]})  # a cut-off last line
+        rows[-1].update({name: None for name in header[len(line) :]})  # a cut-off last line
         if rows[-1]["epoch"] is None:
             raise DataError(f"{path} line {number} has no epoch number; fix or delete that line")
     return rows

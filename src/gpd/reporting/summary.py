@@ -110,8 +110,16 @@ def comparison_table(runs: Sequence[RunRecord]) -> list[str]:
     """One row per run: settings, final and best accuracies, gap, time."""
     with_ema = any(run.has("ema_student_acc") for run in runs)
     header = [
-        "run", "student", "GPD", "KD", "epochs", "final student acc (%)", "best student acc (%)",
-        "final dyn. teacher acc (%)", "final gap", "static teacher acc (%)",
+        "run",
+        "student",
+        "GPD",
+        "KD",
+        "epochs",
+        "final student acc (%)",
+        "best student acc (%)",
+        "final dyn. teacher acc (%)",
+        "final gap",
+        "static teacher acc (%)",
     ]
     header += ["final EMA student acc (%)"] if with_ema else []
     header += ["training time"]

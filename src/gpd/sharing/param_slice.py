@@ -39,9 +39,7 @@ class ParamSlice:
     dims: dict[int, ChannelMap] = field(default_factory=dict)
     divided_dim: int | None = None
     paper_scale: float = 1.0
-    _scales: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(
-        default_factory=dict, repr=False
-    )
+    _scales: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def derive(self, teacher_tensor: torch.Tensor, compensate_step: bool = False) -> torch.Tensor:
         """The student's tensor: a view of D's where no rescaling is needed.

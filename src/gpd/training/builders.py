@@ -9,8 +9,9 @@ files that do not exist yet.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -211,11 +212,15 @@ def build_loaders(cfg: Config, data: DataBundle, ctx: DistContext, device: torch
     so a resumed run and a run on N processes see the same samples at each global step."""
     t, world = cfg.train, ctx.world_size
     if t.batch_size % world:
-        raise ConfigError(f"train.batch_size={t.batch_size} is the global batch and must divide evenly over {world} processes")
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is the global batch and must divide evenly over {world} processes"
+        )
     batch = global_batch(cfg, ctx, dry_run)
     if len(data.train) < batch:  # type: ignore[arg-type]
         raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(data.train)} training samples")  # type: ignore[arg-type]
-    sampler = DistributedSampler(data.train, num_replicas=world, rank=ctx.rank, shuffle=True, seed=t.seed, drop_last=True)
+    sampler = DistributedSampler(
+        data.train, num_replicas=world, rank=ctx.rank, shuffle=True, seed=t.seed, drop_last=True
+    )
     workers = min(cfg.data.num_workers, DRY_RUN_WORKERS) if dry_run else cfg.data.num_workers
     args: dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda")
     train = DataLoader(data.train, batch_size=batch // world, sampler=sampler, drop_last=True, **args)

@@ -44,4 +44,3 @@ def ema_decay_per_step(
     if images <= 0:
         raise ConfigError(f"train.ema_images must be a positive number of images, got {images}")
     return math.exp(-images_per_step / images)
-

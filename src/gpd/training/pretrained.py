@@ -38,7 +38,7 @@ def read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
 
         try:
             state: dict[str, torch.Tensor] | None = load_file(str(path))
-        except Exception as err:  # noqa: BLE001 - any unreadable file is one line for the user
+        except Exception as err:
             raise CheckpointError(f"cannot read {key} {path}: {first_line(err)}") from None
     else:
         path, payload = read_checkpoint(path, key)
@@ -76,7 +76,12 @@ def load_pretrained_file(model: nn.Module, path: str | Path, key: str) -> str:
             loaded[name] = value
         elif name in head_keys:
             reinitialised.append(f"{name} {tuple(value.shape)} -> {tuple(tensor.shape)}")
-        elif name == stem_key and value.ndim == 4 and value.shape[0] == tensor.shape[0] and value.shape[2:] == tensor.shape[2:]:
+        elif (
+            name == stem_key
+            and value.ndim == 4
+            and value.shape[0] == tensor.shape[0]
+            and value.shape[2:] == tensor.shape[2:]
+        ):
             loaded[name] = adapt_input_conv(tensor.shape[1], value.float()).to(tensor.dtype)
             adapted.append(f"{name} ({value.shape[1]} -> {tensor.shape[1]} input channels, timm adapt_input_conv)")
         else:

@@ -9,8 +9,9 @@ EMA when ``train.ema`` is on. The test accuracy is only reported.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,7 +39,11 @@ class WeightSelection:
     def rule(self) -> str:
         if self.has_val:
             return "the best validation accuracy over epochs" + (", final or EMA weights" if self.has_ema else "")
-        return "the last epoch's " + ("EMA weights" if self.has_ema else "weights") + " (no data.val_split: nothing is selected)"
+        return (
+            "the last epoch's "
+            + ("EMA weights" if self.has_ema else "weights")
+            + " (no data.val_split: nothing is selected)"
+        )
 
     def update(self, epoch: int, acc: dict[str, float], export: Callable[[str], nn.Module]) -> bool:
         """Consider this epoch's candidates; ``acc`` holds 'student', 'ema_student' and their

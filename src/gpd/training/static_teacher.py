@@ -44,7 +44,12 @@ def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint
         teacher = student_from_payload(payload, path)
     else:
         teacher = create_for_data(
-            t.model, data, t.kwargs, pretrained=t.pretrained, role="teacher", dry_run=allow_missing_checkpoint  # type: ignore[arg-type]
+            t.model,
+            data,
+            t.kwargs,
+            pretrained=t.pretrained,
+            role="teacher",
+            dry_run=allow_missing_checkpoint,  # type: ignore[arg-type]
         )
         if t.checkpoint is not None:
             load_weights(teacher, t.checkpoint, what="teacher")

@@ -9,8 +9,9 @@ network alone instead of both together, at the cost of a second backward launch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -24,13 +24,13 @@ class _AllReduceSum(torch.autograd.Function):
     that replace it do not back-propagate.)"""
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
         out = tensor.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(out)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         out = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(out)
         return out

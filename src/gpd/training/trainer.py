@@ -12,10 +12,11 @@ from __future__ import annotations
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -52,7 +53,14 @@ from gpd.training.ema import ema_decay_per_step
 from gpd.training.evaluate import correct_counts
 from gpd.training.nonfinite import NonFiniteGuard
 from gpd.training.precision import Precision
-from gpd.training.run_dir import CHECKPOINT_FILE, METRICS_FILE, STUDENT_FILE, TENSORBOARD_DIR, MetricsCSV, atomic_torch_save
+from gpd.training.run_dir import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    STUDENT_FILE,
+    TENSORBOARD_DIR,
+    MetricsCSV,
+    atomic_torch_save,
+)
 from gpd.training.selection import WeightSelection
 from gpd.training.static_teacher import fingerprint
 from gpd.training.steps import joint_backward, probed_backward, sequential_backward
@@ -224,7 +232,11 @@ class Trainer:
             y = y.to(self.device, non_blocking=True)
             x, targets = mix_batch(self.mixup, x, y)  # Mixup/CutMix: soft targets; y stays the labels
             losses = self.train_step(
-                x, targets, epoch_progress=epoch - 1 + step / steps, where=f"epoch {epoch}, step {step}", probe=self._probe_due(step)
+                x,
+                targets,
+                epoch_progress=epoch - 1 + step / steps,
+                where=f"epoch {epoch}, step {step}",
+                probe=self._probe_due(step),
             )
             if losses is None:
                 skipped += 1
@@ -354,7 +366,9 @@ class Trainer:
         self.static_teacher_acc = result.pop("static_teacher", self.static_teacher_acc)
         return result
 
-    def _accuracy(self, models: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader: DataLoader) -> dict[str, float]:
+    def _accuracy(
+        self, models: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader: DataLoader
+    ) -> dict[str, float]:
         batches = islice(loader, DRY_RUN_STEPS) if self.dry_run else loader
         correct, total = correct_counts(
             models, batches, self.device, self.cfg.train.channels_last, autocast=self.precision.autocast
