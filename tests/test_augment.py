@@ -21,7 +21,8 @@ from torchvision import transforms as T
 from gpd.config import load_config
 from gpd.data import TensorImageDataset, build_datasets, synthetic_bundle
 from gpd.data.augment import AugmentRecipe, PILTransformDataset
-from gpd.data.datasets import IMAGENET_MEAN, IMAGENET_STD, _imagefolder_transforms
+from gpd.data.bundle import IMAGENET_MEAN, IMAGENET_STD
+from gpd.data.imagefolder import imagefolder_transforms
 from gpd.data.mixing import build_mixup, mix_batch
 from gpd.distill import Distiller
 from gpd.errors import ConfigError
@@ -55,7 +56,7 @@ def pil_image(seed: int = 0, size: tuple[int, int] = (50, 40)) -> Image.Image:
 
 @pytest.mark.parametrize("recipe", [None, AugmentRecipe()], ids=["none", "inactive"])
 def test_default_imagefolder_pipeline_is_unchanged(recipe):
-    train, test = _imagefolder_transforms(32, True, recipe)
+    train, test = imagefolder_transforms(32, True, recipe)
     norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     expected_train = T.Compose([T.RandomResizedCrop(32), T.RandomHorizontalFlip(), *norm])
     expected_test = T.Compose([T.Resize(int(32 * 256 / 224)), T.CenterCrop(32), *norm])
@@ -103,7 +104,7 @@ def test_synthetic_stand_in_is_unchanged_without_a_recipe():
 
 
 def test_deit_recipe_on_imagefolder_uses_timm_randaugment_erasing_and_bicubic(tmp_path):
-    train, test = _imagefolder_transforms(32, True, DEIT)
+    train, test = imagefolder_transforms(32, True, DEIT)
     kinds = [type(t).__name__ for t in steps(train)]
     assert kinds[:2] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip"]
     ra = next(t for t in steps(train) if isinstance(t, RandAugment))

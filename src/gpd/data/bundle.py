@@ -1,0 +1,35 @@
+"""What a data set hands to the rest of gpd: its splits and the facts models and transforms must agree on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset
+
+from gpd.data.validation import split_validation
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataBundle:
+    """A train/test pair plus what models and transforms must agree on."""
+
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    in_chans: int
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str
+    synthetic: bool = False
+    class_names: tuple[str, ...] = ()
+    val: Dataset | None = None  # held out from the training set (data.val_split); None: no selection
+
+    def hold_out_validation(self, val_split: float | None, seed: int) -> None:
+        """Move ``val_split`` of the training samples (a fraction or a count, stratified by
+        class, seeded) into :attr:`val`, read like the test set."""
+        if val_split is not None:
+            self.train, self.val = split_validation(self.train, self.test, val_split, seed, self.mean, self.std)
