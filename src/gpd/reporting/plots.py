@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -23,6 +24,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from gpd.reporting.runs import RunRecord
+
+LineStyle = Literal["-", "--", "-.", ":"] | tuple[float, Sequence[float]]
 
 DPI = 110
 MARKERS_UP_TO = 30  # epochs; beyond this markers clutter the lines
@@ -36,7 +39,7 @@ class Role:
 
     column: str
     name: str
-    linestyle: str | tuple[int, tuple[int, ...]]
+    linestyle: LineStyle
     colour: str  # used when there is a single run, so roles are told apart by colour too
 
 
@@ -79,13 +82,13 @@ def _legend_outside(ax: Axes, handles: list[Line2D], title: str | None, upper: b
     legend = Legend(
         ax,
         handles,
-        [h.get_label() for h in handles],
+        [str(h.get_label()) for h in handles],
         title=title,
         loc="upper left" if upper else "lower left",
         bbox_to_anchor=(1.02, 1.0 if upper else 0.0),
         borderaxespad=0.0,
         fontsize="small",
-        title_fontsize="small",
+        title_fontsize="small",  # type: ignore[arg-type]  # matplotlib accepts the size names, its stub says float
     )
     ax.add_artist(legend)
     legend.set_clip_on(False)  # add_artist clips to the axes, which would hide a legend placed outside
@@ -114,7 +117,7 @@ def _plot_accuracies(ax: Axes, runs: Sequence[RunRecord], first_epoch: float = 0
             static = role.column == "static_teacher_acc"
             ax.plot(
                 [e for e, _ in pairs],
-                [row.get(role.column) for _, row in pairs],
+                [math.nan if (v := row.get(role.column)) is None else v for _, row in pairs],
                 color=role.colour if single else run_colour(i),
                 linestyle=role.linestyle,
                 linewidth=1.2 if static else 1.8,
@@ -173,10 +176,12 @@ def gap_figure(runs: Sequence[RunRecord]) -> Figure | None:
     handles = []
     for i, run in with_dynamic:
         gaps = [
-            d - s if d is not None and s is not None else None
+            d - s if d is not None and s is not None else math.nan
             for d, s in zip(run.values("dynamic_acc"), run.values("student_acc"))
         ]
-        (line,) = ax.plot(run.epochs, gaps, color=run_colour(i), marker=_marker(run), markersize=3, label=run.label)
+        (line,) = ax.plot(
+            run.series("epoch"), gaps, color=run_colour(i), marker=_marker(run), markersize=3, label=run.label
+        )
         handles.append(line)
     if len(runs) > 1:
         _legend_outside(ax, handles, "run")
@@ -207,8 +212,8 @@ def losses_figure(runs: Sequence[RunRecord]) -> Figure | None:
         for i, run in enumerate(runs):
             if run.has(term):
                 ax.plot(
-                    run.epochs,
-                    run.values(term),
+                    run.series("epoch"),
+                    run.series(term),
                     color=run_colour(i),
                     linewidth=_nested_width(i, len(runs)),
                     marker=_marker(run),
@@ -236,8 +241,8 @@ def lr_figure(runs: Sequence[RunRecord]) -> Figure | None:
     handles = []
     for i, run in with_lr:
         (line,) = ax.plot(
-            run.epochs,
-            run.values("lr"),
+            run.series("epoch"),
+            run.series("lr"),
             color=run_colour(i),
             linewidth=_nested_width(i, len(runs)),
             marker=_marker(run),
@@ -271,20 +276,22 @@ def gradients_figure(runs: Sequence[RunRecord]) -> Figure | None:
     legend_room = _legend_room([r.label for _, r in with_norms]) if len(runs) > 1 else 0.0
     fig = _new_figure(9.0 + legend_room, 4.0)
     axes = fig.subplots(1, 2 if clipped else 1, squeeze=False)[0]
-    styles = {"grad_norm": "-", "grad_norm_student": "--", "grad_norm_dynamic": ":"}
+    styles: dict[str, LineStyle] = {"grad_norm": "-", "grad_norm_student": "--", "grad_norm_dynamic": ":"}
     for i, run in with_norms:
         for column, style in styles.items():
             if run.has(column):
                 axes[0].plot(
-                    run.epochs,
-                    run.values(column),
+                    run.series("epoch"),
+                    run.series(column),
                     color=run_colour(i),
                     linestyle=style,
                     marker=_marker(run),
                     markersize=3,
                 )
         if clipped and run.has("clipped_frac"):
-            axes[1].plot(run.epochs, run.values("clipped_frac"), color=run_colour(i), marker=_marker(run), markersize=3)
+            axes[1].plot(
+                run.series("epoch"), run.series("clipped_frac"), color=run_colour(i), marker=_marker(run), markersize=3
+            )
     axes[0].set_yscale("log")
     axes[0].set_ylabel("gradient norm (mean over the epoch)")
     axes[0].set_title("Gradient norms", fontsize="medium")

@@ -58,6 +58,10 @@ class RunRecord:
         """One value per epoch; ``None`` where the cell is empty or the column absent."""
         return [row.get(column) for row in self.rows]
 
+    def series(self, column: str) -> list[float]:
+        """:meth:`values` with NaN for the missing cells: what matplotlib draws as gaps."""
+        return [math.nan if v is None else v for v in self.values(column)]
+
     def has(self, column: str) -> bool:
         """Whether any epoch has a (non-NaN) value in ``column``."""
         return any(_is_number(v) for v in self.values(column))
@@ -69,14 +73,14 @@ class RunRecord:
 
     def best(self, column: str) -> tuple[float, float | None] | None:
         """The largest value and the epoch it was reached (first one on ties), or ``None``."""
-        pairs = [(v, e) for v, e in zip(self.values(column), self.epochs) if _is_number(v)]
+        pairs = [(v, e) for v, e in zip(self.values(column), self.epochs) if v is not None and not math.isnan(v)]
         if not pairs:
             return None
         top = max(v for v, _ in pairs)
         return next((v, e) for v, e in pairs if v == top)
 
     def total(self, column: str) -> float | None:
-        numbers = [v for v in self.values(column) if _is_number(v)]
+        numbers = [v for v in self.values(column) if v is not None and not math.isnan(v)]
         return sum(numbers) if numbers else None
 
     def setting(self, dotted: str, default: Any = None) -> Any:
