@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -32,9 +33,10 @@ def is_branchable(conv: nn.Module) -> bool:
         check_convertible(conv)
     except ModelError:
         return False
-    padding = conv.padding  # type: ignore[union-attr]
+    conv = cast(nn.Conv2d, conv)  # check_convertible accepts only an nn.Conv2d
+    padding = conv.padding
     same = padding == "same" or (not isinstance(padding, str) and _pair(padding) == (1, 1))
-    return same and _pair(conv.dilation) == (1, 1)  # type: ignore[union-attr,arg-type]
+    return same and _pair(conv.dilation) == (1, 1)
 
 
 def _replace_modules(

@@ -137,7 +137,7 @@ class _ReadBlock(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, teacher, prefix, index_dim, index, scale, grad_scale):  # type: ignore[override]
+    def forward(ctx, teacher, prefix, index_dim, index, scale, grad_scale):
         block = teacher
         for dim, size in prefix:
             block = block.narrow(dim, 0, size)
@@ -155,7 +155,7 @@ class _ReadBlock(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         full = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.format).zero_()
         block = full
         for dim, size in ctx.prefix:
