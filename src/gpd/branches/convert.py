@@ -71,7 +71,7 @@ def add_branches(
     return _replace_modules(
         model,
         is_branchable,
-        lambda conv: OREPAConv2d.from_conv(conv, init, generator=generator),  # type: ignore[arg-type]
+        lambda conv: OREPAConv2d.from_conv(cast(nn.Conv2d, conv), init, generator=generator),  # is_branchable
     )
 
 
@@ -80,7 +80,7 @@ def merge_branches(model: nn.Module) -> nn.Module:
     return _replace_modules(
         model,
         lambda module: isinstance(module, OREPAConv2d),
-        lambda block: block.to_conv(),  # type: ignore[operator]
+        lambda block: cast(OREPAConv2d, block).to_conv(),
     )
 
 
