@@ -27,7 +27,7 @@ from gpd.branches import (
 )
 from gpd.branches.expansion_rule import expand_orepa, interleaved_map
 from gpd.expansion import LayerContext, WidthPlan
-from gpd.expansion.rules import expand_conv
+from gpd.expansion.torch_rules import expand_conv
 from gpd.models import create_model
 from helpers import randomize_batchnorm, rel_err
 

@@ -259,12 +259,11 @@ def expand_gain(module: Gain, ctx: LayerContext) -> ExpandedLayer:
 
 @pytest.fixture
 def gain_rule():
-    from gpd.expansion import rules
+    from gpd.expansion import RULES
 
-    assert Gain not in rules._RULES
-    gpd.register_expansion_rule(Gain, expand_gain, channelwise=True)
-    yield
-    rules._RULES.pop(Gain, None)
+    assert RULES.get(Gain) is None
+    with RULES.override(Gain, expand_gain, channelwise=True):
+        yield
 
 
 def test_registered_rule_for_custom_layer(gain_rule) -> None:
@@ -292,9 +291,9 @@ def test_registered_rule_for_custom_layer(gain_rule) -> None:
 
 
 def test_registry_is_clean_after_rule_fixture() -> None:
-    from gpd.expansion import rules
+    from gpd.expansion import RULES
 
-    assert Gain not in rules._RULES
+    assert RULES.get(Gain) is None
 
 
 # ---------------------------------------------------------------------------- noise and ratio

@@ -145,19 +145,17 @@ class Odd(nn.Conv2d):
 
 
 def test_a_rules_own_failure_is_an_expansion_error_naming_the_layer() -> None:
-    from gpd.expansion import rules
+    from gpd.expansion import RULES
 
     def buggy(module: nn.Module, ctx) -> None:
         raise KeyError("oops")
 
-    gpd.register_expansion_rule(Odd, buggy)
-    try:
+    with RULES.override(Odd, buggy):
         student = nn.Sequential(nn.Conv2d(3, 4, 3), Odd(4, 4, 1), nn.Flatten(), nn.LazyLinear(2))
         student(torch.randn(1, 3, 8, 8))
         with pytest.raises(gpd.ExpansionError) as info:
             gpd.expand(student, 2, input_size=(3, 8, 8))
-    finally:
-        rules._RULES.pop(Odd, None)
+    assert RULES.get(Odd) is None
     assert "layer '1'" in str(info.value) and "KeyError" not in type(info.value).__name__
 
 

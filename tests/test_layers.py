@@ -5,14 +5,20 @@ channel maps -> sharing (the student as a view of D) -> expansion -> branches ->
 models beside them (a model package never imports the expansion engine: it declares
 its channel tensors with a class attribute). The edges are read from the source
 (every ``import gpd...``, module level or inside a function), so a lazy import that
-hides a cycle counts. ``KNOWN`` lists the edges that still point the wrong way: this
-test fails on any new one, and on a known one that is gone (remove it from the list).
+hides a cycle counts, and any edge up the layers fails. A lower layer that needs a higher
+one's behaviour takes it as a plugin: gpd.branches registers its branch kind with the rule
+set (gpd.expansion.rules.RULES), which ``gpd.expand(branches=...)`` and the exports use.
+Every top-level package and module also imports on its own, in a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gpd"
 
@@ -28,10 +34,7 @@ LAYERS: list[set[str]] = [
     {"cli", "__main__", "gpd"},
 ]
 
-KNOWN = {  # (importer, imported): edges that still point down-up, to be removed (issue #13)
-    ("expansion", "branches"),  # gpd.expand(branches="orepa") builds the blocks first
-    ("gpd_model", "branches"),  # export merges the branches
-}
+KNOWN: set[tuple[str, str]] = set()  # (importer, imported): edges allowed to point up the layers (none)
 
 
 def _package(module: str) -> str:
@@ -39,21 +42,32 @@ def _package(module: str) -> str:
     return parts[1] if len(parts) > 1 else "gpd"
 
 
+def _edges_of(module: str, source: str) -> set[tuple[str, str]]:
+    """The (importer, imported) package edges of one module's source."""
+    importer = _package(module)
+    edges = set()
+    for node in ast.walk(ast.parse(source)):
+        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+        names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        for name in names:
+            if name.split(".")[0] == "gpd" and _package(name) != importer:
+                edges.add((importer, _package(name)))
+    return edges
+
+
 def _edges() -> set[tuple[str, str]]:
     edges = set()
     for path in SRC.rglob("*.py"):
-        importer = _package(".".join(("gpd", *path.relative_to(SRC).with_suffix("").parts)))
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            for name in names:
-                if name.split(".")[0] == "gpd" and _package(name) != importer:
-                    edges.add((importer, _package(name)))
+        edges |= _edges_of(".".join(("gpd", *path.relative_to(SRC).with_suffix("").parts)), path.read_text())
     return edges
 
 
 def _layer(package: str) -> int:
     return next(i for i, layer in enumerate(LAYERS) if package in layer)
+
+
+def _upward(edges: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    return {(a, b) for a, b in edges if _layer(b) > _layer(a)}
 
 
 def test_every_package_has_a_layer() -> None:
@@ -65,9 +79,32 @@ def test_every_package_has_a_layer() -> None:
 
 
 def test_imports_point_down_the_layers() -> None:
-    upward = {(a, b) for a, b in _edges() if _layer(b) > _layer(a)}
+    upward = _upward(_edges())
     assert upward - KNOWN == set(), f"new imports up the layers: {sorted(upward - KNOWN)}"
     assert KNOWN - upward == set(), f"fixed, remove from KNOWN: {sorted(KNOWN - upward)}"
+    assert KNOWN == set()
+
+
+def test_an_upward_import_is_reported() -> None:
+    """The checker sees an import up the layers, at module level or hidden in a function."""
+    source = (
+        "from gpd.channel_maps import WidthPlan\n"  # down: fine
+        "import gpd.sharing.steps\n"  # own layer's neighbour below: fine
+        "def export(model):\n"
+        "    from gpd.branches import merge_branches\n"  # up: expansion -> branches
+        "    import gpd.training.trainer\n"  # up: expansion -> training
+        "    return merge_branches(model)\n"
+    )
+    edges = _edges_of("gpd.expansion.fake", source)
+    assert edges == {
+        ("expansion", "channel_maps"),
+        ("expansion", "sharing"),
+        ("expansion", "branches"),
+        ("expansion", "training"),
+    }
+    assert _upward(edges) == {("expansion", "branches"), ("expansion", "training")}
+    assert _upward(_edges_of("gpd.gpd_model", "from gpd.branches import merge_branches")) == {("gpd_model", "branches")}
+    assert _upward(_edges_of("gpd.models.wrn", "from gpd.expansion.rules import RULES")) == {("models", "expansion")}
 
 
 def test_channel_maps_and_sharing_stand_alone() -> None:
@@ -80,9 +117,6 @@ def test_channel_maps_and_sharing_stand_alone() -> None:
 
 
 def _run(code: str) -> str:
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -103,3 +137,38 @@ def test_timm_rules_load_on_first_use_and_a_users_earlier_rule_wins() -> None:
         "print(find_rule(LayerScale(4)).rule is keep_unchanged, find_rule(Attention(8, num_heads=2)) is not None)\n"
     )
     assert out.split() == ["True", "True"]
+
+
+def _top_level_modules() -> list[str]:
+    """gpd and every package and module directly under it (``gpd.__main__`` runs the CLI: left out)."""
+    names = [p.stem for p in SRC.glob("*.py") if p.stem not in ("__init__", "__main__")]
+    names += [p.name for p in SRC.iterdir() if (p / "__init__.py").exists()]
+    return ["gpd", *sorted(f"gpd.{name}" for name in names)]
+
+
+def test_the_top_level_list_covers_the_layers() -> None:
+    modules = _top_level_modules()
+    assert {"gpd.sharing", "gpd.expansion", "gpd.branches", "gpd.gpd_model", "gpd.cli", "gpd.models"} <= set(modules)
+    assert {m.split(".")[-1] for m in modules} | {"__main__"} == set().union(*LAYERS)
+
+
+def test_every_top_level_module_imports_alone_in_a_fresh_interpreter() -> None:
+    """``python -c "import gpd.X"`` for each X, one fresh process each (run side by side): a cycle
+    that only shows when X is the first gpd module imported raises ImportError here."""
+    runs = {
+        module: subprocess.Popen(
+            [sys.executable, "-c", f"import {module}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for module in _top_level_modules()
+    }
+    failures = {}
+    for module, process in runs.items():
+        _, stderr = process.communicate(timeout=300)
+        if process.returncode != 0:
+            failures[module] = stderr.strip().splitlines()[-1:]
+    assert failures == {}
+
+
+@pytest.mark.parametrize("module", ["gpd.expansion.rules", "gpd.expansion.torch_rules", "gpd.branches.expansion_rule"])
+def test_the_rule_modules_import_alone(module: str) -> None:
+    _run(f"import {module}")

@@ -11,6 +11,7 @@ from torch import nn
 from gpd.channel_maps import WidthPlan
 from gpd.deprecated import dynamic_role, renamed_kwargs, upgrade_state_keys, warn_renamed
 from gpd.expansion.roles import LayerRoles
+from gpd.expansion.rules import RULES  # the branch kinds: exports merge their blocks
 from gpd.sharing import StudentView
 from gpd.sharing.steps import install_paper_steps
 
@@ -86,9 +87,7 @@ class PairRoles:
 
     def export_dynamic(self) -> nn.Module:
         """A standalone copy of D, a plain wide network (branch blocks merged)."""
-        from gpd.branches import merge_branches
-
-        return merge_branches(self.dynamic)
+        return RULES.merge_branches(self.dynamic)
 
     # -- the old names (one release) ---------------------------------------------------
 
@@ -168,9 +167,7 @@ class GPDModel(PairRoles, nn.Module):
 
         Multi-branch blocks, if the student has them, are merged into plain convolutions.
         """
-        from gpd.branches import merge_branches
-
-        exported = merge_branches(self.student.materialize(dict(self.dynamic.named_parameters())))
+        exported = RULES.merge_branches(self.student.materialize(dict(self.dynamic.named_parameters())))
         exported.train(self.training)
         return exported
 

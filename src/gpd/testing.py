@@ -38,7 +38,8 @@ def calibrate_batchnorm(model: nn.Module, example: torch.Tensor) -> None:
     finally:
         for m, momentum in saved:
             m.momentum = momentum
-            m.num_batches_tracked.zero_()
+            if m.num_batches_tracked is not None:  # a norm that tracks running stats has it
+                m.num_batches_tracked.zero_()
         model.train(was_training)
 
 
@@ -60,7 +61,7 @@ def randomize_batchnorm(model: nn.Module, generator: torch.Generator, example: t
         if m.affine:
             m.weight.copy_(_uniform((c,), 0.5, 1.5, generator))
             m.bias.copy_(torch.randn(c, generator=generator) * 0.2)
-        if m.track_running_stats and m.running_mean is not None:
+        if m.track_running_stats and m.running_mean is not None and m.running_var is not None:
             if example is None:
                 m.running_mean.copy_(torch.randn(c, generator=generator) * 0.2)
                 m.running_var.copy_(_uniform((c,), 0.5, 2.0, generator))

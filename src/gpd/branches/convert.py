@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -32,9 +33,10 @@ def is_branchable(conv: nn.Module) -> bool:
         check_convertible(conv)
     except ModelError:
         return False
-    padding = conv.padding  # type: ignore[union-attr]
+    conv = cast(nn.Conv2d, conv)  # check_convertible accepts only an nn.Conv2d
+    padding = conv.padding
     same = padding == "same" or (not isinstance(padding, str) and _pair(padding) == (1, 1))
-    return same and _pair(conv.dilation) == (1, 1)  # type: ignore[union-attr,arg-type]
+    return same and _pair(conv.dilation) == (1, 1)
 
 
 def _replace_modules(
@@ -69,7 +71,7 @@ def add_branches(
     return _replace_modules(
         model,
         is_branchable,
-        lambda conv: OREPAConv2d.from_conv(conv, init, generator=generator),  # type: ignore[arg-type]
+        lambda conv: OREPAConv2d.from_conv(cast(nn.Conv2d, conv), init, generator=generator),  # is_branchable
     )
 
 
@@ -78,7 +80,7 @@ def merge_branches(model: nn.Module) -> nn.Module:
     return _replace_modules(
         model,
         lambda module: isinstance(module, OREPAConv2d),
-        lambda block: block.to_conv(),  # type: ignore[operator]
+        lambda block: cast(OREPAConv2d, block).to_conv(),
     )
 
 

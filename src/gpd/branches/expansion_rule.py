@@ -36,13 +36,17 @@ block-diagonal of whole copies needs every input channel copied equally often.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import cast
 
-from gpd.branches.orepa import DW_MULTIPLIER, OREPAConv2d
+import torch
+from torch import Tensor, nn
+
+from gpd.branches.convert import add_branches, merge_branches
+from gpd.branches.orepa import DW_MULTIPLIER, BranchInit, OREPAConv2d
 from gpd.channel_maps import ChannelMap
 from gpd.expansion import ExpandedLayer, LayerContext, ParamSlice, register_expansion_rule, replace_tensors
-from gpd.expansion.rules import _check_groups, paper_bias_scale, paper_weight_scale
+from gpd.expansion.rules import RULES
+from gpd.expansion.torch_rules import check_groups, paper_bias_scale, paper_weight_scale
 
 PER_GROUP_TENSORS = ("weight_3x3", "weight_avg", "weight_prior", "weight_3x3_after_1x1", "weight_3x3_extra")
 
@@ -113,7 +117,7 @@ def expand_orepa(module: OREPAConv2d, ctx: LayerContext) -> ExpandedLayer:
         groups = 1
         params, slices = _expand_ungrouped(module, ctx, in_map, out_map)
     else:
-        groups = _check_groups(module, ctx, in_map, out_map)
+        groups = check_groups(module, ctx, in_map, out_map)
         params, slices = _expand_grouped(module, ctx, in_map, out_map)
     params["branch_scales"] = out_map.expand(module.branch_scales, 1)
     slices["branch_scales"] = ParamSlice({1: out_map})
@@ -128,6 +132,13 @@ def expand_orepa(module: OREPAConv2d, ctx: LayerContext) -> ExpandedLayer:
     return ExpandedLayer(new, slices, output_map=out_map)
 
 
+def _add_orepa(model: nn.Module, init: str) -> nn.Module:
+    return add_branches(model, init=cast(BranchInit, init))  # from_conv refuses another init
+
+
 def register_branch_rules() -> None:
-    """Register :func:`expand_orepa` for OREPAConv2d (idempotent)."""
-    register_expansion_rule(OREPAConv2d, expand_orepa)
+    """Register, as built-ins of the rule set (idempotent): :func:`expand_orepa` for OREPAConv2d, and the
+    branch kind "orepa", which ``gpd.expand(branches="orepa")`` adds and every export merges."""
+    with RULES.builtin_registrations():
+        register_expansion_rule(OREPAConv2d, expand_orepa)
+        RULES.register_branch_kind("orepa", _add_orepa, merge_branches)

@@ -133,7 +133,8 @@ def merge_kernel_values(tensors: tuple[Tensor, ...], groups: int, compose_1x1: b
 def _channel_dot(a: Tensor, b: Tensor) -> Tensor:
     """sum over every axis but the first of a * b, without a temporary when a and b share a layout."""
     if a.stride() == b.stride() and a.shape == b.shape:
-        order = sorted(range(a.ndim), key=lambda d: -a.stride(d) if a.shape[d] > 1 else 0)
+        strides = a.stride()
+        order = sorted(range(a.ndim), key=lambda d: -strides[d] if a.shape[d] > 1 else 0)
         if order[0] == 0 or a.shape[0] == 1:
             fa, fb = a.permute(order), b.permute(order)
             if fa.is_contiguous() and fb.is_contiguous():
@@ -151,7 +152,7 @@ class MergeKernel(torch.autograd.Function):
     """Differentiable merge that saves only its inputs (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx: Any, groups: int, compose_1x1: bool, compose_dw: bool, *tensors: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, groups: int, compose_1x1: bool, compose_dw: bool, *tensors: Tensor) -> Tensor:
         ctx.groups, ctx.compose_1x1, ctx.compose_dw = groups, compose_1x1, compose_dw
         ctx.save_for_backward(*tensors)
         with torch.autocast(tensors[1].device.type, enabled=False):
@@ -159,7 +160,7 @@ class MergeKernel(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         with torch.autocast(grad.device.type, enabled=False):
             grads = _merge_backward(
                 ctx.saved_tensors, grad, ctx.groups, ctx.compose_1x1, ctx.compose_dw, ctx.needs_input_grad[3:]

@@ -146,15 +146,15 @@ class OREPAConv2d(nn.Module):
         self.kernel_size, self.stride = (3, 3), (1, 1)
         self.padding, self.dilation, self.padding_mode = conv.padding, conv.dilation, "zeros"
         out, in_per_group = conv.out_channels, conv.in_channels // conv.groups
-        factory = {"device": conv.weight.device, "dtype": conv.weight.dtype}
+        device, dtype = conv.weight.device, conv.weight.dtype
 
         def param(*shape: int) -> nn.Parameter:
-            return nn.Parameter(torch.empty(shape, **factory))
+            return nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
 
         self.weight_3x3 = param(out, in_per_group, 3, 3)
         self.weight_avg = param(out, in_per_group)
         self.weight_prior = param(out, in_per_group)
-        self.register_buffer("prior", dct_prior(out, **factory))
+        self.register_buffer("prior", dct_prior(out, device=device, dtype=dtype))
         self.weight_id_1x1 = param(conv.in_channels, in_per_group)
         self.weight_3x3_after_1x1 = param(out, in_per_group, 3, 3)
         self.weight_3x3_extra = param(out, in_per_group, 3, 3)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import is_dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -21,7 +23,7 @@ def bundled_config_names() -> list[str]:
     """Names of the configs shipped with gpd, such as ``fashion_mnist/scratch_gpd``."""
     root = resources.files("gpd.config") / "bundled"
     names = []
-    for group in sorted(p for p in root.iterdir() if p.is_dir()):
+    for group in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name):
         names += [
             f"{group.name}/{f.name[:-5]}"
             for f in sorted(group.iterdir(), key=lambda f: f.name)
@@ -68,7 +70,7 @@ def _one_line(err: Exception, base: DictConfig, layer: DictConfig, where: str) -
 def _misused_section(base: DictConfig, layer: DictConfig, prefix: str = "") -> str | None:
     """The dotted key where ``layer`` puts a plain value in place of a config section, if any."""
     for key in layer:
-        if key not in base:
+        if not isinstance(key, str) or key not in base:  # a section is a dataclass field: a str key
             continue
         if is_dataclass(OmegaConf.get_type(base, key)):
             value = layer._get_node(key)
@@ -280,6 +282,7 @@ def _check_randaugment(spec: str) -> None:
     """A timm auto_augment string that timm can build (rand-..., augmix-..., or an AutoAugment policy)."""
     from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 
+    build: Callable[[str, dict[str, Any]], object]
     if spec.startswith("rand"):
         build = rand_augment_transform
     else:

@@ -67,7 +67,7 @@ class AugmentRecipe:
             size,
             is_training=True,
             auto_augment=self.randaugment or None,
-            color_jitter=self.color_jitter,  # None: no jitter
+            color_jitter=self.color_jitter,  # type: ignore[arg-type]  # None: no jitter (timm annotates float only)
             interpolation=self.interpolation or DEFAULT_INTERPOLATION,
             mean=tuple(mean),
             std=tuple(std),

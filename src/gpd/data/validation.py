@@ -67,9 +67,9 @@ def evaluation_view(train: Dataset, test: Dataset, mean: tuple[float, ...], std:
         images = train.images.permute(0, 3, 1, 2)
         return TensorImageDataset(images, train.targets, mean, std, train.classes, size)
     if hasattr(train, "transform") and hasattr(test, "transform"):  # ImageFolder, Hugging Face splits
-        view = copy.copy(train)
-        view.transform = test.transform  # type: ignore[attr-defined]
-        return view
+        copied = copy.copy(train)
+        copied.transform = test.transform
+        return copied
     raise DataError(
         f"data.val_split: cannot read the training set ({type(train).__name__}) without its augmentation; "
         "hold out the validation images as a separate data set instead"

@@ -12,15 +12,16 @@ import copy
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from gpd.channel_maps import LAYOUTS, ChannelMap, WidthPlan
+from gpd.channel_maps import LAYOUTS, ChannelMap, Layout, WidthPlan
 from gpd.errors import ExpansionError, first_line
 from gpd.expansion.build import build_teacher
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
+from gpd.expansion.rules import RULES
 from gpd.expansion.verify import locate_divergence, relative_error
 from gpd.gpd_model import ExpansionReport, GPDModel
 from gpd.sharing import StudentView
@@ -35,14 +36,8 @@ def infer_input_size(model: nn.Module) -> tuple[int, ...]:
     default config, else 32 x 32 (enough for any CNN with global pooling).
     """
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    cfg = next(
-        (
-            c
-            for c in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None))
-            if isinstance(c, dict)
-        ),
-        {},
-    )
+    cfgs = (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None))
+    cfg = next((c for c in cfgs if isinstance(c, dict)), {})
     cfg_size = tuple(cfg.get("input_size") or ())
     channels = first_conv.in_channels if first_conv is not None else (cfg_size[0] if cfg_size else None)
     if channels is None:
@@ -116,9 +111,8 @@ def add_symmetry_noise(model: GPDModel, std: float, generator: torch.Generator |
             param.add_(noise.to(param.device))
 
 
-FLOAT64_TOLERANCE = (
-    1e-6  # float64 rounding amplified by deep nets with random statistics (1e-8 measured), far below a wrong layout's
-)
+# float64 rounding amplified by deep nets with random statistics (1e-8 measured), far below a wrong layout's
+FLOAT64_TOLERANCE = 1e-6
 
 
 def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], example: tuple) -> Any:
@@ -264,11 +258,11 @@ def with_branches(model: nn.Module, branches: str | None, branch_init: str) -> n
     """``model`` with multi-branch blocks added as asked (a copy), or ``model`` itself."""
     if branches in (None, "none"):
         return model
-    if branches != "orepa":
-        raise ExpansionError(f"branches must be 'orepa' or 'none', got {branches!r}")
-    from gpd.branches import add_branches  # the branch package registers rules with this one
-
-    return add_branches(model, init=branch_init)
+    kind = RULES.branch_kind(branches)
+    if kind is None:  # gpd.branches registers "orepa" (import gpd does)
+        names = " or ".join(repr(name) for name in [*RULES.branch_kinds, "none"])
+        raise ExpansionError(f"branches must be {names}, got {branches!r}")
+    return kind.add(model, branch_init)
 
 
 def _refusals_only(function: Callable[..., GPDModel]) -> Callable[..., GPDModel]:
@@ -340,9 +334,8 @@ def expand(
     """
     if layout not in ("auto", *LAYOUTS):
         raise ExpansionError(f"layout must be 'auto', {', '.join(repr(x) for x in LAYOUTS)}; got {layout!r}")
-    plans = (
-        [WidthPlan(ratio, "tiled"), WidthPlan(ratio, "interleaved")] if layout == "auto" else [WidthPlan(ratio, layout)]
-    )  # type: ignore[arg-type]
+    layouts: list[Layout] = ["tiled", "interleaved"] if layout == "auto" else [cast(Layout, layout)]  # checked above
+    plans = [WidthPlan(ratio, name) for name in layouts]
     example = _example(model, example_input, input_size)  # before branches hide the stem conv
     model = with_branches(model, branches, branch_init)
     roles = detect_roles(model, example, input_layers, output_layers)

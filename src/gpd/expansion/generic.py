@@ -18,6 +18,8 @@ everything else (gamma, scale, layer scale, weight, alpha) multiplies (1).
 
 from __future__ import annotations
 
+from collections.abc import Set
+
 from torch import nn
 
 from gpd.channel_maps import ChannelMap, WidthPlan, identity_map
@@ -85,7 +87,7 @@ def known_channel_counts(units: list[tuple[str, nn.Module]], plain_sizes: set[in
     return counts - plain_sizes
 
 
-def channel_axis(owner: str, name: str, shape: tuple[int, ...], counts: set[int], parameter: bool) -> int | None:
+def channel_axis(owner: str, name: str, shape: tuple[int, ...], counts: Set[int], parameter: bool) -> int | None:
     """The one axis of ``shape`` whose size is a known channel count; None for scalars.
 
     A parameter with none or several such axes is refused (ExpansionError naming it).

@@ -15,23 +15,17 @@ unchanged (the attention core is wrapped to see the student's scale), so their
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
+import torch
 from torch import nn
 
-from gpd.channel_maps import concat_maps
+from gpd.channel_maps import ChannelMap, concat_maps
 from gpd.expansion.generic import expand_generic_leaf, register_channel_attributes
-from gpd.expansion.rules import (
-    ExpandedLayer,
-    LayerContext,
-    expand_linear_with_maps,
-    find_rule,
-    keep_unchanged,
-    paper_bias_scale,
-    paper_weight_scale,
-    register_expansion_rule,
-    register_when_imported,
-)
+from gpd.expansion.rules import ExpandedLayer, LayerContext, find_rule, register_expansion_rule, register_when_imported
+from gpd.expansion.torch_rules import expand_linear_with_maps, keep_unchanged, paper_bias_scale, paper_weight_scale
 from gpd.sharing.param_slice import ParamSlice
 
 
@@ -81,7 +75,7 @@ def _copy_with_children(module: nn.Module, children: dict[str, nn.Module]) -> nn
     return new
 
 
-def head_attention_rule(spec: HeadSpec):
+def head_attention_rule(spec: HeadSpec) -> Callable[[nn.Module, LayerContext], ExpandedLayer]:
     """The expansion rule of an attention class described by ``spec``."""
 
     def expand_head_attention(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
@@ -91,14 +85,15 @@ def head_attention_rule(spec: HeadSpec):
             raise ctx.error(module, "attention that reads the input or writes the output is not supported")
         ratio = int(ctx.plan.ratio)
         layers: dict[str, ExpandedLayer] = {}
-        head_maps = {}  # attention channels -> their map, head by head
-        for child_name, child in module.named_children():
-            if child_name in spec.fused and child is not None:
+        head_maps: dict[int, ChannelMap] = {}  # attention channels -> their map, head by head
+        for child_name, module_child in module.named_children():
+            if child_name in spec.fused and module_child is not None:
+                fused = cast(nn.Linear, module_child)  # a fused projection is a Linear (HeadSpec.fused)
                 segments = spec.fused[child_name]
-                size = child.out_features // segments
+                size = fused.out_features // segments
                 segment = head_maps.setdefault(size, ctx.plan.map(size, block=_head_dim(module, size)))
-                in_map = ctx.in_map(child.in_features, -1)
-                layers[child_name] = expand_linear_with_maps(child, in_map, concat_maps([segment] * segments))
+                in_map = ctx.in_map(fused.in_features, -1)
+                layers[child_name] = expand_linear_with_maps(fused, in_map, concat_maps([segment] * segments))
         for child_name, child in module.named_children():
             if child_name in layers:
                 continue
@@ -143,7 +138,7 @@ def head_attention_rule(spec: HeadSpec):
     return expand_head_attention
 
 
-def _set(module: nn.Module, name: str, value, parameter: bool) -> None:
+def _set(module: nn.Module, name: str, value: torch.Tensor, parameter: bool) -> None:
     if parameter:
         setattr(module, name, nn.Parameter(value.detach().clone(), requires_grad=getattr(module, name).requires_grad))
     else:
@@ -221,7 +216,7 @@ def register_timm_attentions() -> None:
         qkv = {"qkv": 3}
         biases = ("q_bias", "k_bias", "v_bias")
         table = {"relative_position_bias_table": 1}
-        leaky = dict(
+        leaky = HeadSpec(
             head_tensors={"attention_biases": 0},
             scaled_attrs=("num_heads", "val_attn_dim", "dh"),
             caches=("attention_bias_cache",),
@@ -232,7 +227,7 @@ def register_timm_attentions() -> None:
             (eva.EvaAttention, HeadSpec(qkv, {}, biases)),
             (xcit.XCA, HeadSpec(qkv, {"temperature": 0})),
             (edgenext.CrossCovarianceAttn, HeadSpec(qkv, {"temperature": 0})),
-            (levit.Attention, HeadSpec(**leaky)),
+            (levit.Attention, leaky),
             (metaformer.Attention, HeadSpec(qkv, scaled_attrs=("num_heads", "attention_dim"))),
             # qkv is laid out head by head ([q k v] of head 0, then head 1, ...): a plain tile copies whole heads
             (
@@ -243,10 +238,10 @@ def register_timm_attentions() -> None:
                     caches=("attention_bias_cache",),
                 ),
             ),
-            (levit.AttentionDownsample, HeadSpec(**leaky)),
-            (efficientformer.Attention, HeadSpec(**leaky)),
-            (efficientformer_v2.Attention2d, HeadSpec(**leaky)),
-            (efficientformer_v2.Attention2dDownsample, HeadSpec(**leaky)),
+            (levit.AttentionDownsample, leaky),
+            (efficientformer.Attention, leaky),
+            (efficientformer_v2.Attention2d, leaky),
+            (efficientformer_v2.Attention2dDownsample, leaky),
             (pvt_v2.Attention, HeadSpec({"kv": 2})),
             (twins.LocallyGroupedAttn, HeadSpec(qkv)),
             (twins.GlobalSubSampleAttn, HeadSpec({"kv": 2})),
@@ -254,9 +249,8 @@ def register_timm_attentions() -> None:
             (cait.ClassAttn, HeadSpec()),
             (xcit.ClassAttn, HeadSpec()),
         ]
-    for module_class, spec in timm_specs:
-        if spec is not None:
-            register_head_attention(module_class, spec)
+    for module_class, spec in dict(timm_specs).items():  # once per class: xcit's ClassAttn is cait's in timm 1.x
+        register_head_attention(module_class, spec)
 
 
 def register_torchvision_attentions() -> None:

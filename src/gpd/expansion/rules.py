@@ -1,4 +1,4 @@
-"""The registry of expansion rules: how each layer type becomes its wide copy in D.
+"""The rule API and the rule set: how each layer type becomes its wide copy in D.
 
 A rule receives the student's module and a :class:`LayerContext` (its name, the width
 plan, and whether its input and output axes are expanded). It returns an
@@ -7,16 +7,31 @@ replacing its tensors and size attributes (never by calling a constructor, so
 subclasses such as timm's ``BatchNormAct2d`` keep working), and for every parameter
 a :class:`ParamSlice` that says how the student's value is read back out of D's.
 
-Users add rules for their own layers with :func:`register_expansion_rule`.
+The rules live in a :class:`RuleSet`; ``gpd.expand`` uses :data:`RULES`. Users add rules
+for their own layers with :func:`register_expansion_rule`. gpd's own rules (torch's layers
+in :mod:`gpd.expansion.torch_rules`, timm's and torchvision's once those are imported,
+the branch blocks of :mod:`gpd.branches`) are registered as built-ins. The conflict policy
+(docs/expansion_rules.md, "The rule set"):
+
+* a rule of the user's for a class replaces gpd's built-in rule for that class, whether
+  the built-in was loaded before or after it (lazy timm rules never replace a user's);
+* a second rule for a class that already has one from the same side (user or built-in)
+  raises ``ValueError`` unless ``override=True``; registering the same rule again is a no-op;
+* :meth:`RuleSet.override` replaces a class's rule for a ``with`` block and restores the
+  previous one (or none) on exit.
+
+Channel tensors (:func:`register_channel_tensors`) and branch kinds
+(:meth:`RuleSet.register_branch_kind`) follow the same policy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 from torch import nn
@@ -25,6 +40,10 @@ from gpd.channel_maps import ChannelMap, WidthPlan, identity_map
 from gpd.errors import ExpansionError
 from gpd.expansion.layout import MeasuredInput
 from gpd.sharing.param_slice import ParamSlice
+
+M = TypeVar("M", bound=nn.Module)
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -73,7 +92,7 @@ class LayerContext:
             and self.plan.teacher_size(in_map.student_size) != in_map.student_size
         )
 
-    def error(self, module: nn.Module, why: str) -> ExpansionError:
+    def error(self, module: object, why: str) -> ExpansionError:
         return ExpansionError(f"layer '{self.name}' ({type(module).__name__}): {why}")
 
 
@@ -108,23 +127,225 @@ class RuleEntry:
     channelwise: bool
 
 
-_RULES: dict[type, RuleEntry] = {}
-_CHANNEL_TENSORS: dict[type, dict[str, int]] = {}
-_MULTIPLYING_TENSORS: dict[type, set[str]] = {}
+@dataclass(frozen=True)
+class ChannelTensors:
+    """Declared tensors of a container: each one's channel axis, and those that scale activations."""
+
+    axes: dict[str, int]
+    multiplying: frozenset[str]
 
 
-def register_expansion_rule(module_class: type[nn.Module], rule: ExpansionRule, *, channelwise: bool = False) -> None:
-    """Register ``rule`` for ``module_class`` and its subclasses (the nearest class wins).
+@dataclass(frozen=True)
+class BranchKind:
+    """A kind of multi-branch block: ``add(model, init)`` gives a copy of ``model`` with the blocks
+    (``gpd.expand(branches=name)``), ``merge(model)`` a copy with every block merged into plain layers."""
+
+    add: Callable[[nn.Module, str], nn.Module]
+    merge: Callable[[nn.Module], nn.Module]
+
+
+class RuleSet:
+    """Expansion rules, declared channel tensors and branch kinds, each on two sides: the user's
+    and gpd's built-ins. See the module docstring for the conflict policy."""
+
+    def __init__(self) -> None:
+        self._rules: tuple[dict[type, RuleEntry], dict[type, RuleEntry]] = ({}, {})  # (built-in, user)
+        self._tensors: tuple[dict[type, ChannelTensors], dict[type, ChannelTensors]] = ({}, {})
+        self._branch_kinds: tuple[dict[str, BranchKind], dict[str, BranchKind]] = ({}, {})
+        self._when_imported: dict[str, list[Callable[[], None]]] = {}
+        self._builtin_depth = 0
+
+    # -- registering -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def builtin_registrations(self) -> Iterator[None]:
+        """Registrations made inside this block are gpd's built-ins (a user's rule replaces them)."""
+        self._builtin_depth += 1
+        try:
+            yield
+        finally:
+            self._builtin_depth -= 1
+
+    def _side(self, pair: tuple[dict[K, V], dict[K, V]]) -> dict[K, V]:
+        return pair[0] if self._builtin_depth else pair[1]
+
+    @staticmethod
+    def _put(side: dict[K, V], key: K, value: V, override: bool, what: str) -> None:
+        old = side.get(key)
+        if old is not None and old != value and not override:
+            raise ValueError(
+                f"{what} is registered already; pass override=True to replace it "
+                "(or use gpd.expansion.RULES.override for a with-block)"
+            )
+        side[key] = value
+
+    def register(
+        self,
+        module_class: type[M],
+        rule: Callable[[M, LayerContext], ExpandedLayer],
+        *,
+        channelwise: bool = False,
+        override: bool = False,
+    ) -> None:
+        """Register ``rule`` for ``module_class`` and its subclasses (the nearest class wins).
+
+        A rule registered for a container class handles all of its submodules; the
+        expansion does not descend into it.
+        """
+        if not (isinstance(module_class, type) and issubclass(module_class, nn.Module)):
+            raise TypeError(f"module_class must be an nn.Module subclass, got {module_class!r}")
+        # the rule is only ever called with instances of module_class (find() walks the MRO)
+        entry = RuleEntry(rule=cast(ExpansionRule, rule), channelwise=channelwise)
+        self._put(self._side(self._rules), module_class, entry, override, f"a rule for {module_class.__qualname__}")
+
+    def register_channel_tensors(
+        self, module_class: type[nn.Module], axes: dict[str, int], *, multiplies: bool = False, override: bool = False
+    ) -> None:
+        """Declare tensors ``module_class`` holds directly (see :func:`register_channel_tensors`)."""
+        declared = ChannelTensors(dict(axes), frozenset(axes) if multiplies else frozenset())
+        what = f"the channel tensors of {module_class.__qualname__}"
+        self._put(self._side(self._tensors), module_class, declared, override, what)
+
+    def register_branch_kind(
+        self,
+        name: str,
+        add: Callable[[nn.Module, str], nn.Module],
+        merge: Callable[[nn.Module], nn.Module],
+        *,
+        override: bool = False,
+    ) -> None:
+        """Offer ``gpd.expand(branches=name)``; exports apply ``merge`` (see :class:`BranchKind`)."""
+        kind = BranchKind(add=add, merge=merge)
+        self._put(self._side(self._branch_kinds), name, kind, override, f"the branch kind {name!r}")
+
+    @contextlib.contextmanager
+    def override(
+        self, module_class: type[M], rule: Callable[[M, LayerContext], ExpandedLayer], *, channelwise: bool = False
+    ) -> Iterator[None]:
+        """Use ``rule`` for ``module_class`` inside the ``with`` block; the user's previous rule for
+        the class (or none) is back on exit. gpd's built-in rule, if any, is left alone."""
+        self.run_pending_registrations()
+        users = self._rules[1]
+        previous = users.get(module_class)
+        self.register(module_class, rule, channelwise=channelwise, override=True)
+        try:
+            yield
+        finally:
+            if previous is None:
+                users.pop(module_class, None)
+            else:
+                users[module_class] = previous
+
+    def register_when_imported(self, package: str, registration: Callable[[], None]) -> None:
+        """Run ``registration`` (which imports ``package``) once ``package`` has been imported, as built-ins.
+
+        A module of timm or torchvision exists only once that package is imported, so its
+        rules are registered then, at the next lookup, and ``import gpd`` does not import
+        either package (measured: timm alone took 1.4 s of a 2.5 s ``import gpd``).
+        """
+        if package in sys.modules:
+            with self.builtin_registrations():
+                registration()
+        else:
+            self._when_imported.setdefault(package, []).append(registration)
+
+    def run_pending_registrations(self) -> None:
+        """Register the rules of every package that has been imported since (see :meth:`register_when_imported`)."""
+        for package in [p for p in self._when_imported if p in sys.modules]:
+            with self.builtin_registrations():
+                for registration in self._when_imported.pop(package):
+                    registration()
+
+    # -- looking up --------------------------------------------------------------------
+
+    def get(self, module_class: type) -> RuleEntry | None:
+        """The rule registered for exactly ``module_class`` (the user's, else the built-in), or None."""
+        self.run_pending_registrations()
+        builtin, users = self._rules
+        return users.get(module_class) or builtin.get(module_class)
+
+    def find(self, module: nn.Module) -> RuleEntry | None:
+        """The rule of the nearest registered class in ``module``'s MRO."""
+        self.run_pending_registrations()
+        builtin, users = self._rules
+        for cls in type(module).__mro__:
+            entry = users.get(cls) or builtin.get(cls)
+            if entry is not None:
+                return entry
+        return None
+
+    def _declared(self, cls: type) -> tuple[dict[str, int], set[str]]:
+        """What ``cls`` itself declares: registered, or as class attributes (so that a model
+        package can declare its tensors without importing the expansion engine)."""
+        axes = dict(cls.__dict__.get(CHANNEL_TENSORS_ATTRIBUTE, {}))
+        multiplying = set(cls.__dict__.get(MULTIPLYING_TENSORS_ATTRIBUTE, ()))
+        registered = self._tensors[1].get(cls) or self._tensors[0].get(cls)
+        if registered is not None:
+            axes.update(registered.axes)
+            multiplying |= registered.multiplying
+        return axes, multiplying
+
+    def channel_tensor_axes(self, module: nn.Module) -> dict[str, int]:
+        """The declared channel axes of ``module``'s own tensors (from every class in its MRO)."""
+        self.run_pending_registrations()
+        axes: dict[str, int] = {}
+        for cls in reversed(type(module).__mro__):
+            axes.update(self._declared(cls)[0])
+        return axes
+
+    def channel_tensor_multiplies(self, module: nn.Module, name: str) -> bool:
+        """Whether the declared channel tensor ``name`` of ``module`` scales activations (else it is added)."""
+        self.run_pending_registrations()
+        for cls in type(module).__mro__:
+            axes, multiplying = self._declared(cls)
+            if name in axes:
+                return name in multiplying
+        return False
+
+    def branch_kind(self, name: str) -> BranchKind | None:
+        builtin, users = self._branch_kinds
+        return users.get(name) or builtin.get(name)
+
+    @property
+    def branch_kinds(self) -> list[str]:
+        """The names ``gpd.expand(branches=...)`` accepts (besides "none")."""
+        return sorted({**self._branch_kinds[0], **self._branch_kinds[1]})
+
+    def merge_branches(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` with the blocks of every branch kind merged into plain layers."""
+        merged = None
+        for name in self.branch_kinds:
+            kind = self.branch_kind(name)
+            if kind is not None:
+                merged = kind.merge(model if merged is None else merged)
+        return copy.deepcopy(model) if merged is None else merged
+
+
+RULES = RuleSet()  # the rule set gpd.expand uses
+
+CHANNEL_TENSORS_ATTRIBUTE = "gpd_channel_tensors"  # a model class's own declaration: {name: axis}
+MULTIPLYING_TENSORS_ATTRIBUTE = "gpd_multiplying_tensors"  # the names among them that scale activations
+
+
+def register_expansion_rule(
+    module_class: type[M],
+    rule: Callable[[M, LayerContext], ExpandedLayer],
+    *,
+    channelwise: bool = False,
+    override: bool = False,
+) -> None:
+    """Register ``rule`` for ``module_class`` and its subclasses in :data:`RULES` (the nearest class wins).
 
     A rule registered for a container class handles all of its submodules; the
-    expansion does not descend into it.
+    expansion does not descend into it. Your rule replaces gpd's for the same class; a second
+    rule of yours for it raises ``ValueError`` unless ``override=True``.
     """
-    if not (isinstance(module_class, type) and issubclass(module_class, nn.Module)):
-        raise TypeError(f"module_class must be an nn.Module subclass, got {module_class!r}")
-    _RULES[module_class] = RuleEntry(rule=rule, channelwise=channelwise)
+    RULES.register(module_class, rule, channelwise=channelwise, override=override)
 
 
-def register_channel_tensors(module_class: type[nn.Module], axes: dict[str, int], *, multiplies: bool = False) -> None:
+def register_channel_tensors(
+    module_class: type[nn.Module], axes: dict[str, int], *, multiplies: bool = False, override: bool = False
+) -> None:
     """Declare tensors a container holds directly (class token, position embedding, ...).
 
     ``axes`` maps each attribute name to its channel axis. D holds them tiled on that
@@ -135,86 +356,18 @@ def register_channel_tensors(module_class: type[nn.Module], axes: dict[str, int]
     A class of your own can declare the same as class attributes, without importing gpd:
     ``gpd_channel_tensors = {"pos_embed": -1}`` (and ``gpd_multiplying_tensors = ("gamma",)``).
     """
-    _CHANNEL_TENSORS[module_class] = dict(axes)
-    _MULTIPLYING_TENSORS[module_class] = set(axes) if multiplies else set()
+    RULES.register_channel_tensors(module_class, axes, multiplies=multiplies, override=override)
 
 
-CHANNEL_TENSORS_ATTRIBUTE = "gpd_channel_tensors"  # a model class's own declaration: {name: axis}
-MULTIPLYING_TENSORS_ATTRIBUTE = "gpd_multiplying_tensors"  # the names among them that scale activations
+# the lookups and lazy registrations of RULES, as functions
+channel_tensor_axes = RULES.channel_tensor_axes
+channel_tensor_multiplies = RULES.channel_tensor_multiplies
+find_rule = RULES.find
+register_when_imported = RULES.register_when_imported
+run_pending_registrations = RULES.run_pending_registrations
 
 
-def _declared(cls: type) -> tuple[dict[str, int], set[str]]:
-    """What ``cls`` itself declares: registered, or as class attributes (so that a model
-    package can declare its tensors without importing the expansion engine)."""
-    axes = dict(cls.__dict__.get(CHANNEL_TENSORS_ATTRIBUTE, {}))
-    multiplying = set(cls.__dict__.get(MULTIPLYING_TENSORS_ATTRIBUTE, ()))
-    axes.update(_CHANNEL_TENSORS.get(cls, {}))
-    multiplying |= _MULTIPLYING_TENSORS.get(cls, set())
-    return axes, multiplying
-
-
-def channel_tensor_axes(module: nn.Module) -> dict[str, int]:
-    """The declared channel axes of ``module``'s own tensors (from every class in its MRO)."""
-    run_pending_registrations()
-    axes: dict[str, int] = {}
-    for cls in reversed(type(module).__mro__):
-        axes.update(_declared(cls)[0])
-    return axes
-
-
-def channel_tensor_multiplies(module: nn.Module, name: str) -> bool:
-    """Whether the declared channel tensor ``name`` of ``module`` scales activations (else it is added to them)."""
-    run_pending_registrations()
-    for cls in type(module).__mro__:
-        axes, multiplying = _declared(cls)
-        if name in axes:
-            return name in multiplying
-    return False
-
-
-_WHEN_IMPORTED: dict[str, list[Callable[[], None]]] = {}
-
-
-def register_when_imported(package: str, registration: Callable[[], None]) -> None:
-    """Run ``registration`` (which imports ``package``) once ``package`` has been imported.
-
-    A module of timm or torchvision exists only once that package is imported, so its
-    rules are registered then, at the next lookup, and ``import gpd`` does not import
-    either package (measured: timm alone took 1.4 s of a 2.5 s ``import gpd``).
-    """
-    if package in sys.modules:
-        registration()
-    else:
-        _WHEN_IMPORTED.setdefault(package, []).append(registration)
-
-
-def run_pending_registrations() -> None:
-    """Register the rules of every package that has been imported since (see :func:`register_when_imported`)."""
-    for package in [p for p in _WHEN_IMPORTED if p in sys.modules]:
-        users = (
-            dict(_RULES),
-            {k: dict(v) for k, v in _CHANNEL_TENSORS.items()},
-            {k: set(v) for k, v in _MULTIPLYING_TENSORS.items()},
-        )
-        for registration in _WHEN_IMPORTED.pop(package):
-            registration()
-        _RULES.update(users[0])  # what was registered before the built-ins were loaded wins
-        _CHANNEL_TENSORS.update(users[1])
-        _MULTIPLYING_TENSORS.update(users[2])
-
-
-def find_rule(module: nn.Module) -> RuleEntry | None:
-    """The rule of the nearest registered class in ``module``'s MRO."""
-    run_pending_registrations()
-    for cls in type(module).__mro__:
-        if cls in _RULES:
-            return _RULES[cls]
-    return None
-
-
-def replace_tensors(
-    module: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor] | None = None
-) -> nn.Module:
+def replace_tensors(module: M, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor] | None = None) -> M:
     """A deep copy of ``module`` with the given parameters and buffers replaced."""
     new = copy.deepcopy(module)
     for name, value in params.items():
@@ -225,281 +378,10 @@ def replace_tensors(
     return new
 
 
-# --- built-in rules -------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    """The built-in rules lived here before :mod:`gpd.expansion.torch_rules`: their old names still work."""
+    from gpd.expansion import torch_rules
 
-
-def _copies(channel_map: ChannelMap) -> float:
-    """How many times D's axis holds the student's (r; the plain ratio of sizes when uneven)."""
-    return channel_map.teacher_size / channel_map.student_size
-
-
-def paper_weight_scale(in_map: ChannelMap, out_map: ChannelMap) -> float:
-    """``paper_scale`` of an ungrouped conv/linear weight (see :class:`ParamSlice`).
-
-    gpd divides by the copies of the input axis; the paper's layout divides by the
-    copies of the output axis. They agree where both or neither side is expanded.
-    """
-    return _copies(in_map) / _copies(out_map)
-
-
-def paper_bias_scale(out_map: ChannelMap) -> float:
-    """``paper_scale`` of an ungrouped conv/linear bias: the paper's layout divides it by the output copies."""
-    return 1.0 / _copies(out_map)
-
-
-def grouped_out_map(module: nn.Module, ctx: LayerContext, in_map: ChannelMap) -> ChannelMap | None:
-    """The output layout of a grouped conv whose input has a measured (permuted) layout.
-
-    Each of D's groups must read one whole student group, in order; its outputs are then
-    that group's outputs, in order. None where the input does not split into whole groups.
-    """
-    in_per_group = module.in_channels // module.groups
-    out_per_group = module.out_channels // module.groups
-    if in_map.teacher_size % in_per_group:
-        return None
-    src = in_map.source.view(-1, in_per_group)
-    group_of = src[:, 0] // in_per_group
-    if not torch.equal(src, group_of[:, None] * in_per_group + torch.arange(in_per_group)):
-        return None
-    source = (group_of[:, None] * out_per_group + torch.arange(out_per_group)).reshape(-1)
-    first = torch.full((module.out_channels,), source.numel(), dtype=torch.long)
-    first.scatter_reduce_(0, source, torch.arange(source.numel()), reduce="amin")
-    if bool((first == source.numel()).any()):
-        return None
-    return ChannelMap(source=source, student_size=module.out_channels, student_index=first)
-
-
-def _check_groups(module: nn.Module, ctx: LayerContext, in_map: ChannelMap, out_map: ChannelMap) -> int:
-    """The group count of D's grouped conv, after checking each D group copies one S group."""
-    groups = module.groups
-    in_per_group = module.in_channels // groups
-    out_per_group = module.out_channels // groups
-    if ctx.expand_input != ctx.expand_output:
-        raise ctx.error(module, "a grouped convolution must have both or neither of its sides expanded")
-    if in_map.teacher_size % in_per_group or out_map.teacher_size % out_per_group:
-        raise ctx.error(
-            module,
-            f"ratio {ctx.plan.ratio} gives {in_map.teacher_size} channels, not a multiple of the "
-            f"group width {in_per_group}; use an integer ratio",
-        )
-    new_groups = in_map.teacher_size // in_per_group
-    if out_map.teacher_size // out_per_group != new_groups:
-        raise ctx.error(module, f"ratio {ctx.plan.ratio} breaks the group structure; use an integer ratio")
-    src_in = in_map.source.view(new_groups, in_per_group)
-    src_out = out_map.source.view(new_groups, out_per_group)
-    group_of = src_in[:, 0] // in_per_group
-    exact = torch.equal(src_in, group_of[:, None] * in_per_group + torch.arange(in_per_group)) and torch.equal(
-        src_out, group_of[:, None] * out_per_group + torch.arange(out_per_group)
-    )
-    if not exact:
-        raise ctx.error(module, f"ratio {ctx.plan.ratio} splits a group across copies; use an integer ratio")
-    return new_groups
-
-
-def _local_map(channel_map: ChannelMap, groups: int, per_group: int) -> ChannelMap | None:
-    """The map within a group when each of D's ``groups`` equal chunks copies one student group, in
-    order, all in the same pattern (the interleaved layout); None otherwise."""
-    if channel_map.teacher_size % groups:
-        return None
-    chunks = channel_map.source.view(groups, -1)
-    local = chunks - (torch.arange(groups) * per_group)[:, None]
-    if bool((local < 0).any() or (local >= per_group).any()) or not bool((local == local[0]).all()):
-        return None
-    source = local[0].clone()
-    counts = torch.bincount(source, minlength=per_group)
-    if bool((counts == 0).any()):
-        return None
-    first = torch.full((per_group,), source.numel(), dtype=torch.long)
-    first.scatter_reduce_(0, source, torch.arange(source.numel()), reduce="amin")
-    return ChannelMap(source=source, student_size=per_group, student_index=first)
-
-
-def wide_group_maps(module: nn.Module, in_map: ChannelMap, out_map: ChannelMap) -> ChannelMap | None:
-    """A grouped conv whose input holds each student group's copies side by side (interleaved).
-
-    D keeps the student's group count, each group ``r`` times wider: every one of its
-    outputs reads all copies of its group's inputs, divided by their number, like an
-    ungrouped conv restricted to the group. Returns the within-group input map, or None
-    where the layouts do not group that way.
-    """
-    groups = module.groups
-    local_out = _local_map(out_map, groups, module.out_channels // groups)
-    local_in = _local_map(in_map, groups, module.in_channels // groups)
-    return local_in if local_out is not None else None
-
-
-def _wide_group_input(
-    module: nn.Module, ctx: LayerContext, in_map: ChannelMap, out_map: ChannelMap
-) -> ChannelMap | None:
-    """The within-group input map of a grouped conv D keeps at the student's group count: in the
-    interleaved layout, for groups wider than one channel (depthwise convs tile as before)."""
-    if ctx.plan.layout != "interleaved" or module.in_channels == module.groups or not ctx.expand_input:
-        return None
-    return wide_group_maps(module, in_map, out_map)
-
-
-def expand_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
-    """Conv1d/2d/3d: ungrouped convs divide by the input copies; grouped convs tile."""
-    if getattr(module, "transposed", False):
-        raise ctx.error(module, "transposed convolutions have no expansion rule yet")
-    in_map = ctx.in_map(module.in_channels, 1)
-    out_map = identity_map(module.out_channels) if ctx.reads_other_axis(in_map) else ctx.out_map(module.out_channels, 1)
-    if module.groups > 1 and not in_map.is_identity:
-        out_map = grouped_out_map(module, ctx, in_map) or out_map
-    if module.groups == 1:
-        weight = in_map.expand(out_map.expand(module.weight, 0), 1, divide=True)
-        weight_slice = ParamSlice(
-            {0: out_map, 1: in_map},
-            divided_dim=None if in_map.is_identity else 1,
-            paper_scale=paper_weight_scale(in_map, out_map),
-        )
-        bias_scale = paper_bias_scale(out_map)
-        groups = 1
-    elif (local_in := _wide_group_input(module, ctx, in_map, out_map)) is not None:
-        weight = local_in.expand(out_map.expand(module.weight, 0), 1, divide=True)
-        weight_slice = ParamSlice(
-            {0: out_map, 1: local_in}, divided_dim=1, paper_scale=paper_weight_scale(local_in, out_map)
-        )
-        bias_scale = paper_bias_scale(out_map)
-        groups = module.groups
-    else:  # the paper's layout scales a grouped conv's input and output instead: same tensors as here
-        groups = _check_groups(module, ctx, in_map, out_map)
-        weight = out_map.expand(module.weight, 0)
-        weight_slice = ParamSlice({0: out_map})
-        bias_scale = 1.0
-    params = {"weight": weight}
-    slices = {"weight": weight_slice}
-    if module.bias is not None:
-        params["bias"] = out_map.expand(module.bias, 0)
-        slices["bias"] = ParamSlice({0: out_map}, paper_scale=bias_scale)
-    new = replace_tensors(module, params)
-    new.in_channels, new.out_channels, new.groups = in_map.teacher_size, out_map.teacher_size, groups
-    return ExpandedLayer(new, slices, output_map=out_map)
-
-
-def expand_linear_with_maps(module: nn.Linear, in_map: ChannelMap, out_map: ChannelMap) -> ExpandedLayer:
-    """A Linear whose input and output axes follow the given maps (divided on the input)."""
-    params = {"weight": in_map.expand(out_map.expand(module.weight, 0), 1, divide=True)}
-    slices = {
-        "weight": ParamSlice(
-            {0: out_map, 1: in_map},
-            divided_dim=None if in_map.is_identity else 1,
-            paper_scale=paper_weight_scale(in_map, out_map),
-        )
-    }
-    if module.bias is not None:
-        params["bias"] = out_map.expand(module.bias, 0)
-        slices["bias"] = ParamSlice({0: out_map}, paper_scale=paper_bias_scale(out_map))
-    new = replace_tensors(module, params)
-    new.in_features, new.out_features = in_map.teacher_size, out_map.teacher_size
-    return ExpandedLayer(new, slices, output_map=out_map)
-
-
-def expand_linear(module: nn.Linear, ctx: LayerContext) -> ExpandedLayer:
-    """Linear: like an ungrouped conv, on the last axis (kept as is where that axis is not expanded)."""
-    in_map = ctx.in_map(module.in_features, -1)
-    out_map = (
-        identity_map(module.out_features) if ctx.reads_other_axis(in_map) else ctx.out_map(module.out_features, -1)
-    )
-    return expand_linear_with_maps(module, in_map, out_map)
-
-
-def expand_batchnorm(module: nn.modules.batchnorm._NormBase, ctx: LayerContext) -> ExpandedLayer:
-    """BatchNorm/InstanceNorm: per-channel affine and statistics are tiled."""
-    channel_map = ctx.out_map(module.num_features, 1)
-    params = {
-        n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n) is not None
-    }
-    buffers = {
-        n: channel_map.expand(getattr(module, n), 0)
-        for n in ("running_mean", "running_var")
-        if getattr(module, n, None) is not None
-    }
-    new = replace_tensors(module, params, buffers)
-    new.num_features = channel_map.teacher_size
-    return ExpandedLayer(new, {n: ParamSlice({0: channel_map}) for n in params}, output_map=channel_map)
-
-
-def expand_layernorm(module: nn.LayerNorm, ctx: LayerContext) -> ExpandedLayer:
-    """LayerNorm over the channel axis: exact only when every channel has the same copies."""
-    if len(module.normalized_shape) != 1:
-        raise ctx.error(module, f"only a LayerNorm over one axis can be expanded, got {tuple(module.normalized_shape)}")
-    return expand_layernorm_with_map(module, ctx, ctx.out_map(module.normalized_shape[0]))
-
-
-def expand_layernorm_with_map(module: nn.LayerNorm, ctx: LayerContext, channel_map: ChannelMap) -> ExpandedLayer:
-    """A LayerNorm whose normalised axis follows ``channel_map``."""
-    if not channel_map.is_identity and channel_map.uniform_count is None:
-        raise ctx.error(
-            module,
-            f"ratio {ctx.plan.ratio} copies some channels more than others, which changes "
-            "LayerNorm's mean and variance; use an integer ratio",
-        )
-    params = {
-        n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n, None) is not None
-    }
-    new = replace_tensors(module, params)
-    new.normalized_shape = (channel_map.teacher_size,)
-    return ExpandedLayer(new, {n: ParamSlice({0: channel_map}) for n in params}, output_map=channel_map)
-
-
-def expand_groupnorm(module: nn.GroupNorm, ctx: LayerContext) -> ExpandedLayer:
-    """GroupNorm: r times the groups, so each D group is a copy of one student group."""
-    channel_map = ctx.out_map(module.num_channels, 1)
-    count = channel_map.uniform_count
-    if count is None:
-        raise ctx.error(module, f"ratio {ctx.plan.ratio} is not an integer; GroupNorm needs whole copies")
-    per_group = module.num_channels // module.num_groups
-    groups = channel_map.source.view(-1, per_group) // per_group
-    if not bool((groups == groups[:, :1]).all()):
-        raise ctx.error(module, "its input's channel layout splits a group across D's groups")
-    params = {
-        n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n) is not None
-    }
-    new = replace_tensors(module, params)
-    new.num_channels, new.num_groups = channel_map.teacher_size, module.num_groups * count
-    return ExpandedLayer(new, {n: ParamSlice({0: channel_map}) for n in params}, output_map=channel_map)
-
-
-def expand_channel_vectors(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
-    """Layers whose parameters are all per-channel vectors (layer scale, PReLU with C slopes)."""
-    params, slices = {}, {}
-    for name, param in module.named_parameters(recurse=False):
-        if param.ndim != 1:
-            raise ctx.error(module, f"parameter '{name}' of shape {tuple(param.shape)} is not a per-channel vector")
-        channel_map = ctx.out_map(param.numel()) if param.numel() > 1 else identity_map(1)
-        params[name] = channel_map.expand(param, 0)
-        slices[name] = ParamSlice({0: channel_map})
-    return ExpandedLayer(replace_tensors(module, params), slices)
-
-
-def keep_unchanged(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
-    """Parameter-free elementwise or per-channel layers need no change."""
-    return ExpandedLayer(copy.deepcopy(module), {})
-
-
-PARAMETER_FREE_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.Identity, nn.Flatten, nn.Unflatten,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign,
-    nn.Tanhshrink, nn.Threshold, nn.LogSigmoid,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.Upsample, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
-)  # fmt: skip
-
-
-def _register_builtin_rules() -> None:
-    register_expansion_rule(nn.modules.conv._ConvNd, expand_conv)
-    register_expansion_rule(nn.Linear, expand_linear)
-    register_expansion_rule(nn.modules.batchnorm._NormBase, expand_batchnorm, channelwise=True)
-    register_expansion_rule(nn.LayerNorm, expand_layernorm, channelwise=True)
-    register_expansion_rule(nn.GroupNorm, expand_groupnorm, channelwise=True)
-    register_expansion_rule(nn.PReLU, expand_channel_vectors, channelwise=True)
-    for layer in PARAMETER_FREE_LAYERS:
-        register_expansion_rule(layer, keep_unchanged, channelwise=True)
-
-
-_register_builtin_rules()
+    if name in torch_rules.__all__:
+        return getattr(torch_rules, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,22 +10,20 @@ vectors are tiled on the channel axis, never divided.
 from __future__ import annotations
 
 import copy
+from typing import Protocol, cast
 
 import torch
 from torch import nn
 
 from gpd.channel_maps import ChannelMap, concat_maps
 from gpd.expansion.generic import register_channel_attributes
-from gpd.expansion.rules import (
-    ExpandedLayer,
-    LayerContext,
+from gpd.expansion.rules import ExpandedLayer, LayerContext, register_channel_tensors, register_expansion_rule
+from gpd.expansion.torch_rules import (
     expand_channel_vectors,
     expand_conv,
     expand_layernorm_with_map,
     expand_linear_with_maps,
     paper_weight_scale,
-    register_channel_tensors,
-    register_expansion_rule,
 )
 from gpd.sharing.param_slice import ParamSlice
 
@@ -44,23 +42,34 @@ def _check_whole_heads(module: nn.Module, ctx: LayerContext, channel_map: Channe
         raise ctx.error(module, f"ratio {ctx.plan.ratio} splits attention heads; use an integer ratio")
 
 
+class TimmAttention(Protocol):
+    """What :func:`expand_timm_attention` reads of timm's Attention (``attn_dim`` and ``gate`` where present)."""
+
+    qkv: nn.Linear
+    proj: nn.Linear
+    head_dim: int
+    num_heads: int
+
+
 def expand_timm_attention(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
     """timm's Attention: r times the heads, qkv expanded per segment."""
     if not (ctx.expand_input and ctx.expand_output):
         raise ctx.error(module, "attention that reads the input or writes the output is not supported")
-    dim = module.qkv.in_features
-    head_dim = module.head_dim
-    attn_dim = getattr(module, "attn_dim", module.num_heads * head_dim)
+    attention = cast(TimmAttention, module)  # registered for timm.layers.attention.Attention
+    dim = attention.qkv.in_features
+    head_dim = attention.head_dim
+    attn_dim: int = getattr(module, "attn_dim", attention.num_heads * head_dim)
     in_map = ctx.plan.map(dim)
     head_map = ctx.plan.map(attn_dim, block=head_dim)
     _check_whole_heads(module, ctx, head_map, head_dim)
 
     layers: dict[str, ExpandedLayer] = {
-        "qkv": expand_linear_with_maps(module.qkv, in_map, concat_maps([head_map] * 3)),
-        "proj": expand_linear_with_maps(module.proj, head_map, ctx.plan.map(module.proj.out_features)),
+        "qkv": expand_linear_with_maps(attention.qkv, in_map, concat_maps([head_map] * 3)),
+        "proj": expand_linear_with_maps(attention.proj, head_map, ctx.plan.map(attention.proj.out_features)),
     }
-    if getattr(module, "gate", None) is not None:
-        layers["gate"] = expand_linear_with_maps(module.gate, in_map, head_map)
+    gate = getattr(module, "gate", None)
+    if gate is not None:
+        layers["gate"] = expand_linear_with_maps(gate, in_map, head_map)
     for name in ("q_norm", "k_norm", "norm"):
         child = getattr(module, name, None)
         if child is None or not any(True for _ in child.parameters()):
@@ -72,14 +81,20 @@ def expand_timm_attention(module: nn.Module, ctx: LayerContext) -> ExpandedLayer
         layers[name] = expand_layernorm_with_map(child, ctx, head_map)
 
     new = _copy_with_children(module, {name: layer.module for name, layer in layers.items()})
-    new.num_heads = head_map.teacher_size // head_dim
+    sizes = {"num_heads": head_map.teacher_size // head_dim}
     if hasattr(new, "attn_dim"):
-        new.attn_dim = head_map.teacher_size
+        sizes["attn_dim"] = head_map.teacher_size
+    for name, size in sizes.items():
+        setattr(new, name, size)
     params = {f"{name}.{p}": s for name, layer in layers.items() for p, s in layer.params.items()}
     return ExpandedLayer(new, params, output_map=layers["proj"].output_map)
 
 
-def expand_scaled_std_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
+class ScaledStdConv(Protocol):
+    gain: nn.Parameter  # per output channel
+
+
+def expand_scaled_std_conv(module: nn.Conv2d, ctx: LayerContext) -> ExpandedLayer:
     """timm's ScaledStdConv2d (NF-ResNet, NFNet): weight standardisation per output channel.
 
     Standardising ``W / r`` blocks gives the standardised W again, so D cannot divide the
@@ -91,8 +106,10 @@ def expand_scaled_std_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLaye
     """
     base = expand_conv(module, ctx)  # shapes, groups, bias; its weight is replaced below
     in_map, out_map = ctx.in_map(module.in_channels, 1), base.output_map
+    assert out_map is not None  # expand_conv gives its output map
     divided = module.groups == 1 and not in_map.is_identity
-    if divided and in_map.uniform_count is None:
+    count = in_map.uniform_count
+    if divided and count is None:
         raise ctx.error(
             module, f"ratio {ctx.plan.ratio} copies input channels unevenly; a standardised conv needs whole copies"
         )
@@ -100,10 +117,11 @@ def expand_scaled_std_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLaye
     weight = out_map.expand(module.weight, 0)
     if module.groups == 1:
         weight = in_map.expand(weight, 1)
-    copies = float(in_map.uniform_count) if divided else 1.0
-    gain = out_map.expand(module.gain, 0) / copies
+    copies = float(count) if divided and count is not None else 1.0
+    student_gain = cast(ScaledStdConv, module).gain
+    gain = out_map.expand(student_gain, 0) / copies
     new.weight = nn.Parameter(weight.detach().clone(), requires_grad=module.weight.requires_grad)
-    new.gain = nn.Parameter(gain.detach().clone(), requires_grad=module.gain.requires_grad)
+    new.gain = nn.Parameter(gain.detach().clone(), requires_grad=student_gain.requires_grad)
     params = dict(base.params)
     params["weight"] = ParamSlice({0: out_map, 1: in_map} if module.groups == 1 else {0: out_map})
     # the gain scales the output as a conv weight does: the same paper scale (docs/method.md)
@@ -112,7 +130,7 @@ def expand_scaled_std_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLaye
     return ExpandedLayer(new, params, output_map=out_map)
 
 
-def refuse_std_conv(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
+def refuse_std_conv(module: nn.Conv2d, ctx: LayerContext) -> ExpandedLayer:
     """StdConv2d (BiT) has no gain to absorb the r copies of its input: not expandable exactly."""
     if ctx.expand_input and module.groups == 1:
         raise ctx.error(module, "a weight-standardised conv without a gain cannot sum r copies of its input exactly")

@@ -23,26 +23,28 @@ works too, on gpd's coordinates.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from timm.task import TrainingTask
 from torch import nn
 
 from gpd.deprecated import upgrade_state_keys
-from gpd.distill import Distiller
+from gpd.distill import Distiller, DynamicPair
 
 
 class StudentForward(nn.Module):
     """The student of a dynamic-teacher pair as an eval module: forward is the student's,
     the state is the pair's (D's parameters and the student's BatchNorm statistics)."""
 
-    def __init__(self, pair: nn.Module) -> None:
+    pair: DynamicPair  # a GPDModel or UnsharedPair: a module, registered as a child
+
+    def __init__(self, pair: DynamicPair) -> None:
         super().__init__()
         self.pair = pair
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pair.forward_student(x)  # type: ignore[operator]
+        return self.pair.forward_student(x)
 
 
 def _distiller_in(module: nn.Module) -> Distiller:
@@ -85,7 +87,7 @@ class GPDTask(TrainingTask):
             if student is None:
                 raise ValueError("GPDTask needs a student (or a ready distiller=)")
             distiller = Distiller(student, teacher, kd, ratio, **distiller_kwargs)
-        self.trainable_module = distiller.to(self.device)
+        self.trainable_module: nn.Module = distiller.to(self.device)
         self.epoch: float | None = None
 
     @property
@@ -94,7 +96,7 @@ class GPDTask(TrainingTask):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         losses, logits = self.trainable_module(input, target, epoch=self.epoch, with_student_logits=True)
-        return {"loss": sum(losses.values()), "output": logits, **losses}  # type: ignore[dict-item]
+        return {"loss": sum(losses.values()), "output": logits, **losses}
 
     def prepare_distributed(self, device_ids: list | None = None, **ddp_kwargs: Any) -> GPDTask:
         from torch.nn.parallel import DistributedDataParallel
@@ -102,8 +104,12 @@ class GPDTask(TrainingTask):
         self.trainable_module = DistributedDataParallel(self.trainable_module, device_ids=device_ids, **ddp_kwargs)
         return self
 
-    def compile(self, backend: str = "inductor", mode: str | None = None, **compile_kwargs: Any) -> nn.Module | None:
-        self.trainable_module = torch.compile(self.trainable_module, backend=backend, mode=mode, **compile_kwargs)
+    # timm's task API (TrainingTask subclasses) fixes this signature, which is not nn.Module.compile's
+    def compile(  # type: ignore[override]
+        self, backend: str = "inductor", mode: str | None = None, **compile_kwargs: Any
+    ) -> nn.Module | None:
+        compiled = torch.compile(self.trainable_module, backend=backend, mode=mode, **compile_kwargs)
+        self.trainable_module = cast(nn.Module, compiled)  # an OptimizedModule wrapping the module
         return self.get_eval_model()
 
     def get_eval_model(self, module: nn.Module | None = None, ema: bool = False) -> nn.Module | None:

@@ -33,6 +33,7 @@ _REGISTRY: dict[str, ModelFactory] = {}
 TV_PREFIX = "tv:"
 TIMM_PREFIX = "timm:"
 PRETRAINED_UNAVAILABLE = "pretrained weights are not available offline; pass a checkpoint instead"
+SPEC_ATTRIBUTE = "gpd_spec"  # the attribute every model built here carries
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
@@ -92,12 +93,8 @@ def create_model(
     else:
         model = _create_bundled(name, num_classes, in_chans, pretrained, kwargs)
 
-    model.gpd_spec = {
-        "name": name,
-        "num_classes": int(num_classes),
-        "in_chans": int(in_chans),
-        "kwargs": spec_kwargs,
-    }
+    spec = {"name": name, "num_classes": int(num_classes), "in_chans": int(in_chans), "kwargs": spec_kwargs}
+    setattr(model, SPEC_ATTRIBUTE, spec)  # a plain attribute, not a tensor or module
     return model
 
 

@@ -11,6 +11,7 @@ and the export read them (docs/method.md, "Hard parameter sharing").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -39,7 +40,7 @@ class ParamSlice:
     dims: dict[int, ChannelMap] = field(default_factory=dict)
     divided_dim: int | None = None
     paper_scale: float = 1.0
-    _scales: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(default_factory=dict, repr=False)
+    _scales: dict[tuple[torch.device, torch.dtype], torch.Tensor | float] = field(default_factory=dict, repr=False)
 
     def derive(self, teacher_tensor: torch.Tensor, compensate_step: bool = False) -> torch.Tensor:
         """The student's tensor: a view of D's where no rescaling is needed.
@@ -91,12 +92,13 @@ class ParamSlice:
         return tuple(prefix), index_dim, index
 
     def _scale(self, like: torch.Tensor) -> torch.Tensor | float:
-        channel_map = self.dims[self.divided_dim]  # type: ignore[index]
+        dim = cast(int, self.divided_dim)  # only a divided parameter is scaled
+        channel_map = self.dims[dim]
         if channel_map.uniform_count is not None:
             return float(channel_map.uniform_count)
         key = (like.device, like.dtype)
         if key not in self._scales:
-            self._scales[key] = channel_map.student_scale(self.divided_dim, like.ndim, like)  # type: ignore[arg-type,assignment]
+            self._scales[key] = channel_map.student_scale(dim, like.ndim, like)
         return self._scales[key]
 
     def student_mask(self, teacher_shape: torch.Size) -> torch.Tensor:
@@ -137,7 +139,7 @@ class _ReadBlock(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, teacher, prefix, index_dim, index, scale, grad_scale):  # type: ignore[override]
+    def forward(ctx, teacher, prefix, index_dim, index, scale, grad_scale):
         block = teacher
         for dim, size in prefix:
             block = block.narrow(dim, 0, size)
@@ -155,7 +157,7 @@ class _ReadBlock(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         full = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.format).zero_()
         block = full
         for dim, size in ctx.prefix:
