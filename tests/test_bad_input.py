@@ -22,7 +22,7 @@ import torch
 from gpd.cli.main import main
 from gpd.config import load_config
 from gpd.data import locate
-from gpd.export import student_payload
+from gpd.io.student import student_payload
 from gpd.models import create_model
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -23,11 +23,11 @@ from gpd.config import bundled_config_names, load_config
 from gpd.deprecated import METRIC_COLUMNS, upgrade_columns, upgrade_rows
 from gpd.distill import Distiller
 from gpd.errors import ConfigError
+from gpd.io.checkpoint import load_checkpoint
 from gpd.losses import sce
 from gpd.models import create_model
 from gpd.reporting.runs import read_run
 from gpd.training import Trainer, prepare_run_dir
-from gpd.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

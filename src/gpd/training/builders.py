@@ -28,7 +28,7 @@ from gpd.data.labels import check_labels
 from gpd.data.synthetic import SHAPES
 from gpd.distill import Distiller
 from gpd.errors import ConfigError, DataError
-from gpd.export import load_weights
+from gpd.io.student import load_weights
 from gpd.sharing.steps import is_sgd_like
 from gpd.training.describe import count_parameters
 from gpd.training.distributed import DistContext, shard

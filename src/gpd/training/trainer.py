@@ -32,7 +32,10 @@ from gpd.data.mixing import build_mixup, mix_batch
 from gpd.deprecated import upgrade_rows
 from gpd.distill.pair import DynamicPair
 from gpd.errors import CheckpointError, ConfigError
-from gpd.export import student_payload
+from gpd.io import checkpoint as checkpoint_io
+from gpd.io.layout import RunLayout
+from gpd.io.metrics import MetricsCSV
+from gpd.io.student import save_student, student_payload
 from gpd.sharing.steps import clip_grad_norm_, grad_norm
 from gpd.training.builders import (
     DRY_RUN_STEPS,
@@ -46,21 +49,13 @@ from gpd.training.builders import (
     seed_everything,
     wrap_for_training,
 )
-from gpd.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from gpd.training.describe import describe_run
 from gpd.training.distributed import DistContext, all_reduce_sum, broadcast_buffers, gather_objects, resolve_device
 from gpd.training.ema import ema_decay_per_step
 from gpd.training.evaluate import correct_counts
 from gpd.training.nonfinite import NonFiniteGuard
 from gpd.training.precision import Precision
-from gpd.training.run_dir import (
-    CHECKPOINT_FILE,
-    METRICS_FILE,
-    STUDENT_FILE,
-    TENSORBOARD_DIR,
-    MetricsCSV,
-    atomic_torch_save,
-)
+from gpd.training.rng import capture_rng, restore_rng
 from gpd.training.selection import WeightSelection
 from gpd.training.static_teacher import fingerprint
 from gpd.training.steps import joint_backward, probed_backward, sequential_backward
@@ -98,6 +93,7 @@ class Trainer:
         ``ctx``/``device``: this process's place under torchrun (default: a single process)."""
         self.cfg = cfg
         self.run_dir = run_dir
+        self.layout = RunLayout(run_dir)
         self.dry_run = dry_run
         self.ctx = ctx or DistContext()
         self.device = device or resolve_device(cfg.train.device)
@@ -142,7 +138,7 @@ class Trainer:
         self.start_epoch = 1
         self.static_teacher_acc: float | None = None
         self._rng_to_restore: dict[str, Any] | None = None
-        self.metrics = MetricsCSV(run_dir / METRICS_FILE)
+        self.metrics = MetricsCSV(self.layout.metrics)
         self.rows: list[dict[str, Any]] = []  # every epoch's metrics row, also kept in the checkpoint
 
     # -- construction ------------------------------------------------------------------
@@ -157,7 +153,7 @@ class Trainer:
     def load_state(self, path: Path) -> None:
         """Continue from a checkpoint: weights, optimizer, scheduler, scaler, EMA, counters, RNGs,
         the selected weights and the metrics rows (metrics.csv is rewritten from them)."""
-        state = load_checkpoint(path)
+        state = checkpoint_io.load_checkpoint(path)
         self._check_same_static_teacher(state, path)
         model_state = state["model"]
         result = self.distiller.load_state_dict(model_state, strict=False)
@@ -419,7 +415,7 @@ class Trainer:
         assert choice is not None
         self.log(
             f"done in {total:.1f} s: exported the {exported} weights of epoch {choice.epoch} to "
-            f"{self.run_dir / STUDENT_FILE} (student test accuracy {choice.test_acc:.2f}%"
+            f"{self.layout.student} (student test accuracy {choice.test_acc:.2f}%"
             + (f", validation {choice.val_acc:.2f}%" if choice.val_acc is not None else "")
             + f"; {self.selection.rule})"
         )
@@ -477,7 +473,7 @@ class Trainer:
             return None
         from torch.utils.tensorboard import SummaryWriter  # imported here: it is slow to import
 
-        return SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=self.start_epoch)
+        return SummaryWriter(str(self.layout.tensorboard), purge_step=self.start_epoch)
 
     def save_checkpoint(self, epoch: int) -> None:
         """Rank 0 writes the full state after each epoch (atomically); every process adds its RNG state."""
@@ -500,7 +496,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng,
         }
-        save_checkpoint(state, self.run_dir / CHECKPOINT_FILE)
+        checkpoint_io.save_checkpoint(state, self.layout.checkpoint)
 
     def _student_of(self, weights: str) -> nn.Module:
         """A standalone student of the final ("final") or the EMA ("ema") weights, on the CPU."""
@@ -528,7 +524,7 @@ class Trainer:
             "weights": choice.weights,
         }
         student = self.selection.student(self._student_of)
-        atomic_torch_save(student_payload(student, **metadata), self.run_dir / STUDENT_FILE)
+        save_student(student_payload(student, **metadata), self.layout.student)
         return which
 
 
@@ -553,5 +549,5 @@ def train(
     ``resume``) and return the last epoch's metrics."""
     trainer = Trainer(cfg, run_dir, ctx=ctx, device=device)
     if resume:
-        trainer.load_state(run_dir / CHECKPOINT_FILE)
+        trainer.load_state(trainer.layout.checkpoint)
     return trainer.fit()
