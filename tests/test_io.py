@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from gpd.io.atomic import atomic_torch_save, atomic_write, atomic_write_text, de
 from gpd.io.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from gpd.io.layout import ReportLayout, RunLayout, student_file_of
 from gpd.io.metrics import MetricsCSV
-from gpd.training import Trainer, prepare_run_dir
+from gpd.training import DRY_RUN, Trainer, prepare_run_dir
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -99,20 +100,20 @@ def test_the_layout_names_the_files_of_a_run(tmp_path: Path) -> None:
 
 
 def all_entries(root: Path) -> set[Path]:
-    """Every file and folder under ``root``, folders' contents left out of known folders."""
-    return {p for p in root.iterdir()}
+    """The files and folders in ``root`` (not their contents)."""
+    return set(root.iterdir())
 
 
 def test_every_file_a_run_writes_is_a_layout_path(tmp_path: Path) -> None:
     cfg = load_config(
         None, ["train.device=cpu", "train.batch_size=16", "train.grad_probe_every=0", f"output_dir={tmp_path / 'run'}"]
     )
-    trainer = Trainer(cfg, prepare_run_dir(cfg), dry_run=True)
+    trainer = Trainer(cfg, prepare_run_dir(cfg), replace(DRY_RUN, tensorboard=True))  # a dry run writes no TensorBoard
     trainer.fit()
     layout = RunLayout(tmp_path / "run")
     written = all_entries(layout.root)
     assert written <= set(layout.all_paths()), written - set(layout.all_paths())
-    assert {layout.config, layout.metrics, layout.checkpoint, layout.student} <= written
+    assert set(layout.training_files()) <= written
 
     assert main(["export", str(layout.root), "--format", "safetensors"]) == 0
     assert main(["report", str(layout.root)]) == 0

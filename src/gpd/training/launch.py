@@ -11,6 +11,7 @@ from gpd.config import Config, load_config
 from gpd.errors import ConfigError
 from gpd.io.layout import RunLayout
 from gpd.training.distributed import DistContext, barrier, init_distributed, run_on_main, shutdown_distributed
+from gpd.training.policy import DRY_RUN
 from gpd.training.run_dir import choose_run_dir, create_run_dir, prepare_run_dir, rewrite_config
 from gpd.training.threads import apply_threads
 from gpd.training.trainer import Trainer
@@ -94,7 +95,7 @@ def dry_run(cfg: Config) -> None:
             cfg.output_dir = str(Path(tmp) / "run")
             run_dir = run_on_main(lambda: prepare_run_dir(cfg), ctx)
             threads = apply_threads(cfg.train.threads, local_processes(ctx))
-            trainer = Trainer(cfg, run_dir, dry_run=True, ctx=ctx, device=device)
+            trainer = Trainer(cfg, run_dir, DRY_RUN, ctx=ctx, device=device)
             trainer.threads_reason = threads
             trainer.fit()
             barrier(ctx)
