@@ -12,7 +12,7 @@ import torch
 import gpd
 from gpd.cli.expand_cmd import parse_kwargs
 from gpd.cli.main import main
-from gpd.export import student_payload
+from gpd.io.student import student_payload
 from gpd.models import create_model
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

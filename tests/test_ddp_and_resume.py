@@ -18,9 +18,9 @@ import torch
 from gpd.cli.main import main
 from gpd.config import load_config, to_yaml
 from gpd.errors import ConfigError
+from gpd.io.checkpoint import load_checkpoint
 from gpd.models import create_model
 from gpd.training import resume_config
-from gpd.training.checkpoint import load_checkpoint
 from helpers import GPD, TORCHRUN, needs_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -258,15 +258,15 @@ def test_sync_bn_on_two_processes_matches_one_process_with_the_global_batch(tmp_
 
 KILL_IN_CHECKPOINT = """
 import os, signal, sys
-import gpd.training.trainer as trainer_module
-write = trainer_module.save_checkpoint
+import gpd.io.checkpoint as checkpoint_io
+write = checkpoint_io.save_checkpoint
 
 def killed_before_writing_epoch_2(state, path):
     if state["epoch"] == 2:
         os.kill(os.getpid(), signal.SIGKILL)  # the metrics row of epoch 2 is already on disk
     write(state, path)
 
-trainer_module.save_checkpoint = killed_before_writing_epoch_2
+checkpoint_io.save_checkpoint = killed_before_writing_epoch_2
 from gpd.cli.main import main
 sys.exit(main(["train", *sys.argv[1:]]))
 """

@@ -7,7 +7,7 @@ import torch
 
 import gpd
 from gpd.config import load_config
-from gpd.export import student_payload
+from gpd.io.student import student_payload
 from gpd.models import create_model
 from test_cli import needs_fashion_mnist
 

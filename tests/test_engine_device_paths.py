@@ -16,9 +16,9 @@ import torch
 
 from gpd.config import load_config
 from gpd.errors import ConfigError, GPDError
+from gpd.io.checkpoint import load_checkpoint
 from gpd.training import Trainer, prepare_run_dir
 from gpd.training import threads as threads_module
-from gpd.training.checkpoint import load_checkpoint
 from gpd.training.distributed import DistContext
 from gpd.training.ema import ema_decay_per_step
 from gpd.training.nonfinite import NonFiniteGuard, NonFiniteLoss

@@ -13,6 +13,7 @@ import torch
 import gpd
 from gpd.cli.main import main
 from gpd.data import locate
+from gpd.io.student import student_payload
 from gpd.models import create_model
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -84,7 +85,7 @@ def test_a_dotted_module_on_the_path_is_recorded_and_rebuilt(tmp_path: Path, mon
     monkeypatch.syspath_prepend(str(tmp_path / "pkgroot"))
     model = create_model("userpkg.nets:build_net", num_classes=5, in_chans=3, width=4)
     assert model.gpd_spec == {"name": "userpkg.nets:build_net", "num_classes": 5, "in_chans": 3, "kwargs": {"width": 4}}
-    torch.save(gpd.export.student_payload(model), tmp_path / "student.pt")
+    torch.save(student_payload(model), tmp_path / "student.pt")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "pkgroot"), os.environ.get("PYTHONPATH", "")])}
     loaded = run(sys.executable, "-c", "import gpd, sys; print(type(gpd.load_student(sys.argv[1])).__name__)",
                  str(tmp_path / "student.pt"), env=env)  # fmt: skip

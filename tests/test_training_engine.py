@@ -24,9 +24,10 @@ from gpd.config import load_config
 from gpd.data import locate
 from gpd.distill import Distiller
 from gpd.errors import GPDError
+from gpd.io.checkpoint import load_checkpoint
 from gpd.models import create_model
 from gpd.training import Trainer, prepare_run_dir
-from gpd.training.checkpoint import capture_rng, load_checkpoint, restore_rng
+from gpd.training.rng import capture_rng, restore_rng
 from gpd.training.steps import sequential_backward
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

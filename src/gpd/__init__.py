@@ -8,8 +8,8 @@ student computing the same function) with the student as a channel slice of D;
 from gpd.distill import Distiller
 from gpd.errors import CheckpointError, ConfigError, DataError, ExpansionError, GPDError, ModelError
 from gpd.expansion import expand, register_channel_tensors, register_expansion_rule
-from gpd.export import load_student
 from gpd.gpd_model import GPDModel
+from gpd.io.student import load_student
 
 __version__ = "0.1.0"
 

@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from gpd.evaluation import evaluate_exported
+    from gpd.training.evaluate import evaluate_exported
 
     result = evaluate_exported(args.path, args.overrides)
     print(
@@ -89,20 +89,35 @@ def cmd_expand(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from gpd.cli.export_cmd import format_result, run_export
+def human_size(size: int) -> str:
+    """Bytes in B/kB/MB/GB (powers of 1000, like ``ls --si``)."""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
 
-    result = run_export(
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gpd.io.convert import export_student
+
+    result = export_student(
         args.path, args.format, output=args.output, overwrite=args.overwrite, input_size=args.input_size
     )
-    print(format_result(result))
+    print(f"wrote {result.path} ({result.format}, {human_size(result.size)})")
+    if result.note:
+        print(result.note)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from gpd.cli.report_cmd import format_result, run_report
+    from gpd.reporting.report import write_report
 
-    print(format_result(run_report(args.run_dirs, output=args.output, overwrite=args.overwrite)))
+    result = write_report(args.run_dirs, output=args.output, overwrite=args.overwrite)
+    print(f"report written to {result.output}/: {', '.join(path.name for path in result.files)}")
+    for note in result.notes:
+        print(f"note: {note}")
     return 0
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from gpd.io.atomic import atomic_write, atomic_write_text
 
 # Where the Debian package dataset-fashion-mnist puts its files.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -110,25 +111,14 @@ def _signature(src: Path) -> str:
 def _write_atomic(dest: Path, src: Path) -> None:
     """Decompress (or copy) ``src`` to ``dest`` through a temp file, so readers never see half a file."""
     opener = gzip.open if src.suffix == ".gz" else open
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with opener(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+
+    def copy(tmp: Path) -> None:
+        with opener(src, "rb") as fin, open(tmp, "wb") as fout:
             shutil.copyfileobj(fin, fout, length=1 << 20)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(dest, copy)
 
 
 def _write_text_atomic(dest: Path, text: str) -> None:
     """Write a small text file through a temp file."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(dest, text)

@@ -9,8 +9,6 @@ there is nothing to plot); :func:`save_figure` writes it.
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from gpd.io.atomic import atomic_write
 from gpd.reporting.runs import RunRecord
 
 LineStyle = Literal["-", "--", "-.", ":"] | tuple[float, Sequence[float]]
@@ -315,9 +314,4 @@ def gradients_figure(runs: Sequence[RunRecord]) -> Figure | None:
 def save_figure(fig: Figure, path: Path) -> None:
     """Write a PNG through a temporary file and a rename, so an old image is replaced whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp.png")
-    try:
-        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.15)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.15))

@@ -1,6 +1,7 @@
 """Read finished (or running) training runs back from their run directories.
 
-A run directory written by ``gpd train`` holds ``config.yaml`` and ``metrics.csv``;
+A run directory written by ``gpd train`` holds ``config.yaml`` and ``metrics.csv``
+(:class:`~gpd.io.layout.RunLayout`);
 this module turns them into a :class:`RunRecord` that the plots and the summary share,
 so that the CSV is parsed, and its errors reported, in one place.
 """
@@ -18,9 +19,8 @@ import yaml
 
 from gpd.deprecated import upgrade_columns
 from gpd.errors import DataError
+from gpd.io.layout import RunLayout
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.csv"
 LOSS_PREFIX = "loss_"
 
 Row = dict[str, float | None]
@@ -104,11 +104,12 @@ def read_run(path: str | Path, label: str | None = None) -> RunRecord:
         raise DataError(f"run directory {path} does not exist; pass a directory written by gpd train")
     if not path.is_dir():
         raise DataError(f"{path} is not a directory; pass a run directory written by gpd train")
+    layout = RunLayout(path)
     return RunRecord(
         path=path,
         label=label or _name_of(path),
-        config=read_config(path / CONFIG_FILE),
-        rows=read_metrics(path / METRICS_FILE),
+        config=read_config(layout.config),
+        rows=read_metrics(layout.metrics),
     )
 
 
@@ -152,7 +153,7 @@ def read_metrics(path: Path) -> list[Row]:
     """Parse metrics.csv: numbers, ``None`` for empty cells; refuse anything else."""
     if not path.is_file():
         raise DataError(
-            f"{path.parent} has no {METRICS_FILE}; pass a run directory written by gpd train "
+            f"{path.parent} has no {RunLayout.METRICS}; pass a run directory written by gpd train "
             "(it writes the file after the first epoch)"
         )
     try:

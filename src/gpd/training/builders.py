@@ -1,9 +1,10 @@
 """From a config to the objects a run trains with: data, distiller, wrappers, loaders, optimizer.
 
 Pure builders: each takes the config (and what it needs of the others) and returns new
-objects; nothing here trains, writes files or keeps state. A dry run (``dry_run=True``)
-builds the same objects from a few small images, with random weights standing in for
-files that do not exist yet.
+objects; nothing here trains, writes files or keeps state. The run's
+:class:`~gpd.training.policy.RunPolicy` caps what they build: a dry run builds the same
+objects from a few small images, with random weights standing in for files that do not
+exist yet.
 """
 
 from __future__ import annotations
@@ -28,19 +29,14 @@ from gpd.data.labels import check_labels
 from gpd.data.synthetic import SHAPES
 from gpd.distill import Distiller
 from gpd.errors import ConfigError, DataError
-from gpd.export import load_weights
+from gpd.io.student import load_weights
 from gpd.sharing.steps import is_sgd_like
 from gpd.training.describe import count_parameters
 from gpd.training.distributed import DistContext, shard
 from gpd.training.model_setup import build_student
+from gpd.training.policy import RunPolicy
 from gpd.training.pretrained import load_pretrained_file
 from gpd.training.static_teacher import build_static_teacher, check_fits
-
-DRY_RUN_STEPS = 2
-DRY_RUN_IMAGE_SIZE = 32
-DRY_RUN_BATCH = 8  # images per process and step in a dry run, at most (ImageNet batches are large)
-DRY_RUN_VAL_SPLIT = 0.25  # of the dry run's training samples, when data.val_split is set
-DRY_RUN_WORKERS = 1  # DataLoader worker processes in a dry run, at most: one still checks that workers work
 
 Log = Callable[[str], None]
 
@@ -58,42 +54,44 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def global_batch(cfg: Config, ctx: DistContext, dry_run: bool) -> int:
-    """train.batch_size, or in a dry run at most DRY_RUN_BATCH images per process."""
-    batch = cfg.train.batch_size
-    return min(batch, DRY_RUN_BATCH * ctx.world_size) if dry_run else batch
+def global_batch(cfg: Config, ctx: DistContext, policy: RunPolicy) -> int:
+    """train.batch_size, within the policy's cap of images per process."""
+    return policy.batch(cfg.train.batch_size, ctx.world_size)
 
 
-def build_data(cfg: Config, ctx: DistContext, dry_run: bool, log: Log) -> DataBundle:
+def build_data(cfg: Config, ctx: DistContext, policy: RunPolicy, log: Log) -> DataBundle:
     """The train/test (and validation) sets; every label checked once against the classes,
     so that no loss reads labels back from the device per step."""
-    bundle = _load_data(cfg, ctx, dry_run, log)
-    if dry_run and cfg.data.val_split is not None:  # a quarter of the dry run's few samples
-        bundle.hold_out_validation(DRY_RUN_VAL_SPLIT, cfg.data.val_seed)
+    bundle = _load_data(cfg, ctx, policy, log)
+    if policy.val_fraction is not None and cfg.data.val_split is not None:  # of a small data set's few samples
+        bundle.hold_out_validation(policy.val_fraction, cfg.data.val_seed)
     for what, split in (("training", bundle.train), ("test", bundle.test), ("validation", bundle.val)):
         if split is not None:
             check_labels(split, bundle.num_classes, what)
     return bundle
 
 
-def _load_data(cfg: Config, ctx: DistContext, dry_run: bool, log: Log) -> DataBundle:
+def _load_data(cfg: Config, ctx: DistContext, policy: RunPolicy, log: Log) -> DataBundle:
     d = cfg.data
     recipe = AugmentRecipe.from_config(d)
-    if not dry_run:
+    if policy.data_batches is None:
         return build_datasets(
             d.name, root=d.root, train_subset=d.train_subset, augment=d.augment, image_size=d.image_size,
             download=d.download, seed=cfg.train.seed, test_subset=d.test_subset, recipe=recipe,
             image_key=d.image_key, label_key=d.label_key, val_split=d.val_split, val_seed=d.val_seed,
         )  # fmt: skip
-    size = min(d.image_size or SHAPES.get(d.name, (0, 32))[1], DRY_RUN_IMAGE_SIZE)
-    samples = 4 * global_batch(cfg, ctx, dry_run)
+    size = d.image_size or SHAPES.get(d.name, (0, 32))[1]
+    size = size if policy.max_image_size is None else min(size, policy.max_image_size)
+    samples = policy.data_batches * global_batch(cfg, ctx, policy)
     try:
         return build_datasets(
             d.name, root=d.root, train_subset=samples, image_size=size, test_subset=samples, recipe=recipe,
             image_key=d.image_key, label_key=d.label_key,
         )  # fmt: skip
     except DataError as err:
-        log(f"dry run: {err} -> using a SYNTHETIC stand-in of random images")
+        if not policy.stand_ins:
+            raise
+        log(f"{policy.name}: {err} -> using a SYNTHETIC stand-in of random images")
         return synthetic_bundle(d.name, image_size=size, samples=samples, recipe=recipe)
 
 
@@ -207,7 +205,7 @@ def wrap_for_training(
     return module
 
 
-def build_loaders(cfg: Config, data: DataBundle, ctx: DistContext, device: torch.device, dry_run: bool) -> Loaders:
+def build_loaders(cfg: Config, data: DataBundle, ctx: DistContext, device: torch.device, policy: RunPolicy) -> Loaders:
     """Each epoch's order is a permutation seeded by (seed, epoch), split across processes,
     so a resumed run and a run on N processes see the same samples at each global step."""
     t, world = cfg.train, ctx.world_size
@@ -215,13 +213,13 @@ def build_loaders(cfg: Config, data: DataBundle, ctx: DistContext, device: torch
         raise ConfigError(
             f"train.batch_size={t.batch_size} is the global batch and must divide evenly over {world} processes"
         )
-    batch = global_batch(cfg, ctx, dry_run)
+    batch = global_batch(cfg, ctx, policy)
     if len(data.train) < batch:  # type: ignore[arg-type]
         raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(data.train)} training samples")  # type: ignore[arg-type]
     sampler = DistributedSampler(
         data.train, num_replicas=world, rank=ctx.rank, shuffle=True, seed=t.seed, drop_last=True
     )
-    workers = min(cfg.data.num_workers, DRY_RUN_WORKERS) if dry_run else cfg.data.num_workers
+    workers = policy.workers(cfg.data.num_workers)
     args: dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda")
     train = DataLoader(data.train, batch_size=batch // world, sampler=sampler, drop_last=True, **args)
     test = DataLoader(shard(data.test, ctx), batch_size=t.eval_batch_size, **args)

@@ -1,17 +1,74 @@
-"""Test-set accuracy of one or more models in a single pass over the data."""
+"""Accuracy: of the models a run trains (each epoch), and of an exported student (``gpd eval``).
+
+Every model is evaluated in a single pass over the data; the counts are tensors, so
+that processes can sum them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import DataLoader
+
+from gpd.config import load_config
+from gpd.data import build_datasets
+from gpd.data.augment import AugmentRecipe
+from gpd.distill import Distiller
+from gpd.distill.pair import DynamicPair
+from gpd.io.layout import RunLayout, student_file_of
+from gpd.io.student import read_student_file, student_from_payload
+from gpd.training.distributed import DistContext, all_reduce_sum, broadcast_buffers, resolve_device
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+def student_forward(core: nn.Module) -> Model:
+    """The student's forward pass of a trained core (a DynamicPair: GPDModel or UnsharedPair; or the plain student)."""
+    return core.forward_student if isinstance(core, DynamicPair) else core
+
+
+def models_of_run(distiller: Distiller, ema: ModelEmaV3 | None, ctx: DistContext) -> dict[str, Model]:
+    """The models a run evaluates after each epoch, in eval mode: the student, D, and their EMA.
+
+    Every process evaluates its own share of the data with rank 0's BatchNorm statistics
+    (broadcast here), so the summed counts are exact for any process count."""
+    distiller.eval()
+    broadcast_buffers(distiller, ctx)
+    models: dict[str, Model] = {"student": distiller.student_logits}
+    if distiller.has_dynamic_teacher:
+        models["dynamic"] = distiller.dynamic_logits
+    if ema is not None:
+        broadcast_buffers(ema, ctx)
+        models["ema_student"] = student_forward(ema.module)
+        if isinstance(ema.module, DynamicPair):
+            models["ema_dynamic"] = ema.module.forward_dynamic
+    return models
+
+
+def split_accuracy(
+    models: dict[str, Model],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    ctx: DistContext,
+    device: torch.device,
+    channels_last: bool,
+    autocast: Callable[[], AbstractContextManager[Any]],
+) -> dict[str, float]:
+    """Top-1 accuracy in percent of each model over every process's share of a split."""
+    correct, total = correct_counts(models, batches, device, channels_last, autocast=autocast)
+    names = list(correct)
+    counts = all_reduce_sum(torch.stack([correct[n] for n in names] + [total]), ctx).tolist()
+    return {name: 100.0 * c / max(counts[-1], 1) for name, c in zip(names, counts)}
 
 
 @torch.no_grad()
 def correct_counts(
-    models: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    models: dict[str, Model],
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     channels_last: bool = False,
@@ -33,7 +90,7 @@ def correct_counts(
 
 
 def accuracy(
-    models: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    models: dict[str, Model],
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     channels_last: bool = False,
@@ -41,3 +98,41 @@ def accuracy(
     """Top-1 accuracy in percent of each named model."""
     correct, total = correct_counts(models, batches, device, channels_last)
     return {name: 100.0 * float(c) / max(int(total), 1) for name, c in correct.items()}
+
+
+def evaluate_exported(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate ``student.pt`` (or a run directory's) on the test split of its data set.
+
+    A run directory's config.yaml supplies the data settings; a bare student.pt
+    supplies the data set name it was trained on. ``overrides`` (key=value) can
+    change e.g. data.root or train.device.
+    """
+    path = Path(path)
+    student_file = student_file_of(path)
+    payload = read_student_file(student_file)
+    if path.is_dir() and RunLayout(path).config.is_file():
+        cfg = load_config(str(RunLayout(path).config), overrides)
+    else:
+        meta = payload.get("metadata", {})
+        defaults = [f"data.name={meta['data']}"] if meta.get("data") else []
+        size = meta.get("input_size")
+        if size and len(size) == 3:
+            defaults.append(f"data.image_size={size[-1]}")
+        cfg = load_config(None, defaults + list(overrides or []))
+    model = student_from_payload(payload, student_file)
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    recipe = AugmentRecipe.from_config(cfg.data)  # its interpolation resizes the test images as in training
+    data = build_datasets(
+        cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, augment=False, recipe=recipe
+    )
+    loader = DataLoader(data.test, batch_size=cfg.train.eval_batch_size)
+    with torch.inference_mode():
+        acc = accuracy({"student": model}, loader, device)["student"]
+    return {
+        "path": str(student_file),
+        "model": payload["spec"].get("name"),
+        "data": data.name,
+        "images": len(data.test),
+        "accuracy": acc,
+    }

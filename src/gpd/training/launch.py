@@ -9,15 +9,10 @@ from typing import Any
 
 from gpd.config import Config, load_config
 from gpd.errors import ConfigError
+from gpd.io.layout import RunLayout
 from gpd.training.distributed import DistContext, barrier, init_distributed, run_on_main, shutdown_distributed
-from gpd.training.run_dir import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    choose_run_dir,
-    create_run_dir,
-    prepare_run_dir,
-    rewrite_config,
-)
+from gpd.training.policy import DRY_RUN
+from gpd.training.run_dir import choose_run_dir, create_run_dir, prepare_run_dir, rewrite_config
 from gpd.training.threads import apply_threads
 from gpd.training.trainer import Trainer
 
@@ -40,9 +35,10 @@ def resume_config(run_dir: Path, overrides: list[str], *, inexact: bool = False)
     except for a run with ``train.deterministic=true``, which promised bit-exact resumes."""
     if not run_dir.is_dir():
         raise ConfigError(f"--resume {run_dir}: no such run directory")
-    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / CHECKPOINT_FILE).is_file():
+    layout = RunLayout(run_dir)
+    if not layout.config.is_file() or not layout.checkpoint.is_file():
         raise ConfigError(
-            f"--resume {run_dir}: not a resumable run (it needs {CONFIG_FILE} and {CHECKPOINT_FILE}, written after "
+            f"--resume {run_dir}: not a resumable run (it needs {layout.CONFIG} and {layout.CHECKPOINT}, written after "
             "the first epoch); start it again instead"
         )
     for item in overrides:
@@ -51,8 +47,8 @@ def resume_config(run_dir: Path, overrides: list[str], *, inexact: bool = False)
             raise ConfigError(
                 f"--resume keeps the run's config; '{key}' cannot change (allowed: {', '.join(RESUMABLE_KEYS)})"
             )
-    before = load_config(str(run_dir / CONFIG_FILE), [])
-    cfg = load_config(str(run_dir / CONFIG_FILE), overrides)
+    before = load_config(str(layout.config), [])
+    cfg = load_config(str(layout.config), overrides)
     for key in INEXACT_RESUMABLE_KEYS:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) == getattr(getattr(before, section), name):
@@ -80,7 +76,7 @@ def launch(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dic
         trainer = Trainer(cfg, run_dir, ctx=ctx, device=device)
         trainer.threads_reason = threads
         if resume:
-            trainer.load_state(run_dir / CHECKPOINT_FILE)
+            trainer.load_state(RunLayout(run_dir).checkpoint)
             run_on_main(lambda: rewrite_config(cfg), ctx)
         else:
             run_on_main(lambda: create_run_dir(cfg, run_dir, overwrite), ctx)
@@ -99,7 +95,7 @@ def dry_run(cfg: Config) -> None:
             cfg.output_dir = str(Path(tmp) / "run")
             run_dir = run_on_main(lambda: prepare_run_dir(cfg), ctx)
             threads = apply_threads(cfg.train.threads, local_processes(ctx))
-            trainer = Trainer(cfg, run_dir, dry_run=True, ctx=ctx, device=device)
+            trainer = Trainer(cfg, run_dir, DRY_RUN, ctx=ctx, device=device)
             trainer.threads_reason = threads
             trainer.fit()
             barrier(ctx)

@@ -93,6 +93,12 @@ class NonFiniteGuard:
         self.reset()
         return bad
 
+    def check_step(self, losses: dict[str, torch.Tensor], where: str) -> str | None:
+        """The loop's call after each step's backward: observe its loss terms; under ``skip``,
+        return the step's description if its update must be dropped (else None)."""
+        self.observe(losses, where)
+        return self.skipped_step() if self.policy == "skip" else None
+
     def raise_if_flagged(self) -> None:
         """``stop`` policy: raise if a non-finite loss was seen since the last reset."""
         if self.flagged():

@@ -25,7 +25,7 @@ from torch import nn
 
 from gpd.distill.features import classifier_name
 from gpd.errors import CheckpointError, first_line
-from gpd.export import read_checkpoint, state_dict_of
+from gpd.io.student import read_checkpoint, state_dict_of
 
 
 def read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:

@@ -14,7 +14,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
+
+from gpd.branches import merge_branches
+from gpd.distill.pair import DynamicPair
 
 
 @dataclass
@@ -81,3 +85,15 @@ class WeightSelection:
 
 def _key(weights: str) -> str:
     return "ema_student" if weights == "ema" else "student"
+
+
+def export_student_of(core: nn.Module) -> nn.Module:
+    """A standalone student of the original class from a trained core (branches merged)."""
+    student = core.export_student() if isinstance(core, DynamicPair) else merge_branches(core)
+    return student.eval()
+
+
+def standalone_student(core: nn.Module, ema: ModelEmaV3 | None, weights: str) -> nn.Module:
+    """A standalone student of the final ("final") or the EMA ("ema") weights, on the CPU."""
+    source = ema.module if weights == "ema" else core  # type: ignore[union-attr]
+    return export_student_of(source).to(memory_format=torch.contiguous_format).cpu()

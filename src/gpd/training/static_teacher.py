@@ -11,7 +11,7 @@ from torch import nn
 from gpd.config import Config
 from gpd.data import DataBundle
 from gpd.errors import CheckpointError, ConfigError, first_line
-from gpd.export import is_student_payload, load_weights, read_checkpoint, student_from_payload
+from gpd.io.student import is_student_payload, load_weights, read_checkpoint, student_from_payload
 from gpd.training.model_setup import create_for_data
 from gpd.training.pretrained import load_pretrained_file
 

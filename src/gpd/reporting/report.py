@@ -1,4 +1,4 @@
-"""``gpd report``: figures and a markdown summary of one or more run directories.
+"""Write the report of one or more run directories: figures and a markdown summary (``gpd report``).
 
 One run reports into ``RUN_DIR/report/``; several runs need ``--output``, since no
 single run directory is the obvious home of a comparison. Everything is read and
@@ -8,8 +8,6 @@ drawn before anything is written, and an existing report is never replaced witho
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +15,11 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from gpd.errors import ConfigError
+from gpd.io.atomic import atomic_write_text
+from gpd.io.layout import ReportLayout, RunLayout
 from gpd.reporting.plots import accuracy_figure, gap_figure, gradients_figure, losses_figure, lr_figure, save_figure
 from gpd.reporting.runs import RunRecord, read_runs
 from gpd.reporting.summary import FIGURE_CAPTIONS, render_report
-
-REPORT_FILE = "report.md"
-DEFAULT_FOLDER = "report"
 
 
 @dataclass(frozen=True)
@@ -39,7 +36,7 @@ def resolve_output(run_dirs: Sequence[str | Path], output: str | Path | None) ->
     if output is not None:
         target = Path(output)
     elif len(run_dirs) == 1:
-        target = Path(run_dirs[0]) / DEFAULT_FOLDER
+        target = RunLayout(run_dirs[0]).report.root
     else:
         raise ConfigError(f"{len(run_dirs)} runs need a folder for their report; pass --output DIR")
     if target.exists() and not target.is_dir():
@@ -49,7 +46,7 @@ def resolve_output(run_dirs: Sequence[str | Path], output: str | Path | None) ->
 
 def build_figures(runs: Sequence[RunRecord]) -> tuple[dict[str, Figure], list[str]]:
     """The figures by file name, and notes on the ones left out."""
-    figures: dict[str, Figure] = {"accuracy.png": accuracy_figure(runs)}
+    figures: dict[str, Figure] = {"accuracy.png": accuracy_figure(runs)}  # names: ReportLayout.FIGURES
     notes = []
     optional = {
         "gap.png": gap_figure(runs),
@@ -79,35 +76,19 @@ def refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
             )
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename: an old report is replaced whole or not at all."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def run_report(
+def write_report(
     run_dirs: Sequence[str | Path], output: str | Path | None = None, overwrite: bool = False
 ) -> ReportResult:
     """Read the runs, draw the figures, then write the PNGs and report.md into the output folder."""
     target = resolve_output(run_dirs, output)
     runs = read_runs(run_dirs)
     figures, notes = build_figures(runs)
-    files = [target / name for name in figures] + [target / REPORT_FILE]
+    layout = ReportLayout(target)
+    files = [layout.figure(name) for name in figures] + [layout.report]
     refuse_existing(files, overwrite)
     target.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
-        save_figure(fig, target / name)
+        save_figure(fig, layout.figure(name))
     text = render_report(runs, {name: FIGURE_CAPTIONS[name] for name in figures}, notes)
-    write_text_atomically(target / REPORT_FILE, text)
+    atomic_write_text(layout.report, text)
     return ReportResult(output=target, files=files, notes=notes)
-
-
-def format_result(result: ReportResult) -> str:
-    names = ", ".join(path.name for path in result.files)
-    lines = [f"report written to {result.output}/: {names}"]
-    lines += [f"note: {note}" for note in result.notes]
-    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Save and load an exported student without the training config.
+"""The student.pt format: save and load an exported student without the training config.
 
 ``student.pt`` holds the student's architecture spec (enough to rebuild it with
 :func:`gpd.models.create_model_from_spec`), its state_dict, and what evaluation needs
@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from gpd.errors import CheckpointError, GPDError, first_line
+from gpd.io.atomic import atomic_torch_save
+from gpd.io.layout import student_file_of
 from gpd.models import create_model_from_spec
 
 STUDENT_FORMAT = "gpd-student/1"
@@ -36,14 +38,17 @@ def student_payload(student: nn.Module, **metadata: Any) -> dict[str, Any]:
     }
 
 
+def save_student(payload: dict[str, Any], path: str | Path) -> None:
+    """Write a :func:`student_payload` (or one read back) to ``path``, atomically."""
+    atomic_torch_save(payload, path)
+
+
 def _load_file(path: str | Path, missing: str, unreadable: str) -> tuple[Path, Any]:
     """``torch.load`` (weights only) of a file or of a run directory's student.pt, with one-line errors.
 
     ``missing`` and ``unreadable`` describe the file in the messages ("{path}" is filled in).
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "student.pt"
+    path = student_file_of(path)
     if not path.is_file():
         raise CheckpointError(missing.format(path=path))
     try:

@@ -1,4 +1,4 @@
-"""``gpd export``: convert an exported student (student.pt) to a deployable format.
+"""Convert an exported student (student.pt) to a deployable format (``gpd export``).
 
 * ``pt``: the gpd student.pt format again (checked by rebuilding the model), to copy
   a student out of a run directory;
@@ -6,15 +6,13 @@
   metadata (key ``gpd_spec``) so the weights can be matched to a model without gpd;
 * ``onnx``: the eval-mode student with a dynamic batch axis.
 
-Every file is written to a temporary name and renamed, and an existing file is never
+Every file is written atomically (:mod:`gpd.io.atomic`), and an existing file is never
 replaced without ``overwrite``: an export must not destroy a previous one by accident.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,10 +23,11 @@ import torch
 from torch import nn
 
 from gpd.errors import ConfigError, first_line
-from gpd.export import read_student_file, student_from_payload
+from gpd.io.atomic import atomic_write
+from gpd.io.layout import EXPORT_SUFFIXES, export_path, student_file_of
+from gpd.io.student import read_student_file, save_student, student_from_payload
 
-FORMATS: dict[str, str] = {"pt": ".pt", "safetensors": ".safetensors", "onnx": ".onnx"}
-STUDENT_FILE = "student.pt"
+FORMATS = EXPORT_SUFFIXES
 ONNX_OPSET = 17
 ONNX_CHECK_BATCH = 2
 ONNX_TOLERANCE = 1e-4  # relative to the output scale (at least 1)
@@ -44,22 +43,11 @@ class ExportResult:
     note: str = ""
 
 
-def student_source(path: str | Path) -> Path:
-    """The student.pt named by ``path`` (a file, or a run directory holding one)."""
-    path = Path(path)
-    return path / STUDENT_FILE if path.is_dir() else path
-
-
-def default_output(source: Path, fmt: str) -> Path:
-    """Next to the input, same stem: runs/x/student.pt -> runs/x/student.onnx."""
-    return source.with_suffix(FORMATS[fmt])
-
-
 def resolve_output(source: Path, fmt: str, output: str | Path | None, overwrite: bool) -> Path:
     """The file to write; refuse the input itself and, unless ``overwrite``, any existing file."""
-    target = default_output(source, fmt) if output is None else Path(output)
+    target = export_path(source, fmt) if output is None else Path(output)
     if target.is_dir():
-        target = target / default_output(source, fmt).name
+        target = target / export_path(source, fmt).name
     if target.exists() and target.resolve() == source.resolve():
         raise ConfigError(f"{target} is the input file; choose another file with --output")
     if target.exists() and not overwrite:
@@ -67,26 +55,9 @@ def resolve_output(source: Path, fmt: str, output: str | Path | None, overwrite:
     return target
 
 
-def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``target``, then rename it over ``target``.
-
-    A failed or interrupted export leaves no half-written file behind. The writer
-    creates the temporary file itself (not mkstemp), so it gets the usual
-    permissions of the user's umask rather than mkstemp's owner-only 0600.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{target.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_pt(payload: dict[str, Any], model: nn.Module, target: Path, input_size: Sequence[int] | None) -> str:
     """The payload as read (spec, state_dict, metadata), after ``model`` proved it loads."""
-    write_atomically(target, lambda tmp: torch.save(payload, tmp))
+    save_student(payload, target)
     return ""
 
 
@@ -105,7 +76,7 @@ def write_safetensors(payload: dict[str, Any], model: nn.Module, target: Path, i
 
     tensors = {name: value.detach().contiguous().clone() for name, value in model.state_dict().items()}
     metadata = safetensors_metadata(payload)
-    write_atomically(target, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(target, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return ""
 
 
@@ -171,7 +142,7 @@ def write_onnx(payload: dict[str, Any], model: nn.Module, target: Path, input_si
         raise ConfigError(
             f"the student does not run on inputs of size {'x'.join(map(str, size))}: {first_line(err)}"
         ) from None
-    write_atomically(target, lambda tmp: export_onnx(model, example, tmp))
+    atomic_write(target, lambda tmp: export_onnx(model, example, tmp))
     return onnx_difference(target, model, example)
 
 
@@ -182,7 +153,7 @@ WRITERS: dict[str, Callable[[dict[str, Any], nn.Module, Path, Sequence[int] | No
 }
 
 
-def run_export(
+def export_student(
     path: str | Path,
     fmt: str,
     *,
@@ -197,24 +168,10 @@ def run_export(
     """
     if fmt not in WRITERS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(WRITERS)}")
-    source = student_source(path)
+    source = student_file_of(path)
     payload = read_student_file(source)
     target = resolve_output(source, fmt, output, overwrite)
     model = student_from_payload(payload, source)
+    target.parent.mkdir(parents=True, exist_ok=True)
     note = WRITERS[fmt](payload, model, target, input_size)
     return ExportResult(path=target, format=fmt, size=target.stat().st_size, note=note)
-
-
-def human_size(size: int) -> str:
-    """Bytes in B/kB/MB/GB (powers of 1000, like ``ls --si``)."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
-def format_result(result: ExportResult) -> str:
-    line = f"wrote {result.path} ({result.format}, {human_size(result.size)})"
-    return f"{line}\n{result.note}" if result.note else line
