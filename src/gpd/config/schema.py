@@ -4,7 +4,9 @@ The dataclasses are the single source of truth for keys, types and defaults;
 OmegaConf checks every YAML file and ``key=value`` override against them, so an
 unknown key or a value of the wrong type is an error, not a silent no-op. A key with
 a fixed set of string values is typed with its ``Literal`` alias from
-:mod:`gpd.choices`, which the library's arguments use too.
+:mod:`gpd.choices`, which the library's arguments use too. The sections of the KD
+methods (``kd``, ``dkd``, ``reviewkd``) are the methods' own options dataclasses
+(:mod:`gpd.distill.kd_methods`, :mod:`gpd.distill.reviewkd`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from gpd.choices import (
     PrecisionName,
 )
 from gpd.deprecated import warn_renamed
+from gpd.distill.kd_methods import DKDOptions, HintonKDOptions
+from gpd.distill.reviewkd import ReviewKDOptions
 
 
 @dataclass
@@ -103,29 +107,17 @@ class TeacherConfig:
 
 
 @dataclass
-class KDConfig:
+class KDMethodChoice:
     method: KDMethodName = "none"  # none | kd | dkd | reviewkd: the KD method against the static teacher
-    temperature: float = 4.0  # for kd
-    weight: float = 1.0  # for kd
-    ce_weight: float = 1.0  # weight of the CE terms (student and D) with kd; mdistiller's CIFAR-100: 0.1
 
 
 @dataclass
-class DKDConfig:
-    alpha: float = 1.0
-    beta: float = 8.0
-    temperature: float = 4.0
-    warmup_epochs: float = 20.0  # linear ramp of the DKD loss
-    ce_weight: float = 1.0  # weight of the CE terms (student and D) with dkd
+class KDConfig(HintonKDOptions, KDMethodChoice):
+    """The ``kd`` section: ``kd.method``, then the options of Hinton KD (``kd.temperature`` ...)."""
 
 
-@dataclass
-class ReviewKDConfig:
-    weight: float = 1.0  # weight of the hierarchical context loss
-    mid_channels: int = 64  # width of the attention-based fusion modules
-    warmup_epochs: float = 0.0  # linear ramp min(epoch / warmup_epochs, 1) of the ReviewKD loss; 0: none
-    ce_weight: float = 1.0  # weight of the CE terms (student and D) with reviewkd
-    student_preact: bool = True  # student's and D's stage taps before the final ReLU (false: after it)
+DKDConfig = DKDOptions  # the dkd section
+ReviewKDConfig = ReviewKDOptions  # the reviewkd section
 
 
 @dataclass
