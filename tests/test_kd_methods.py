@@ -228,7 +228,7 @@ def test_the_output_with_student_logits(dynamic_teacher):
         half_out = distiller(
             x, y, epoch=1.0, part="student", targets=targets, dynamic_logits=dyn_logits, with_student_logits=True
         )
-        direct = distiller.student_losses(x, y, targets, dyn_logits, epoch=1.0, with_student_logits=True)
+        direct = distiller.student_output(x, y, targets, dyn_logits, epoch=1.0)
     assert isinstance(half, dict) and isinstance(half_out, DistillerOutput) and isinstance(direct, DistillerOutput)
     for got in (half_out, direct):
         assert list(got.losses) == list(half) and all(torch.equal(got.losses[k], half[k]) for k in half)

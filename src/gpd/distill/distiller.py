@@ -252,7 +252,7 @@ class Distiller(nn.Module):
         wrapper (each half is then one forward that DDP sees): ``"dynamic"`` returns
         ``(D's losses, D's logits, the static teacher's targets)``; ``"student"`` takes
         those ``targets`` and ``dynamic_logits`` (D's, detached) and returns the student's
-        losses (a DistillerOutput with ``with_student_logits=True``).
+        losses (a DistillerOutput with ``with_student_logits=True``, as :meth:`student_output`).
         """
         if part == "dynamic":
             targets = self.static_targets(x)
@@ -260,16 +260,15 @@ class Distiller(nn.Module):
             return losses, dynamic_logits, targets
         if part == "student":
             assert targets is not None, "part='student' needs the targets of part='dynamic'"
-            return self.student_losses(
-                x, y, targets, dynamic_logits, epoch=epoch, with_student_logits=with_student_logits
-            )
+            out = self.student_output(x, y, targets, dynamic_logits, epoch=epoch)
+            return out if with_student_logits else out.losses
         if part != "all":
             raise ValueError(f"part must be 'all', 'dynamic' or 'student', got {part!r}")
         targets = self.static_targets(x)
         losses, dynamic_logits = self.dynamic_losses(x, y, targets, epoch=epoch)
-        student_terms, student_logits = self._student_terms(x, y, targets, dynamic_logits, epoch)
-        losses.update(student_terms)
-        return DistillerOutput(losses, student_logits) if with_student_logits else losses
+        student = self.student_output(x, y, targets, dynamic_logits, epoch=epoch)
+        losses.update(student.losses)
+        return DistillerOutput(losses, student.student_logits) if with_student_logits else losses
 
     # The two halves of forward(), for the sequential memory mode: D's loss is
     # back-propagated (and its graph freed) before the student's forward pass runs.
@@ -311,28 +310,27 @@ class Distiller(nn.Module):
         dynamic_logits: torch.Tensor | None,
         *,
         epoch: float | None = None,
-        with_student_logits: bool = False,
-    ) -> Any:
-        """The student's loss terms; SCE towards D's ``dynamic_logits`` (no gradient flows into them).
-        ``with_student_logits``: a :class:`DistillerOutput`, the terms and the student's logits."""
-        losses, student_logits = self._student_terms(x, y, targets, dynamic_logits, epoch)
-        return DistillerOutput(losses, student_logits) if with_student_logits else losses
+    ) -> dict[str, torch.Tensor]:
+        """The student's loss terms; SCE towards D's ``dynamic_logits`` (no gradient flows into them)."""
+        return self.student_output(x, y, targets, dynamic_logits, epoch=epoch).losses
 
-    def _student_terms(
+    def student_output(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
         targets: StaticTargets,
         dynamic_logits: torch.Tensor | None,
-        epoch: float | None,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        *,
+        epoch: float | None = None,
+    ) -> DistillerOutput:
+        """:meth:`student_losses` and the student's logits (for training accuracy)."""
         with self.kd_method.taps(self.student_module(), "student") as feats:
             student_logits = self.student_logits(x)
         losses = {"ce_student": self._ce(student_logits, y)}
         self._add_kd(losses, "student", student_logits, feats, targets, y, epoch)
         if dynamic_logits is not None:
             losses["sce"] = self.sce_weight * sce(student_logits, dynamic_logits, eps=self.sce_eps)
-        return losses, student_logits
+        return DistillerOutput(losses, student_logits)
 
     def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``ce_weight * CE(logits, y)``; ce_weight is the active KD method's (1.0 by default)."""
