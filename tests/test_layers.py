@@ -1,7 +1,7 @@
 """gpd's packages import one way: each layer uses only the layers below it.
 
 channel maps -> sharing (the student as a view of D) -> expansion -> branches -> distill
--> training -> cli, with the utilities (errors, deprecation aliases) at the bottom and
+-> training -> cli, with the utilities (errors, deprecation aliases, the choices) at the bottom and
 models, data and io (what gpd writes and reads on disk) beside them (a model package never imports the expansion engine: it declares
 its channel tensors with a class attribute). The edges are read from the source
 (every ``import gpd...``, module level or inside a function), so a lazy import that
@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "gpd"
 
 # Lower layers first; a package may import its own layer and those before it.
 LAYERS: list[set[str]] = [
-    {"errors", "deprecated"},
+    {"errors", "deprecated", "choices"},
     {"channel_maps", "models", "data", "losses", "io"},  # io: files on disk (data writes its cache through it)
     {"sharing"},
     {"expansion", "gpd_model", "testing"},

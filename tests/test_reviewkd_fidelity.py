@@ -17,6 +17,7 @@ import torchvision
 import gpd
 from gpd.config import load_config
 from gpd.distill.features import stage_features
+from gpd.distill.reviewkd import ReviewKD
 from gpd.losses import ABF
 from gpd.models import create_model
 
@@ -102,7 +103,7 @@ def test_distiller_taps_pre_activation_for_teacher_and_d_and_adds_the_pooled_lev
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         targets = distiller.static_targets(x)
-        with distiller._taps(distiller.gpd.dynamic, "student_stages", True) as d_feats:
+        with distiller.kd_method.taps(distiller.gpd.dynamic, "dynamic") as d_feats:
             distiller.dynamic_logits(x)
     assert [tuple(f.shape) for f in targets.features] == [
         (2, 16, 32, 32),
@@ -113,7 +114,7 @@ def test_distiller_taps_pre_activation_for_teacher_and_d_and_adds_the_pooled_lev
     assert [tuple(f.shape) for f in d_feats] == [(2, 32, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8), (2, 128, 1, 1)]
     assert all((f < 0).any() for f in targets.features[:3]) and all((f < 0).any() for f in d_feats[:3])
     post = gpd.Distiller(student, teacher, "reviewkd", input_size=(3, 32, 32), kd_options={"student_preact": False})
-    with torch.no_grad(), post._taps(post.gpd.dynamic, "student_stages", True) as d_post:
+    with torch.no_grad(), post.kd_method.taps(post.gpd.dynamic, "dynamic") as d_post:
         post.dynamic_logits(x)
     assert all((f >= 0).all() for f in d_post)  # post-ReLU student/D taps; the teacher's stay pre-ReLU
     with torch.no_grad():
@@ -150,14 +151,14 @@ def test_building_a_reviewkd_distiller_changes_no_buffer(dynamic_teacher, monkey
         "teacher": {k: v.clone() for k, v in teacher.named_buffers()},
     }
     at_probe = {}
-    original = gpd.Distiller._build_review_heads
+    original = ReviewKD.build_heads
 
-    def spy(self, *args, **kwargs):
-        at_probe.update({k: v.clone() for k, v in self.named_buffers()})
-        at_probe["modes"] = {name: m.training for name, m in self.named_modules()}
-        return original(self, *args, **kwargs)
+    def spy(self, distiller, *args, **kwargs):
+        at_probe.update({k: v.clone() for k, v in distiller.named_buffers()})
+        at_probe["modes"] = {name: m.training for name, m in distiller.named_modules()}
+        return original(self, distiller, *args, **kwargs)
 
-    monkeypatch.setattr(gpd.Distiller, "_build_review_heads", spy)
+    monkeypatch.setattr(ReviewKD, "build_heads", spy)
     distiller = gpd.Distiller(student, teacher, "reviewkd", input_size=(3, 32, 32), dynamic_teacher=dynamic_teacher)
     assert at_probe, "the probe did not run"
     modes = at_probe.pop("modes")
@@ -219,10 +220,10 @@ def test_reviewkd_warmup_is_a_linear_ramp_of_its_weighted_loss():
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     with torch.no_grad():
         full = distiller(x, y, epoch=None)
-        weight = distiller.reviewkd_weight
-        distiller.reviewkd_weight = 1.0
+        options = distiller.kd_method.options
+        options.weight = 1.0
         unit = distiller(x, y, epoch=40.0)
-        distiller.reviewkd_weight = weight
+        options.weight = 5.0
         for epoch in (0.0, 2.5, 5.0, 19.0, 20.0, 35.0):
             losses = distiller(x, y, epoch=epoch)
             for role in ("student", "dynamic"):

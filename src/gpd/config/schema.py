@@ -2,7 +2,11 @@
 
 The dataclasses are the single source of truth for keys, types and defaults;
 OmegaConf checks every YAML file and ``key=value`` override against them, so an
-unknown key or a value of the wrong type is an error, not a silent no-op.
+unknown key or a value of the wrong type is an error, not a silent no-op. A key with
+a fixed set of string values is typed with its ``Literal`` alias from
+:mod:`gpd.choices`, which the library's arguments use too. The sections of the KD
+methods (``kd``, ``dkd``, ``reviewkd``) are the methods' own options dataclasses
+(:mod:`gpd.distill.kd_methods`, :mod:`gpd.distill.reviewkd`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpd.choices import (
+    BranchInit,
+    BranchKind,
+    InterpolationName,
+    KDMethodName,
+    LayoutChoice,
+    MemoryMode,
+    NonfinitePolicy,
+    PrecisionName,
+)
 from gpd.deprecated import warn_renamed
+from gpd.distill.kd_methods import DKDOptions, HintonKDOptions
+from gpd.distill.reviewkd import ReviewKDOptions
 
 
 @dataclass
@@ -33,7 +49,7 @@ class DataConfig:
     randaugment: str | None = None  # a timm auto_augment string, e.g. rand-m9-mstd0.5-inc1; null: off
     random_erasing: float = 0.0  # probability of timm's RandomErasing (per-pixel random fill)
     color_jitter: float | None = None  # brightness/contrast/saturation factor; timm skips it under RandAugment
-    interpolation: str | None = None  # bilinear | bicubic | nearest for resizing (null: bilinear)
+    interpolation: InterpolationName | None = None  # bilinear | bicubic | nearest for resizing (null: bilinear)
     # Mixup/CutMix of each training batch (timm Mixup; soft targets, label smoothing applied there).
     mixup: float = 0.0  # Mixup alpha; 0: off
     cutmix: float = 0.0  # CutMix alpha; 0: off
@@ -54,13 +70,13 @@ class GPDConfig:
     sce_weight: float = 3.0  # lambda: weight of SCE(student || stop_grad(dynamic teacher)); formerly gpd.kd_weight
     sce_eps: float = 0.1  # label smoothing of the dynamic teacher's soft targets
     noise_std: float = 1e-3  # symmetry-breaking noise on D's copies, relative to each tensor's RMS; 0: none
-    branches: str = "none"  # orepa: train 3x3 stride-1 convs as six-branch blocks (merged on export)
-    branch_init: str = "default"  # default (from scratch) | identity (blocks start equal to the convs)
+    branches: BranchKind = "none"  # orepa: train 3x3 stride-1 convs as six-branch blocks (merged on export)
+    branch_init: BranchInit = "default"  # default (from scratch) | identity (blocks start equal to the convs)
     share: bool = True  # false (ablation): D is built by IR but keeps parameters separate from the student's
     compensate_step: bool = (
         False  # false: the paper's per-layer steps; true: the plain networks' steps (docs/method.md)
     )
-    layout: str = "auto"  # D's copies: auto (tiled, else interleaved where only that is exact) | tiled | interleaved
+    layout: LayoutChoice = "auto"  # D's copies: auto (tiled, else interleaved where it alone is exact) | tiled | ...
 
     @property
     def kd_weight(self) -> float:
@@ -91,29 +107,17 @@ class TeacherConfig:
 
 
 @dataclass
-class KDConfig:
-    method: str = "none"  # none | kd | dkd | reviewkd: the KD method against the static teacher
-    temperature: float = 4.0  # for kd
-    weight: float = 1.0  # for kd
-    ce_weight: float = 1.0  # weight of the CE terms (student and D) with kd; mdistiller's CIFAR-100: 0.1
+class KDMethodChoice:
+    method: KDMethodName = "none"  # none | kd | dkd | reviewkd: the KD method against the static teacher
 
 
 @dataclass
-class DKDConfig:
-    alpha: float = 1.0
-    beta: float = 8.0
-    temperature: float = 4.0
-    warmup_epochs: float = 20.0  # linear ramp of the DKD loss
-    ce_weight: float = 1.0  # weight of the CE terms (student and D) with dkd
+class KDConfig(HintonKDOptions, KDMethodChoice):
+    """The ``kd`` section: ``kd.method``, then the options of Hinton KD (``kd.temperature`` ...)."""
 
 
-@dataclass
-class ReviewKDConfig:
-    weight: float = 1.0  # weight of the hierarchical context loss
-    mid_channels: int = 64  # width of the attention-based fusion modules
-    warmup_epochs: float = 0.0  # linear ramp min(epoch / warmup_epochs, 1) of the ReviewKD loss; 0: none
-    ce_weight: float = 1.0  # weight of the CE terms (student and D) with reviewkd
-    student_preact: bool = True  # student's and D's stage taps before the final ReLU (false: after it)
+DKDConfig = DKDOptions  # the dkd section
+ReviewKDConfig = ReviewKDOptions  # the reviewkd section
 
 
 @dataclass
@@ -136,9 +140,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process takes its LOCAL_RANK GPU)
     channels_last: bool = True
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler); CPU or GPU
+    precision: PrecisionName = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler); CPU or GPU
     compile: bool = False  # torch.compile the training forward pass (both halves in memory_mode=sequential)
-    memory_mode: str = "joint"  # joint: one backward of the summed loss; sequential: D's backward, then S's
+    memory_mode: MemoryMode = "joint"  # joint: one backward of the summed loss; sequential: D's backward, then S's
     ema: bool = False  # keep an exponential moving average of the trained weights and evaluate it too
     ema_epochs: float = (
         1.0  # the EMA's averaging horizon in epochs (per-step decay exp(-1/steps)); see docs/training.md
@@ -146,7 +150,7 @@ class TrainConfig:
     ema_images: int | None = None  # the horizon in training images instead (any batch size, any process count)
     ema_decay: float | None = None  # an explicit per-step decay (older configs); overrides the horizons
     ema_warmup: bool = True  # timm's EMA warm-up: the decay ramps up over the first steps
-    on_nonfinite: str = "stop"  # stop: end the run at a NaN/inf loss; skip: drop that step and go on
+    on_nonfinite: NonfinitePolicy = "stop"  # stop: end the run at a NaN/inf loss; skip: drop that step and go on
     nonfinite_check_every: int = 50  # stop: read the device's non-finite flag every N steps and at epoch ends
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     threads: str = "auto"  # CPU threads per process: auto (the cores other processes leave free) or a number

@@ -7,37 +7,39 @@ user's own loop use this same object.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-from fnmatch import fnmatch
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gpd.branches import merge_branches
+from gpd.choices import BranchInit, BranchKind, KDMethodName, LayoutChoice
 from gpd.deprecated import renamed_kwargs, upgrade_state_keys, warn_renamed
-from gpd.distill.features import feature_stage_names, stage_features
-from gpd.distill.kd_methods import KDLoss, build_kd_method
+from gpd.distill.kd_methods import KDLoss, build_kd_method, kd_method_class
+from gpd.distill.method import KDMethod, StaticTargets, TapRole, hard_labels
 from gpd.distill.pair import DynamicPair, UnsharedPair, trained_student_module
+from gpd.distill.param_groups import decay_groups
 from gpd.errors import ConfigError
 from gpd.expansion import expand
 from gpd.expansion.expand import with_branches
 from gpd.gpd_model import GPDModel
-from gpd.losses import ReviewKDHead, reviewkd_loss, sce
-from gpd.sharing.steps import adaptive_group_scales, clip_grad_norm_
+from gpd.losses import sce
+from gpd.sharing.steps import clip_grad_norm_
+
+if TYPE_CHECKING:
+    from gpd.config.schema import Config
+
+__all__ = ["Distiller", "DistillerOutput", "StaticTargets", "freeze", "hard_labels"]
 
 
-class StaticTargets(NamedTuple):
-    """What the frozen static teacher says about a batch: logits and, for ReviewKD, stage features."""
+class DistillerOutput(NamedTuple):
+    """The loss terms of a batch and the student's logits (``with_student_logits=True``).
 
-    logits: torch.Tensor | None
-    features: list[torch.Tensor]
+    A tuple, so ``losses, logits = distiller(x, y, with_student_logits=True)`` unpacks it."""
 
-
-def hard_labels(y: torch.Tensor) -> torch.Tensor:
-    """Class indices: ``y`` itself, or the argmax of soft targets (N, K) such as Mixup's."""
-    return y.argmax(dim=-1) if y.is_floating_point() and y.dim() == 2 else y
+    losses: dict[str, torch.Tensor]
+    student_logits: torch.Tensor
 
 
 def freeze(teacher: nn.Module) -> nn.Module:
@@ -58,8 +60,11 @@ class Distiller(nn.Module):
 
     (the GPD paper (section 3), scratch and fine-tuning scenarios). With a frozen static
     ``teacher`` and a KD method (``kd="kd"``, ``"dkd"`` or ``"reviewkd"``, options in
-    ``kd_options``) the method's loss against the static teacher is added for D and for
-    the student; ReviewKD gives the student and D each a fusion head of its own widths.
+    ``kd_options``; or a :class:`~gpd.distill.method.KDMethod` object, or a plain logit loss
+    ``(z, z_T, y, epoch) -> loss``) the method's loss against the static teacher is added for
+    D and for the student; ReviewKD gives the student and D each a fusion head of its own
+    widths (``review_heads``, where every method's heads live). :meth:`from_config` builds
+    the Distiller of a run config.
     With ``dynamic_teacher=False`` the student trains alone: CE, plus KD if a static
     teacher is given (the baselines).
 
@@ -90,10 +95,10 @@ class Distiller(nn.Module):
         self,
         student: nn.Module,
         teacher: nn.Module | None = None,
-        kd: str | KDLoss = "none",
+        kd: KDMethodName | KDMethod | KDLoss = "none",
         ratio: float = 2.0,
         *,
-        kd_options: dict[str, float] | None = None,
+        kd_options: dict[str, Any] | None = None,
         dynamic_teacher: bool = True,
         sce_weight: float = 3.0,
         sce_eps: float = 0.1,
@@ -101,33 +106,15 @@ class Distiller(nn.Module):
         noise_std: float = 1e-3,
         input_size: tuple[int, ...] | None = None,
         example_input: Any = None,
-        branches: str | None = None,
-        branch_init: str = "default",
+        branches: BranchKind | None = None,
+        branch_init: BranchInit = "default",
         share_parameters: bool = True,
         compensate_step: bool = False,
-        layout: str = "auto",
+        layout: LayoutChoice = "auto",
     ) -> None:
         super().__init__()
-        options = dict(kd_options or {})
-        # ce_weight scales the CE terms of the student and of D while a KD method is on
-        # (mdistiller's CIFAR-100 KD uses 0.1 with a KD weight of 0.9).
-        self.ce_weight = float(options.pop("ce_weight", 1.0))
-        self.reviewkd_weight = float(options.pop("weight", 1.0)) if kd == "reviewkd" else 0.0
-        reviewkd_mid = int(options.pop("mid_channels", 64)) if kd == "reviewkd" else 0
-        # ReviewKD's loss ramps up as min(epoch / warmup_epochs, 1) (0: no warm-up); the
-        # student's and D's taps are pre-activation unless student_preact=False.
-        self.reviewkd_warmup = float(options.pop("warmup_epochs", 0.0)) if kd == "reviewkd" else 0.0
-        self.reviewkd_student_preact = bool(options.pop("student_preact", True)) if kd == "reviewkd" else True
-        if kd == "reviewkd" and options:
-            raise ConfigError(
-                f"unknown ReviewKD options {sorted(options)}; use weight, mid_channels, "
-                "warmup_epochs, student_preact, ce_weight"
-            )
-        if kd == "reviewkd":
-            self.kd_loss: KDLoss | None = None
-        else:
-            self.kd_loss = build_kd_method(kd, **options) if isinstance(kd, str) else kd
-        if (teacher is None) != (self.kd_loss is None and kd != "reviewkd"):
+        self.kd_method = build_kd_method(kd, kd_options)
+        if (teacher is not None) != self.kd_method.needs_teacher:
             raise ConfigError(
                 "a static teacher needs a KD method and a KD method needs a static teacher "
                 f"(teacher {'given' if teacher is not None else 'missing'}, kd={kd!r})"
@@ -158,9 +145,47 @@ class Distiller(nn.Module):
             self.gpd = shared if share_parameters else UnsharedPair.from_expanded(shared)
         else:
             self.plain = with_branches(student, branches, branch_init)
-        self.review_heads = nn.ModuleDict()
-        if kd == "reviewkd":
-            self._build_review_heads(reviewkd_mid, input_size, example_input)
+        self.review_heads = nn.ModuleDict()  # the method's heads by role (ReviewKD's); the name is the checkpoints'
+        for role, head in self.kd_method.build_heads(self, input_size, example_input).items():
+            self.review_heads[role] = head
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        *,
+        input_size: tuple[int, ...] | None = None,
+        example_input: Any = None,
+    ) -> Distiller:
+        """The Distiller of a run config: ``kd.method`` with its section's options (``kd.*``,
+        ``dkd.*`` or ``reviewkd.*``), ``gpd.*`` and ``train.label_smoothing``."""
+        g = cfg.gpd
+        return cls(
+            student,
+            teacher,
+            kd_method_class(cfg.kd.method, "kd.method").from_config(cfg),
+            dynamic_teacher=g.enabled,
+            ratio=g.ratio,
+            sce_weight=g.sce_weight,
+            sce_eps=g.sce_eps,
+            label_smoothing=cfg.train.label_smoothing,
+            noise_std=g.noise_std,
+            input_size=input_size,
+            example_input=example_input,
+            branches=g.branches,
+            branch_init=g.branch_init,
+            share_parameters=g.share,
+            compensate_step=g.compensate_step,
+            layout=g.layout,
+        )
+
+    @property
+    def ce_weight(self) -> float:
+        """The weight of the CE terms of the student and D: the KD method's (mdistiller's CIFAR-100 KD
+        uses 0.1 with a KD weight of 0.9), 1 by default."""
+        return self.kd_method.ce_weight
 
     @property
     def has_dynamic_teacher(self) -> bool:
@@ -188,60 +213,6 @@ class Distiller(nn.Module):
     def student_module(self) -> nn.Module:
         """The module that runs the student's forward pass (for hooks, counting blocks)."""
         return trained_student_module(self.gpd) if self.gpd is not None else self.plain  # type: ignore[return-value]
-
-    def _build_review_heads(self, mid_channels: int, input_size: tuple[int, ...] | None, example_input: Any) -> None:
-        """One ReviewKD fusion head for the student and one for D, sized by a probing forward pass.
-
-        Each network gives one feature per stage plus the pooled level (see :meth:`_taps`).
-        The probe runs every network in eval mode and restores each module's mode and
-        every buffer afterwards, so building the Distiller leaves BatchNorm statistics
-        (and any other buffer) exactly as they were: this matters when fine-tuning.
-        """
-        self.student_stages = feature_stage_names(self.student_module())
-        self.teacher_stages = feature_stage_names(self.static_teacher)  # type: ignore[arg-type]
-        if len(self.student_stages) != len(self.teacher_stages):
-            raise ConfigError(
-                f"ReviewKD pairs stages one to one: the student has {len(self.student_stages)} "
-                f"({', '.join(self.student_stages)}), the static teacher {len(self.teacher_stages)}"
-            )
-        if example_input is None:
-            if input_size is None:
-                raise ConfigError("ReviewKD needs input_size= or example_input= to size its fusion heads")
-            example_input = torch.zeros(2, *input_size)
-        modes = {module: module.training for module in self.modules()}
-        buffers = {name: buffer.detach().clone() for name, buffer in self.named_buffers()}
-        self.eval()
-        try:
-            with torch.no_grad():
-                with self._taps(self.static_teacher, "teacher_stages", True) as t_feats:  # type: ignore[arg-type]
-                    self.static_teacher(example_input)  # type: ignore[misc]
-                with self._taps(self.student_module(), "student_stages", True) as s_feats:
-                    self.student_logits(example_input)
-                for who, feats, names in (
-                    ("static teacher", t_feats, self.teacher_stages),
-                    ("student", s_feats, self.student_stages),
-                ):
-                    for name, feat in zip(names, feats):
-                        if feat.ndim != 4:
-                            raise ConfigError(
-                                f"ReviewKD fuses feature maps (N, C, H, W), but the {who}'s stage '{name}' gives "
-                                f"shape {tuple(feat.shape)} (tokens?); use kd.method=kd or dkd for this pair"
-                            )
-                widths = {"student": [f.shape[1] for f in s_feats]}
-                if self.gpd is not None:
-                    with self._taps(self.gpd.dynamic, "student_stages", True) as d_feats:
-                        self.gpd.forward_dynamic(example_input)
-                    widths["dynamic"] = [f.shape[1] for f in d_feats]
-        finally:
-            for module, mode in modes.items():
-                module.training = mode
-            with torch.no_grad():
-                for name, buffer in self.named_buffers():
-                    if name in buffers:
-                        buffer.copy_(buffers[name])
-        targets = [f.shape[1] for f in t_feats]
-        for role, channels in widths.items():
-            self.review_heads[role] = ReviewKDHead(channels, targets, mid_channels)
 
     def train(self, mode: bool = True) -> Distiller:
         """Train mode for the student and D; the static teacher stays frozen in eval mode."""
@@ -274,12 +245,14 @@ class Distiller(nn.Module):
         ``epoch`` (fractional, from 0) drives KD warm-up schedules such as DKD's. ``y``:
         class indices (N,) or soft targets (N, K), see the class docstring.
         ``with_student_logits``: also return the student's logits (for training accuracy),
-        as ``(losses, logits)``; through this forward, so that a DDP wrapper sees the call.
+        as a :class:`DistillerOutput` ``(losses, student_logits)``; through this forward, so
+        that a DDP wrapper sees the call. Without it the losses dict alone, as always.
 
         ``part`` runs one half of the step, for the sequential memory mode through a DDP
         wrapper (each half is then one forward that DDP sees): ``"dynamic"`` returns
         ``(D's losses, D's logits, the static teacher's targets)``; ``"student"`` takes
-        those ``targets`` and ``dynamic_logits`` (D's, detached) and returns the student's losses.
+        those ``targets`` and ``dynamic_logits`` (D's, detached) and returns the student's
+        losses (a DistillerOutput with ``with_student_logits=True``, as :meth:`student_output`).
         """
         if part == "dynamic":
             targets = self.static_targets(x)
@@ -287,14 +260,15 @@ class Distiller(nn.Module):
             return losses, dynamic_logits, targets
         if part == "student":
             assert targets is not None, "part='student' needs the targets of part='dynamic'"
-            return self.student_losses(x, y, targets, dynamic_logits, epoch=epoch)
+            out = self.student_output(x, y, targets, dynamic_logits, epoch=epoch)
+            return out if with_student_logits else out.losses
         if part != "all":
             raise ValueError(f"part must be 'all', 'dynamic' or 'student', got {part!r}")
         targets = self.static_targets(x)
         losses, dynamic_logits = self.dynamic_losses(x, y, targets, epoch=epoch)
-        student_terms, student_logits = self._student_terms(x, y, targets, dynamic_logits, epoch)
-        losses.update(student_terms)
-        return (losses, student_logits) if with_student_logits else losses
+        student = self.student_output(x, y, targets, dynamic_logits, epoch=epoch)
+        losses.update(student.losses)
+        return DistillerOutput(losses, student.student_logits) if with_student_logits else losses
 
     # The two halves of forward(), for the sequential memory mode: D's loss is
     # back-propagated (and its graph freed) before the student's forward pass runs.
@@ -303,7 +277,7 @@ class Distiller(nn.Module):
         """The frozen static teacher's logits (and stage features for ReviewKD), without gradients."""
         if self.static_teacher is None:
             return StaticTargets(None, [])
-        with torch.no_grad(), self._taps(self.static_teacher, "teacher_stages", bool(self.review_heads)) as feats:
+        with torch.no_grad(), self.kd_method.taps(self.static_teacher, "teacher") as feats:
             logits = self.static_teacher(x)
         return StaticTargets(logits, feats)
 
@@ -314,7 +288,7 @@ class Distiller(nn.Module):
         static teacher) and D's logits; no terms and ``None`` when there is no dynamic teacher."""
         if self.gpd is None:
             return {}, None
-        with self._taps(self.gpd.dynamic, "student_stages", bool(self.review_heads)) as feats:
+        with self.kd_method.taps(self.gpd.dynamic, "dynamic") as feats:
             dynamic_logits = self.gpd.forward_dynamic(x)
         losses = {"ce_dynamic": self._ce(dynamic_logits, y)}
         self._add_kd(losses, "dynamic", dynamic_logits, feats, targets, y, epoch)
@@ -338,23 +312,25 @@ class Distiller(nn.Module):
         epoch: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """The student's loss terms; SCE towards D's ``dynamic_logits`` (no gradient flows into them)."""
-        return self._student_terms(x, y, targets, dynamic_logits, epoch)[0]
+        return self.student_output(x, y, targets, dynamic_logits, epoch=epoch).losses
 
-    def _student_terms(
+    def student_output(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
         targets: StaticTargets,
         dynamic_logits: torch.Tensor | None,
-        epoch: float | None,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        with self._taps(self.student_module(), "student_stages", bool(self.review_heads)) as feats:
+        *,
+        epoch: float | None = None,
+    ) -> DistillerOutput:
+        """:meth:`student_losses` and the student's logits (for training accuracy)."""
+        with self.kd_method.taps(self.student_module(), "student") as feats:
             student_logits = self.student_logits(x)
         losses = {"ce_student": self._ce(student_logits, y)}
         self._add_kd(losses, "student", student_logits, feats, targets, y, epoch)
         if dynamic_logits is not None:
             losses["sce"] = self.sce_weight * sce(student_logits, dynamic_logits, eps=self.sce_eps)
-        return losses, student_logits
+        return DistillerOutput(losses, student_logits)
 
     def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``ce_weight * CE(logits, y)``; ce_weight is the active KD method's (1.0 by default)."""
@@ -364,50 +340,24 @@ class Distiller(nn.Module):
             loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         return loss if self.ce_weight == 1.0 else self.ce_weight * loss
 
-    def _taps(self, model: nn.Module, stages_attr: str, active: bool) -> AbstractContextManager[list[torch.Tensor]]:
-        """ReviewKD's features of ``model``: one per stage, then the pooled level (a 1x1 map).
-
-        As in the ReviewKD paper's code and mdistiller, the static teacher's stage features
-        are pre-activation (the stage's value before its final ReLU, which keeps the
-        negative part a post-ReLU map has lost) and its pooled level is the classifier's
-        pooled input. The student and D (same module classes, so the same stage names)
-        tap pre-activation too unless ``student_preact=False`` (mdistiller's CIFAR-100
-        setting, where the student's stage outputs are post-ReLU).
-        """
-        if not active:
-            return nullcontext([])
-        preact = True if stages_attr == "teacher_stages" else self.reviewkd_student_preact
-        return stage_features(model, getattr(self, stages_attr), preact=preact, pooled=True)
-
     def _add_kd(
         self,
         losses: dict[str, torch.Tensor],
-        role: str,
+        role: TapRole,
         logits: torch.Tensor,
         feats: list[torch.Tensor],
         targets: StaticTargets,
         y: torch.Tensor,
         epoch: float | None,
     ) -> None:
-        """The KD term of ``role`` ("student" or "dynamic") against the static teacher, if any."""
-        if targets.logits is None:
-            return
-        if self.review_heads:
-            warmup = self.reviewkd_warmup
-            ramp = 1.0 if not warmup or epoch is None else min(epoch / warmup, 1.0)
-            losses[f"reviewkd_{role}"] = (
-                ramp * self.reviewkd_weight * reviewkd_loss(self.review_heads[role], feats, targets.features)
-            )
-        else:
-            losses[f"kd_{role}"] = self.kd_loss(logits, targets.logits, hard_labels(y), epoch)  # type: ignore[misc]
+        """The KD terms of ``role`` ("student" or "dynamic") against the static teacher, if any."""
+        if targets.logits is not None:
+            losses.update(self.kd_method.losses(role, logits, feats, targets, y, epoch, self.review_heads))
 
     def export_student(self) -> nn.Module:
         """A standalone copy of the student, in eval mode."""
-        if self.gpd is not None:
-            student = self.gpd.export_student()
-        else:
-            student = merge_branches(self.plain)
-        return student.eval()  # type: ignore[union-attr]
+        student = self.gpd.export_student() if self.gpd is not None else merge_branches(self.student_module())
+        return student.eval()
 
     def param_groups(self, weight_decay: float, *, adaptive: bool = False) -> list[dict[str, Any]]:
         """Optimizer parameter groups of the trainable parameters, as the student's recipe has them.
@@ -419,7 +369,7 @@ class Distiller(nn.Module):
         ``adaptive=True`` (Adam-like optimizers, whose step does not scale with the
         gradient) adds ``lr_scale`` and scales the decay of D's tensors that the
         paper's parameterisation stores differently (see :mod:`gpd.sharing.steps`);
-        timm's schedulers apply ``lr_scale``.
+        timm's schedulers apply ``lr_scale`` (:func:`~gpd.distill.param_groups.decay_groups`).
         """
         owners: list[tuple[nn.Module, dict[str, float]]] = []
         if self.gpd is not None:
@@ -429,25 +379,7 @@ class Distiller(nn.Module):
         elif self.plain is not None:
             owners.append((self.plain, {}))
         owners.append((self, {}))  # the rest (fusion heads): only parameters not listed above
-        exempt = self._no_weight_decay_names()
-        seen: set[int] = set()
-        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-        for module, scales in owners:
-            for name, param in module.named_parameters():
-                if not param.requires_grad or id(param) in seen:
-                    continue
-                seen.add(id(param))
-                no_decay = param.ndim <= 1 or name.endswith(".bias") or any(fnmatch(name, p) for p in exempt)
-                decay = 0.0 if no_decay else weight_decay
-                lr_scale = 1.0
-                if adaptive and name in scales:
-                    lr_scale, decay_scale = adaptive_group_scales(scales[name])
-                    decay *= decay_scale
-                groups.setdefault((decay, lr_scale), []).append(param)
-        return [  # no-decay group first, as timm orders them (so older checkpoints' optimizer states load)
-            {"params": groups[key], "weight_decay": key[0], **({"lr_scale": key[1]} if adaptive else {})}
-            for key in sorted(groups)
-        ]
+        return decay_groups(owners, self._no_weight_decay_names(), weight_decay, adaptive=adaptive)
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Clip the gradients of every trainable parameter to a global norm of ``max_norm``,

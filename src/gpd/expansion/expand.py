@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from gpd.channel_maps import LAYOUTS, ChannelMap, Layout, WidthPlan
+from gpd.choices import BranchInit, BranchKind, LayoutChoice
 from gpd.errors import ExpansionError, first_line
 from gpd.expansion.build import build_teacher
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
@@ -254,7 +255,7 @@ def verify_once(
         model.train(modes[1])
 
 
-def with_branches(model: nn.Module, branches: str | None, branch_init: str) -> nn.Module:
+def with_branches(model: nn.Module, branches: BranchKind | None, branch_init: BranchInit) -> nn.Module:
     """``model`` with multi-branch blocks added as asked (a copy), or ``model`` itself."""
     if branches in (None, "none"):
         return model
@@ -293,10 +294,10 @@ def expand(
     noise_std: float = 0.0,
     tolerance: float = 1e-4,
     check: bool = True,
-    branches: str | None = None,
-    branch_init: str = "default",
+    branches: BranchKind | None = None,
+    branch_init: BranchInit = "default",
     compensate_step: bool = False,
-    layout: str = "auto",
+    layout: LayoutChoice = "auto",
 ) -> GPDModel:
     """Build the dynamic teacher of ``model`` at width ``ratio`` and share its parameters.
 

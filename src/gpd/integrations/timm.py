@@ -29,8 +29,9 @@ import torch
 from timm.task import TrainingTask
 from torch import nn
 
+from gpd.choices import KDMethodName
 from gpd.deprecated import upgrade_state_keys
-from gpd.distill import Distiller, DynamicPair
+from gpd.distill import Distiller, DynamicPair, KDMethod
 
 
 class StudentForward(nn.Module):
@@ -73,7 +74,7 @@ class GPDTask(TrainingTask):
         self,
         student: nn.Module | None = None,
         teacher: nn.Module | None = None,
-        kd: str = "none",
+        kd: KDMethodName | KDMethod = "none",
         ratio: float = 2.0,
         *,
         distiller: Distiller | None = None,

@@ -88,6 +88,7 @@ def hcl(
             )
         loss = loss / weight_sum
         total = loss if total is None else total + loss
+    assert total is not None  # at least one pair, checked above
     return total
 
 
@@ -107,19 +108,15 @@ class ABF(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool) -> None:
         super().__init__()
         self.fuse = bool(fuse)
-        self.reduce = nn.Sequential(
-            nn.Conv2d(in_channels, mid_channels, kernel_size=1, bias=False),
-            nn.BatchNorm2d(mid_channels),
-        )
+        reduce = nn.Conv2d(in_channels, mid_channels, kernel_size=1, bias=False)
+        self.reduce = nn.Sequential(reduce, nn.BatchNorm2d(mid_channels))
         self.attention = (
             nn.Sequential(nn.Conv2d(2 * mid_channels, 2, kernel_size=1), nn.Sigmoid()) if self.fuse else None
         )
-        self.project = nn.Sequential(
-            nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-        )
-        nn.init.kaiming_uniform_(self.reduce[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.project[0].weight, a=1)
+        project = nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.project = nn.Sequential(project, nn.BatchNorm2d(out_channels))
+        nn.init.kaiming_uniform_(reduce.weight, a=1)  # after every default init, in the same order as before
+        nn.init.kaiming_uniform_(project.weight, a=1)
 
     def forward(
         self,
@@ -134,7 +131,7 @@ class ABF(nn.Module):
         so ``output`` has that spatial size; otherwise ``output`` has x's spatial size.
         """
         x = self.reduce(x)
-        if self.fuse:
+        if self.attention is not None:  # self.fuse
             if residual is None:
                 raise ValueError("this ABF fuses: pass the deeper stage's fused feature as residual")
             residual = F.interpolate(residual, size=x.shape[-2:], mode="nearest")

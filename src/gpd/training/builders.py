@@ -103,27 +103,6 @@ def _present(path: str, key: str, dry_run: bool, log: Log) -> bool:
     return True
 
 
-def kd_options(cfg: Config) -> dict[str, Any] | None:
-    """The options of the configured KD method, as the Distiller takes them."""
-    return {
-        "kd": {"temperature": cfg.kd.temperature, "weight": cfg.kd.weight, "ce_weight": cfg.kd.ce_weight},
-        "dkd": {
-            "alpha": cfg.dkd.alpha,
-            "beta": cfg.dkd.beta,
-            "temperature": cfg.dkd.temperature,
-            "warmup_epochs": cfg.dkd.warmup_epochs,
-            "ce_weight": cfg.dkd.ce_weight,
-        },
-        "reviewkd": {
-            "weight": cfg.reviewkd.weight,
-            "mid_channels": cfg.reviewkd.mid_channels,
-            "warmup_epochs": cfg.reviewkd.warmup_epochs,
-            "ce_weight": cfg.reviewkd.ce_weight,
-            "student_preact": cfg.reviewkd.student_preact,
-        },
-    }.get(cfg.kd.method)
-
-
 def build_distiller(cfg: Config, data: DataBundle, dry_run: bool, log: Log) -> tuple[Distiller, int]:
     """The objective (student, its dynamic teacher, the static teacher, the KD method) and the
     student's parameter count."""
@@ -137,24 +116,7 @@ def build_distiller(cfg: Config, data: DataBundle, dry_run: bool, log: Log) -> t
     check_fits(student, data, "student")
     static_teacher = build_static_teacher(cfg, data, allow_missing_checkpoint=dry_run)
     student_params = count_parameters(student)
-    distiller = Distiller(
-        student,
-        static_teacher,
-        cfg.kd.method,
-        kd_options=kd_options(cfg),
-        dynamic_teacher=cfg.gpd.enabled,
-        ratio=cfg.gpd.ratio,
-        sce_weight=cfg.gpd.sce_weight,
-        sce_eps=cfg.gpd.sce_eps,
-        label_smoothing=cfg.train.label_smoothing,
-        noise_std=cfg.gpd.noise_std,
-        input_size=data.input_size,
-        branches=cfg.gpd.branches,
-        branch_init=cfg.gpd.branch_init,
-        share_parameters=cfg.gpd.share,
-        compensate_step=cfg.gpd.compensate_step,
-        layout=cfg.gpd.layout,
-    )
+    distiller = Distiller.from_config(cfg, student, static_teacher, input_size=data.input_size)
     return distiller, student_params
 
 

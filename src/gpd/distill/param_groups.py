@@ -1,0 +1,43 @@
+"""Optimizer parameter groups with the student's weight-decay rules, for D, the student and heads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from fnmatch import fnmatch
+from typing import Any
+
+from torch import nn
+
+from gpd.sharing.steps import adaptive_group_scales
+
+
+def decay_groups(
+    owners: Iterable[tuple[nn.Module, dict[str, float]]], exempt: set[str], weight_decay: float, *, adaptive: bool
+) -> list[dict[str, Any]]:
+    """The trainable parameters of ``owners`` (each module with its tensors' paper scales), grouped
+    by weight decay (and ``lr_scale`` when ``adaptive``); a parameter is counted once, under its
+    first owner.
+
+    No decay for one dimension or fewer, a name ending in ``.bias`` or a name matching
+    ``exempt`` (the student's ``no_weight_decay()``, timm's rules). ``adaptive=True``
+    (Adam-like optimizers) adds ``lr_scale`` and scales the decay of the tensors that the
+    paper's parameterisation stores differently (see :mod:`gpd.sharing.steps`).
+    """
+    seen: set[int] = set()
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for module, scales in owners:
+        for name, param in module.named_parameters():
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            no_decay = param.ndim <= 1 or name.endswith(".bias") or any(fnmatch(name, p) for p in exempt)
+            decay = 0.0 if no_decay else weight_decay
+            lr_scale = 1.0
+            if adaptive and name in scales:
+                lr_scale, decay_scale = adaptive_group_scales(scales[name])
+                decay *= decay_scale
+            groups.setdefault((decay, lr_scale), []).append(param)
+    return [  # no-decay group first, as timm orders them (so older checkpoints' optimizer states load)
+        {"params": groups[key], "weight_decay": key[0], **({"lr_scale": key[1]} if adaptive else {})}
+        for key in sorted(groups)
+    ]
