@@ -75,8 +75,9 @@ def test_a_training_step_reads_nothing_back_from_the_device(memory_mode, tmp_pat
     trainer.train_step(x, y, 0.5, where="warm-up")  # first calls may set things up
     with count_host_syncs() as calls:
         for step in range(3):
-            losses = trainer.train_step(x, y, 0.5 + step, where=f"step {step}")
-    assert losses is not None and set(losses) >= {"ce_student", "kd_student", "kd_dynamic", "sce"}
+            out = trainer.train_step(x, y, 0.5 + step, where=f"step {step}")
+    assert out is not None and set(out.losses) >= {"ce_student", "kd_student", "kd_dynamic", "sce"}
+    assert out.student_logits.shape == (len(y), trainer.data.num_classes)
     assert not calls, f"host syncs in a step: {dict(calls)}"
 
 

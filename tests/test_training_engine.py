@@ -217,8 +217,9 @@ def test_sequential_mode_gives_the_joint_gradients():
 
     distiller.load_state_dict(state)  # BatchNorm statistics as before the joint pass
     distiller.zero_grad(set_to_none=True)
-    losses = sequential_backward(distiller, x, y, 0.0, nullcontext, lambda loss: loss.backward())
-    assert set(losses) == {"ce_dynamic", "ce_student", "sce"}
+    out = sequential_backward(distiller, x, y, 0.0, nullcontext, lambda loss: loss.backward())
+    assert set(out.losses) == {"ce_dynamic", "ce_student", "sce"}
+    torch.testing.assert_close(out.student_logits, distiller.student_logits(x))
     for a, b, (name, _) in zip(joint, [p.grad for p in params], distiller.named_parameters()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=name)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
+from typing import cast
 
 from torch.utils.data import Dataset
 
@@ -10,6 +12,11 @@ from gpd.data.validation import split_validation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def num_samples(dataset: Dataset) -> int:
+    """``len(dataset)``: torch's Dataset does not declare ``__len__``, every set gpd builds has one."""
+    return len(cast(Sized, dataset))
 
 
 @dataclass

@@ -21,7 +21,7 @@ from torchvision import datasets as tvd
 
 from gpd.data import locate
 from gpd.data.augment import AugmentRecipe
-from gpd.data.bundle import IMAGENET_MEAN, IMAGENET_STD, DataBundle
+from gpd.data.bundle import IMAGENET_MEAN, IMAGENET_STD, DataBundle, num_samples
 from gpd.data.cifar import CIFAR_SETS, build_cifar, cifar_recipe_dataset
 from gpd.data.fetch import active_recipe, download_into, load_splits, one_line, where
 from gpd.data.imagefolder import build_imagefolder
@@ -129,7 +129,7 @@ def build_datasets(
 
 def _subset(ds: Dataset, n: int, seed: int) -> Dataset:
     """The first ``n`` of a seeded permutation (sorted, for memory locality); all if n >= len."""
-    total = len(ds)  # type: ignore[arg-type]
+    total = num_samples(ds)
     if n >= total:
         return ds
     gen = torch.Generator().manual_seed(seed)

@@ -385,7 +385,7 @@ class Distiller(nn.Module):
         """Clip the gradients of every trainable parameter to a global norm of ``max_norm``,
         measured as the paper's optimizer sees it (:func:`gpd.sharing.steps.clip_grad_norm_`);
         returns the norm before clipping."""
-        scales = self.gpd.grad_scales() if self.gpd is not None else {}  # type: ignore[attr-defined]
+        scales = self.gpd.grad_scales() if self.gpd is not None else {}
         return clip_grad_norm_([p for p in self.parameters() if p.requires_grad], max_norm, scales)
 
     def _no_weight_decay_names(self) -> set[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import nn
 
 from gpd.branches import merge_branches
@@ -36,6 +37,8 @@ class DynamicPair(Protocol):
     def export_student(self) -> nn.Module: ...
 
     def export_dynamic(self) -> nn.Module: ...
+
+    def grad_scales(self) -> dict[torch.Tensor, float]: ...
 
 
 def trained_student_module(pair: DynamicPair) -> nn.Module:

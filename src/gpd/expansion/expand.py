@@ -12,7 +12,7 @@ import copy
 import functools
 import warnings
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -335,7 +335,7 @@ def expand(
     """
     if layout not in ("auto", *LAYOUTS):
         raise ExpansionError(f"layout must be 'auto', {', '.join(repr(x) for x in LAYOUTS)}; got {layout!r}")
-    layouts: list[Layout] = ["tiled", "interleaved"] if layout == "auto" else [cast(Layout, layout)]  # checked above
+    layouts: list[Layout] = ["tiled", "interleaved"] if layout == "auto" else [layout]  # checked above
     plans = [WidthPlan(ratio, name) for name in layouts]
     example = _example(model, example_input, input_size)  # before branches hide the stem conv
     model = with_branches(model, branches, branch_init)

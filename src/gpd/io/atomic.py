@@ -50,7 +50,7 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)``, which writes the whole content to the file ``tmp``; then replace ``path`` by it.
 
     ``tmp`` lies beside ``path`` and ends with ``path``'s suffix (for writers that read the

@@ -36,7 +36,7 @@ def resolve_output(run_dirs: Sequence[str | Path], output: str | Path | None) ->
     if output is not None:
         target = Path(output)
     elif len(run_dirs) == 1:
-        target = RunLayout(run_dirs[0]).report.root
+        target = RunLayout(Path(run_dirs[0])).report.root
     else:
         raise ConfigError(f"{len(run_dirs)} runs need a folder for their report; pass --output DIR")
     if target.exists() and not target.is_dir():

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from gpd.config import Config
 from gpd.data import DataBundle, build_datasets, synthetic_bundle
 from gpd.data.augment import AugmentRecipe
+from gpd.data.bundle import num_samples
 from gpd.data.labels import check_labels
 from gpd.data.synthetic import SHAPES
 from gpd.distill import Distiller
@@ -176,9 +177,11 @@ def build_loaders(cfg: Config, data: DataBundle, ctx: DistContext, device: torch
             f"train.batch_size={t.batch_size} is the global batch and must divide evenly over {world} processes"
         )
     batch = global_batch(cfg, ctx, policy)
-    if len(data.train) < batch:  # type: ignore[arg-type]
-        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(data.train)} training samples")  # type: ignore[arg-type]
-    sampler = DistributedSampler(
+    if num_samples(data.train) < batch:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is larger than the {num_samples(data.train)} training samples"
+        )
+    sampler: DistributedSampler = DistributedSampler(
         data.train, num_replicas=world, rank=ctx.rank, shuffle=True, seed=t.seed, drop_last=True
     )
     workers = policy.workers(cfg.data.num_workers)
@@ -199,10 +202,10 @@ def build_optimization(cfg: Config, distiller: Distiller, steps_per_epoch: int) 
         sched=t.scheduler,
         num_epochs=t.epochs,
         decay_epochs=max(t.epochs // 3, 1),
-        decay_milestones=list(t.decay_milestones) or (max(t.epochs // 2, 1),),
+        decay_milestones=list(t.decay_milestones) or [max(t.epochs // 2, 1)],
         decay_rate=t.decay_rate,
         min_lr=t.min_lr,
-        warmup_epochs=t.warmup_epochs,
+        warmup_epochs=t.warmup_epochs,  # type: ignore[arg-type]  # timm annotates int; its schedulers take fractions
         warmup_lr=t.lr * 0.01,
         step_on_epochs=False,
         updates_per_epoch=steps_per_epoch,

@@ -26,25 +26,25 @@ from gpd.training.rows import tensorboard_tag
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from gpd.training.trainer import Trainer
+    from gpd.training.loop import TrainLoop
 
 
 class Callback:
     """A hook of the loop; every method does nothing unless overridden."""
 
-    def on_resume(self, trainer: Trainer, state: dict[str, Any], path: Path) -> None:
+    def on_resume(self, trainer: TrainLoop, state: dict[str, Any], path: Path) -> None:
         """After the trainer restored its state from the checkpoint ``path``."""
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: TrainLoop) -> None:
         pass
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainLoop, epoch: int, row: dict[str, Any]) -> None:
         pass
 
-    def close(self, trainer: Trainer) -> None:
+    def close(self, trainer: TrainLoop) -> None:
         """The loop has ended, finished or not."""
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainLoop) -> None:
         """Every epoch is done."""
 
 
@@ -55,7 +55,7 @@ class MetricsFile(Callback):
     def __init__(self, layout: RunLayout) -> None:
         self.metrics = MetricsCSV(layout.metrics)
 
-    def on_resume(self, trainer: Trainer, state: dict[str, Any], path: Path) -> None:
+    def on_resume(self, trainer: TrainLoop, state: dict[str, Any], path: Path) -> None:
         if not trainer.ctx.is_main:
             return
         if "metrics" in state:  # the rows of the epochs the checkpoint holds: no gap, no extra row
@@ -63,7 +63,7 @@ class MetricsFile(Callback):
         else:  # older checkpoints hold no rows: keep the file's rows up to the checkpoint's epoch
             self.metrics.truncate(int(state["epoch"]))
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainLoop, epoch: int, row: dict[str, Any]) -> None:
         if trainer.ctx.is_main:
             self.metrics.write(row)
 
@@ -74,13 +74,13 @@ class Checkpoint(Callback):
     def __init__(self, layout: RunLayout) -> None:
         self.path = layout.checkpoint
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainLoop, epoch: int, row: dict[str, Any]) -> None:
         rng = gather_objects(capture_rng(), trainer.ctx)  # every process's random state
         if trainer.ctx.is_main:
             checkpoint_io.save_checkpoint(training_state(trainer, epoch, rng), self.path)
 
 
-def training_state(trainer: Trainer, epoch: int, rng: list[dict[str, Any]]) -> dict[str, Any]:
+def training_state(trainer: TrainLoop, epoch: int, rng: list[dict[str, Any]]) -> dict[str, Any]:
     """What the checkpoint of ``epoch`` holds (the format: :func:`gpd.io.checkpoint.checkpoint_payload`)."""
     model = {k: v for k, v in trainer.distiller.state_dict().items() if not k.startswith("static_teacher.")}
     return checkpoint_io.checkpoint_payload(
@@ -107,14 +107,14 @@ class TensorBoard(Callback):
         self.folder = layout.tensorboard
         self.writer: Any = None
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, trainer: TrainLoop) -> None:
         if not trainer.ctx.is_main:
             return
         from torch.utils.tensorboard import SummaryWriter  # imported here: it is slow to import
 
         self.writer = SummaryWriter(str(self.folder), purge_step=trainer.start_epoch)
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: TrainLoop, epoch: int, row: dict[str, Any]) -> None:
         if self.writer is None:
             return
         for key, value in row.items():
@@ -122,7 +122,7 @@ class TensorBoard(Callback):
                 self.writer.add_scalar(tensorboard_tag(key), value, epoch)
         self.writer.flush()
 
-    def close(self, trainer: Trainer) -> None:
+    def close(self, trainer: TrainLoop) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -134,12 +134,12 @@ class ExportStudent(Callback):
     def __init__(self, layout: RunLayout) -> None:
         self.path = layout.student
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, trainer: TrainLoop) -> None:
         if trainer.ctx.is_main:
             save_student(student_payload(trainer.selected_student(), **student_metadata(trainer)), self.path)
 
 
-def student_metadata(trainer: Trainer) -> dict[str, Any]:
+def student_metadata(trainer: TrainLoop) -> dict[str, Any]:
     """The metadata of student.pt: the data it expects and how its weights were chosen."""
     choice, data, cfg = trainer.selection.choice, trainer.data, trainer.cfg
     assert choice is not None, "the export follows at least one epoch"

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from gpd.branches import count_branch_blocks
+from gpd.data.bundle import num_samples
 
 if TYPE_CHECKING:
     from gpd.training.trainer import Trainer
@@ -21,9 +22,11 @@ def describe_run(trainer: Trainer) -> list[str]:
     """Run directory, data, models (with the expansion's verification), engine."""
     data = trainer.data
     lines = [f"run directory: {trainer.run_dir}"]
-    sizes = f"{len(data.train)} train / " + (f"{len(data.val)} validation / " if data.val is not None else "")
+    sizes = f"{num_samples(data.train)} train / " + (
+        f"{num_samples(data.val)} validation / " if data.val is not None else ""
+    )
     lines.append(
-        f"data: {data.name}, {sizes}{len(data.test)} test images of {'x'.join(map(str, data.input_size))}, "
+        f"data: {data.name}, {sizes}{num_samples(data.test)} test images of {'x'.join(map(str, data.input_size))}, "
         f"{data.num_classes} classes"
     )
     lines.append(_models_line(trainer))

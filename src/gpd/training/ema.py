@@ -37,10 +37,13 @@ def ema_decay_per_step(
         if not 0.0 <= decay < 1.0:
             raise ConfigError(f"train.ema_decay must lie in [0, 1), got {decay:g}")
         return decay
+    horizon: float  # in images
     if images is None:
         if epochs is None or epochs <= 0:
             raise ConfigError(f"train.ema_epochs must be a positive number of epochs, got {epochs}")
-        images = epochs * steps_per_epoch * images_per_step
-    if images <= 0:
-        raise ConfigError(f"train.ema_images must be a positive number of images, got {images}")
-    return math.exp(-images_per_step / images)
+        horizon = epochs * steps_per_epoch * images_per_step
+    else:
+        horizon = images
+    if horizon <= 0:
+        raise ConfigError(f"train.ema_images must be a positive number of images, got {horizon}")
+    return math.exp(-images_per_step / horizon)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from gpd.config import load_config
 from gpd.data import build_datasets
 from gpd.data.augment import AugmentRecipe
+from gpd.data.bundle import num_samples
 from gpd.distill import Distiller
 from gpd.distill.pair import DynamicPair
 from gpd.io.layout import RunLayout, student_file_of
@@ -133,6 +134,6 @@ def evaluate_exported(path: str | Path, overrides: list[str] | None = None) -> d
         "path": str(student_file),
         "model": payload["spec"].get("name"),
         "data": data.name,
-        "images": len(data.test),
+        "images": num_samples(data.test),
         "accuracy": acc,
     }

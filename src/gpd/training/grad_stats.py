@@ -31,8 +31,8 @@ class GradStats:
         self.sums["grad_norm_student"] += student_norm / loss_scale
         self.sums["probes"] += 1
 
-    def add_step(self, norm: torch.Tensor, clip: float) -> None:
-        """A step's global norm before clipping at ``clip`` (0: no clipping)."""
+    def add_step(self, norm: torch.Tensor, clip: float | None) -> None:
+        """A step's global norm before clipping at ``clip`` (0 or None: no clipping)."""
         if clip:
             self.sums["clipped"] += (norm > clip).float()
         self.sums["grad_norm"] += norm.to(self.device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import defaultdict
+from contextlib import AbstractContextManager
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from gpd.data.mixing import mix_batch
+from gpd.distill import DistillerOutput
 from gpd.sharing.steps import clip_grad_norm_, grad_norm
 from gpd.training.distributed import all_reduce_sum
 from gpd.training.evaluate import models_of_run, split_accuracy
@@ -27,13 +29,67 @@ from gpd.training.rows import epoch_row, summary_line
 from gpd.training.steps import joint_backward, probed_backward, sequential_backward
 
 if TYPE_CHECKING:
-    from gpd.training.trainer import Trainer
+    from timm.utils import ModelEmaV3
+    from torch import nn
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from gpd.config import Config
+    from gpd.data import DataBundle
+    from gpd.distill import Distiller
+    from gpd.training.callbacks import Callback
+    from gpd.training.distributed import DistContext
+    from gpd.training.grad_stats import GradStats
+    from gpd.training.nonfinite import NonFiniteGuard
+    from gpd.training.policy import RunPolicy
+    from gpd.training.precision import Precision
+    from gpd.training.selection import WeightSelection
 
 
 class TrainLoop:
-    """The loop's methods; :class:`~gpd.training.trainer.Trainer` builds the objects they use."""
+    """The loop's methods; :class:`~gpd.training.trainer.Trainer` builds the objects they use.
 
-    def run_epochs(self: Trainer, last_epoch: int) -> dict[str, Any]:
+    The annotations below are the run's state that the loop and the callbacks read."""
+
+    cfg: Config
+    ctx: DistContext
+    device: torch.device
+    policy: RunPolicy
+    data: DataBundle
+    distiller: Distiller
+    core: nn.Module  # D with its student view, or the plain student: what EMA and export follow
+    train_module: Any  # the distiller, or its DDP / compiled wrapper
+    train_loader: DataLoader
+    sampler: DistributedSampler
+    test_loader: DataLoader
+    val_loader: DataLoader | None
+    mixup: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    precision: Precision
+    ema: ModelEmaV3 | None
+    trainable: list[torch.Tensor]
+    grad_scales: dict[torch.Tensor, float]
+    grad_stats: GradStats
+    guard: NonFiniteGuard
+    selection: WeightSelection
+    memory_format: torch.memory_format
+    num_updates: int
+    start_epoch: int
+    static_teacher_acc: float | None
+    static_teacher_fingerprint: str | None
+    rows: list[dict[str, Any]]
+    callbacks: list[Callback]
+
+    def _no_sync(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _student_of(self, weights: str) -> nn.Module:
+        raise NotImplementedError
+
+    def selected_student(self) -> nn.Module:
+        raise NotImplementedError
+
+    def run_epochs(self, last_epoch: int) -> dict[str, Any]:
         """Train epochs ``start_epoch..last_epoch`` with the callbacks' hooks; the last row."""
         for callback in self.callbacks:
             callback.on_fit_start(self)
@@ -48,7 +104,7 @@ class TrainLoop:
             callback.on_fit_end(self)
         return row
 
-    def run_epoch(self: Trainer, epoch: int) -> dict[str, Any]:
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
         epoch_started = time.perf_counter()
         train = self.train_one_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]  # as of the epoch's last step
@@ -65,13 +121,14 @@ class TrainLoop:
         self.log(summary_line(epoch, self.cfg.train.epochs, row, acc, self.static_teacher_acc, self.ema is not None))
         return row
 
-    def train_one_epoch(self: Trainer, epoch: int) -> dict[str, float]:
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training data (within the policy's step cap)."""
         self.distiller.train()
         self.sampler.set_epoch(epoch)
         device = self.device
         sums: defaultdict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         seen = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)  # the student's, on the training batches as trained
         skipped = 0
         self.grad_stats.reset()
         self.guard.reset()
@@ -86,10 +143,12 @@ class TrainLoop:
             y = y.to(self.device, non_blocking=True)
             x, targets = mix_batch(self.mixup, x, y)  # Mixup/CutMix: soft targets; y stays the labels
             where = f"epoch {epoch}, step {step}"
-            losses = self.train_step(x, targets, epoch - 1 + step / steps, where, probe=self._probe_due(step))
-            if losses is None:
+            out = self.train_step(x, targets, epoch - 1 + step / steps, where, probe=self._probe_due(step))
+            if out is None:
                 skipped += 1
             else:
+                losses = out.losses
+                correct += (out.student_logits.argmax(-1) == y).sum()
                 step_loss = sum(losses.values())
                 for name, value in losses.items():
                     sums[name] += value * y.numel()
@@ -105,14 +164,15 @@ class TrainLoop:
         self.guard.raise_if_flagged()  # before anything of this epoch is evaluated or written
         seconds = time.perf_counter() - started
         names = sorted(sums)
-        totals = all_reduce_sum(torch.stack([sums[n] for n in names] + [seen]), self.ctx).tolist()
+        totals = all_reduce_sum(torch.stack([sums[n] for n in names] + [correct, seen]), self.ctx).tolist()
         total_seen = max(totals[-1], 1.0)
         result = {name: value / total_seen for name, value in zip(names, totals)}
+        result["train_acc"] = 100.0 * totals[-2] / total_seen
         result.update(train_seconds=seconds, img_per_s=totals[-1] / seconds, skipped_steps=skipped)
         result.update(self.grad_stats.epoch_means())
         return result
 
-    def _probe_due(self: Trainer, step: int) -> bool:
+    def _probe_due(self, step: int) -> bool:
         """Whether this step measures the student's and D's loss gradients separately
         (train.grad_probe_every; not under DDP, whose hooks follow the wrapper's backward passes)."""
         every = self.cfg.train.grad_probe_every
@@ -121,26 +181,27 @@ class TrainLoop:
         return not self.ctx.enabled
 
     def train_step(
-        self: Trainer, x: torch.Tensor, y: torch.Tensor, epoch_progress: float, where: str, probe: bool = False
-    ) -> dict[str, torch.Tensor] | None:
-        """One optimisation step; returns the detached loss terms, or None if the step was skipped.
+        self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float, where: str, probe: bool = False
+    ) -> DistillerOutput | None:
+        """One optimisation step; returns the detached loss terms and student logits, or None if
+        the step was skipped.
 
         ``probe``: run the sequential mode (the same gradients) and measure the gradient
         norm of D's loss terms and of the student's separately."""
         self.optimizer.zero_grad(set_to_none=True)
         p = self.precision
         if probe:
-            losses, role_norms = probed_backward(
+            out, role_norms = probed_backward(
                 self.distiller, x, y, epoch_progress, p.autocast, p.backward, self.trainable, self.grad_scales
             )
             self.grad_stats.add_probe(*role_norms, p.scaler.get_scale() if p.scaler is not None else 1.0)
         elif self.cfg.train.memory_mode == "joint":
-            losses = joint_backward(self.train_module, x, y, epoch_progress, p.autocast, p.backward)
+            out = joint_backward(self.train_module, x, y, epoch_progress, p.autocast, p.backward)
         else:
-            losses = sequential_backward(
+            out = sequential_backward(
                 self.train_module, x, y, epoch_progress, p.autocast, p.backward, first_half=self._no_sync
             )
-        losses = {name: value.detach().float() for name, value in losses.items()}
+        losses = {name: value.detach().float() for name, value in out.losses.items()}
         bad = self.guard.check_step(losses, where)
         if bad is not None:
             self.log(f"warning: non-finite loss at {bad}; step skipped (train.on_nonfinite=skip)")
@@ -158,9 +219,9 @@ class TrainLoop:
         self.scheduler.step_update(num_updates=self.num_updates)
         if self.ema is not None:
             self.ema.update(self.core, step=self.num_updates)
-        return losses
+        return DistillerOutput(losses, out.student_logits.detach())
 
-    def evaluate(self: Trainer) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float]:
         """Test accuracy of the student, D, their EMA and the static teacher (once: it is frozen),
         and with a validation split the same models' validation accuracy (keys ``val_*``)."""
         models = models_of_run(self.distiller, self.ema, self.ctx)
@@ -173,13 +234,13 @@ class TrainLoop:
         self.static_teacher_acc = result.pop("static_teacher", self.static_teacher_acc)
         return result
 
-    def _accuracy(self: Trainer, models: dict[str, Any], loader: Any) -> dict[str, float]:
+    def _accuracy(self, models: dict[str, Any], loader: Any) -> dict[str, float]:
         n = self.policy.max_eval_batches
         batches = loader if n is None else islice(loader, n)
         return split_accuracy(
             models, batches, self.ctx, self.device, self.cfg.train.channels_last, self.precision.autocast
         )
 
-    def log(self: Trainer, message: str) -> None:
+    def log(self, message: str) -> None:
         if self.ctx.is_main:
             tqdm.write(message, file=sys.stdout)

@@ -7,7 +7,7 @@ The states are stored as tensors and plain numbers, so the checkpoint loads with
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -15,7 +15,8 @@ import torch
 
 def capture_rng() -> dict[str, Any]:
     """The state of every random number generator this process uses."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    kind, keys, pos, has_gauss, gauss = legacy
     version, mt_state, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),

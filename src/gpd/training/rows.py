@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 GRAD_STATS = ("grad_norm", "clipped_frac", "grad_norm_student", "grad_norm_dynamic")
-TRAIN_STATS = ("train_seconds", "img_per_s", "skipped_steps", *GRAD_STATS)
+TRAIN_STATS = ("train_acc", "train_seconds", "img_per_s", "skipped_steps", *GRAD_STATS)
 
 
 def epoch_row(
@@ -28,6 +28,7 @@ def epoch_row(
         "lr": lr,
         "train_loss": train["loss"] if "loss" in train else float("nan"),
         **{f"loss_{k}": v for k, v in train.items() if k not in ("loss", *TRAIN_STATS)},
+        "train_acc": train.get("train_acc", ""),  # the student's, on the training batches (augmented, as trained)
         "student_acc": acc["student"],
         "dynamic_acc": acc.get("dynamic", ""),
         "gap": acc["dynamic"] - acc["student"] if "dynamic" in acc else "",

@@ -43,13 +43,14 @@ def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint
             )
         teacher = student_from_payload(payload, path)
     else:
+        assert t.model is not None  # a checkpoint without a model took the branch above
         teacher = create_for_data(
             t.model,
             data,
             t.kwargs,
             pretrained=t.pretrained,
             role="teacher",
-            dry_run=allow_missing_checkpoint,  # type: ignore[arg-type]
+            dry_run=allow_missing_checkpoint,
         )
         if t.checkpoint is not None:
             load_weights(teacher, t.checkpoint, what="teacher")

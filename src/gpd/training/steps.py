@@ -9,13 +9,13 @@ network alone instead of both together, at the cost of a second backward launch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 
-from gpd.distill import Distiller
+from gpd.distill import Distiller, DistillerOutput
 from gpd.sharing.steps import grad_norm
 
 Backward = Callable[[torch.Tensor], None]
@@ -23,13 +23,14 @@ LossDict = dict[str, torch.Tensor]
 
 
 def joint_backward(
-    module: Callable[..., LossDict], x: torch.Tensor, y: torch.Tensor, epoch: float, autocast, backward: Backward
-) -> LossDict:
-    """``module`` is the Distiller, or its DDP / compiled wrapper."""
+    module: Callable[..., DistillerOutput], x: torch.Tensor, y: torch.Tensor, epoch: float, autocast, backward: Backward
+) -> DistillerOutput:
+    """``module`` is the Distiller, or its DDP / compiled wrapper. Returns the loss terms and
+    the student's logits (for the training accuracy)."""
     with autocast():
-        losses = module(x, y, epoch=epoch)
-    backward(sum(losses.values()))  # type: ignore[arg-type]
-    return losses
+        out = module(x, y, epoch=epoch, with_student_logits=True)
+    backward(_sum(out.losses))
+    return out
 
 
 def sequential_backward(
@@ -40,7 +41,7 @@ def sequential_backward(
     autocast,
     backward: Backward,
     first_half: Callable[[], AbstractContextManager[Any]] = nullcontext,
-) -> LossDict:
+) -> DistillerOutput:
     """D's half, then the student's, each one forward of ``module`` (the Distiller, or its DDP
     or compiled wrapper: ``part=`` selects the half, so a wrapper sees both calls).
 
@@ -52,12 +53,14 @@ def sequential_backward(
         with autocast():
             losses, dynamic_logits, targets = module(x, y, epoch=epoch, part="dynamic")
         if losses:
-            backward(sum(losses.values()))  # type: ignore[arg-type]
+            backward(_sum(losses))
     dynamic_logits = dynamic_logits.detach() if dynamic_logits is not None else None
     with autocast():
-        student_losses = module(x, y, epoch=epoch, part="student", targets=targets, dynamic_logits=dynamic_logits)
-    backward(sum(student_losses.values()))  # type: ignore[arg-type]
-    return {**losses, **student_losses}
+        student = module(
+            x, y, epoch=epoch, part="student", targets=targets, dynamic_logits=dynamic_logits, with_student_logits=True
+        )
+    backward(_sum(student.losses))
+    return DistillerOutput({**losses, **student.losses}, student.student_logits)
 
 
 def probed_backward(
@@ -67,9 +70,9 @@ def probed_backward(
     epoch: float,
     autocast,
     backward: Backward,
-    params: list[torch.Tensor],
+    params: Sequence[torch.Tensor],
     scales: dict[torch.Tensor, float],
-) -> tuple[LossDict, tuple[torch.Tensor, torch.Tensor]]:
+) -> tuple[DistillerOutput, tuple[torch.Tensor, torch.Tensor]]:
     """The sequential step, also measuring the gradient norm of D's terms and of the student's.
 
     Same gradients as either mode; costs a copy of the gradients after D's backward.
@@ -78,11 +81,18 @@ def probed_backward(
     with autocast():
         targets = distiller.static_targets(x)
         losses, dynamic_logits = distiller.dynamic_losses(x, y, targets, epoch=epoch)
-    backward(sum(losses.values()))  # type: ignore[arg-type]
+    backward(_sum(losses))
     dynamic_norm = grad_norm(params, scales)
     after_dynamic = {p: p.grad.clone() for p in params if p.grad is not None}
+    detached = dynamic_logits.detach() if dynamic_logits is not None else None
     with autocast():
-        student_losses = distiller.student_losses(x, y, targets, dynamic_logits.detach(), epoch=epoch)  # type: ignore[union-attr]
-    backward(sum(student_losses.values()))  # type: ignore[arg-type]
+        student = distiller.student_output(x, y, targets, detached, epoch=epoch)
+    backward(_sum(student.losses))
     student_norm = grad_norm(params, scales, minus=after_dynamic)
-    return {**losses, **student_losses}, (dynamic_norm, student_norm)
+    return DistillerOutput({**losses, **student.losses}, student.student_logits), (dynamic_norm, student_norm)
+
+
+def _sum(losses: LossDict) -> torch.Tensor:
+    """The training loss: the plain sum of the terms, in their order (the same float rounding as ``sum``)."""
+    total: Any = sum(losses.values())
+    return total

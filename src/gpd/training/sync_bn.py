@@ -10,7 +10,7 @@ BatchNorms hold buffers but no parameters, converts just as well.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -37,7 +37,7 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    return _AllReduceSum.apply(tensor)  # type: ignore[no-any-return]
+    return _AllReduceSum.apply(tensor)
 
 
 class CPUSyncBatchNorm(_BatchNorm):
@@ -76,8 +76,8 @@ class CPUSyncBatchNorm(_BatchNorm):
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
-        self.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        factor = 1.0 / float(cast(torch.Tensor, self.num_batches_tracked)) if self.momentum is None else self.momentum
         unbiased = var * count / (count - 1).clamp(min=1)
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)  # type: ignore[union-attr]
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)  # type: ignore[union-attr]
