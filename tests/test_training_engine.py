@@ -230,7 +230,10 @@ def test_engine_options_train_to_completion(options, tmp_path: Path):
     run = tmp_path / "run"
     cfg = load_config(None, [*SMALL, "train.epochs=1", f"output_dir={run}", *options])
     row = Trainer(cfg, prepare_run_dir(cfg)).fit()
-    assert math.isfinite(row["train_loss"]) and row["student_acc"] > 15.0  # chance is 10%
+    # chance is 10%; the training accuracy (over the epoch's 512 images) shows the learning: the
+    # test accuracy after one epoch on 512 images hangs on BatchNorm statistics (13% to 17% in
+    # bf16 with 1 or 2 threads), while the training accuracy was 23% in both modes
+    assert math.isfinite(row["train_loss"]) and row["train_acc"] > 15.0
 
 
 def test_precision_without_autocast_on_the_device_is_refused(tmp_path: Path, capsys, monkeypatch):
