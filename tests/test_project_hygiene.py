@@ -22,3 +22,15 @@ def test_no_reference_to_files_users_do_not_have() -> None:
         if word in path.read_text(errors="ignore")
     ]
     assert not offending, offending
+
+
+MAX_LINES = 400  # a module longer than this does more than one job: split it
+
+
+def test_no_module_is_longer_than_the_limit() -> None:
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in (ROOT / "src" / "gpd").rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"modules over {MAX_LINES} lines: {long}"
