@@ -155,11 +155,11 @@ trainer = Trainer(cfg, run_dir, ctx=ctx, device=device)
 forward, calls = trainer.train_module, []
 
 def poisoned(*args, **kwargs):
-    losses = forward(*args, **kwargs)
+    out = forward(*args, **kwargs)  # the losses and the student's logits
     calls.append(1)
     if ctx.rank == 1 and len(calls) == 2:
-        losses["ce_student"] = losses["ce_student"] * float("nan")
-    return losses
+        out.losses["ce_student"] = out.losses["ce_student"] * float("nan")
+    return out
 
 trainer.train_module = poisoned
 try:

@@ -136,11 +136,12 @@ def test_a_nan_is_caught_at_the_next_read_and_the_checkpoint_kept(tmp_path: Path
     original, calls = trainer.train_module, []
 
     def poisoned(*args, **kwargs):
-        losses = original(*args, **kwargs)
+        out = original(*args, **kwargs)  # the losses and the student's logits
+        losses = out.losses
         calls.append(1)
         if len(calls) == 8 + 2:  # epoch 2, step 1
             losses["ce_student"] = losses["ce_student"] * float("nan")
-        return losses
+        return out
 
     trainer.train_module = poisoned
     read_at = []
