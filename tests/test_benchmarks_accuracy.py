@@ -232,6 +232,7 @@ def test_a_partial_suite_reports_its_missing_runs(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "digits/s0/scratch: started with train.epochs=4" in refused.stderr
 
 
+@pytest.mark.slow  # the benchmark script's resume and early mode; the tiny scratch run stays in the default suite
 def test_resume_continues_an_interrupted_run_from_its_checkpoint(tmp_path: Path) -> None:
     """About 30 s: a tiny 2-epoch digits run stopped after epoch 1 is resumed, not restarted."""
     m = load_script()
@@ -263,6 +264,7 @@ def fashion_mnist_available() -> bool:
     return locate.find_idx_root("FashionMNIST", [*locate.default_roots(), locate.DEBIAN_FASHION_MNIST_DIR]) is not None
 
 
+@pytest.mark.slow  # the benchmark script's resume and early mode; the tiny scratch run stays in the default suite
 def test_tiny_early_mode(tmp_path: Path) -> None:
     """Under a minute: the early mode's four runs on tiny Fashion-MNIST subsets, with the CE column."""
     if not fashion_mnist_available():
