@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -73,14 +73,14 @@ class RunRecord:
 
     def best(self, column: str) -> tuple[float, float | None] | None:
         """The largest value and the epoch it was reached (first one on ties), or ``None``."""
-        pairs = [(v, e) for v, e in zip(self.values(column), self.epochs) if v is not None and not math.isnan(v)]
+        pairs = [(v, e) for v, e in zip(self.values(column), self.epochs) if _is_number(v)]
         if not pairs:
             return None
         top = max(v for v, _ in pairs)
         return next((v, e) for v, e in pairs if v == top)
 
     def total(self, column: str) -> float | None:
-        numbers = [v for v in self.values(column) if v is not None and not math.isnan(v)]
+        numbers = [v for v in self.values(column) if _is_number(v)]
         return sum(numbers) if numbers else None
 
     def setting(self, dotted: str, default: Any = None) -> Any:
@@ -93,7 +93,7 @@ class RunRecord:
         return node
 
 
-def _is_number(value: float | None) -> bool:
+def _is_number(value: float | None) -> TypeGuard[float]:
     return value is not None and not math.isnan(value)
 
 
