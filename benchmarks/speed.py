@@ -178,6 +178,7 @@ def step_worker(pair: Pair, method: str, gpd_on: bool, branches: str, size: int,
     import torch
 
     from gpd.distill import Distiller
+    from gpd.training.host_memory import keep_host_memory, release_to_system
     from gpd.training.steps import joint_backward
 
     student, static = _models(pair, size)
@@ -191,39 +192,50 @@ def step_worker(pair: Pair, method: str, gpd_on: bool, branches: str, size: int,
     def backward(loss):
         (env.scaler.scale(loss) if env.scaler is not None else loss).backward()
 
+    optimizer_cpu: list[float] = []
+
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         joint_backward(distiller, x, y, epoch, env.autocast, backward)
+        cpu_started = time.process_time()
         if env.scaler is not None:
             env.scaler.step(optimizer)
             env.scaler.update()
         else:
             optimizer.step()
+        optimizer_cpu.append(time.process_time() - cpu_started)
 
+    times, cpu_times = [], []
+    with keep_host_memory(env.device == "cpu"):  # as gpd train does on the CPU (train.keep_host_memory)
+        for index in range(warmup + steps):
+            env.sync()
+            started, cpu_started = time.perf_counter(), time.process_time()
+            step()
+            env.sync()
+            if index >= warmup:
+                times.append(time.perf_counter() - started)
+                cpu_times.append(time.process_time() - cpu_started)
+    optimizer_ms = 1000 * statistics.median(optimizer_cpu[warmup:])
+    # The memory one more step adds, with glibc's defaults back (memory kept for reuse would hide it): the
+    # gradients, activations and temporaries of a step; the optimizer's state exists from the first step on.
     if env.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+        before = 0.0  # the peak of the whole process, as before
     else:
+        release_to_system()
         _reset_peak_rss()
-    before = _rss_mb("VmRSS") or 0.0
-    times, cpu_times = [], []
-    for index in range(warmup + steps):
-        env.sync()
-        started, cpu_started = time.perf_counter(), time.process_time()
-        step()
-        env.sync()
-        if index >= warmup:
-            times.append(time.perf_counter() - started)
-            cpu_times.append(time.process_time() - cpu_started)
-    if env.device == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = _peak_rss_mb() - before
+        before = _rss_mb("VmRSS") or 0.0
+    step()
+    env.sync()
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if env.device == "cuda" else _peak_rss_mb()) - before
     with flop_counter() as counter:
         step()
     env.sync()
     trainable = sum(p.numel() for p in distiller.parameters() if p.requires_grad)
     return {
         "paths": _branch_paths(distiller),
+        "least_branch_flops": _least_branch_flops(distiller),
+        "optimizer_ms": optimizer_ms,
         "step_ms": 1000 * statistics.median(times),
         "min_ms": 1000 * min(times),
         "cpu_ms": 1000 * statistics.median(cpu_times),
@@ -245,6 +257,19 @@ def _branch_paths(distiller) -> dict[str, dict[str, int]]:
         role: dict(Counter(m.last_path for m in module.modules() if isinstance(m, OREPAConv2d)))
         for role, module in parts.items()
     }
+
+
+def _least_branch_flops(distiller) -> float:
+    """FLOPs that branches 3 and 5 of every six-branch block cost at least in the last step, on either path."""
+    from gpd.branches import OREPAConv2d
+    from gpd.branches.paths import least_training_macs
+
+    blocks = [m for m in distiller.modules() if isinstance(m, OREPAConv2d) and getattr(m, "last_shape", None) is not None]
+    student = getattr(getattr(distiller, "gpd", None), "student", None)
+    if student is not None:  # the student's blocks are not submodules of the distiller's D
+        blocks += [m for m in student.modules() if isinstance(m, OREPAConv2d) and getattr(m, "last_shape", None)]
+    unique = {id(m): m for m in blocks}.values()
+    return 2.0 * sum(least_training_macs(m.last_shape) for m in unique)
 
 
 def extras_worker(pair: Pair, size: int, batch: int, steps: int, warmup: int, env: Env) -> dict:
@@ -591,9 +616,10 @@ def branch_cost_table(args: argparse.Namespace, cases: str) -> None:
     memory = "peak CUDA MB" if not cpu else "step-added peak RSS MB"
     time_key = "cpu_ms" if cpu else "step_ms"
     print(f"| pair | input, batch | {'CPU ' if cpu else ''}ms, no branches | {'CPU ' if cpu else ''}ms, branches "
-          f"| time ratio | GFLOP, no branches | GFLOP, branches | FLOP ratio | {memory}, no branches "
-          f"| {memory}, branches | memory ratio | trainable params, no branches / branches | path per block |")  # fmt: skip
-    print("|---" * 13 + "|")
+          f"| time ratio | of which optimizer ms, no branches / branches | GFLOP, no branches | GFLOP, branches "
+          f"| FLOP ratio | least FLOP ratio | {memory}, no branches | {memory}, branches | memory ratio "
+          f"| trainable params, no branches / branches | path per block |")  # fmt: skip
+    print("|---" * 15 + "|")
     for pair, size, batch in parsed:
         runs: dict[str, list[dict]] = {"none": [], "orepa": []}
         for _ in range(args.rounds):
@@ -603,9 +629,11 @@ def branch_cost_table(args: argparse.Namespace, cases: str) -> None:
                 runs[branches].append(_run_worker(spec, args))
         plain = dict(min(runs["none"], key=lambda r: r[time_key]), peak_mb=min(r["peak_mb"] for r in runs["none"]))
         branched = dict(min(runs["orepa"], key=lambda r: r[time_key]), peak_mb=min(r["peak_mb"] for r in runs["orepa"]))
+        least = (plain["flops"] + branched["least_branch_flops"]) / plain["flops"]
         print(f"| {pair.teacher} -> {pair.student} | {size} px, {batch} | {plain[time_key]:.0f} | {branched[time_key]:.0f} "
-              f"| {branched[time_key] / plain[time_key]:.2f} | {_gflop(plain['flops'])} | {_gflop(branched['flops'])} "
-              f"| {branched['flops'] / plain['flops']:.2f} | {plain['peak_mb']:.0f} | {branched['peak_mb']:.0f} "
+              f"| {branched[time_key] / plain[time_key]:.2f} | {plain['optimizer_ms']:.0f} / {branched['optimizer_ms']:.0f} "
+              f"| {_gflop(plain['flops'])} | {_gflop(branched['flops'])} | {branched['flops'] / plain['flops']:.2f} "
+              f"| {least:.2f} | {plain['peak_mb']:.0f} | {branched['peak_mb']:.0f} "
               f"| {branched['peak_mb'] / plain['peak_mb']:.2f} | {plain['params'] / 1e6:.1f} M / "
               f"{branched['params'] / 1e6:.1f} M | {_paths_text(branched['paths'])} |", flush=True)  # fmt: skip
     print(f"\nTotal wall time {time.time() - started:.0f} s; load average at end {_load()}.")

@@ -79,6 +79,18 @@ def test_merge_backward_passes_gradcheck(groups: int, compose_1x1: bool, compose
     assert torch.autograd.gradcheck(lambda *t: MergeKernel.apply(groups, compose_1x1, compose_dw, *t), tensors)
 
 
+@pytest.mark.parametrize("groups, compose_dw", [(1, True), (1, False), (2, True)])
+def test_merge_of_channels_last_kernels_passes_gradcheck(groups: int, compose_dw: bool) -> None:
+    # channels_last kernels take the transposing copies of branch 5 (ungrouped) and the in-place branch-3 product
+    block = randomized_block(nn.Conv2d(6, 10, 3, padding=1, groups=groups).double(), seed=6)
+    block = block.to(memory_format=torch.channels_last)
+    tensors = block._merge_inputs()
+    assert tensors[1].is_contiguous(memory_format=torch.channels_last) and not tensors[1].is_contiguous()
+    kernel = MergeKernel.apply(groups, True, compose_dw, *tensors)
+    assert kernel.is_contiguous(memory_format=torch.channels_last)
+    assert torch.autograd.gradcheck(lambda *t: MergeKernel.apply(groups, True, compose_dw, *t), tensors)
+
+
 def test_cost_model_picks_the_batch_for_wide_blocks_on_small_maps_and_merges_otherwise() -> None:
     # D's layer4 of tv resnet18 at r = 2, 112 px (4x4 maps): batch 16 runs branch 3 on the batch, 64 merges
     assert not choose_paths(BlockShape(1024, 1024, 1, 16 * 4 * 4)).merge_1x1

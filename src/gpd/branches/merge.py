@@ -87,11 +87,50 @@ def _by_input_to_kernel(rows: Tensor, out: int, ig: int, groups: int, last: int)
     return rows.reshape(groups, ig, og, last).transpose(1, 2).reshape(out, ig, last)
 
 
+def _compose_dw_pw_by_input(pw: Tensor, dw: Tensor, groups: int) -> Tensor:
+    """Branch 5's kernel in the by-input layout (g Ig, Og, 9): one (Og x 8) by (8 x 9) product per input channel."""
+    return torch.bmm(_pw_by_input(pw, groups), dw.reshape(-1, DW_MULTIPLIER, 9))
+
+
 def compose_dw_pw(pw: Tensor, dw: Tensor, groups: int) -> Tensor:
     """Branch 5's kernel: sum_k pw[o, 8 i + k] dw[8 (g0 + i) + k], one small matrix product per input channel."""
     out, ig = pw.shape[0], pw.shape[1] // DW_MULTIPLIER
-    per_input = torch.bmm(_pw_by_input(pw, groups), dw.reshape(-1, DW_MULTIPLIER, 9))
+    per_input = _compose_dw_pw_by_input(pw, dw, groups)
     return _by_input_to_kernel(per_input, out, ig, groups, 9).reshape(out, ig, 3, 3)
+
+
+def _kernel_rows(kernel: Tensor) -> Tensor | None:
+    """An ungrouped channels_last kernel (O, I, 3, 3) as its (O * 9, I) memory, else None.
+
+    In that layout the by-input layout (I, O, 9) of branch 5 is the plain transpose of
+    this matrix, and torch copies a transposed matrix block by block, about 8 times as fast
+    as the strided copy of the 3-D view (measured on a 1024-channel kernel: 60 -> 8 ms).
+    """
+    rows = kernel.permute(0, 2, 3, 1)
+    if not rows.is_contiguous():
+        return None
+    return rows.view(kernel.shape[0] * 9, kernel.shape[1])
+
+
+def _add_dw_pw(kernel: Tensor, pw: Tensor, dw: Tensor, groups: int, scale_row: Tensor) -> None:
+    """kernel += diag(s5) K5, through one transposing copy when the kernel is ungrouped channels_last."""
+    rows = _kernel_rows(kernel) if groups == 1 else None
+    if rows is None:
+        kernel.addcmul_(compose_dw_pw(pw, dw, groups), _channel(scale_row))
+        return
+    per_input = _compose_dw_pw_by_input(pw, dw, groups)  # (I, O, 9)
+    composed = torch.empty_like(rows).copy_(per_input.view(rows.shape[1], rows.shape[0]).t())
+    rows.addcmul_(composed, scale_row.repeat_interleave(9)[:, None])
+
+
+def _by_input_copy(grad: Tensor, groups: int, work: Tensor) -> Tensor:
+    """The kernel gradient in the by-input layout (g Ig, Og, 9), copied into ``work`` (contiguous)."""
+    rows = _kernel_rows(grad) if groups == 1 else None
+    out, ig = grad.shape[0], grad.shape[1]
+    if rows is not None:
+        return work.view(ig, out * 9).copy_(rows.t()).view(ig, out, 9)
+    strided = _kernel_by_input(grad, groups)
+    return work.view(strided.shape).copy_(strided)
 
 
 # --- the whole merge ------------------------------------------------------------------------
@@ -126,7 +165,7 @@ def merge_kernel_values(tensors: tuple[Tensor, ...], groups: int, compose_1x1: b
     kernel.add_((avg * (scales[1][:, None] / 9))[:, :, None, None])
     kernel.addcmul_((prior_w * scales[2][:, None])[:, :, None, None], prior[:, None])
     if compose_dw:
-        kernel.addcmul_(compose_dw_pw(pw, dw, groups), _channel(scales[5]))
+        _add_dw_pw(kernel, pw, dw, groups, scales[5])
     return kernel
 
 
@@ -218,8 +257,7 @@ def _merge_backward(
 
     if compose_dw and (needs[8] or needs[9] or want_scales):
         # one transposing copy: bmm would otherwise copy each of the g Ig strided matrices separately
-        strided = _kernel_by_input(grad, groups)  # (g Ig, Og, 9)
-        by_input = work.view(strided.shape).copy_(strided)  # type: ignore[union-attr]
+        by_input = _by_input_copy(grad, groups, work)  # type: ignore[arg-type]  # (g Ig, Og, 9)
         q = torch.bmm(by_input, dw.reshape(-1, DW_MULTIPLIER, 9).transpose(1, 2))  # (g Ig, Og, 8): Q
         q_as_pw = _by_input_to_kernel(q, out, ig, groups, DW_MULTIPLIER).reshape(out, ig * DW_MULTIPLIER)
         unscaled_pw = torch.empty_like(pw).copy_(q_as_pw)  # Q in pw's layout

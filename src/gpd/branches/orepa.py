@@ -171,6 +171,7 @@ class OREPAConv2d(nn.Module):
         self.__dict__["_kernel_cache"] = VersionedCache()  # the merged kernel while no branch tensor changes
         self.branch_path = "auto"  # "merge" / "batch" force every composed branch one way (tests, benchmarks)
         self.last_path = ""  # the path of the last forward pass
+        self.last_shape: BlockShape | None = None  # the shape the last training forward pass chose its path for
 
     @classmethod
     def from_conv(
@@ -278,10 +279,13 @@ class OREPAConv2d(nn.Module):
     def _conv(self, x: Tensor, kernel: Tensor, bias: Tensor | None) -> Tensor:
         return F.conv2d(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
 
+    def block_shape(self, x: Tensor) -> BlockShape:
+        """What the path choice depends on for input ``x``: the channels, the groups and the positions."""
+        return BlockShape(self.out_channels, self.in_channels, self.groups, x.numel() // self.in_channels)
+
     def paths_for(self, x: Tensor) -> BranchPaths:
         """The path of each composed branch for input ``x`` (:mod:`gpd.branches.paths`)."""
-        shape = BlockShape(self.out_channels, self.in_channels, self.groups, x.numel() // self.in_channels)
-        return choose_paths(shape, self.branch_path)
+        return choose_paths(self.block_shape(x), self.branch_path)
 
     def forward(self, x: Tensor) -> Tensor:
         tensors = self._merge_inputs()
@@ -290,8 +294,9 @@ class OREPAConv2d(nn.Module):
             self._record("cached" if hit else "merge")
             return self._conv(x, kernel, self.bias)
         self._cache().clear()  # training: the weights are about to change
-        paths = self.paths_for(x)
-        self._record(paths.describe())
+        shape = self.block_shape(x)
+        paths = choose_paths(shape, self.branch_path)
+        self._record(paths.describe(), shape)
         kernel = MergeKernel.apply(self.groups, paths.merge_1x1, paths.merge_dw, *tensors)
         out = self._conv(x, kernel, self.bias)
         if not paths.merge_1x1:  # branch 3's W part: x -> 1x1 W -> 3x3 s3 K3 (K3 alone is in the kernel)
@@ -303,10 +308,12 @@ class OREPAConv2d(nn.Module):
             out = out + F.conv2d(depthwise, pointwise, None, 1, 0, 1, self.groups)
         return out
 
-    def _record(self, path: str) -> None:
-        """Remember the path of the last forward pass (benchmarks/speed.py reports it)."""
+    def _record(self, path: str, shape: BlockShape | None = None) -> None:
+        """Remember the path (and in training the shape) of the last forward pass (benchmarks/speed.py reports them)."""
         if not torch.compiler.is_compiling():
             self.__dict__["last_path"] = path
+            if shape is not None:
+                self.__dict__["last_shape"] = shape
 
     def to_conv(self) -> nn.Conv2d:
         """A convolution of the original class and hyper-parameters with the merged kernel and the bias.

@@ -86,6 +86,20 @@ def branch_costs(shape: BlockShape) -> dict[str, tuple[float, float]]:
     }
 
 
+def least_training_macs(shape: BlockShape) -> float:
+    """The multiply-adds branches 3 and 5 cost at least in one training step, whichever path each takes.
+
+    Unweighted MACs of the cheaper path of each (the table above), times three for the
+    forward and the two products of the backward (the kernel's or the input's gradient,
+    and the weights'). ``benchmarks/speed.py --branch-cost`` adds them to the branch-free
+    step's FLOPs: the FLOP ratio no choice of paths can go below.
+    """
+    o, i, ig, p = shape.out_channels, shape.in_channels, shape.in_per_group, shape.positions
+    b3 = min(9 * o * ig * ig, p * (i * ig + 9 * o * ig))
+    b5 = min(72 * o * ig, p * (72 * i + 8 * o * ig))
+    return 3.0 * (b3 + b5)
+
+
 def choose_paths(shape: BlockShape, path: str = "auto") -> BranchPaths:
     """The cheaper path of each composed branch (``auto``), or every branch forced one way."""
     if path == "merge":

@@ -154,6 +154,7 @@ class TrainConfig:
     nonfinite_check_every: int = 50  # stop: read the device's non-finite flag every N steps and at epoch ends
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     threads: str = "auto"  # CPU threads per process: auto (the cores other processes leave free) or a number
+    keep_host_memory: bool = True  # CPU runs: glibc keeps freed memory for reuse (no page faults per step)
     deterministic: bool = False  # deterministic algorithms (bitwise reproducible runs and resumes; slower on GPU)
 
 

@@ -72,6 +72,8 @@ def _engine_line(trainer: Trainer) -> str:
     line = f"device: {trainer.device}, {torch.get_num_threads()} threads"
     if trainer.threads_reason:
         line += f" ({trainer.threads_reason})"
+    if trainer.host_memory_reason:
+        line += f", freed host memory {trainer.host_memory_reason}"
     line += f", precision {t.precision}, memory mode {t.memory_mode}"
     if ctx.enabled:
         line += f", {ctx.world_size} processes ({t.batch_size // ctx.world_size} images each per step)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpd.config import Config, load_config
 from gpd.errors import ConfigError
@@ -13,11 +13,15 @@ from gpd.io.layout import RunLayout
 from gpd.training.distributed import DistContext, barrier, init_distributed, run_on_main, shutdown_distributed
 from gpd.training.policy import DRY_RUN
 from gpd.training.run_dir import choose_run_dir, create_run_dir, prepare_run_dir, rewrite_config
+from gpd.training.host_memory import keep_host_memory
 from gpd.training.threads import apply_threads
 from gpd.training.trainer import Trainer
 
+if TYPE_CHECKING:
+    import torch
+
 # What may change when a run is resumed: nothing that changes the computation of a step.
-RESUMABLE_KEYS = ("train.epochs", "train.device", "train.eval_batch_size", "train.threads", "data.root")
+RESUMABLE_KEYS = ("train.epochs", "train.device", "train.eval_batch_size", "train.threads", "train.keep_host_memory", "data.root")
 # What may change only with --inexact-resume, on runs that are not train.deterministic: the
 # augmentation's random numbers are drawn from other streams with and without worker processes.
 INEXACT_RESUMABLE_KEYS = ("data.num_workers",)
@@ -73,18 +77,25 @@ def launch(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dic
     try:
         run_dir = Path(cfg.output_dir) if resume else run_on_main(lambda: choose_run_dir(cfg, overwrite), ctx)  # type: ignore[arg-type]
         threads = apply_threads(cfg.train.threads, local_processes(ctx))
-        trainer = Trainer(cfg, run_dir, ctx=ctx, device=device)
-        trainer.threads_reason = threads
-        if resume:
-            trainer.load_state(RunLayout(run_dir).checkpoint)
-            run_on_main(lambda: rewrite_config(cfg), ctx)
-        else:
-            run_on_main(lambda: create_run_dir(cfg, run_dir, overwrite), ctx)
-        result = trainer.fit()
+        with keep_host_memory(_keeps_host_memory(cfg, device)) as host_memory:
+            trainer = Trainer(cfg, run_dir, ctx=ctx, device=device)
+            trainer.threads_reason, trainer.host_memory_reason = threads, host_memory
+            if resume:
+                trainer.load_state(RunLayout(run_dir).checkpoint)
+                run_on_main(lambda: rewrite_config(cfg), ctx)
+            else:
+                run_on_main(lambda: create_run_dir(cfg, run_dir, overwrite), ctx)
+            result = trainer.fit()
+            del trainer
         barrier(ctx)  # leave together: only then is the process group torn down
         return result
     finally:
         shutdown_distributed()
+
+
+def _keeps_host_memory(cfg: Config, device: torch.device) -> bool:
+    """``train.keep_host_memory`` applies to CPU training, whose tensors are host memory."""
+    return cfg.train.keep_host_memory and device.type == "cpu"
 
 
 def dry_run(cfg: Config) -> None:
@@ -95,9 +106,11 @@ def dry_run(cfg: Config) -> None:
             cfg.output_dir = str(Path(tmp) / "run")
             run_dir = run_on_main(lambda: prepare_run_dir(cfg), ctx)
             threads = apply_threads(cfg.train.threads, local_processes(ctx))
-            trainer = Trainer(cfg, run_dir, DRY_RUN, ctx=ctx, device=device)
-            trainer.threads_reason = threads
-            trainer.fit()
+            with keep_host_memory(_keeps_host_memory(cfg, device)) as host_memory:
+                trainer = Trainer(cfg, run_dir, DRY_RUN, ctx=ctx, device=device)
+                trainer.threads_reason, trainer.host_memory_reason = threads, host_memory
+                trainer.fit()
+                del trainer
             barrier(ctx)
     finally:
         shutdown_distributed()

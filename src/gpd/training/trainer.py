@@ -79,6 +79,7 @@ class Trainer(TrainLoop):
         self.device = device or resolve_device(cfg.train.device)
         t, policy = cfg.train, self.policy
         self.threads_reason = ""  # why torch uses its number of threads (set by launch(), see threads.py)
+        self.host_memory_reason = ""  # what happens to freed host memory (set by launch(), see host_memory.py)
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
