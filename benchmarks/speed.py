@@ -264,7 +264,9 @@ def _least_branch_flops(distiller) -> float:
     from gpd.branches import OREPAConv2d
     from gpd.branches.paths import least_training_macs
 
-    blocks = [m for m in distiller.modules() if isinstance(m, OREPAConv2d) and getattr(m, "last_shape", None) is not None]
+    blocks = [
+        m for m in distiller.modules() if isinstance(m, OREPAConv2d) and getattr(m, "last_shape", None) is not None
+    ]
     student = getattr(getattr(distiller, "gpd", None), "student", None)
     if student is not None:  # the student's blocks are not submodules of the distiller's D
         blocks += [m for m in student.modules() if isinstance(m, OREPAConv2d) and getattr(m, "last_shape", None)]

@@ -53,6 +53,24 @@ def test_speed_quick_has_every_table() -> None:
     assert "Total wall time" in text
 
 
+def test_speed_branch_cost_row_reports_paths_floor_optimizer_and_memory() -> None:
+    """--branch-cost: one CIFAR case; the least FLOP ratio lies between 1 and the FLOP ratio of the chosen paths."""
+    text = run_speed("--branch-cost", "--cases", "cifar:32:4", "--steps", "1", "--warmup", "1", timeout=300)
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert lines[0].startswith("| pair | input, batch |")
+    (row,) = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert row[:2] == ["resnet32x4 -> resnet8x4", "32 px, 4"]
+    plain_ms, branched_ms, time_ratio = (float(cell) for cell in row[2:5])
+    assert plain_ms > 0 and branched_ms > 0 and time_ratio == pytest.approx(branched_ms / plain_ms, abs=0.01)
+    plain_opt, branched_opt = (float(cell) for cell in row[5].split(" / "))
+    assert 0 < plain_opt < branched_opt  # SGD on the branch tensors too
+    flop_ratio, least = float(row[8]), float(row[9])
+    assert 1.0 < least <= flop_ratio + 0.01
+    plain_mb, branched_mb = float(row[10]), float(row[11])
+    assert 0 < plain_mb < branched_mb  # the branch tensors' gradients at least
+    assert row[-1] == "D: 5 merge; student: 5 merge"
+
+
 def test_gpu_check_dry_run_passes_on_cpu(tmp_path: Path) -> None:
     """benchmarks/gpu_check.sh --dry-run: every check runs on CPU (fp16 skipped) and passes."""
     import shutil

@@ -11,9 +11,9 @@ from gpd.config import Config, load_config
 from gpd.errors import ConfigError
 from gpd.io.layout import RunLayout
 from gpd.training.distributed import DistContext, barrier, init_distributed, run_on_main, shutdown_distributed
+from gpd.training.host_memory import keep_host_memory
 from gpd.training.policy import DRY_RUN
 from gpd.training.run_dir import choose_run_dir, create_run_dir, prepare_run_dir, rewrite_config
-from gpd.training.host_memory import keep_host_memory
 from gpd.training.threads import apply_threads
 from gpd.training.trainer import Trainer
 
@@ -21,7 +21,14 @@ if TYPE_CHECKING:
     import torch
 
 # What may change when a run is resumed: nothing that changes the computation of a step.
-RESUMABLE_KEYS = ("train.epochs", "train.device", "train.eval_batch_size", "train.threads", "train.keep_host_memory", "data.root")
+RESUMABLE_KEYS = (
+    "train.epochs",
+    "train.device",
+    "train.eval_batch_size",
+    "train.threads",
+    "train.keep_host_memory",
+    "data.root",
+)
 # What may change only with --inexact-resume, on runs that are not train.deterministic: the
 # augmentation's random numbers are drawn from other streams with and without worker processes.
 INEXACT_RESUMABLE_KEYS = ("data.num_workers",)
