@@ -215,7 +215,7 @@ def step_worker(pair: Pair, method: str, gpd_on: bool, branches: str, size: int,
             if index >= warmup:
                 times.append(time.perf_counter() - started)
                 cpu_times.append(time.process_time() - cpu_started)
-    optimizer_ms = 1000 * statistics.median(optimizer_cpu[warmup:])
+    optimizer_ms = 1000 * statistics.median(optimizer_cpu[warmup:])  # the timed steps (the two below come later)
     # The memory one more step adds, with glibc's defaults back (memory kept for reuse would hide it): the
     # gradients, activations and temporaries of a step; the optimizer's state exists from the first step on.
     if env.device == "cuda":
@@ -264,14 +264,8 @@ def _least_branch_flops(distiller) -> float:
     from gpd.branches import OREPAConv2d
     from gpd.branches.paths import least_training_macs
 
-    blocks = [
-        m for m in distiller.modules() if isinstance(m, OREPAConv2d) and getattr(m, "last_shape", None) is not None
-    ]
-    student = getattr(getattr(distiller, "gpd", None), "student", None)
-    if student is not None:  # the student's blocks are not submodules of the distiller's D
-        blocks += [m for m in student.modules() if isinstance(m, OREPAConv2d) and getattr(m, "last_shape", None)]
-    unique = {id(m): m for m in blocks}.values()
-    return 2.0 * sum(least_training_macs(m.last_shape) for m in unique)
+    shapes = [getattr(m, "last_shape", None) for m in distiller.modules() if isinstance(m, OREPAConv2d)]
+    return 2.0 * sum(least_training_macs(shape) for shape in shapes if shape is not None)  # D's and the student's
 
 
 def extras_worker(pair: Pair, size: int, batch: int, steps: int, warmup: int, env: Env) -> dict:

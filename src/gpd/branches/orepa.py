@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpd.branches.merge import DW_MULTIPLIER, MergeKernel, compose_1x1_3x3, compose_dw_pw, merge_kernel_values
-from gpd.branches.paths import BlockShape, BranchPaths, choose_paths
+from gpd.branches.paths import BlockShape, choose_paths
 from gpd.errors import ModelError
 from gpd.sharing.cache import VersionedCache
 
@@ -282,10 +282,6 @@ class OREPAConv2d(nn.Module):
     def block_shape(self, x: Tensor) -> BlockShape:
         """What the path choice depends on for input ``x``: the channels, the groups and the positions."""
         return BlockShape(self.out_channels, self.in_channels, self.groups, x.numel() // self.in_channels)
-
-    def paths_for(self, x: Tensor) -> BranchPaths:
-        """The path of each composed branch for input ``x`` (:mod:`gpd.branches.paths`)."""
-        return choose_paths(self.block_shape(x), self.branch_path)
 
     def forward(self, x: Tensor) -> Tensor:
         tensors = self._merge_inputs()

@@ -5,8 +5,8 @@ its mmap threshold (at most 32 MB) with a fresh ``mmap`` and gives it back with
 ``munmap`` when the tensor is freed, so a training step that allocates the same
 gradients, kernels and activations again every step pays a page fault for every 4 KB
 page of them every step: on the 2-core test machine a new 38 MB tensor costs about
-17 ms of faults, as long as several passes over it, and a branch-free DKD + GPD step
-of ResNet-18 at 112 px spent about 15% of its time there (2231 -> 1883 ms, docs/SPEED.md).
+17 ms of faults, as long as several passes over it (measured step times with and
+without this setting: docs/training.md, "Freed host memory").
 GPU runs have torch's caching allocator for the same reason; on the CPU the usual fix
 is jemalloc or tcmalloc in ``LD_PRELOAD``. This module asks glibc itself, with
 ``mallopt``, to serve large blocks from its heap and not to trim it, so freed memory is
@@ -70,11 +70,12 @@ def keep_host_memory(enabled: bool = True) -> Iterator[str]:
     Yields a short description for the run's log. On exit glibc's defaults are restored
     and the kept memory is given back to the system.
     """
-    libc = _glibc() if enabled else None
     if not enabled:
         yield "off (train.keep_host_memory=false)"
         return
+    libc = _glibc()
     if libc is None or not _set(libc, NO_TRIM, 0):
+        release_to_system()  # undo a setting that took when the other did not
         yield "not available (the C library is not glibc)"
         return
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,10 +85,9 @@ def launch(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dic
     ctx, device = init_distributed(cfg.train.device)
     try:
         run_dir = Path(cfg.output_dir) if resume else run_on_main(lambda: choose_run_dir(cfg, overwrite), ctx)  # type: ignore[arg-type]
-        threads = apply_threads(cfg.train.threads, local_processes(ctx))
-        with keep_host_memory(_keeps_host_memory(cfg, device)) as host_memory:
+        with _process_settings(cfg, ctx, device) as reasons:
             trainer = Trainer(cfg, run_dir, ctx=ctx, device=device)
-            trainer.threads_reason, trainer.host_memory_reason = threads, host_memory
+            trainer.threads_reason, trainer.host_memory_reason = reasons
             if resume:
                 trainer.load_state(RunLayout(run_dir).checkpoint)
                 run_on_main(lambda: rewrite_config(cfg), ctx)
@@ -100,9 +101,15 @@ def launch(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> dic
         shutdown_distributed()
 
 
-def _keeps_host_memory(cfg: Config, device: torch.device) -> bool:
-    """``train.keep_host_memory`` applies to CPU training, whose tensors are host memory."""
-    return cfg.train.keep_host_memory and device.type == "cpu"
+@contextmanager
+def _process_settings(cfg: Config, ctx: DistContext, device: torch.device) -> Iterator[tuple[str, str]]:
+    """The process-wide settings of an entry point: CPU threads, and freed host memory kept for reuse
+    (``train.keep_host_memory`` applies to CPU training, whose tensors are host memory) until the run ends.
+
+    Yields why each is what it is, for the run's log."""
+    threads = apply_threads(cfg.train.threads, local_processes(ctx))
+    with keep_host_memory(cfg.train.keep_host_memory and device.type == "cpu") as host_memory:
+        yield threads, host_memory
 
 
 def dry_run(cfg: Config) -> None:
@@ -112,10 +119,9 @@ def dry_run(cfg: Config) -> None:
         with tempfile.TemporaryDirectory(prefix="gpd-dry-run-") as tmp:
             cfg.output_dir = str(Path(tmp) / "run")
             run_dir = run_on_main(lambda: prepare_run_dir(cfg), ctx)
-            threads = apply_threads(cfg.train.threads, local_processes(ctx))
-            with keep_host_memory(_keeps_host_memory(cfg, device)) as host_memory:
+            with _process_settings(cfg, ctx, device) as reasons:
                 trainer = Trainer(cfg, run_dir, DRY_RUN, ctx=ctx, device=device)
-                trainer.threads_reason, trainer.host_memory_reason = threads, host_memory
+                trainer.threads_reason, trainer.host_memory_reason = reasons
                 trainer.fit()
                 del trainer
             barrier(ctx)
