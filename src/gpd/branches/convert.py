@@ -76,7 +76,12 @@ def add_branches(
 
 
 def merge_branches(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with every OREPAConv2d merged back into a plain convolution."""
+    """A deep copy of ``model`` with every OREPAConv2d merged back into a plain convolution.
+
+    This merges OREPA's blocks only: it is the ``merge`` of the branch kind "orepa". Exports merge
+    through :meth:`gpd.expansion.RuleSet.merge_branches` (``RULES.merge_branches(model)``), which
+    applies the merge of every registered branch kind, a user's included.
+    """
     return _replace_modules(
         model,
         lambda module: isinstance(module, OREPAConv2d),

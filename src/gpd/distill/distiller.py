@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpd.branches import merge_branches
 from gpd.choices import BranchInit, BranchKind, KDMethodName, LayoutChoice
 from gpd.deprecated import renamed_kwargs, upgrade_state_keys, warn_renamed
 from gpd.distill.kd_methods import KDLoss, build_kd_method, kd_method_class
@@ -23,6 +22,7 @@ from gpd.distill.param_groups import decay_groups
 from gpd.errors import ConfigError
 from gpd.expansion import expand
 from gpd.expansion.expand import with_branches
+from gpd.expansion.rules import RULES
 from gpd.gpd_model import GPDModel
 from gpd.losses import sce
 from gpd.sharing.steps import clip_grad_norm_
@@ -356,7 +356,7 @@ class Distiller(nn.Module):
 
     def export_student(self) -> nn.Module:
         """A standalone copy of the student, in eval mode."""
-        student = self.gpd.export_student() if self.gpd is not None else merge_branches(self.student_module())
+        student = self.gpd.export_student() if self.gpd is not None else RULES.merge_branches(self.student_module())
         return student.eval()
 
     def param_groups(self, weight_decay: float, *, adaptive: bool = False) -> list[dict[str, Any]]:

@@ -18,8 +18,9 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from gpd.branches import merge_branches
+import gpd.branches  # noqa: F401  # registers the "orepa" branch kind (until the rule set loads it itself)
 from gpd.deprecated import renamed_kwargs
+from gpd.expansion.rules import RULES  # the branch kinds: exports merge their blocks
 from gpd.gpd_model import ExpansionReport, GPDModel, PairRoles
 
 
@@ -88,8 +89,8 @@ class UnsharedPair(PairRoles, nn.Module):
         return self.student(*args, **kwargs)
 
     def export_student(self) -> nn.Module:
-        """A standalone copy of the student (branch blocks merged into plain convolutions)."""
-        exported = merge_branches(self.student)
+        """A standalone copy of the student, the blocks of every registered branch kind merged."""
+        exported = RULES.merge_branches(self.student)
         exported.train(self.training)
         return exported
 

@@ -17,8 +17,8 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from gpd.branches import merge_branches
 from gpd.distill.pair import DynamicPair
+from gpd.expansion.rules import RULES
 
 
 @dataclass
@@ -88,8 +88,9 @@ def _key(weights: str) -> str:
 
 
 def export_student_of(core: nn.Module) -> nn.Module:
-    """A standalone student of the original class from a trained core (branches merged)."""
-    student = core.export_student() if isinstance(core, DynamicPair) else merge_branches(core)
+    """A standalone student of the original class from a trained core (the blocks of every registered branch
+    kind merged, as every export does: :meth:`gpd.expansion.RuleSet.merge_branches`)."""
+    student = core.export_student() if isinstance(core, DynamicPair) else RULES.merge_branches(core)
     return student.eval()
 
 
