@@ -169,7 +169,7 @@ def student_factor(kind: str, r: int, rule: str) -> float:
     return {"stem": r * r, "middle": r * r, "wide_grouped": r * r, "expanded_bias": r * r}.get(kind, 1.0)
 
 
-def teacher_factor(kind: str, r: int, rule: str) -> float:
+def dynamic_factor(kind: str, r: int, rule: str) -> float:
     """D's step relative to the plain wide network's, derived on paper (a wide group: paper scale 1)."""
     if rule == "plain":
         return 1.0
@@ -183,7 +183,7 @@ def test_student_and_dynamic_teacher_steps_per_kind(r: int, rule: str) -> None:
     x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (4,))
     plain = copy.deepcopy(student)
     F.cross_entropy(plain(x), y).backward()
-    model = gpd.expand(student, r, example_input=x, compensate_step=rule == "plain").train()
+    model = gpd.expand(student, r, example_input=x, step_rule=rule).train()
     assert model.report.layout == "interleaved"
     before = {n: p.detach().clone() for n, p in model.student_parameters().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
@@ -194,7 +194,7 @@ def test_student_and_dynamic_teacher_steps_per_kind(r: int, rule: str) -> None:
         predicted = -LR * student_factor(KINDS[name], r, rule) * param.grad
         assert rel_err(after[name] - before[name], predicted) <= 1e-9, (name, KINDS[name])
 
-    model = gpd.expand(randomized(SplitCNN()).train(), r, example_input=x, compensate_step=rule == "plain").train()
+    model = gpd.expand(randomized(SplitCNN()).train(), r, example_input=x, step_rule=rule).train()
     plain_d = copy.deepcopy(model.dynamic)  # the plain wide network: a deepcopy of the module carries no hooks
     F.cross_entropy(plain_d(x), y).backward()
     before = {n: p.detach().clone() for n, p in model.dynamic.named_parameters()}
@@ -203,7 +203,7 @@ def test_student_and_dynamic_teacher_steps_per_kind(r: int, rule: str) -> None:
     optimizer.step()
     grads = dict(plain_d.named_parameters())
     for name, param in model.dynamic.named_parameters():
-        predicted = -LR * teacher_factor(KINDS[name], r, rule) * grads[name].grad
+        predicted = -LR * dynamic_factor(KINDS[name], r, rule) * grads[name].grad
         assert rel_err(param.detach() - before[name], predicted) <= 1e-9, (name, KINDS[name])
 
 

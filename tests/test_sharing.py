@@ -245,7 +245,7 @@ def test_student_gradient_matches_the_generic_slicing_path(arch: str, ratio: flo
         assert torch.allclose(grad, expected[name], rtol=1e-6, atol=0), name
 
 
-# --- gpd.compensate_step: the r² effective step of hard sharing, removed on request -------------
+# --- step_rule="plain": the r² effective step of hard sharing, removed on request -----------------
 
 
 def sgd_step_of_student(gm: gpd.GPDModel, x: torch.Tensor, y: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
@@ -258,8 +258,8 @@ def sgd_step_of_student(gm: gpd.GPDModel, x: torch.Tensor, y: torch.Tensor, lr: 
 
 
 @pytest.mark.parametrize("ratio", [2, 1.5])
-def test_compensate_step_moves_the_student_as_plain_sgd_would(ratio: float) -> None:
-    """With compensate_step, one SGD step on D moves every student parameter by -lr * its
+def test_plain_step_rule_moves_the_student_as_plain_sgd_would(ratio: float) -> None:
+    """With step_rule="plain", one SGD step on D moves every student parameter by -lr * its
     gradient in the unexpanded student; without it, weights stored divided by r move r² as far."""
     student = make_student("cifar_resnet").double().train()  # float64: a step is a small difference of weights
     x, y = batch(1)
@@ -269,7 +269,7 @@ def test_compensate_step_moves_the_student_as_plain_sgd_would(ratio: float) -> N
     F.cross_entropy(plain(x), y).backward()
     expected = {n: -lr * p.grad for n, p in plain.named_parameters()}
 
-    compensated = gpd.expand(student, ratio, example_input=x, compensate_step=True).train()
+    compensated = gpd.expand(student, ratio, example_input=x, step_rule="plain").train()
     parity = gpd.expand(student, ratio, example_input=x).train()
     with torch.no_grad():  # the option changes the backward only
         assert torch.equal(compensated.forward_student(x), parity.forward_student(x))
@@ -288,7 +288,7 @@ def test_compensate_step_moves_the_student_as_plain_sgd_would(ratio: float) -> N
         assert max(factors.values()) > 1.5 and all(1 - 1e-3 < f < 4 + 1e-3 for f in factors.values())
 
 
-def test_compensate_step_also_on_the_generic_path() -> None:
+def test_plain_step_rule_also_on_the_generic_path() -> None:
     """A slice indexed on two axes is read with ordinary ops, not _ReadBlock: same rule."""
     from gpd.channel_maps import ChannelMap
     from gpd.sharing.param_slice import ParamSlice
@@ -300,9 +300,9 @@ def test_compensate_step_also_on_the_generic_path() -> None:
     read = ParamSlice({0: interleaved(3), 1: interleaved(4)}, divided_dim=1)
     theta = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(3, 4, dtype=torch.float64)
-    for compensate, factor in ((False, 2.0), (True, 0.5)):
+    for rule, factor in (("paper", 2.0), ("plain", 0.5)):
         theta.grad = None
-        value = read.derive(theta, compensate_step=compensate)
+        value = read.derive(theta, step_rule=rule)
         assert torch.equal(value, theta.detach()[0::2, 0::2] * 2)
         (value * upstream).sum().backward()
         expected = torch.zeros_like(theta)

@@ -115,7 +115,7 @@ def make(kind: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, object]:
 
 
 def expand(student: nn.Module, r: int, rule: str, x: torch.Tensor) -> gpd.GPDModel:
-    return gpd.expand(student, r, example_input=x, compensate_step=rule == "plain").train()
+    return gpd.expand(student, r, example_input=x, step_rule=rule).train()
 
 
 @pytest.mark.parametrize("rule", ["paper", "plain"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, TypeVar
 
 REMOVAL = "the old name will be removed in the next release"
@@ -37,6 +37,9 @@ METRIC_COLUMNS = {
 
 # config keys by section: old name -> new name
 CONFIG_KEYS = {"gpd": {"kd_weight": "sce_weight"}}
+
+# the step rule of an old boolean: compensate_step=True took the plain networks' steps
+COMPENSATE_STEP_RULES = {True: "plain", False: "paper"}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,6 +73,36 @@ def renamed_kwargs(**renames: str) -> Callable[[F], F]:
                         )
                     warn_renamed(f"{fn.__qualname__}({old}=...)", f"{new}=...", stacklevel=3)
                     kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def renamed_value(where: str, old: str, new: str, value: Any, values: Mapping[Any, Any], *, stacklevel: int = 4) -> Any:
+    """``values[value]``, the new keyword's value for the old keyword's ``value``, with a warning naming both
+    (``compensate_step=True`` -> ``step_rule='plain'``); ValueError for a value the old keyword never took."""
+    if value not in values:
+        raise ValueError(f"{where}: {old} must be one of {', '.join(map(repr, values))}, got {value!r}")
+    mapped = values[value]
+    warn_renamed(f"{where}({old}={value!r})", f"{new}={mapped!r}", stacklevel=stacklevel)
+    return mapped
+
+
+def renamed_value_kwargs(old: str, new: str, values: Mapping[Any, Any]) -> Callable[[F], F]:
+    """As :func:`renamed_kwargs`, for an old keyword whose values differ from the new one's: ``old=v`` is
+    read as ``new=values[v]`` (warning once per call); giving both is a TypeError."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(
+                        f"{fn.__qualname__}() got {old}= and {new}=; {old} is the old form of {new}, give only {new}"
+                    )
+                kwargs[new] = renamed_value(fn.__qualname__, old, new, kwargs.pop(old), values)
             return fn(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

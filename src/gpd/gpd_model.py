@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from gpd.channel_maps import WidthPlan
+from gpd.choices import StepRule
 from gpd.deprecated import dynamic_role, renamed_kwargs, upgrade_state_keys, warn_renamed
 from gpd.expansion.roles import LayerRoles
 from gpd.expansion.rules import RULES  # the branch kinds: exports merge their blocks
@@ -172,9 +173,9 @@ class GPDModel(PairRoles, nn.Module):
         return exported
 
     @property
-    def step_rule(self) -> str:
+    def step_rule(self) -> StepRule:
         """ "paper" (D's tensors stepped as in the paper's layout) or "plain" (plain networks' steps)."""
-        return "plain" if self.student.compensate_step else "paper"
+        return self.student.step_rule
 
     def extra_repr(self) -> str:
         return f"ratio={self.plan.ratio}, steps={self.step_rule}"

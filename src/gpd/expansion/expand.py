@@ -18,76 +18,18 @@ import torch
 from torch import nn
 
 from gpd.channel_maps import LAYOUTS, ChannelMap, Layout, WidthPlan
-from gpd.choices import BranchInit, BranchKind, LayoutChoice
+from gpd.choices import BranchInit, LayoutChoice, StepRule, check_choice
+from gpd.deprecated import COMPENSATE_STEP_RULES, renamed_value_kwargs
 from gpd.errors import ExpansionError, first_line
 from gpd.expansion.build import build_teacher
+from gpd.expansion.examples import CHECK_EXTRA, MEASURE_EXTRA, example_of, with_extra_samples
+from gpd.expansion.examples import infer_input_size as infer_input_size  # its old home (gpd.cli imports it here)
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
 from gpd.expansion.rules import RULES
 from gpd.expansion.verify import locate_divergence, relative_error
 from gpd.gpd_model import ExpansionReport, GPDModel
 from gpd.sharing import StudentView
 from gpd.sharing.steps import paper_scales
-
-
-def infer_input_size(model: nn.Module) -> tuple[int, ...]:
-    """A plausible per-sample input size (C, H, W).
-
-    Channels come from the first convolution; the spatial size from how the model was
-    built (``img_size`` in gpd's model spec, a timm patch embedding), else timm's
-    default config, else 32 x 32 (enough for any CNN with global pooling).
-    """
-    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    cfgs = (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None))
-    cfg = next((c for c in cfgs if isinstance(c, dict)), {})
-    cfg_size = tuple(cfg.get("input_size") or ())
-    channels = first_conv.in_channels if first_conv is not None else (cfg_size[0] if cfg_size else None)
-    if channels is None:
-        raise ExpansionError(
-            f"cannot tell the input size of {type(model).__name__}; pass example_input= or input_size=(C, H, W)"
-        )
-    spec_size = (getattr(model, "gpd_spec", None) or {}).get("kwargs", {}).get("img_size")
-    patch_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    for size in (spec_size, patch_size, cfg_size[1:] if cfg_size else None):
-        if size:
-            height, width = (size, size) if isinstance(size, int) else tuple(size)
-            return (channels, int(height), int(width))
-    return (channels, 32, 32)
-
-
-def _example(model: nn.Module, example_input: Any, input_size: tuple[int, ...] | None, batch: int = 2) -> tuple:
-    if example_input is not None:
-        return example_input if isinstance(example_input, tuple) else (example_input,)
-    size = tuple(input_size) if input_size is not None else infer_input_size(model)
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    generator = torch.Generator().manual_seed(0)
-    return (torch.randn((batch, *size), generator=generator).to(device),)
-
-
-MEASURE_EXTRA, CHECK_EXTRA = 6, 2  # random samples added to the example: to measure layouts, to verify
-
-
-def with_extra_samples(example: tuple, extra: int, seed: int) -> tuple:
-    """``example`` with ``extra`` random samples of the same per-sample shape, mean and std appended.
-
-    Two samples rarely tell every channel apart: a ReLU leaves some all zero (dead on
-    the example, alive on other inputs), and equal channels cannot be told copy from
-    copy. Layouts are measured on more samples, and verification adds samples the
-    measurement never saw, so a wrong guess among equal channels is refused, not kept.
-    Only an example made of float tensors of one batch size is extended.
-    """
-    tensors = [t for t in example if isinstance(t, torch.Tensor)]
-    if not tensors or len(tensors) != len(example) or any(not t.is_floating_point() or t.ndim < 1 for t in tensors):
-        return example
-    if len({t.shape[0] for t in tensors}) != 1:
-        return example
-    generator = torch.Generator().manual_seed(seed)
-    extended = []
-    for t in tensors:
-        noise = torch.randn((extra, *t.shape[1:]), generator=generator, dtype=t.dtype).to(t.device)
-        std = t.std() if t.numel() > 1 else torch.ones((), dtype=t.dtype)
-        extended.append(torch.cat([t, noise * std + t.mean()], 0))
-    return tuple(extended)
 
 
 def add_symmetry_noise(model: GPDModel, std: float, generator: torch.Generator | None = None) -> None:
@@ -255,8 +197,8 @@ def verify_once(
         model.train(modes[1])
 
 
-def with_branches(model: nn.Module, branches: BranchKind | None, branch_init: BranchInit) -> nn.Module:
-    """``model`` with multi-branch blocks added as asked (a copy), or ``model`` itself."""
+def with_branches(model: nn.Module, branches: str | None, branch_init: BranchInit) -> nn.Module:
+    """``model`` with the blocks of the registered branch kind ``branches`` added (a copy), or ``model`` itself."""
     if branches in (None, "none"):
         return model
     kind = RULES.branch_kind(branches)
@@ -282,6 +224,7 @@ def _refusals_only(function: Callable[..., GPDModel]) -> Callable[..., GPDModel]
     return wrapper
 
 
+@renamed_value_kwargs("compensate_step", "step_rule", COMPENSATE_STEP_RULES)  # the old boolean (one release)
 @_refusals_only
 def expand(
     model: nn.Module,
@@ -294,9 +237,9 @@ def expand(
     noise_std: float = 0.0,
     tolerance: float = 1e-4,
     check: bool = True,
-    branches: BranchKind | None = None,
+    branches: str | None = None,
     branch_init: BranchInit = "default",
-    compensate_step: bool = False,
+    step_rule: StepRule = "paper",
     layout: LayoutChoice = "auto",
 ) -> GPDModel:
     """Build the dynamic teacher of ``model`` at width ``ratio`` and share its parameters.
@@ -315,18 +258,17 @@ def expand(
             ``report.noise_error`` is D's measured departure from the student.
         tolerance: largest relative error accepted by the verification.
         check: verify numerically (eval mode) and raise ExpansionError on mismatch.
-        branches: "orepa" turns every 3x3 stride-1 convolution of the student into a
-            six-branch block first (Channel-Branch Reparameterization); None or
-            "none" keeps the student as it is. Exports merge the blocks back.
+        branches: a registered branch kind: "orepa" turns every 3x3 stride-1 convolution of
+            the student into a six-branch block first (Channel-Branch Reparameterization);
+            None or "none" keeps the student as it is. Exports merge the blocks back.
         branch_init: "default" (training from scratch) or "identity" (each block starts
             equal to its convolution: for a pretrained student).
-        compensate_step: the step rule. False (the default): every tensor of D, and so
-            of the student, takes the SGD step it takes in the paper's parameterisation
-            (gradient hooks on D's stem, head, biases and tokens; see
-            :mod:`gpd.sharing.steps`). True: the plain networks' steps everywhere: D
-            steps as the plain wide network it is, and the student's gradient reaches
-            D's divided tensors divided by r instead of multiplied, so the student
-            steps as the unexpanded student would (docs/method.md, "Per-layer steps").
+        step_rule: "paper" (the default): every tensor of D, and so of the student, takes the
+            SGD step it takes in the paper's parameterisation (gradient hooks on D's stem, head,
+            biases and tokens; :mod:`gpd.sharing.steps`). "plain" (the old ``compensate_step=True``,
+            which warns): the plain networks' steps: D steps as the plain wide network it is, and
+            the student's gradient reaches D's divided tensors divided by r instead of multiplied,
+            so the student steps as the unexpanded student would (docs/method.md, "Per-layer steps").
         layout: how D lays out the copies of a channel: "tiled" (``[h, h]``, the
             student's tensors are a prefix of D's), "interleaved" (each channel's
             copies side by side: what a ``forward()`` that splits or slices channels
@@ -335,15 +277,16 @@ def expand(
     """
     if layout not in ("auto", *LAYOUTS):
         raise ExpansionError(f"layout must be 'auto', {', '.join(repr(x) for x in LAYOUTS)}; got {layout!r}")
+    check_choice("step_rule", step_rule, StepRule, error=ExpansionError)
     layouts: list[Layout] = ["tiled", "interleaved"] if layout == "auto" else [layout]  # checked above
     plans = [WidthPlan(ratio, name) for name in layouts]
-    example = _example(model, example_input, input_size)  # before branches hide the stem conv
+    example = example_of(model, example_input, input_size)  # before branches hide the stem conv
     model = with_branches(model, branches, branch_init)
     roles = detect_roles(model, example, input_layers, output_layers)
     refusals: list[ExpansionError] = []
     for plan in plans:
         try:
-            return _expand_with_plan(model, plan, roles, example, noise_std, tolerance, check, compensate_step)
+            return _expand_with_plan(model, plan, roles, example, noise_std, tolerance, check, step_rule)
         except ExpansionError as err:
             refusals.append(err)
     if len(refusals) == 1:
@@ -361,7 +304,7 @@ def _expand_with_plan(
     noise_std: float,
     tolerance: float,
     check: bool,
-    compensate_step: bool,
+    step_rule: StepRule,
 ) -> GPDModel:
     """:func:`expand` in one layout: build D, share, verify, add the noise."""
     probe = with_extra_samples(example, MEASURE_EXTRA, seed=1)
@@ -382,8 +325,8 @@ def _expand_with_plan(
             stacklevel=2,
         )
     report = ExpansionReport(ratio=plan.ratio, roles=roles, rules_used=rules_used, layout=plan.layout)
-    scales = {} if compensate_step else paper_scales(slices, teacher)
-    gpd_model = GPDModel(teacher, StudentView(model, slices, compensate_step), plan, report, paper_scales=scales)
+    scales = paper_scales(slices, teacher) if step_rule == "paper" else {}
+    gpd_model = GPDModel(teacher, StudentView(model, slices, step_rule), plan, report, paper_scales=scales)
     gpd_model.train(model.training)
     if check:  # the rules must be exact; the noise below is a deliberate, reported departure
         report.dynamic_error, report.student_error, report.checked_in_float64 = verify(

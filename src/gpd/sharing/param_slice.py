@@ -16,6 +16,8 @@ from typing import cast
 import torch
 
 from gpd.channel_maps import ChannelMap
+from gpd.choices import StepRule
+from gpd.deprecated import COMPENSATE_STEP_RULES, renamed_value
 
 
 @dataclass(eq=False)
@@ -42,34 +44,42 @@ class ParamSlice:
     paper_scale: float = 1.0
     _scales: dict[tuple[torch.device, torch.dtype], torch.Tensor | float] = field(default_factory=dict, repr=False)
 
-    def derive(self, teacher_tensor: torch.Tensor, compensate_step: bool = False) -> torch.Tensor:
+    def derive(
+        self, dynamic_tensor: torch.Tensor, step_rule: StepRule = "paper", *, compensate_step: bool | None = None
+    ) -> torch.Tensor:
         """The student's tensor: a view of D's where no rescaling is needed.
 
         When the result takes part in autograd, it is read by :class:`_ReadBlock`
         instead: one copy forward, and a backward that writes the student's gradient
         straight into a zero tensor laid out like D's parameter (see there).
 
-        ``compensate_step``: the student's value is ``scale * theta``, so its gradient
+        ``step_rule``: the student's value is ``scale * theta``, so its gradient
         reaches ``theta`` multiplied by ``scale`` and an SGD step moves the student's
-        value by ``scale**2`` times the plain step (docs/method.md). With True the
+        value by ``scale**2`` times the plain step (docs/method.md). With "plain" the
         gradient is divided by ``scale`` instead (same forward value), which removes
-        that factor; tensors without a divided axis are unaffected.
+        that factor; tensors without a divided axis are unaffected. "paper" (the
+        default) keeps the true derivative. ``compensate_step`` is the old boolean
+        (True: "plain"); it warns.
         """
-        if torch.is_grad_enabled() and teacher_tensor.requires_grad:
+        if compensate_step is not None or isinstance(step_rule, bool):  # the old boolean, by name or by position
+            old = compensate_step if compensate_step is not None else step_rule
+            step_rule = renamed_value("ParamSlice.derive", "compensate_step", "step_rule", old, COMPENSATE_STEP_RULES)
+        plain = step_rule == "plain"
+        if torch.is_grad_enabled() and dynamic_tensor.requires_grad:
             read = self._block_reader()
             if read is not None:
                 prefix, index_dim, index = read
-                scale = self._scale(teacher_tensor) if self.divided_dim is not None else None
-                grad_scale = 1 / scale if compensate_step and scale is not None else scale
+                scale = self._scale(dynamic_tensor) if self.divided_dim is not None else None
+                grad_scale = 1 / scale if plain and scale is not None else scale
                 if index is not None:
-                    index = index.to(teacher_tensor.device)
-                return _ReadBlock.apply(teacher_tensor, prefix, index_dim, index, scale, grad_scale)
-        out = teacher_tensor
+                    index = index.to(dynamic_tensor.device)
+                return _ReadBlock.apply(dynamic_tensor, prefix, index_dim, index, scale, grad_scale)
+        out = dynamic_tensor
         for dim, channel_map in self.dims.items():
             out = channel_map.select(out, dim)
         if self.divided_dim is not None:
             scale = self._scale(out)
-            if compensate_step and out.requires_grad:
+            if plain and out.requires_grad:
                 # forward: scale * out; backward: the gradient divided by scale
                 return out / scale + (out * scale - out / scale).detach()
             out = out * scale
@@ -101,13 +111,13 @@ class ParamSlice:
             self._scales[key] = channel_map.student_scale(dim, like.ndim, like)
         return self._scales[key]
 
-    def student_mask(self, teacher_shape: torch.Size) -> torch.Tensor:
+    def student_mask(self, dynamic_shape: torch.Size) -> torch.Tensor:
         """Boolean mask over D's tensor, True where the student's entries live."""
-        mask = torch.ones(teacher_shape, dtype=torch.bool)
+        mask = torch.ones(dynamic_shape, dtype=torch.bool)
         for dim, channel_map in self.dims.items():
-            along = torch.zeros(teacher_shape[dim], dtype=torch.bool)
+            along = torch.zeros(dynamic_shape[dim], dtype=torch.bool)
             along[channel_map.student_index] = True
-            shape = [1] * len(teacher_shape)
+            shape = [1] * len(dynamic_shape)
             shape[dim] = -1
             mask = mask & along.view(shape)
         return mask
@@ -139,8 +149,8 @@ class _ReadBlock(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, teacher, prefix, index_dim, index, scale, grad_scale):
-        block = teacher
+    def forward(ctx, dynamic, prefix, index_dim, index, scale, grad_scale):
+        block = dynamic
         for dim, size in prefix:
             block = block.narrow(dim, 0, size)
         if index is not None:
@@ -151,7 +161,7 @@ class _ReadBlock(torch.autograd.Function):
             out = block.clone(memory_format=torch.preserve_format)
         else:
             out = block
-        ctx.shape, ctx.format = teacher.shape, _memory_format(teacher)
+        ctx.shape, ctx.format = dynamic.shape, _memory_format(dynamic)
         ctx.prefix, ctx.index_dim, ctx.index, ctx.grad_scale = prefix, index_dim, index, grad_scale
         return out
 

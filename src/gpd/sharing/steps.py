@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-StepRule = Literal["paper", "plain"]
-STEP_RULES: tuple[str, ...] = ("paper", "plain")
+from gpd.choices import StepRule, choices_of
+
+STEP_RULES: tuple[str, ...] = choices_of(StepRule)  # "paper": these steps (the default); "plain": none of them
 
 
 def paper_scales(slices: dict, dynamic: nn.Module) -> dict[str, float]:

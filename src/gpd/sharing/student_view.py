@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from gpd.choices import StepRule, check_choice
+from gpd.deprecated import COMPENSATE_STEP_RULES, renamed_value, renamed_value_kwargs, warn_renamed
 from gpd.sharing.cache import VersionedCache
 from gpd.sharing.param_slice import ParamSlice
 
@@ -33,9 +35,13 @@ class StudentView(nn.Module):
     student adds nothing to ``parameters()`` of the model that owns it.
     """
 
-    def __init__(self, student: nn.Module, slices: dict[str, ParamSlice], compensate_step: bool = False) -> None:
+    @renamed_value_kwargs("compensate_step", "step_rule", COMPENSATE_STEP_RULES)
+    def __init__(self, student: nn.Module, slices: dict[str, ParamSlice], step_rule: StepRule = "paper") -> None:
         super().__init__()
-        self.compensate_step = compensate_step  # see ParamSlice.derive: removes the r² step on divided weights
+        if isinstance(step_rule, bool):  # the old boolean, given by position
+            step_rule = renamed_value("StudentView", "compensate_step", "step_rule", step_rule, COMPENSATE_STEP_RULES)
+        # see ParamSlice.derive: "plain" removes the r² step on divided weights
+        self.step_rule: StepRule = check_choice("step_rule", step_rule, StepRule, error=ValueError)
         names = [name for name, _ in student.named_parameters()]
         missing = [name for name in names if name not in slices]
         if missing:
@@ -49,7 +55,7 @@ class StudentView(nn.Module):
 
     def derive(self, dynamic_params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The student's parameters, read out of D's (differentiable)."""
-        return {name: s.derive(dynamic_params[name], self.compensate_step) for name, s in self.slices.items()}
+        return {name: s.derive(dynamic_params[name], self.step_rule) for name, s in self.slices.items()}
 
     def forward(self, dynamic_params: dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> Any:
         return functional_call(self.module, self._parameters_for(dynamic_params), args, kwargs, strict=False)
@@ -62,7 +68,7 @@ class StudentView(nn.Module):
             return self.derive(dynamic_params)
         cache = self.__dict__.setdefault("_derived", VersionedCache())
         tensors = [dynamic_params[name] for name in self.slices]
-        extra = (torch.is_inference_mode_enabled(), self.compensate_step)
+        extra = (torch.is_inference_mode_enabled(), self.step_rule)
         derived = cache.get(tensors, extra)
         return derived if derived is not None else cache.put(tensors, self.derive(dynamic_params), extra)
 
@@ -75,3 +81,16 @@ class StudentView(nn.Module):
             owner, leaf = _owner(module, name)
             owner.register_parameter(leaf, nn.Parameter(values[name].detach().clone(), requires_grad=requires_grad))
         return module
+
+    @property
+    def compensate_step(self) -> bool:
+        """Deprecated: the old boolean of ``step_rule`` (True: "plain")."""
+        warn_renamed("StudentView.compensate_step", "StudentView.step_rule")
+        return self.step_rule == "plain"
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A view pickled before ``step_rule`` holds the old boolean ``compensate_step``: read as its rule."""
+        if "compensate_step" in state and "step_rule" not in state:
+            state = {**state, "step_rule": COMPENSATE_STEP_RULES[bool(state["compensate_step"])]}
+            del state["compensate_step"]
+        super().__setstate__(state)
