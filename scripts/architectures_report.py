@@ -30,7 +30,7 @@ def _cell(result: ZooResult | None) -> str:
         return "not run"
     if not result.exact:
         return "refused"
-    errors = f"{result.teacher_error:.0e} / {result.student_error:.0e} / {result.export_error:.0e}"
+    errors = f"{result.dynamic_error:.0e} / {result.student_error:.0e} / {result.export_error:.0e}"
     layout = ", interleaved" if result.layout == "interleaved" else ""
     return f"exact {errors}{' (f64)' if result.float64 else ''}{layout}, {result.seconds:.1f} s"
 
@@ -80,7 +80,7 @@ def write(results: dict[str, dict[float, ZooResult]], ratios: list[float], wall:
         rs = results[spec.name]
         first = rs.get(ratios[0])
         params = (
-            f"{first.student_params / 1e6:.2f}M -> {first.teacher_params / 1e6:.2f}M" if first and first.exact else ""
+            f"{first.student_params / 1e6:.2f}M -> {first.dynamic_params / 1e6:.2f}M" if first and first.exact else ""
         )
         cells = " | ".join(_cell(rs.get(ratio)) for ratio in ratios)
         rows.append(f"| {spec.name} | {spec.family} | {spec.input_size[1]} | {params} | {cells} |")

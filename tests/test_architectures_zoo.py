@@ -37,7 +37,7 @@ def test_zoo_is_large_and_names_are_unique() -> None:
 def test_fast_representatives_are_exact(name: str) -> None:
     result = check_model(BY_NAME[name], 2)
     assert result.exact, result.reason
-    assert max(result.teacher_error, result.student_error, result.export_error) <= 1e-4
+    assert max(result.dynamic_error, result.student_error, result.export_error) <= 1e-4
 
 
 @pytest.mark.slow
@@ -45,7 +45,7 @@ def test_fast_representatives_are_exact(name: str) -> None:
 def test_every_zoo_model_is_exact_or_refused(name: str) -> None:
     result = check_model(BY_NAME[name], 2)  # any exception but ExpansionError fails here
     if result.exact:
-        assert max(result.teacher_error, result.student_error, result.export_error) <= 1e-4
+        assert max(result.dynamic_error, result.student_error, result.export_error) <= 1e-4
     else:
         assert result.reason and "\n" not in result.reason, result.reason
         assert not result.reason.startswith("differs on a fresh input"), result.reason  # silently different

@@ -67,7 +67,7 @@ def _swap(target: nn.Module, new: nn.Module) -> None:
     target.__dict__.update(new.__dict__)
 
 
-class TeacherBuilder:
+class DynamicBuilder:
     """Expands every layer of the student once, in D's execution order."""
 
     def __init__(self, student: nn.Module, plan: WidthPlan, roles: LayerRoles) -> None:
@@ -141,16 +141,16 @@ class TeacherBuilder:
         return inputs
 
     def build(self, example: tuple) -> nn.Module:
-        teacher = copy.deepcopy(self.student)
+        dynamic = copy.deepcopy(self.student)
         for name, module, axes in iter_channel_tensor_holders(self.student):
-            target = teacher.get_submodule(name) if name else teacher
+            target = dynamic.get_submodule(name) if name else dynamic
             prefix = f"{name}." if name else ""
             for tensor_name, param_slice in expand_own_tensors(
                 module, target, name, axes, self.plan, set(self.counts)
             ).items():
                 self.slices[prefix + tensor_name] = param_slice
                 self.rules_used.setdefault("channel_tensors", []).append(prefix + tensor_name)
-        for attr in resize_channel_attributes(teacher, self.plan):
+        for attr in resize_channel_attributes(dynamic, self.plan):
             self.rules_used.setdefault("channel_attributes", []).append(attr)
         pending: dict[str, tuple[nn.Module, RuleEntry | None]] = {}
         seen: set[int] = set()
@@ -182,28 +182,28 @@ class TeacherBuilder:
                         self.known_maps[:0] = [m for m in measured.maps.values() if not m.is_identity]
                 _swap(mod, self.expand_unit(name, module, entry, measured).module)
 
-            handles.append(teacher.get_submodule(name).register_forward_pre_hook(hook))
+            handles.append(dynamic.get_submodule(name).register_forward_pre_hook(hook))
         from gpd.expansion.expand import run_or_explain  # the same error naming as verification
 
-        was_training = teacher.training
-        teacher.eval()
+        was_training = dynamic.training
+        dynamic.eval()
         try:
             with torch.no_grad():
-                run_or_explain("dynamic teacher", teacher, teacher, example)
+                run_or_explain("dynamic teacher", dynamic, dynamic, example)
         finally:
-            teacher.train(was_training)
+            dynamic.train(was_training)
             for handle in handles:
                 handle.remove()
         for name, (module, entry) in pending.items():
             if name not in self.built:  # never called on the example: the tiled layout
-                _swap(teacher.get_submodule(name), self.expand_unit(name, module, entry, None).module)
-        return teacher
+                _swap(dynamic.get_submodule(name), self.expand_unit(name, module, entry, None).module)
+        return dynamic
 
 
 FLOAT64_BUILD_LIMIT = 1e8  # D's parameters; larger Ds are built in the student's dtype (memory)
 
 
-def build_teacher(
+def build_dynamic(
     student: nn.Module, plan: WidthPlan, roles: LayerRoles, example: tuple[Any, ...]
 ) -> tuple[nn.Module, dict[str, ParamSlice], dict[str, ChannelMap], dict[str, list[str]], nn.Module | None]:
     """D, the slice of every student parameter, each layer's output map, the rules used, and D in float64.
@@ -220,9 +220,9 @@ def build_teacher(
     if in_float64:
         student = copy.deepcopy(student).double()
         example = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in example)
-    builder = TeacherBuilder(student, plan, roles)
-    teacher = builder.build(example)
-    teacher64 = teacher if in_float64 else None
+    builder = DynamicBuilder(student, plan, roles)
+    dynamic = builder.build(example)
+    dynamic64 = dynamic if in_float64 else None
     if in_float64:
-        teacher = copy.deepcopy(teacher).float()
-    return teacher, builder.slices, builder.output_maps, builder.rules_used, teacher64
+        dynamic = copy.deepcopy(dynamic).float()
+    return dynamic, builder.slices, builder.output_maps, builder.rules_used, dynamic64

@@ -21,7 +21,7 @@ from gpd.channel_maps import LAYOUTS, ChannelMap, Layout, WidthPlan
 from gpd.choices import BranchInit, LayoutChoice, StepRule, check_choice
 from gpd.deprecated import COMPENSATE_STEP_RULES, renamed_value_kwargs
 from gpd.errors import ExpansionError, first_line
-from gpd.expansion.build import build_teacher
+from gpd.expansion.build import build_dynamic
 from gpd.expansion.examples import CHECK_EXTRA, MEASURE_EXTRA, example_of, with_extra_samples
 from gpd.expansion.examples import infer_input_size as infer_input_size  # its old home (gpd.cli imports it here)
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
@@ -82,9 +82,9 @@ def _measure(student: nn.Module, model: GPDModel, example: tuple) -> tuple[float
     """Relative errors of D and of the student view against ``student`` (eval mode, no grad)."""
     with torch.no_grad():
         expected = student(*example)
-        teacher = run_or_explain("dynamic teacher", model.dynamic, model.forward_dynamic, example)
+        dynamic = run_or_explain("dynamic teacher", model.dynamic, model.forward_dynamic, example)
         view = run_or_explain("shared-parameter student", model.student.module, model.forward_student, example)
-    return relative_error(teacher, expected), relative_error(view, expected)
+    return relative_error(dynamic, expected), relative_error(view, expected)
 
 
 def _raise_mismatch(
@@ -115,7 +115,7 @@ LAYER_SCALE_MAX = 1e-4  # a per-channel vector initialised this small (1e-6, 1e-
 
 
 def with_unit_layer_scales(
-    student: nn.Module, model: GPDModel, teacher64: nn.Module | None
+    student: nn.Module, model: GPDModel, dynamic64: nn.Module | None
 ) -> tuple[nn.Module, GPDModel, nn.Module | None] | None:
     """Copies of the student and of D whose layer scales are one; None when there are none.
 
@@ -133,14 +133,14 @@ def with_unit_layer_scales(
     if not names:
         return None
     student, model = copy.deepcopy(student), copy.deepcopy(model)
-    teacher64 = copy.deepcopy(teacher64) if teacher64 is not None else None
+    dynamic64 = copy.deepcopy(dynamic64) if dynamic64 is not None else None
     with torch.no_grad():
-        for module in (student, model.dynamic, teacher64):
+        for module in (student, model.dynamic, dynamic64):
             if module is not None:
                 params = dict(module.named_parameters())
                 for name in names:
                     params[name].fill_(1.0)
-    return student, model, teacher64
+    return student, model, dynamic64
 
 
 def verify(
@@ -149,11 +149,11 @@ def verify(
     example: tuple,
     output_maps: dict[str, ChannelMap],
     tolerance: float,
-    teacher64: nn.Module | None = None,
+    dynamic64: nn.Module | None = None,
 ) -> tuple[float, float, bool]:
     """:func:`verify_once`, then again with every layer scale at one (:func:`with_unit_layer_scales`)."""
-    result = verify_once(student, model, example, output_maps, tolerance, teacher64)
-    unit = with_unit_layer_scales(student, model, teacher64)
+    result = verify_once(student, model, example, output_maps, tolerance, dynamic64)
+    unit = with_unit_layer_scales(student, model, dynamic64)
     if unit is not None:
         verify_once(unit[0], unit[1], example, output_maps, tolerance, unit[2])
     return result
@@ -165,14 +165,14 @@ def verify_once(
     example: tuple,
     output_maps: dict[str, ChannelMap],
     tolerance: float,
-    teacher64: nn.Module | None = None,
+    dynamic64: nn.Module | None = None,
 ) -> tuple[float, float, bool]:
     """Relative errors of D and of the student view, and whether float64 settled it; raise on mismatch.
 
     Deep float32 networks accumulate rounding differences between a sum over C
     channels and a sum over r * C halves. When the float32 errors exceed
     ``tolerance``, the check is repeated on float64 copies, with D's values taken
-    from ``teacher64`` (D as built in float64, before ``W / r`` was rounded to
+    from ``dynamic64`` (D as built in float64, before ``W / r`` was rounded to
     float32) when given: an exact mapping then agrees to ~1e-12 and is accepted (the
     float32 errors are still reported); a wrong one is located and refused.
     """
@@ -184,8 +184,8 @@ def verify_once(
         if max(errors) <= tolerance:
             return (*errors, False)
         student64, model64 = copy.deepcopy(student).double(), copy.deepcopy(model).double()
-        if teacher64 is not None:
-            model64.dynamic.load_state_dict(teacher64.state_dict())
+        if dynamic64 is not None:
+            model64.dynamic.load_state_dict(dynamic64.state_dict())
         example64 = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in example)
         errors64 = _measure(student64, model64, example64)
         if max(errors64) <= FLOAT64_TOLERANCE:
@@ -308,7 +308,7 @@ def _expand_with_plan(
 ) -> GPDModel:
     """:func:`expand` in one layout: build D, share, verify, add the noise."""
     probe = with_extra_samples(example, MEASURE_EXTRA, seed=1)
-    teacher, slices, output_maps, rules_used, teacher64 = build_teacher(model, plan, roles, probe)
+    dynamic, slices, output_maps, rules_used, dynamic64 = build_dynamic(model, plan, roles, probe)
     del probe
     missing = [name for name, _ in model.named_parameters() if name not in slices]
     if missing:
@@ -325,14 +325,14 @@ def _expand_with_plan(
             stacklevel=2,
         )
     report = ExpansionReport(ratio=plan.ratio, roles=roles, rules_used=rules_used, layout=plan.layout)
-    scales = paper_scales(slices, teacher) if step_rule == "paper" else {}
-    gpd_model = GPDModel(teacher, StudentView(model, slices, step_rule), plan, report, paper_scales=scales)
+    scales = paper_scales(slices, dynamic) if step_rule == "paper" else {}
+    gpd_model = GPDModel(dynamic, StudentView(model, slices, step_rule), plan, report, paper_scales=scales)
     gpd_model.train(model.training)
     if check:  # the rules must be exact; the noise below is a deliberate, reported departure
         report.dynamic_error, report.student_error, report.checked_in_float64 = verify(
-            model, gpd_model, with_extra_samples(example, CHECK_EXTRA, seed=2), output_maps, tolerance, teacher64
+            model, gpd_model, with_extra_samples(example, CHECK_EXTRA, seed=2), output_maps, tolerance, dynamic64
         )
-    del teacher64
+    del dynamic64
     if noise_std:
         add_symmetry_noise(gpd_model, noise_std)
         report.noise_std = noise_std

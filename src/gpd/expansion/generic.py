@@ -54,11 +54,11 @@ def _resized(value: object, plan: WidthPlan) -> object:
     return None
 
 
-def resize_channel_attributes(teacher: nn.Module, plan: WidthPlan) -> list[str]:
+def resize_channel_attributes(dynamic: nn.Module, plan: WidthPlan) -> list[str]:
     """Apply the declared channel attributes to every module of D; the names changed."""
     run_pending_registrations()
     changed = []
-    for name, module in teacher.named_modules():
+    for name, module in dynamic.named_modules():
         for cls in type(module).__mro__:
             for attr in _CHANNEL_ATTRIBUTES.get(cls, ()):
                 value = _resized(getattr(module, attr, None), plan)

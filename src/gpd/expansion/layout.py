@@ -147,7 +147,7 @@ def _consistent_prior(priors: list[ChannelMap], nearest: torch.Tensor, group: to
 
 
 def match_channels(
-    teacher: torch.Tensor, student: torch.Tensor, dim: int, plan: WidthPlan, priors: list[ChannelMap] | None = None
+    dynamic: torch.Tensor, student: torch.Tensor, dim: int, plan: WidthPlan, priors: list[ChannelMap] | None = None
 ) -> tuple[ChannelMap | None, float]:
     """The map of D's channels on ``dim`` onto the student's, and the worst mismatch found.
 
@@ -158,7 +158,7 @@ def match_channels(
     Returns ``(None, error)`` when no layout explains D's tensor.
     """
     tolerance = _tolerance(student)
-    a, b = _rows(teacher, dim), _rows(student, dim)
+    a, b = _rows(dynamic, dim), _rows(student, dim)
     if a.shape[1] != b.shape[1]:
         return None, float("inf")
     scale = float(b.abs().max()) or 1.0
@@ -189,22 +189,22 @@ def match_channels(
 
 
 def measure_input(
-    teacher: torch.Tensor, student: torch.Tensor, plan: WidthPlan, priors: list[ChannelMap] | None = None
+    dynamic: torch.Tensor, student: torch.Tensor, plan: WidthPlan, priors: list[ChannelMap] | None = None
 ) -> MeasuredInput | None:
     """The measured layout of one input tensor; None when no layout explains it (or ranks differ)."""
-    if teacher.ndim != student.ndim or not teacher.is_floating_point():
+    if dynamic.ndim != student.ndim or not dynamic.is_floating_point():
         return None
-    differing = [d for d in range(student.ndim) if teacher.shape[d] != student.shape[d]]
+    differing = [d for d in range(student.ndim) if dynamic.shape[d] != student.shape[d]]
     if len(differing) > 1:
         return None
     if not differing:
         if not torch.allclose(
-            teacher.double(), student.double(), rtol=0, atol=_tolerance(student) * (float(student.abs().max()) or 1.0)
+            dynamic.double(), student.double(), rtol=0, atol=_tolerance(student) * (float(student.abs().max()) or 1.0)
         ):
             return None
         return MeasuredInput(tuple(student.shape))
     dim = differing[0]
-    channel_map, error = match_channels(teacher, student, dim, plan, priors)
+    channel_map, error = match_channels(dynamic, student, dim, plan, priors)
     if channel_map is None:
         return None
     return MeasuredInput(tuple(student.shape), {dim: channel_map}, error)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from gpd.deprecated import warn_renamed
 from gpd.errors import ExpansionError
 from gpd.expansion.expand import FLOAT64_TOLERANCE, expand
 from gpd.testing import perturbed_for_verification
@@ -116,14 +117,26 @@ class ZooResult:
     ratio: float
     exact: bool
     reason: str = ""
-    teacher_error: float = float("nan")
+    dynamic_error: float = float("nan")
     student_error: float = float("nan")
     export_error: float = float("nan")
     seconds: float = 0.0
     student_params: int = 0
-    teacher_params: int = 0
+    dynamic_params: int = 0
     float64: bool = False  # the errors are of a float64 expansion (float32 rounding exceeded the tolerance)
     layout: str = ""  # of D's copies, as gpd.expand chose it: "tiled" or "interleaved"
+
+    @property
+    def teacher_error(self) -> float:
+        """Deprecated: the old name of ``dynamic_error`` (D's relative error)."""
+        warn_renamed("ZooResult.teacher_error", "ZooResult.dynamic_error")
+        return self.dynamic_error
+
+    @property
+    def teacher_params(self) -> int:
+        """Deprecated: the old name of ``dynamic_params`` (D's parameter count)."""
+        warn_renamed("ZooResult.teacher_params", "ZooResult.dynamic_params")
+        return self.dynamic_params
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -162,11 +175,11 @@ def check_model(spec: ZooModel, ratio: float, tolerance: float = 1e-4) -> ZooRes
     model.eval()
     with torch.no_grad():
         expected = student(x)
-        teacher, view = model.forward_dynamic(x), model.forward_student(x)
+        dynamic, view = model.forward_dynamic(x), model.forward_student(x)
         fresh = spec.factory()
         fresh.load_state_dict(model.export_student().state_dict(), strict=True)
         exported = fresh.eval()(x)
-    errors = (_rel(teacher, expected), _rel(view, expected), _rel(exported, expected))
+    errors = (_rel(dynamic, expected), _rel(view, expected), _rel(exported, expected))
     float64 = max(errors) > tolerance
     if float64:  # float32 rounding of a deep net: settle it by expanding a float64 copy, as exactness is a float64 fact
         try:
@@ -178,7 +191,7 @@ def check_model(spec: ZooModel, ratio: float, tolerance: float = 1e-4) -> ZooRes
     exact = max(errors) <= (FLOAT64_EXACT if float64 else tolerance)
     return ZooResult(
         spec.name, ratio, exact, reason="" if exact else f"differs on a fresh input: errors {errors}", float64=float64,
-        teacher_error=errors[0], student_error=errors[1], export_error=errors[2], seconds=seconds,
+        dynamic_error=errors[0], student_error=errors[1], export_error=errors[2], seconds=seconds,
         student_params=sum(p.numel() for p in student.parameters()),
-        teacher_params=sum(p.numel() for p in model.parameters()), layout=model.report.layout,
+        dynamic_params=sum(p.numel() for p in model.parameters()), layout=model.report.layout,
     )  # fmt: skip
