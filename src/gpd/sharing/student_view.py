@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from gpd.errors import ArgumentError
 from gpd.sharing.cache import VersionedCache
 from gpd.sharing.param_slice import ParamSlice
 
@@ -39,7 +40,7 @@ class StudentView(nn.Module):
         names = [name for name, _ in student.named_parameters()]
         missing = [name for name in names if name not in slices]
         if missing:
-            raise ValueError(f"no ParamSlice for student parameters: {missing}")
+            raise ArgumentError(f"no ParamSlice for student parameters: {missing}")
         self.slices = slices
         self.requires_grad = {name: p.requires_grad for name, p in student.named_parameters()}
         self.module = copy.deepcopy(student)
