@@ -100,8 +100,8 @@ def test_cost_model_picks_the_batch_for_wide_blocks_on_small_maps_and_merges_oth
     assert choose_paths(BlockShape(1024, 1024, 1, 1), "merge") == ALL_MERGED
 
 
-def test_unknown_path_is_a_one_line_config_error() -> None:
-    with pytest.raises(gpd.ConfigError, match="branch path must be one of auto, merge, batch, got 'fast'"):
+def test_unknown_path_is_a_one_line_argument_error() -> None:
+    with pytest.raises(gpd.ArgumentError, match="branch path must be one of auto, merge, batch, got 'fast'"):
         choose_paths(BlockShape(8, 8, 1, 8), "fast")
 
 

@@ -57,7 +57,7 @@ def test_identity_branches_start_equal_to_the_pretrained_student():
 
 
 def test_unknown_branch_kind_is_refused():
-    with pytest.raises(gpd.ExpansionError, match="branches must be"):
+    with pytest.raises(gpd.ArgumentError, match="branches must be"):
         gpd.expand(create_model("resnet8", 10, 1), 2, input_size=(1, 28, 28), branches="repvgg")
 
 

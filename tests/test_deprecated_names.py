@@ -123,12 +123,18 @@ def test_teacher_attribute_and_methods_warn_and_delegate():
         model(x, role="static")
 
 
-def test_assigning_teacher_replaces_d_and_registers_no_second_module():
+def test_teacher_is_an_alias_to_read_and_nn_modules_setattr_is_kept():
+    """Assigning the old name ``teacher`` is no longer supported (gpd.deprecated): the pairs keep
+    nn.Module's own ``__setattr__``, and ``teacher`` reads whatever ``dynamic`` was assigned."""
+    from gpd.gpd_model import PairRoles
+
+    assert "__setattr__" not in vars(PairRoles) and gpd.GPDModel.__setattr__ is nn.Module.__setattr__
     model = expanded()
     wider = copy.deepcopy(model.dynamic)
+    model.dynamic = wider
     with pytest.warns(DeprecationWarning, match="GPDModel.dynamic"):
-        model.teacher = wider
-    assert model.dynamic is wider and set(dict(model.named_children())) == {"dynamic", "student"}
+        assert model.teacher is wider
+    assert set(dict(model.named_children())) == {"dynamic", "student"}
 
 
 def test_constructor_takes_the_old_keyword():

@@ -86,7 +86,7 @@ def test_interleaved_maps_keep_copies_side_by_side() -> None:
     uneven = WidthPlan(1.5, "interleaved").map(4)  # the first channels get the extra copy, as when tiled
     assert uneven.source.tolist() == [0, 0, 1, 1, 2, 3] and uneven.counts.tolist() == [2, 2, 1, 1]
     assert WidthPlan(2).map(3).source.tolist() == [0, 1, 2, 0, 1, 2]  # tiled stays the default
-    with pytest.raises(gpd.ExpansionError, match="layout must be one of"):
+    with pytest.raises(gpd.ArgumentError, match="layout must be one of"):
         WidthPlan(2, "shuffled")  # type: ignore[arg-type]
 
 
@@ -127,7 +127,7 @@ def test_a_tiled_model_stays_tiled_and_the_layout_can_be_forced() -> None:
     assert forced.report.layout == "interleaved"
     with torch.no_grad():
         assert rel_err(forced.forward_student(x), student(x)) < 1e-12
-    with pytest.raises(gpd.ExpansionError, match="layout must be 'auto'"):
+    with pytest.raises(gpd.ArgumentError, match="layout must be 'auto'"):
         gpd.expand(student, 2, example_input=x, layout="diagonal")
 
 

@@ -56,7 +56,7 @@ def test_the_step_rules_take_different_steps() -> None:
 
 def test_step_rule_is_checked_and_both_names_are_refused() -> None:
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
-    with pytest.raises(gpd.ExpansionError, match="step_rule must be paper or plain, got 'compensated'"):
+    with pytest.raises(gpd.ArgumentError, match="step_rule must be paper or plain, got 'compensated'"):
         gpd.expand(student(), 2, example_input=x, step_rule="compensated")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="give only step_rule"):
         gpd.expand(student(), 2, example_input=x, step_rule="plain", compensate_step=True)

@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 
-from gpd.errors import ExpansionError
+from gpd.errors import ArgumentError, ExpansionError
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,7 +149,7 @@ class WidthPlan:
         if self.ratio < 1:
             raise ExpansionError(f"ratio must be >= 1 (D is a wider copy of S), got {self.ratio}")
         if self.layout not in LAYOUTS:
-            raise ExpansionError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+            raise ArgumentError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
     @property
     def is_integer(self) -> bool:

@@ -11,6 +11,9 @@ Old configs, run directories, checkpoints and calls keep working through the map
 here. What users write or keep on disk (config keys, metrics columns, checkpoint keys)
 warns with a FutureWarning, which Python shows by default; the Python API with a
 DeprecationWarning. Every message names the new name.
+
+The attribute ``GPDModel.teacher`` (and the unshared pair's) can be read, not assigned:
+assign ``dynamic`` (an assignment of an old name would need ``nn.Module.__setattr__`` overridden).
 """
 
 from __future__ import annotations

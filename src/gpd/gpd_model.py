@@ -1,9 +1,14 @@
-"""GPDModel: a dynamic teacher D and the student that is a channel slice of it."""
+"""GPDModel: a dynamic teacher D and the student that is a channel slice of it.
+
+``gpd.expand`` builds it, and its exports merge branch blocks through the rule set's branch
+kinds; so this module imports the expansion package only where it exports (inside the
+function), and ``import gpd.gpd_model`` works on its own (tests/test_layers.py lists the cycle).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -11,12 +16,21 @@ from torch import nn
 from gpd.channel_maps import WidthPlan
 from gpd.choices import StepRule
 from gpd.deprecated import dynamic_role, renamed_kwargs, upgrade_state_keys, warn_renamed
-from gpd.expansion.roles import LayerRoles
-from gpd.expansion.rules import RULES  # the branch kinds: exports merge their blocks
+from gpd.errors import ArgumentError
 from gpd.sharing import StudentView
 from gpd.sharing.steps import install_paper_steps
 
+if TYPE_CHECKING:
+    from gpd.expansion.roles import LayerRoles
+
 Role = Literal["student", "dynamic"]
+
+
+def _merge_branches(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with the blocks of every registered branch kind merged (the rule set's)."""
+    from gpd.expansion.rules import RULES
+
+    return RULES.merge_branches(model)
 
 
 @dataclass
@@ -51,8 +65,9 @@ class PairRoles:
     The hooks are part of the pair: they are set up again when it is copied or unpickled.
 
     D was called ``teacher`` before it was named the dynamic teacher everywhere (gpd.deprecated):
-    ``teacher``, ``forward_teacher``, ``export_teacher`` and ``role="teacher"`` still work and
-    warn, and a state_dict with D under ``teacher.*`` still loads.
+    reading ``teacher``, ``forward_teacher``, ``export_teacher`` and ``role="teacher"`` still work
+    and warn, and a state_dict with D under ``teacher.*`` still loads. Assigning ``teacher`` is
+    not supported (nn.Module's own ``__setattr__`` is kept): assign ``dynamic``.
     """
 
     dynamic: nn.Module
@@ -84,25 +99,19 @@ class PairRoles:
             return self.forward_student(*args, **kwargs)
         if role == "dynamic":
             return self.forward_dynamic(*args, **kwargs)
-        raise ValueError(f"role must be 'student' or 'dynamic', got {role!r}")
+        raise ArgumentError(f"role must be 'student' or 'dynamic', got {role!r}")
 
     def export_dynamic(self) -> nn.Module:
         """A standalone copy of D, a plain wide network (branch blocks merged)."""
-        return RULES.merge_branches(self.dynamic)
+        return _merge_branches(self.dynamic)
 
     # -- the old names (one release) ---------------------------------------------------
 
     @property
     def teacher(self) -> nn.Module:
-        """Deprecated: the old name of ``dynamic`` (D)."""
+        """Deprecated: the old name of ``dynamic`` (D), to read only."""
         warn_renamed(f"{type(self).__name__}.teacher", f"{type(self).__name__}.dynamic")
         return self.dynamic
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "teacher":  # nn.Module.__setattr__ would register a second submodule
-            warn_renamed(f"{type(self).__name__}.teacher", f"{type(self).__name__}.dynamic")
-            name = "dynamic"
-        super().__setattr__(name, value)
 
     def forward_teacher(self, *args: Any, **kwargs: Any) -> Any:
         """Deprecated: the old name of :meth:`forward_dynamic`."""
@@ -168,7 +177,7 @@ class GPDModel(PairRoles, nn.Module):
 
         Multi-branch blocks, if the student has them, are merged into plain convolutions.
         """
-        exported = RULES.merge_branches(self.student.materialize(dict(self.dynamic.named_parameters())))
+        exported = _merge_branches(self.student.materialize(dict(self.dynamic.named_parameters())))
         exported.train(self.training)
         return exported
 

@@ -138,7 +138,9 @@ def _add_orepa(model: nn.Module, init: str) -> nn.Module:
 
 def register_branch_rules() -> None:
     """Register, as built-ins of the rule set (idempotent): :func:`expand_orepa` for OREPAConv2d, and the
-    branch kind "orepa", which ``gpd.expand(branches="orepa")`` adds and every export merges."""
+    branch kind "orepa", which ``gpd.expand(branches="orepa")`` adds and every export merges.
+
+    The rule set runs it at the first lookup of either (declared in gpd.expansion.rules)."""
     with RULES.builtin_registrations():
         register_expansion_rule(OREPAConv2d, expand_orepa)
         RULES.register_branch_kind("orepa", _add_orepa, merge_branches)

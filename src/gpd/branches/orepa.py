@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from gpd.branches.merge import DW_MULTIPLIER, MergeKernel, compose_1x1_3x3, compose_dw_pw, merge_kernel_values
 from gpd.branches.paths import BlockShape, choose_paths
-from gpd.errors import ModelError
+from gpd.errors import ArgumentError, ModelError
 from gpd.sharing.cache import VersionedCache
 
 BranchInit = Literal["default", "identity"]
@@ -187,7 +187,7 @@ class OREPAConv2d(nn.Module):
         the identity.
         """
         if init not in ("default", "identity"):
-            raise ValueError(f"init must be 'default' or 'identity', got {init!r}")
+            raise ArgumentError(f"init must be 'default' or 'identity', got {init!r}")
         block = cls(conv)
         like, ig = conv.weight, block.in_channels // block.groups
         with torch.no_grad():

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gpd.errors import ConfigError
+from gpd.errors import ArgumentError
 
 PathName = Literal["auto", "merge", "batch"]
 PATH_NAMES: tuple[str, ...] = ("auto", "merge", "batch")
@@ -107,6 +107,6 @@ def choose_paths(shape: BlockShape, path: str = "auto") -> BranchPaths:
     if path == "batch":
         return ALL_ON_BATCH
     if path != "auto":
-        raise ConfigError(f"branch path must be one of {', '.join(PATH_NAMES)}, got {path!r}")
+        raise ArgumentError(f"branch path must be one of {', '.join(PATH_NAMES)}, got {path!r}")
     costs = branch_costs(shape)
     return BranchPaths(merge_1x1=costs["b3"][0] <= costs["b3"][1], merge_dw=costs["b5"][0] <= costs["b5"][1])

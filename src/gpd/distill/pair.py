@@ -18,7 +18,6 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-import gpd.branches  # noqa: F401  # registers the "orepa" branch kind (until the rule set loads it itself)
 from gpd.deprecated import renamed_kwargs
 from gpd.expansion.rules import RULES  # the branch kinds: exports merge their blocks
 from gpd.gpd_model import ExpansionReport, GPDModel, PairRoles

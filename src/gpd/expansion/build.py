@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from gpd.channel_maps import ChannelMap, WidthPlan
-from gpd.errors import ExpansionError, first_line
+from gpd.errors import ExpansionError
 from gpd.expansion.generic import (
     expand_generic_leaf,
     expand_own_tensors,
@@ -28,6 +28,7 @@ from gpd.expansion.generic import (
     resize_channel_attributes,
 )
 from gpd.expansion.layout import MeasuredInput, measure_input
+from gpd.expansion.refusals import rule_failure
 from gpd.expansion.roles import LayerRoles, iter_channel_tensor_holders, iter_units
 from gpd.expansion.rules import ExpandedLayer, LayerContext, RuleEntry
 from gpd.sharing.param_slice import ParamSlice
@@ -102,10 +103,9 @@ class DynamicBuilder:
             layer = rule(module, self.context(name, entry, measured))
         except ExpansionError:
             raise
-        except Exception as err:  # a rule's own failure is a refusal naming the layer
-            raise ExpansionError(
-                f"layer '{name}' ({type(module).__name__}): its expansion rule failed: {first_line(err)}"
-            ) from err
+        except Exception as err:  # a rule refuses with ExpansionError (ctx.error); anything else is its bug
+            rule_failure(err)
+            raise
         prefix = f"{name}." if name else ""
         self.slices.update({prefix + p: s for p, s in layer.params.items()})
         if layer.output_map is not None:

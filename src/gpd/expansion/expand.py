@@ -9,7 +9,6 @@ the student's function. It never returns a D that silently differs.
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -20,10 +19,11 @@ from torch import nn
 from gpd.channel_maps import LAYOUTS, ChannelMap, Layout, WidthPlan
 from gpd.choices import BranchInit, LayoutChoice, StepRule, check_choice
 from gpd.deprecated import COMPENSATE_STEP_RULES, renamed_value_kwargs
-from gpd.errors import ExpansionError, first_line
+from gpd.errors import ArgumentError, ExpansionError, first_line
 from gpd.expansion.build import build_dynamic
 from gpd.expansion.examples import CHECK_EXTRA, MEASURE_EXTRA, example_of, with_extra_samples
 from gpd.expansion.examples import infer_input_size as infer_input_size  # its old home (gpd.cli imports it here)
+from gpd.expansion.refusals import is_bug, refusals_only
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
 from gpd.expansion.rules import RULES
 from gpd.expansion.verify import locate_divergence, relative_error
@@ -59,7 +59,8 @@ FLOAT64_TOLERANCE = 1e-6
 
 
 def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], example: tuple) -> Any:
-    """Run ``run(*example)``; if it fails, raise ExpansionError naming the layer that failed."""
+    """Run ``run(*example)``; if the model fails, raise ExpansionError naming the layer that failed
+    (a bug of gpd's or of a rule propagates unchanged: :mod:`gpd.expansion.refusals`)."""
     current: list[str] = []
     handles = [
         module.register_forward_pre_hook(lambda mod, args, name=name: current.append(name))
@@ -68,6 +69,8 @@ def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], exampl
     try:
         return run(*example)
     except Exception as err:
+        if is_bug(err, below_call_site=True):
+            raise
         where = f" in layer '{current[-1]}'" if current else ""
         raise ExpansionError(
             f"the {who} fails to run{where}: {first_line(err)}; the model probably mixes channels in a functional op "
@@ -202,30 +205,14 @@ def with_branches(model: nn.Module, branches: str | None, branch_init: BranchIni
     if branches in (None, "none"):
         return model
     kind = RULES.branch_kind(branches)
-    if kind is None:  # gpd.branches registers "orepa" (import gpd does)
+    if kind is None:  # RULES loads gpd's own kinds ("orepa") at their first lookup
         names = " or ".join(repr(name) for name in [*RULES.branch_kinds, "none"])
-        raise ExpansionError(f"branches must be {names}, got {branches!r}")
+        raise ArgumentError(f"branches must be {names}, got {branches!r}")
     return kind.add(model, branch_init)
 
 
-def _refusals_only(function: Callable[..., GPDModel]) -> Callable[..., GPDModel]:
-    """Every refusal is a gpd.ExpansionError naming the layer and the reason; any other
-    failure inside the expansion (a rule's bug, a model's odd forward) is reported as one."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> GPDModel:
-        try:
-            return function(*args, **kwargs)
-        except ExpansionError:
-            raise
-        except Exception as err:
-            raise ExpansionError(f"the expansion failed: {type(err).__name__}: {first_line(err)}") from err
-
-    return wrapper
-
-
 @renamed_value_kwargs("compensate_step", "step_rule", COMPENSATE_STEP_RULES)  # the old boolean (one release)
-@_refusals_only
+@refusals_only
 def expand(
     model: nn.Module,
     ratio: float = 2,
@@ -276,8 +263,8 @@ def expand(
             one is exact (docs/method.md, "Channel layouts").
     """
     if layout not in ("auto", *LAYOUTS):
-        raise ExpansionError(f"layout must be 'auto', {', '.join(repr(x) for x in LAYOUTS)}; got {layout!r}")
-    check_choice("step_rule", step_rule, StepRule, error=ExpansionError)
+        raise ArgumentError(f"layout must be 'auto', {', '.join(repr(x) for x in LAYOUTS)}; got {layout!r}")
+    check_choice("step_rule", step_rule, StepRule, error=ArgumentError)
     layouts: list[Layout] = ["tiled", "interleaved"] if layout == "auto" else [layout]  # checked above
     plans = [WidthPlan(ratio, name) for name in layouts]
     example = example_of(model, example_input, input_size)  # before branches hide the stem conv

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from gpd.errors import ExpansionError, first_line
+from gpd.expansion.refusals import is_bug
 from gpd.expansion.rules import RuleEntry, channel_tensor_axes, find_rule
 
 
@@ -142,6 +143,8 @@ def trace_calls(model: nn.Module, example_input: Any) -> tuple[list[_Call], list
             try:
                 output = model(*inputs)
             except Exception as err:
+                if is_bug(err, below_call_site=True):
+                    raise
                 shapes = ", ".join(str(tuple(t.shape)) for t in _tensors(inputs))
                 raise ExpansionError(
                     f"the student does not run on the example input of shape {shapes}: {first_line(err)}; "

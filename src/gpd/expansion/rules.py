@@ -10,7 +10,8 @@ a :class:`ParamSlice` that says how the student's value is read back out of D's.
 The rules live in a :class:`RuleSet`; ``gpd.expand`` uses :data:`RULES`. Users add rules
 for their own layers with :func:`register_expansion_rule`. gpd's own rules (torch's layers
 in :mod:`gpd.expansion.torch_rules`, timm's and torchvision's once those are imported,
-the branch blocks of :mod:`gpd.branches`) are registered as built-ins. The conflict policy
+the branch kind and blocks of :mod:`gpd.branches` at their first lookup,
+:mod:`gpd.expansion.pending`) are registered as built-ins. The conflict policy
 (docs/expansion_rules.md, "The rule set"):
 
 * a rule of the user's for a class replaces gpd's built-in rule for that class, whether
@@ -37,8 +38,9 @@ import torch
 from torch import nn
 
 from gpd.channel_maps import ChannelMap, WidthPlan, identity_map
-from gpd.errors import ExpansionError
+from gpd.errors import ArgumentError, ExpansionError
 from gpd.expansion.layout import MeasuredInput
+from gpd.expansion.pending import BuiltinProvider, PendingRegistrations
 from gpd.sharing.param_slice import ParamSlice
 
 M = TypeVar("M", bound=nn.Module)
@@ -152,7 +154,7 @@ class RuleSet:
         self._rules: tuple[dict[type, RuleEntry], dict[type, RuleEntry]] = ({}, {})  # (built-in, user)
         self._tensors: tuple[dict[type, ChannelTensors], dict[type, ChannelTensors]] = ({}, {})
         self._branch_kinds: tuple[dict[str, BranchKind], dict[str, BranchKind]] = ({}, {})
-        self._when_imported: dict[str, list[Callable[[], None]]] = {}
+        self._pending = PendingRegistrations()
         self._builtin_depth = 0
 
     # -- registering -------------------------------------------------------------------
@@ -173,7 +175,7 @@ class RuleSet:
     def _put(side: dict[K, V], key: K, value: V, override: bool, what: str) -> None:
         old = side.get(key)
         if old is not None and old != value and not override:
-            raise ValueError(
+            raise ArgumentError(
                 f"{what} is registered already; pass override=True to replace it "
                 "(or use gpd.expansion.RULES.override for a with-block)"
             )
@@ -237,24 +239,23 @@ class RuleSet:
                 users[module_class] = previous
 
     def register_when_imported(self, package: str, registration: Callable[[], None]) -> None:
-        """Run ``registration`` (which imports ``package``) once ``package`` has been imported, as built-ins.
-
-        A module of timm or torchvision exists only once that package is imported, so its
-        rules are registered then, at the next lookup, and ``import gpd`` does not import
-        either package (measured: timm alone took 1.4 s of a 2.5 s ``import gpd``).
-        """
+        """Run ``registration`` (which imports ``package``) once ``package`` has been imported, as built-ins:
+        now if it is, else at the first lookup after it is (:mod:`gpd.expansion.pending`)."""
         if package in sys.modules:
             with self.builtin_registrations():
                 registration()
         else:
-            self._when_imported.setdefault(package, []).append(registration)
+            self._pending.when_imported(package, registration)
 
-    def run_pending_registrations(self) -> None:
-        """Register the rules of every package that has been imported since (see :meth:`register_when_imported`)."""
-        for package in [p for p in self._when_imported if p in sys.modules]:
+    def declare_builtins(self, provider: BuiltinProvider) -> None:
+        """gpd's branch kinds and rules that ``provider`` registers at their first lookup (never at import)."""
+        self._pending.provider(provider)
+
+    def run_pending_registrations(self, kind: str | None = None, *, every_kind: bool = False) -> None:
+        """Run, as built-ins, the waiting registrations due now (:meth:`PendingRegistrations.take`)."""
+        for registration in self._pending.take(kind, every_kind=every_kind):
             with self.builtin_registrations():
-                for registration in self._when_imported.pop(package):
-                    registration()
+                registration()
 
     # -- looking up --------------------------------------------------------------------
 
@@ -303,12 +304,14 @@ class RuleSet:
         return False
 
     def branch_kind(self, name: str) -> BranchKind | None:
+        self.run_pending_registrations(name)
         builtin, users = self._branch_kinds
         return users.get(name) or builtin.get(name)
 
     @property
     def branch_kinds(self) -> list[str]:
         """The names ``gpd.expand(branches=...)`` accepts (besides "none")."""
+        self.run_pending_registrations(every_kind=True)
         return sorted({**self._branch_kinds[0], **self._branch_kinds[1]})
 
     def merge_branches(self, model: nn.Module) -> nn.Module:
@@ -322,6 +325,12 @@ class RuleSet:
 
 
 RULES = RuleSet()  # the rule set gpd.expand uses
+# gpd's built-ins above the engine, by name: branch kind / class module -> the function that registers them
+RULES.declare_builtins(
+    BuiltinProvider(
+        "gpd.branches.expansion_rule:register_branch_rules", kinds=("orepa",), modules=("gpd.branches.orepa",)
+    )
+)
 
 CHANNEL_TENSORS_ATTRIBUTE = "gpd_channel_tensors"  # a model class's own declaration: {name: axis}
 MULTIPLYING_TENSORS_ATTRIBUTE = "gpd_multiplying_tensors"  # the names among them that scale activations

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import torch
 
+from gpd.errors import ArgumentError
+
 
 def _binary_and_nontarget_log_probs(
     logits: torch.Tensor, target: torch.Tensor, temperature: float
@@ -74,21 +76,21 @@ def dkd(
     once instead.
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"logit shapes differ: {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}")
+        raise ArgumentError(f"logit shapes differ: {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}")
     if student_logits.dim() != 2:
-        raise ValueError(f"logits must be (batch, classes), got shape {tuple(student_logits.shape)}")
+        raise ArgumentError(f"logits must be (batch, classes), got shape {tuple(student_logits.shape)}")
     batch, num_classes = student_logits.shape
     if num_classes < 2:
-        raise ValueError(f"DKD needs at least 2 classes, got {num_classes}")
+        raise ArgumentError(f"DKD needs at least 2 classes, got {num_classes}")
     if target.shape != (batch,):
-        raise ValueError(f"target must have shape ({batch},), got {tuple(target.shape)}")
+        raise ArgumentError(f"target must have shape ({batch},), got {tuple(target.shape)}")
     if target.dtype.is_floating_point or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+        raise ArgumentError(f"target must hold integer class indices, got dtype {target.dtype}")
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise ArgumentError(f"temperature must be > 0, got {temperature}")
     target = target.to(device=student_logits.device, dtype=torch.long)
     if check_targets and batch and (target.min() < 0 or target.max() >= num_classes):
-        raise ValueError(
+        raise ArgumentError(
             f"target indices must lie in [0, {num_classes}), got range [{int(target.min())}, {int(target.max())}]"
         )
 

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpd.errors import ArgumentError
+
 
 def _pool_levels(levels: Sequence[int], height: int, width: int) -> list[int]:
     """The pooled sizes used for an ``height x width`` map, largest first.
@@ -63,15 +65,15 @@ def hcl(
     The teacher features are detached (fixed targets). Computed in at least float32.
     """
     if len(student_features) != len(teacher_features):
-        raise ValueError(f"{len(student_features)} student features vs {len(teacher_features)} teacher features")
+        raise ArgumentError(f"{len(student_features)} student features vs {len(teacher_features)} teacher features")
     if len(student_features) == 0:
-        raise ValueError("hcl needs at least one pair of feature maps")
+        raise ArgumentError("hcl needs at least one pair of feature maps")
     if any(int(level) < 1 for level in levels):
-        raise ValueError(f"levels must be positive, got {tuple(levels)}")
+        raise ArgumentError(f"levels must be positive, got {tuple(levels)}")
     total = None
     for index, (student, teacher) in enumerate(zip(student_features, teacher_features)):
         if student.shape != teacher.shape or student.dim() != 4:
-            raise ValueError(
+            raise ArgumentError(
                 f"pair {index}: need two (N, C, H, W) maps of the same shape, got "
                 f"{tuple(student.shape)} and {tuple(teacher.shape)}"
             )
@@ -133,12 +135,12 @@ class ABF(nn.Module):
         x = self.reduce(x)
         if self.attention is not None:  # self.fuse
             if residual is None:
-                raise ValueError("this ABF fuses: pass the deeper stage's fused feature as residual")
+                raise ArgumentError("this ABF fuses: pass the deeper stage's fused feature as residual")
             residual = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
             attention = self.attention(torch.cat([x, residual], dim=1))
             x = x * attention[:, 0:1] + residual * attention[:, 1:2]
         elif residual is not None:
-            raise ValueError("this ABF does not fuse (deepest stage): residual must be None")
+            raise ArgumentError("this ABF does not fuse (deepest stage): residual must be None")
         fused = x
         if out_size is not None:
             size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
@@ -157,9 +159,9 @@ class ReviewKDHead(nn.Module):
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], mid_channels: int) -> None:
         super().__init__()
         if len(student_channels) != len(teacher_channels):
-            raise ValueError(f"{len(student_channels)} student stages vs {len(teacher_channels)} teacher stages")
+            raise ArgumentError(f"{len(student_channels)} student stages vs {len(teacher_channels)} teacher stages")
         if len(student_channels) == 0:
-            raise ValueError("ReviewKDHead needs at least one stage")
+            raise ArgumentError("ReviewKDHead needs at least one stage")
         last = len(student_channels) - 1
         self.abfs = nn.ModuleList(
             ABF(s_ch, mid_channels, t_ch, fuse=index < last)
@@ -168,7 +170,7 @@ class ReviewKDHead(nn.Module):
 
     def forward(self, student_features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if len(student_features) != len(self.abfs):
-            raise ValueError(f"expected {len(self.abfs)} feature maps, got {len(student_features)}")
+            raise ArgumentError(f"expected {len(self.abfs)} feature maps, got {len(student_features)}")
         outputs: list[torch.Tensor | None] = [None] * len(self.abfs)
         residual = None
         for index in reversed(range(len(self.abfs))):
@@ -189,11 +191,11 @@ def reviewkd_loss(
     """
     fused = head(student_features)
     if len(teacher_features) != len(fused):
-        raise ValueError(f"{len(fused)} student stages vs {len(teacher_features)} teacher features")
+        raise ArgumentError(f"{len(fused)} student stages vs {len(teacher_features)} teacher features")
     targets = []
     for index, (out, teacher) in enumerate(zip(fused, teacher_features)):
         if teacher.shape[:2] != out.shape[:2]:
-            raise ValueError(
+            raise ArgumentError(
                 f"stage {index}: head output {tuple(out.shape)} and teacher feature "
                 f"{tuple(teacher.shape)} differ in batch or channels"
             )

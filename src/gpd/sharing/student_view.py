@@ -19,6 +19,7 @@ from torch.func import functional_call
 
 from gpd.choices import StepRule, check_choice
 from gpd.deprecated import COMPENSATE_STEP_RULES, renamed_value, renamed_value_kwargs, warn_renamed
+from gpd.errors import ArgumentError
 from gpd.sharing.cache import VersionedCache
 from gpd.sharing.param_slice import ParamSlice
 
@@ -45,7 +46,7 @@ class StudentView(nn.Module):
         names = [name for name, _ in student.named_parameters()]
         missing = [name for name in names if name not in slices]
         if missing:
-            raise ValueError(f"no ParamSlice for student parameters: {missing}")
+            raise ArgumentError(f"no ParamSlice for student parameters: {missing}")
         self.slices = slices
         self.requires_grad = {name: p.requires_grad for name, p in student.named_parameters()}
         self.module = copy.deepcopy(student)
