@@ -270,7 +270,7 @@ def test_trainer_feeds_mixed_soft_targets_to_the_distiller(tmp_path, monkeypatch
                              "kd.method=dkd", "teacher.model=resnet8", "model.student=resnet8"])  # fmt: skip
     monkeypatch.setenv("GPD_DATA", str(tmp_path / "nothing"))
     trainer = Trainer(cfg, tmp_path / "run", dry_run=True)
-    assert trainer.mixup is not None and trainer.mixup.label_smoothing == 0.1
+    assert trainer.loop.mixup is not None and trainer.loop.mixup.label_smoothing == 0.1
     seen: list[torch.Tensor] = []
     original = Distiller.forward
 
@@ -279,7 +279,7 @@ def test_trainer_feeds_mixed_soft_targets_to_the_distiller(tmp_path, monkeypatch
         return original(self, x, y, **kwargs)
 
     monkeypatch.setattr(Distiller, "forward", spy)
-    result = trainer.train_one_epoch(1)
+    result = trainer.loop.train_one_epoch(1)
     assert seen and all(y.shape == (8, 10) and y.is_floating_point() for y in seen)
     for y in seen:
         torch.testing.assert_close(y.sum(dim=1), torch.ones(8))

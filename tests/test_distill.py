@@ -89,7 +89,7 @@ def test_finetuning_starts_with_d_predicting_exactly_like_the_student(tmp_path):
     trainer = Trainer(cfg, prepare_run_dir(cfg))
     distiller = trainer.distiller.eval()
     with torch.no_grad():
-        for x, _ in trainer.test_loader:
+        for x, _ in trainer.loop.loaders.test:
             x = x.contiguous(memory_format=torch.channels_last)
             d_pred = distiller.dynamic_logits(x).argmax(-1)
             s_pred = distiller.student_logits(x).argmax(-1)

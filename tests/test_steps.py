@@ -325,7 +325,7 @@ def test_trainer_gives_adaptive_optimizers_the_papers_lr_scale(tmp_path) -> None
     )
     trainer = Trainer(cfg, prepare_run_dir(cfg), dry_run=True)
     d = trainer.distiller.gpd.dynamic
-    group_of = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}
+    group_of = {id(p): g for g in trainer.loop.optimizer.param_groups for p in g["params"]}
     stem, head, middle = d.conv1.weight, d.fc.weight, d.layer1[0].conv1.weight
     assert group_of[id(stem)]["lr"] == pytest.approx(0.001 * 2)  # a = 1/r
     assert group_of[id(head)]["lr"] == pytest.approx(0.001 / 2)  # a = r
@@ -333,7 +333,7 @@ def test_trainer_gives_adaptive_optimizers_the_papers_lr_scale(tmp_path) -> None
     assert group_of[id(stem)]["weight_decay"] == pytest.approx(cfg.train.weight_decay / 2)
     sgd_cfg = load_config(None, [f"output_dir={tmp_path / 'sgd'}"])
     sgd = Trainer(sgd_cfg, prepare_run_dir(sgd_cfg), dry_run=True)
-    assert all("lr_scale" not in g for g in sgd.optimizer.param_groups)  # SGD: the gradient hooks do it
+    assert all("lr_scale" not in g for g in sgd.loop.optimizer.param_groups)  # SGD: the gradient hooks do it
 
 
 @pytest.mark.slow

@@ -266,7 +266,7 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_checkpoint(tmp_pat
     # no gradient probes: a probe step runs the sequential mode, not the wrapped module
     cfg = load_config(None, [*SMALL, "train.epochs=2", "train.grad_probe_every=0", f"output_dir={run}"])
     trainer = Trainer(cfg, prepare_run_dir(cfg))
-    trainer.train_module = NaNAtStep(trainer.train_module, step=8 + 3)  # epoch 2, step 2
+    trainer.loop.train_module = NaNAtStep(trainer.loop.train_module, step=8 + 3)  # epoch 2, step 2
     with pytest.raises(GPDError, match=r"non-finite at epoch 2, step 2 \(.*ce_student=nan"):
         trainer.fit()
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
@@ -280,9 +280,9 @@ def test_non_finite_loss_can_skip_the_step(tmp_path: Path):
         None, [*SMALL, "train.epochs=1", "train.on_nonfinite=skip", "train.grad_probe_every=0", f"output_dir={run}"]
     )
     trainer = Trainer(cfg, prepare_run_dir(cfg))
-    trainer.train_module = NaNAtStep(trainer.train_module, step=3)
+    trainer.loop.train_module = NaNAtStep(trainer.loop.train_module, step=3)
     row = trainer.fit()
-    assert row["skipped_steps"] == 1 and trainer.num_updates == 512 // 64 - 1
+    assert row["skipped_steps"] == 1 and trainer.state.num_updates == 512 // 64 - 1
     assert all(torch.isfinite(p).all() for p in trainer.distiller.parameters())
 
 

@@ -31,7 +31,7 @@ def describe_run(trainer: Trainer) -> list[str]:
     )
     lines.append(_models_line(trainer))
     lines.append(_engine_line(trainer))
-    lines.append(f"export: {trainer.selection.rule}")
+    lines.append(f"export: {trainer.run.selection.rule}")
     return lines
 
 
@@ -80,7 +80,7 @@ def _engine_line(trainer: Trainer) -> str:
         line += f", DDP find_unused_parameters={trainer.find_unused_parameters}"
         if trainer.synced_batchnorms:
             line += f", {trainer.synced_batchnorms} synchronised BatchNorms"
-    if trainer.ema is not None:
+    if trainer.run.ema is not None:
         line += f", EMA decay {trainer.ema_decay:.6g} per step" + (" with warm-up" if t.ema_warmup else "")
     if t.compile:
         line += ", torch.compile"
