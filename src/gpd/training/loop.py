@@ -21,12 +21,12 @@ import torch
 from tqdm import tqdm
 
 from gpd.data.mixing import mix_batch
-from gpd.distill import DistillerOutput
+from gpd.distill import DistillerOutput, total_loss
 from gpd.sharing.steps import clip_grad_norm_, grad_norm
+from gpd.training.backward import joint_backward, probed_backward, sequential_backward
 from gpd.training.distributed import all_reduce_sum
 from gpd.training.evaluate import models_of_run, split_accuracy
 from gpd.training.rows import epoch_row, summary_line
-from gpd.training.steps import joint_backward, probed_backward, sequential_backward
 
 if TYPE_CHECKING:
     from timm.utils import ModelEmaV3
@@ -149,7 +149,7 @@ class TrainLoop:
             else:
                 losses = out.losses
                 correct += (out.student_logits.argmax(-1) == y).sum()
-                step_loss = sum(losses.values())
+                step_loss = total_loss(losses)
                 for name, value in losses.items():
                     sums[name] += value * y.numel()
                 sums["loss"] += step_loss * y.numel()
@@ -176,7 +176,7 @@ class TrainLoop:
         """Whether this step measures the student's and D's loss gradients separately
         (train.grad_probe_every; not under DDP, whose hooks follow the wrapper's backward passes)."""
         every = self.cfg.train.grad_probe_every
-        if not every or step % every or self.distiller.gpd is None:
+        if not every or step % every or not self.distiller.has_dynamic_teacher:
             return False
         return not self.ctx.enabled
 

@@ -86,7 +86,7 @@ class Trainer(TrainLoop):
         seed_everything(t.seed)
         self.data = build_data(cfg, self.ctx, policy, self.log)
         self.distiller, self.student_params = build_distiller(cfg, self.data, policy.stand_ins, self.log)
-        self.core: nn.Module = self.distiller.gpd if self.distiller.gpd is not None else self.distiller.plain  # type: ignore[assignment]
+        self.core: nn.Module = self.distiller.network
         self.synced_batchnorms = convert_sync_batchnorm(self.core, self.device) if t.sync_bn and self.ctx.enabled else 0
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.distiller.to(self.device).to(memory_format=self.memory_format)
@@ -109,7 +109,7 @@ class Trainer(TrainLoop):
         self.trainable = [p for p in self.distiller.parameters() if p.requires_grad]
         # D's tensors that the paper's parameterisation stores differently: their gradient counts
         # as the paper's in the clipped norm (gpd.sharing.steps); empty for plain steps
-        self.grad_scales = self.distiller.gpd.grad_scales() if self.distiller.gpd is not None else {}
+        self.grad_scales = self.distiller.grad_scales()
         self.grad_stats = GradStats(self.device, clipping=bool(t.grad_clip))
         self.guard = NonFiniteGuard(t.on_nonfinite, t.nonfinite_check_every, self.ctx, self.device)
         self.selection = WeightSelection(has_val=self.data.val is not None, has_ema=self.ema is not None)
