@@ -93,7 +93,7 @@ import torch
 from gpd.config import load_config
 from gpd.training import Trainer
 from gpd.training.distributed import init_distributed, shutdown_distributed
-from gpd.training.steps import joint_backward, sequential_backward
+from gpd.training.backward import joint_backward, sequential_backward
 
 torch.set_num_threads(1)
 ctx, device = init_distributed("cpu")
@@ -202,7 +202,7 @@ import torch
 from gpd.config import load_config
 from gpd.training import Trainer
 from gpd.training.distributed import DistContext, init_distributed, shutdown_distributed
-from gpd.training.steps import joint_backward
+from gpd.training.backward import joint_backward
 
 torch.set_num_threads(1)
 ctx, device = init_distributed("cpu")

@@ -219,7 +219,7 @@ def _unscaled_gradients(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> t
     trainer.distiller.train()
     p = trainer.loop.precision
     with p.autocast():
-        losses = trainer.distiller(x, y, epoch=0.5)
+        losses = trainer.distiller(x, y, epoch=0.5).losses
     p.backward(sum(losses.values()))
     p.unscale_(trainer.loop.optimizer)  # back to the true scale
     return torch.cat([q.grad.flatten() for q in trainer.loop.trainable])

@@ -73,8 +73,7 @@ def tiny_run(callbacks: list[Callback] | None = None, seed: int = 0) -> tuple[Tr
     (``seed``: of the initial weights)."""
     torch.manual_seed(seed)
     distiller = Distiller(create_model("resnet8", num_classes=4, in_chans=1), ratio=2.0, input_size=(1, 16, 16))
-    assert distiller.gpd is not None
-    network = distiller.gpd
+    network = distiller.network
     gen = torch.Generator().manual_seed(0)  # the same data for every seed of the weights
     data = TensorDataset(torch.randn(64, 1, 16, 16, generator=gen), torch.randint(0, 4, (64,), generator=gen))
     sampler: DistributedSampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=0)

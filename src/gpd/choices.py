@@ -21,6 +21,7 @@ KDMethodName = Literal["none", "kd", "dkd", "reviewkd"]  # kd.method: the KD met
 BranchKind = Literal["none", "orepa"]  # gpd.branches: six-branch blocks for 3x3 stride-1 convs, or none
 BranchInit = Literal["default", "identity"]  # gpd.branch_init: how branch blocks start
 LayoutChoice = Literal["auto", "tiled", "interleaved"]  # gpd.layout: how D lays out a channel's copies
+StepRule = Literal["paper", "plain"]  # gpd.step_rule: the paper's per-layer steps, or the plain networks' steps
 PrecisionName = Literal["fp32", "bf16", "fp16"]  # train.precision
 MemoryMode = Literal["joint", "sequential"]  # train.memory_mode
 NonfinitePolicy = Literal["stop", "skip"]  # train.on_nonfinite

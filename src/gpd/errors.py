@@ -12,6 +12,10 @@ class GPDError(Exception):
     """Base class of errors caused by the user's input, reported without a traceback."""
 
 
+class ArgumentError(GPDError, ValueError):
+    """A bad argument to gpd's Python API (a value error, reported in one line)."""
+
+
 class ConfigError(GPDError):
     """An unknown config key, a value of the wrong type or out of range."""
 

@@ -27,15 +27,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from gpd.data.mixing import mix_batch
-from gpd.distill import DistillerOutput
+from gpd.distill import DistillerOutput, total_loss
 from gpd.sharing.steps import clip_grad_norm_, grad_norm
+from gpd.training.backward import joint_backward, probed_backward, sequential_backward
 from gpd.training.distributed import DistContext, all_reduce_sum
 from gpd.training.evaluate import models_of_run, split_accuracy
 from gpd.training.policy import FULL_RUN, RunPolicy
 from gpd.training.rng import restore_rng
 from gpd.training.rows import epoch_row, summary_line
 from gpd.training.selection import standalone_student
-from gpd.training.steps import joint_backward, probed_backward, sequential_backward
 
 if TYPE_CHECKING:
     from timm.utils import ModelEmaV3
@@ -105,7 +105,7 @@ class TrainLoop:
         self.trainable = [p for p in distiller.parameters() if p.requires_grad]
         # D's tensors that the paper's parameterisation stores differently: their gradient counts
         # as the paper's in the clipped norm (gpd.sharing.steps); empty for plain steps
-        self.grad_scales = _grad_scales(distiller)
+        self.grad_scales = distiller.grad_scales()
 
     def run_epochs(self, last_epoch: int) -> dict[str, Any]:
         """Train epochs ``state.next_epoch..last_epoch`` with the callbacks' hooks; the last row."""
@@ -173,7 +173,7 @@ class TrainLoop:
             else:
                 losses = out.losses
                 correct += (out.student_logits.argmax(-1) == y).sum()
-                step_loss = sum(losses.values())
+                step_loss = total_loss(losses)
                 for name, value in losses.items():
                     sums[name] += value * y.numel()
                 sums["loss"] += step_loss * y.numel()
@@ -281,8 +281,3 @@ def log_on_main(ctx: DistContext, message: str) -> None:
     """Print a line of the run's log (rank 0 only), below a progress bar if one is shown."""
     if ctx.is_main:
         tqdm.write(message, file=sys.stdout)
-
-
-def _grad_scales(distiller: Distiller) -> dict[torch.Tensor, float]:
-    gpd = distiller.gpd  # TODO(merge wt-distill): distiller.grad_scales()
-    return gpd.grad_scales() if gpd is not None else {}

@@ -26,7 +26,6 @@ from gpd.config import Config
 from gpd.data import DataBundle
 from gpd.data.mixing import build_mixup
 from gpd.deprecated import warn_renamed
-from gpd.distill import Distiller
 from gpd.errors import ConfigError
 from gpd.io.checkpoint import load_training_state
 from gpd.io.layout import RunLayout
@@ -93,7 +92,7 @@ class Trainer:
         self.data = data = build_data(cfg, ctx, policy, self.log)
         self.distiller, self.student_params = build_distiller(cfg, data, policy.stand_ins, self.log)
         distiller = self.distiller
-        self.network = network = _network_of(distiller)  # what EMA and export follow
+        self.network = network = distiller.network  # what EMA and export follow
         self.synced_batchnorms = convert_sync_batchnorm(network, device) if t.sync_bn and ctx.enabled else 0
         distiller.to(device).to(memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
         canonical_strides(distiller)
@@ -201,10 +200,6 @@ def run_description(cfg: Config, data: DataBundle) -> dict[str, Any]:
         "class_names": list(data.class_names),
         "gpd_ratio": cfg.gpd.ratio if cfg.gpd.enabled else None,
     }
-
-
-def _network_of(distiller: Distiller) -> nn.Module:
-    return distiller.gpd if distiller.gpd is not None else distiller.plain  # type: ignore[return-value]  # TODO(merge wt-distill): .network
 
 
 def train(
