@@ -16,7 +16,7 @@ six-branch blocks, as in the paper and the bundled configs):
               fine-tuning with GPD, equally long (same epochs, same steps)
     ablation  (Fashion-MNIST, scratch) branches on / off, ratio 1.5 / 2 / 3 (branches off:
               six-branch blocks need an integer ratio), sharing on / off (gpd.share=false),
-              the r² step of sharing kept / removed (gpd.compensate_step), lambda (gpd.sce_weight) 1 / 3
+              the r² step of sharing kept / removed (gpd.step_rule), lambda (gpd.sce_weight) 1 / 3
     early     (--early only) the bundled demo config for one epoch of 2000 images (15 steps of 128),
               with and without GPD
 
@@ -332,7 +332,7 @@ def build_specs(
                     "ratio3": ("r = 3, branches off", ["gpd.ratio=3", "gpd.branches=none"], "gpd_r3"),
                     "no_branches": ("r = 2, branches off (plain 3x3 convs)", ["gpd.branches=none"], "gpd_plain_convs"),
                     "unshared": ("sharing off (gpd.share=false)", ["gpd.share=false"], "gpd"),
-                    "compensated": ("r² step removed (gpd.compensate_step=true)", ["gpd.compensate_step=true"], "gpd"),
+                    "compensated": ("r² step removed (gpd.step_rule=plain)", ["gpd.step_rule=plain"], "gpd"),
                     "lambda1": ("λ = 1", ["gpd.sce_weight=1"], "gpd"),
                 }
                 for key in mode.ablations:

@@ -40,7 +40,7 @@ def worker(
 
     from gpd.distill import Distiller
     from gpd.models import create_model
-    from gpd.training.steps import joint_backward, sequential_backward
+    from gpd.training.backward import joint_backward, sequential_backward
 
     torch.manual_seed(0)
     model = create_model(student, num_classes=classes, in_chans=in_chans)

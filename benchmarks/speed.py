@@ -3,7 +3,7 @@
 For each teacher -> student pair and each KD method (KD, DKD, ReviewKD) it measures a
 training step of the method alone (``dynamic_teacher=False``) and with GPD (r = 2):
 the median step time after warm-up (zero_grad, forward, backward of the summed loss
-with ``gpd.training.steps.joint_backward``, SGD step), the peak memory, and the FLOPs of
+with ``gpd.training.backward.joint_backward``, SGD step), the peak memory, and the FLOPs of
 the step (forward and backward of everything, the static teacher's forward included)
 counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions, matrix products
 and attention; elementwise work, normalisation and the optimizer count zero). The table
@@ -178,8 +178,8 @@ def step_worker(pair: Pair, method: str, gpd_on: bool, branches: str, size: int,
     import torch
 
     from gpd.distill import Distiller
+    from gpd.training.backward import joint_backward
     from gpd.training.host_memory import keep_host_memory, release_to_system
-    from gpd.training.steps import joint_backward
 
     student, static = _models(pair, size)
     distiller = Distiller(student, static, kd=method, ratio=2, dynamic_teacher=gpd_on, input_size=(3, size, size),
@@ -286,7 +286,7 @@ def extras_worker(pair: Pair, size: int, batch: int, steps: int, warmup: int, en
 
     student, _ = _models(pair, size, teacher=False)
     distiller = Distiller(student, ratio=2, input_size=(3, size, size))
-    gpd = env.place(distiller.gpd, pair.vit).train()
+    gpd = env.place(distiller.network, pair.vit).train()
     exported = env.place(distiller.export_student(), pair.vit).eval()
     fresh, _ = _models(pair, size, teacher=False)
     fresh.load_state_dict(exported.state_dict(), strict=True)

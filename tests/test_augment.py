@@ -231,22 +231,22 @@ def kd_distiller():
 def test_cross_entropy_of_soft_targets_is_the_plain_soft_cross_entropy_without_smoothing(kd_distiller):
     x, y = torch.randn(6, 1, 28, 28), soft_targets()
     with torch.no_grad():
-        losses = kd_distiller(x, y)
+        losses = kd_distiller(x, y).losses
         student, dynamic = kd_distiller.student_logits(x), kd_distiller.dynamic_logits(x)
     for name, logits in (("ce_student", student), ("ce_dynamic", dynamic)):
         manual = -(y * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()  # no second smoothing
         torch.testing.assert_close(losses[name], manual)
     hard = y.argmax(dim=1)
     with torch.no_grad():
-        smoothed = kd_distiller(x, hard)["ce_student"]
+        smoothed = kd_distiller(x, hard).losses["ce_student"]
     torch.testing.assert_close(smoothed, F.cross_entropy(student, hard, label_smoothing=0.3))  # hard labels: smoothed
 
 
 def test_dkd_reads_soft_targets_as_their_argmax(kd_distiller):
     x, y = torch.randn(6, 1, 28, 28), soft_targets(seed=1)
     with torch.no_grad():
-        soft = kd_distiller(x, y)
-        hard = kd_distiller(x, y.argmax(dim=1))
+        soft = kd_distiller(x, y).losses
+        hard = kd_distiller(x, y.argmax(dim=1)).losses
         student, static = kd_distiller.student_logits(x), kd_distiller.static_teacher(x)
     for role in ("student", "dynamic"):
         torch.testing.assert_close(soft[f"kd_{role}"], hard[f"kd_{role}"])
@@ -259,7 +259,7 @@ def test_reviewkd_accepts_soft_targets():
     distiller = Distiller(
         create_model("resnet8", 10, 1), create_model("resnet14", 10, 1), "reviewkd", input_size=(1, 28, 28)
     )
-    losses = distiller(torch.randn(4, 1, 28, 28), soft_targets(4))
+    losses = distiller(torch.randn(4, 1, 28, 28), soft_targets(4)).losses
     assert {"reviewkd_student", "reviewkd_dynamic", "ce_student"} <= set(losses)
     sum(losses.values()).backward()
 
@@ -270,7 +270,7 @@ def test_trainer_feeds_mixed_soft_targets_to_the_distiller(tmp_path, monkeypatch
                              "kd.method=dkd", "teacher.model=resnet8", "model.student=resnet8"])  # fmt: skip
     monkeypatch.setenv("GPD_DATA", str(tmp_path / "nothing"))
     trainer = Trainer(cfg, tmp_path / "run", dry_run=True)
-    assert trainer.mixup is not None and trainer.mixup.label_smoothing == 0.1
+    assert trainer.loop.mixup is not None and trainer.loop.mixup.label_smoothing == 0.1
     seen: list[torch.Tensor] = []
     original = Distiller.forward
 
@@ -279,7 +279,7 @@ def test_trainer_feeds_mixed_soft_targets_to_the_distiller(tmp_path, monkeypatch
         return original(self, x, y, **kwargs)
 
     monkeypatch.setattr(Distiller, "forward", spy)
-    result = trainer.train_one_epoch(1)
+    result = trainer.loop.train_one_epoch(1)
     assert seen and all(y.shape == (8, 10) and y.is_floating_point() for y in seen)
     for y in seen:
         torch.testing.assert_close(y.sum(dim=1), torch.ones(8))

@@ -158,9 +158,9 @@ def test_the_shared_pair_merges_a_registered_kind_in_student_and_d(twin_kind: No
 
 def test_the_unshared_pair_merges_a_registered_kind(twin_kind: None) -> None:
     distiller = gpd.Distiller(student(), input_size=SIZE, branches="twin", share_parameters=False, noise_std=0.0)
-    pair = distiller.gpd
+    pair = distiller.network
     assert isinstance(pair, UnsharedPair) and has_twins(pair.student)
-    train(distiller, lambda x, y: sum(distiller(x, y).values()))  # type: ignore[arg-type,return-value]
+    train(distiller, lambda x, y: distiller(x, y).loss)
     distiller.eval()
     assert_exported(pair.export_student(), pair.forward_student)
     assert_exported(distiller.export_student(), pair.forward_student)
@@ -170,7 +170,7 @@ def test_the_unshared_pair_merges_a_registered_kind(twin_kind: None) -> None:
 def test_the_baseline_distiller_merges_a_registered_kind(twin_kind: None) -> None:
     distiller = gpd.Distiller(student(), dynamic_teacher=False, input_size=SIZE, branches="twin")
     assert distiller.plain is not None and has_twins(distiller.plain)
-    train(distiller, lambda x, y: sum(distiller(x, y).values()))  # type: ignore[arg-type,return-value]
+    train(distiller, lambda x, y: distiller(x, y).loss)
     distiller.eval()
     assert_exported(distiller.export_student(), distiller.student_logits)
 
@@ -180,29 +180,28 @@ def test_weight_selection_and_ema_merge_a_registered_kind(twin_kind: None, gpd_o
     """The trainer's exports: the best epoch on the validation split (final or EMA weights), and the
     EMA weights, through training/selection.py as the trainer calls it."""
     distiller = gpd.Distiller(student(), dynamic_teacher=gpd_on, input_size=SIZE, branches="twin", noise_std=0.0)
-    core = distiller.gpd if distiller.gpd is not None else distiller.plain
-    assert core is not None
-    ema = ModelEmaV3(core, decay=0.5)
+    network = distiller.network
+    ema = ModelEmaV3(network, decay=0.5)
     selection = WeightSelection(has_val=True, has_ema=True)
 
     def export(weights: str) -> nn.Module:
-        return standalone_student(core, ema, weights)
+        return standalone_student(network, ema, weights)
 
     def student_of(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         return module.forward_student if gpd_on else module  # type: ignore[return-value]
 
     best: dict[str, torch.Tensor] = {}
     for epoch, val in enumerate([60.0, 80.0, 70.0], start=1):
-        train(distiller, lambda x, y: sum(distiller(x, y).values()), steps=2)  # type: ignore[arg-type,return-value]
-        ema.update(core)
+        train(distiller, lambda x, y: distiller(x, y).loss, steps=2)
+        ema.update(network)
         distiller.eval()
         ema.module.eval()
         acc = {"student": val, "val_student": val, "ema_student": val - 1, "val_ema_student": val - 1}
         if selection.update(epoch, acc, export):
             x, _ = batch(99)
             with torch.no_grad():
-                best = {"final": student_of(core)(x), "ema": student_of(ema.module)(x)}
+                best = {"final": student_of(network)(x), "ema": student_of(ema.module)(x)}
         assert_exported(export("ema"), student_of(ema.module))
-        assert_exported(export("final"), student_of(core))
+        assert_exported(export("final"), student_of(network))
     assert selection.choice is not None and (selection.choice.epoch, selection.choice.weights) == (2, "final")
     assert_exported(selection.student(export), lambda x: best["final"])

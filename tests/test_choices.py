@@ -29,6 +29,7 @@ TODAYS_MESSAGES = {  # the messages of the checks validate() held before the Lit
     "gpd.branches": "gpd.branches must be none or orepa, got 'bad'",
     "gpd.branch_init": "gpd.branch_init must be default or identity, got 'bad'",
     "gpd.layout": "gpd.layout must be auto, tiled or interleaved, got 'bad'",
+    "gpd.step_rule": "gpd.step_rule must be paper or plain, got 'bad'",
     "train.precision": "train.precision must be fp32, bf16 or fp16, got 'bad'",
     "train.memory_mode": "train.memory_mode must be joint or sequential, got 'bad'",
     "train.on_nonfinite": "train.on_nonfinite must be stop or skip, got 'bad'",

@@ -93,7 +93,7 @@ import torch
 from gpd.config import load_config
 from gpd.training import Trainer
 from gpd.training.distributed import init_distributed, shutdown_distributed
-from gpd.training.steps import joint_backward, sequential_backward
+from gpd.training.backward import joint_backward, sequential_backward
 
 torch.set_num_threads(1)
 ctx, device = init_distributed("cpu")
@@ -110,14 +110,14 @@ for case, options in cases.items():
         x = torch.randn(8, *trainer.data.input_size, generator=gen)
         y = torch.randint(0, trainer.data.num_classes, (8,), generator=gen)
         trainer.distiller.train()
-        p = trainer.precision
+        p = trainer.loop.precision
         if mode == "joint":
-            joint_backward(trainer.train_module, x, y, 0.5, p.autocast, p.backward)
+            joint_backward(trainer.loop.train_module, x, y, 0.5, p.autocast, p.backward)
         else:
-            sequential_backward(trainer.train_module, x, y, 0.5, p.autocast, p.backward, first_half=trainer._no_sync)
-        grads[mode] = torch.cat([q.grad.flatten() for q in trainer.trainable])
+            sequential_backward(trainer.loop.train_module, x, y, 0.5, p.autocast, p.backward, first_half=trainer.loop.no_sync)
+        grads[mode] = torch.cat([q.grad.flatten() for q in trainer.loop.trainable])
         unused[mode] = trainer.find_unused_parameters
-        ignored = set(trainer.train_module.parameters_to_ignore)
+        ignored = set(trainer.loop.train_module.parameters_to_ignore)
         static = trainer.distiller.static_teacher
         names = {f"static_teacher.{n}" for n, _ in static.named_parameters()} if static is not None else set()
         report.setdefault(case, {})[f"teacher_ignored_{mode}"] = names <= ignored
@@ -152,7 +152,7 @@ ctx, device = init_distributed("cpu")
 cfg = load_config(None, sys.argv[2:] + [f"output_dir={sys.argv[1]}"])
 run_dir = run_on_main(lambda: prepare_run_dir(cfg), ctx)
 trainer = Trainer(cfg, run_dir, ctx=ctx, device=device)
-forward, calls = trainer.train_module, []
+forward, calls = trainer.loop.train_module, []
 
 def poisoned(*args, **kwargs):
     out = forward(*args, **kwargs)  # the losses and the student's logits
@@ -161,7 +161,7 @@ def poisoned(*args, **kwargs):
         out.losses["ce_student"] = out.losses["ce_student"] * float("nan")
     return out
 
-trainer.train_module = poisoned
+trainer.loop.train_module = poisoned
 try:
     trainer.fit()
     stopped = None
@@ -202,7 +202,7 @@ import torch
 from gpd.config import load_config
 from gpd.training import Trainer
 from gpd.training.distributed import DistContext, init_distributed, shutdown_distributed
-from gpd.training.steps import joint_backward
+from gpd.training.backward import joint_backward
 
 torch.set_num_threads(1)
 ctx, device = init_distributed("cpu")
@@ -211,9 +211,9 @@ gen = torch.Generator().manual_seed(0)
 
 def step(trainer, x, y):
     trainer.distiller.train()
-    p = trainer.precision
-    joint_backward(trainer.train_module, x, y, 0.5, p.autocast, p.backward)
-    grads = torch.cat([q.grad.flatten() for q in trainer.trainable])
+    p = trainer.loop.precision
+    joint_backward(trainer.loop.train_module, x, y, 0.5, p.autocast, p.backward)
+    grads = torch.cat([q.grad.flatten() for q in trainer.loop.trainable])
     stats = torch.cat([b.flatten() for n, b in trainer.distiller.named_buffers() if "running" in n])
     return grads, stats
 

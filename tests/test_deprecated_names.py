@@ -19,7 +19,7 @@ from torch import nn
 import gpd
 from gpd.cli.main import main
 from gpd.config import bundled_config_names, load_config
-from gpd.distill import Distiller
+from gpd.distill import Distiller, DistillerOutput
 from gpd.errors import ConfigError
 from gpd.losses import sce
 from gpd.models import create_model
@@ -38,6 +38,11 @@ def old_keys(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torc
     """``state`` as an older gpd saved it: D under ``{prefix}teacher.`` instead of ``{prefix}dynamic.``."""
     new = f"{prefix}dynamic."
     return {(f"{prefix}teacher." + k[len(new) :] if k.startswith(new) else k): v for k, v in state.items()}
+
+
+def old_network_keys(state: dict[str, torch.Tensor], old: str = "gpd") -> dict[str, torch.Tensor]:
+    """A Distiller's ``state`` as an older gpd saved it: the network under ``gpd.`` (or ``plain.``)."""
+    return {(f"{old}." + k[len("network.") :] if k.startswith("network.") else k): v for k, v in state.items()}
 
 
 def messages(record: list[warnings.WarningMessage], category: type[Warning]) -> list[str]:
@@ -191,17 +196,20 @@ def test_an_old_distiller_state_dict_loads_and_the_static_teacher_keys_stay(shar
         for p in trained.parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
-    old = old_keys(trained.state_dict(), prefix="gpd.")
+    old = old_keys(old_network_keys(trained.state_dict()), prefix="gpd.")
     assert any(k.startswith("static_teacher.teacher.") for k in old) and any(k.startswith("gpd.teacher.") for k in old)
-    with pytest.warns(FutureWarning, match=r"'gpd\.teacher\.\*'"):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
         result = fresh.load_state_dict(old, strict=True)
+    said = " | ".join(messages(record, FutureWarning))
+    assert "'gpd.*'; loaded as 'network.*'" in said and "'network.teacher.*'" in said, said
     assert not result.missing_keys and not result.unexpected_keys
     x, y = torch.randn(4, *SIZE), torch.randint(0, 10, (4,))
     with torch.no_grad():
         assert torch.equal(fresh.dynamic_logits(x), trained.dynamic_logits(x))
         assert torch.equal(fresh.student_logits(x), trained.student_logits(x))
         assert torch.equal(fresh.static_teacher(x), trained.static_teacher(x))
-        losses = fresh(x, y)
+        losses = fresh(x, y).losses
     assert set(losses) == {"ce_dynamic", "kd_dynamic", "ce_student", "kd_student", "sce"}
 
 
@@ -219,16 +227,16 @@ def test_an_old_reviewkd_head_of_d_loads():
             p.add_(0.01 * torch.randn_like(p))
     old = {
         k.replace("review_heads.dynamic.", "review_heads.teacher.", 1): v
-        for k, v in old_keys(trained.state_dict(), "gpd.").items()
+        for k, v in old_keys(old_network_keys(trained.state_dict()), "gpd.").items()
     }
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         fresh.load_state_dict(old, strict=True)
     said = " | ".join(messages(record, FutureWarning))
-    assert "D's ReviewKD head" in said and "'gpd.teacher.*'" in said and "static_teacher" not in said
+    assert "D's ReviewKD head" in said and "'network.teacher.*'" in said and "static_teacher" not in said
     x, y = torch.randn(4, *SIZE), torch.randint(0, 10, (4,))
     with torch.no_grad():
-        assert torch.equal(fresh(x, y)["reviewkd_dynamic"], trained(x, y)["reviewkd_dynamic"])
+        assert torch.equal(fresh(x, y).losses["reviewkd_dynamic"], trained(x, y).losses["reviewkd_dynamic"])
 
 
 def test_an_old_timm_task_checkpoint_loads():
@@ -258,7 +266,9 @@ def test_an_old_timm_task_checkpoint_loads():
     with torch.no_grad():
         assert torch.equal(other.get_eval_model()(x), task.get_eval_model()(x))
         assert torch.equal(other.distiller.dynamic_logits(x), task.distiller.dynamic_logits(x))
-        assert torch.equal(other.distiller(x, y)["reviewkd_dynamic"], task.distiller(x, y)["reviewkd_dynamic"])
+        assert torch.equal(
+            other.distiller(x, y).losses["reviewkd_dynamic"], task.distiller(x, y).losses["reviewkd_dynamic"]
+        )
 
 
 # ------------------------------------------------------------------------ Distiller and losses
@@ -271,20 +281,95 @@ def test_distiller_old_methods_and_keywords_warn_and_delegate():
     with torch.no_grad():
         with pytest.warns(DeprecationWarning, match=r"Distiller\.dynamic_logits\(\)"):
             assert torch.equal(distiller.teacher_logits(x), distiller.dynamic_logits(x))
-        targets = distiller.static_targets(x)
-        with pytest.warns(DeprecationWarning, match=r"Distiller\.dynamic_losses\(\)"):
-            losses, logits = distiller.teacher_losses(x, y, targets)
-        assert set(losses) == {"ce_dynamic"}
-        expected = distiller(x, y, part="student", targets=targets, dynamic_logits=logits)
+        dynamic = distiller(x, y, part="dynamic")
+        expected = distiller(x, y, part="student", dynamic=dynamic)
+        with pytest.warns(DeprecationWarning, match=r"Distiller\.static_targets\(\) .*part='dynamic'"):
+            targets = distiller.static_targets(x)
+        assert targets == dynamic.targets
+        for old_name in ("teacher_losses", "dynamic_losses"):
+            with pytest.warns(DeprecationWarning, match=rf"Distiller\.{old_name}\(\) .*part='dynamic'"):
+                losses, logits = getattr(distiller, old_name)(x, y, targets)
+            assert set(losses) == {"ce_dynamic"} and torch.equal(logits, dynamic.dynamic_logits)
+        with pytest.warns(DeprecationWarning, match=r"dynamic=<the DynamicPart"):
+            old = distiller(x, y, part="student", targets=targets, dynamic_logits=logits)
+        assert isinstance(old, DistillerOutput) and old.losses.keys() == expected.losses.keys()
+        assert all(torch.equal(old.losses[k], expected.losses[k]) for k in old.losses)
         with pytest.warns(DeprecationWarning, match=r"dynamic_logits=\.\.\."):
             old = distiller(x, y, part="student", targets=targets, teacher_logits=logits)
-        assert {k: float(v) for k, v in old.items()} == {k: float(v) for k, v in expected.items()}
+        assert float(old.losses["sce"]) == float(expected.losses["sce"])
+        with pytest.warns(DeprecationWarning, match=r"Distiller\.student_output\(\)"):
+            direct = distiller.student_output(x, y, targets, logits)
+        assert torch.equal(direct.student_logits, expected.student_logits)
         with pytest.warns(DeprecationWarning, match=r"dynamic_logits=\.\.\."):
             assert float(distiller.student_losses(x, y, targets, teacher_logits=logits)["sce"]) == float(
-                expected["sce"]
+                expected.losses["sce"]
             )
         with pytest.raises(TypeError, match="give only dynamic_logits"):
             distiller(x, y, part="student", targets=targets, teacher_logits=logits, dynamic_logits=logits)
+        with pytest.warns(DeprecationWarning, match="with_student_logits"):
+            out = distiller(x, y, with_student_logits=True)
+        assert isinstance(out, DistillerOutput) and out.losses.keys() == {"ce_dynamic", "ce_student", "sce"}
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            distiller(x, y, with_logits=True)
+
+
+@pytest.mark.parametrize("dynamic_teacher", [True, False])
+def test_the_old_names_of_the_network_warn(dynamic_teacher: bool):
+    torch.manual_seed(0)
+    distiller = Distiller(create_model("resnet8", 10, 1), input_size=SIZE, dynamic_teacher=dynamic_teacher)
+    with pytest.warns(DeprecationWarning, match=r"Distiller\.gpd is deprecated, use Distiller\.network"):
+        assert distiller.gpd is (distiller.network if dynamic_teacher else None)
+    with pytest.warns(DeprecationWarning, match=r"Distiller\.plain is deprecated, use Distiller\.network"):
+        assert distiller.plain is (None if dynamic_teacher else distiller.network)
+    with pytest.warns(DeprecationWarning, match=r"Distiller\.student_module\(\) is deprecated, use Distiller\.student"):
+        assert distiller.student_module() is distiller.student
+    assert all(k.startswith("network.") for k in distiller.state_dict())
+
+
+@pytest.mark.parametrize("dynamic_teacher", [True, False])
+def test_a_state_dict_with_the_network_under_gpd_or_plain_loads(dynamic_teacher: bool):
+    def build() -> Distiller:
+        torch.manual_seed(0)
+        return Distiller(create_model("resnet8", 10, 1), input_size=SIZE, dynamic_teacher=dynamic_teacher).eval()
+
+    trained, fresh = build(), build()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    old_name = "gpd" if dynamic_teacher else "plain"
+    old = old_network_keys(trained.state_dict(), old_name)
+    assert all(k.startswith(f"{old_name}.") for k in old)
+    with pytest.warns(FutureWarning, match=rf"'{old_name}\.\*'; loaded as 'network\.\*'"):
+        result = fresh.load_state_dict(old, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(fresh.student_logits(x), trained.student_logits(x))
+
+
+def test_compensate_step_keyword_and_config_key_become_step_rule(tmp_path: Path):
+    torch.manual_seed(0)
+    student = create_model("resnet8", 10, 1)
+    for old, rule in ((True, "plain"), (False, "paper")):
+        with pytest.warns(DeprecationWarning, match=r"compensate_step=\.\.\.\) is deprecated, use step_rule="):
+            distiller = Distiller(student, input_size=SIZE, compensate_step=old)
+        assert distiller.network.step_rule == rule
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="give only step_rule"):
+        Distiller(student, input_size=SIZE, compensate_step=True, step_rule="plain")
+    for value, rule in (("true", "plain"), ("false", "paper"), ("True", "plain")):
+        with pytest.warns(FutureWarning, match=r"gpd\.compensate_step .*use gpd\.step_rule"):
+            assert load_config(None, [f"gpd.compensate_step={value}"]).gpd.step_rule == rule
+    path = tmp_path / "old.yaml"
+    path.write_text("gpd:\n  kd_weight: 2.0\n  compensate_step: true\n")
+    with pytest.warns(FutureWarning):
+        cfg = load_config(str(path))
+    assert cfg.gpd.step_rule == "plain" and cfg.gpd.sce_weight == 2.0  # both old keys of one section renamed
+    with pytest.warns(DeprecationWarning, match="GPDConfig.step_rule"):
+        assert cfg.gpd.compensate_step is True
+    with pytest.raises(ConfigError, match="gpd.compensate_step .*must be true or false, got 'maybe'"):
+        load_config(None, ["gpd.compensate_step=maybe"])
+    with pytest.raises(ConfigError, match="both given"):
+        load_config(None, ["gpd.compensate_step=true", "gpd.step_rule=plain"])
 
 
 def test_sce_takes_the_old_keyword():

@@ -106,7 +106,8 @@ def make_old_style(run: Path, *, rows_in_checkpoint: bool) -> None:
     """Turn a run directory of this gpd into one an older gpd wrote: D's keys, the metrics columns
     (in the file and, unless ``rows_in_checkpoint`` is False, in the checkpoint) and gpd.kd_weight."""
     state = load_checkpoint(run / "checkpoint.pt")
-    state["model"] = old_keys(state["model"], "gpd.")
+    as_gpd = {("gpd." + k[len("network.") :] if k.startswith("network.") else k): v for k, v in state["model"].items()}
+    state["model"] = old_keys(as_gpd, "gpd.")
     state["ema"] = old_keys(state["ema"], "module.")
     if rows_in_checkpoint:
         state["metrics"] = [{OLD_COLUMNS.get(k, k): v for k, v in row.items()} for row in state["metrics"]]
@@ -147,7 +148,8 @@ def test_resume_of_an_old_run_directory_continues_as_a_new_one(tmp_path: Path):
             warnings.simplefilter("always")
             assert main(["train", "--resume", str(runs[name]), "train.epochs=2"]) == 0
         said = " | ".join(messages(record, FutureWarning))
-        assert "gpd.kd_weight" in said and "'gpd.teacher.*'" in said and "'module.teacher.*'" in said, said
+        assert "gpd.kd_weight" in said and "'gpd.*'" in said and "'network.teacher.*'" in said, said
+        assert "'module.teacher.*'" in said, said
         assert "teacher_acc" in said, said
 
     reference = runs["new"]
@@ -159,4 +161,5 @@ def test_resume_of_an_old_run_directory_continues_as_a_new_one(tmp_path: Path):
         assert all(torch.equal(student[k], expected_student[k]) for k in student), name  # bit-identical
         assert metrics_without_timing(run) == metrics_without_timing(reference), name
         assert "kd_weight" not in (run / "config.yaml").read_text()  # rewritten with the new names
-        assert not any(k.startswith("gpd.teacher.") for k in load_checkpoint(run / "checkpoint.pt")["model"])
+        saved = load_checkpoint(run / "checkpoint.pt")["model"]
+        assert not any(k.startswith(("gpd.", "network.teacher.")) for k in saved)  # written with the new keys

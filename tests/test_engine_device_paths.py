@@ -71,11 +71,11 @@ def test_a_training_step_reads_nothing_back_from_the_device(memory_mode, tmp_pat
         "train.ema=true", "train.grad_clip=1.0", f"train.memory_mode={memory_mode}",
     )  # fmt: skip
     trainer.distiller.train()
-    x, y = next(iter(trainer.train_loader))
-    trainer.train_step(x, y, 0.5, where="warm-up")  # first calls may set things up
+    x, y = next(iter(trainer.loop.loaders.train))
+    trainer.loop.train_step(x, y, 0.5, where="warm-up")  # first calls may set things up
     with count_host_syncs() as calls:
         for step in range(3):
-            out = trainer.train_step(x, y, 0.5 + step, where=f"step {step}")
+            out = trainer.loop.train_step(x, y, 0.5 + step, where=f"step {step}")
     assert out is not None and set(out.losses) >= {"ce_student", "kd_student", "kd_dynamic", "sce"}
     assert out.student_logits.shape == (len(y), trainer.data.num_classes)
     assert not calls, f"host syncs in a step: {dict(calls)}"
@@ -133,7 +133,7 @@ def test_a_nan_is_caught_at_the_next_read_and_the_checkpoint_kept(tmp_path: Path
     cfg = load_config(None, [*SMALL, "train.epochs=2", "train.grad_probe_every=0", "train.nonfinite_check_every=3",
                              f"output_dir={run}"])  # fmt: skip
     trainer = Trainer(cfg, prepare_run_dir(cfg))
-    original, calls = trainer.train_module, []
+    original, calls = trainer.loop.train_module, []
 
     def poisoned(*args, **kwargs):
         out = original(*args, **kwargs)  # the losses and the student's logits
@@ -143,10 +143,10 @@ def test_a_nan_is_caught_at_the_next_read_and_the_checkpoint_kept(tmp_path: Path
             losses["ce_student"] = losses["ce_student"] * float("nan")
         return out
 
-    trainer.train_module = poisoned
+    trainer.loop.train_module = poisoned
     read_at = []
-    raise_if_flagged = trainer.guard.raise_if_flagged
-    trainer.guard.raise_if_flagged = lambda: (read_at.append(len(calls)), raise_if_flagged())[1]  # type: ignore[method-assign]
+    raise_if_flagged = trainer.loop.guard.raise_if_flagged
+    trainer.loop.guard.raise_if_flagged = lambda: (read_at.append(len(calls)), raise_if_flagged())[1]  # type: ignore[method-assign]
     with pytest.raises(GPDError, match=r"non-finite at epoch 2, step 1 \("):
         trainer.fit()
     assert read_at[-1] == 8 + 3  # the first read after the bad step: step 2 of epoch 2 (every 3 steps)
@@ -174,11 +174,11 @@ def test_the_ema_horizon_means_the_same_for_any_batch_size():
 
 def test_ema_decay_and_warmup_reach_timm(tmp_path: Path):
     trainer = dry_trainer(tmp_path, "train.ema=true", "train.ema_epochs=3")
-    steps = len(trainer.train_loader)
-    assert trainer.ema is not None and trainer.ema.use_warmup
-    assert trainer.ema.decay == pytest.approx(math.exp(-1 / (3 * steps)))
+    steps = len(trainer.loop.loaders.train)
+    assert trainer.loop.ema is not None and trainer.loop.ema.use_warmup
+    assert trainer.loop.ema.decay == pytest.approx(math.exp(-1 / (3 * steps)))
     old = dry_trainer(tmp_path / "old", "train.ema=true", "train.ema_decay=0.9998", "train.ema_warmup=false")
-    assert old.ema is not None and old.ema.decay == 0.9998 and not old.ema.use_warmup
+    assert old.loop.ema is not None and old.loop.ema.decay == 0.9998 and not old.loop.ema.use_warmup
 
 
 # ------------------------------------------------------------------------ CPU threads
@@ -217,12 +217,12 @@ def test_bad_threads_value_is_a_config_error():
 
 def _unscaled_gradients(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     trainer.distiller.train()
-    p = trainer.precision
+    p = trainer.loop.precision
     with p.autocast():
-        losses = trainer.distiller(x, y, epoch=0.5)
+        losses = trainer.distiller(x, y, epoch=0.5).losses
     p.backward(sum(losses.values()))
-    p.unscale_(trainer.optimizer)  # back to the true scale
-    return torch.cat([q.grad.flatten() for q in trainer.trainable])
+    p.unscale_(trainer.loop.optimizer)  # back to the true scale
+    return torch.cat([q.grad.flatten() for q in trainer.loop.trainable])
 
 
 def test_fp16_with_the_gradient_scaler_gives_the_fp32_gradients_on_cpu(tmp_path: Path):
@@ -232,8 +232,8 @@ def test_fp16_with_the_gradient_scaler_gives_the_fp32_gradients_on_cpu(tmp_path:
     }
     for trainer in runs.values():
         trainer.distiller.load_state_dict(runs["fp32"].distiller.state_dict())
-    assert runs["fp16"].precision.scaler is not None and runs["fp16"].precision.scaler.get_scale() > 1
-    x, y = next(iter(runs["fp32"].train_loader))
+    assert runs["fp16"].loop.precision.scaler is not None and runs["fp16"].loop.precision.scaler.get_scale() > 1
+    x, y = next(iter(runs["fp32"].loop.loaders.train))
     grads = {name: _unscaled_gradients(trainer, x, y) for name, trainer in runs.items()}
     error = {name: float((grads[name] - grads["fp32"]).norm() / grads["fp32"].norm()) for name in ("fp16", "bf16")}
     # Measured: fp16 5.7e-2, bf16 1.2e-1 (16 random images at initialisation, where the SCE term is
@@ -257,8 +257,8 @@ def test_fp16_runs_through_a_whole_run_and_its_scaler_is_checkpointed(tmp_path: 
 
 
 def _grads_after_a_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-    trainer.train_step(x, y, 0.5, where="step")
-    return [p.grad.detach().clone() for p in trainer.trainable]
+    trainer.loop.train_step(x, y, 0.5, where="step")
+    return [p.grad.detach().clone() for p in trainer.loop.trainable]
 
 
 @pytest.mark.slow
@@ -270,7 +270,7 @@ def test_compiled_steps_give_the_eager_gradients_in_both_memory_modes(memory_mod
     eager = dry_trainer(tmp_path / "eager", *options)
     compiled = dry_trainer(tmp_path / "compiled", *options, "train.compile=true")
     compiled.distiller.load_state_dict(eager.distiller.state_dict())
-    x, y = next(iter(eager.train_loader))
+    x, y = next(iter(eager.loop.loaders.train))
     for trainer in (eager, compiled):
         trainer.distiller.train()
     for a, b in zip(_grads_after_a_step(eager, x, y), _grads_after_a_step(compiled, x, y)):
@@ -283,8 +283,8 @@ def test_channels_last_steps_give_the_contiguous_gradients(tmp_path: Path):
     plain = dry_trainer(tmp_path / "plain", *options, "train.channels_last=false")
     plain.distiller.load_state_dict(last.distiller.state_dict())
     assert any(p.is_contiguous(memory_format=torch.channels_last) and p.dim() == 4 and not p.is_contiguous()
-               for p in last.trainable)  # fmt: skip
-    x, y = next(iter(last.train_loader))
+               for p in last.loop.trainable)  # fmt: skip
+    x, y = next(iter(last.loop.loaders.train))
     for trainer in (last, plain):
         trainer.distiller.train()
     grads_last = _grads_after_a_step(last, x.contiguous(memory_format=torch.channels_last), y)

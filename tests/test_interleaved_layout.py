@@ -231,7 +231,7 @@ def test_the_config_key_and_the_distiller_choose_the_layout() -> None:
     with pytest.raises(ConfigError, match="gpd.layout must be auto, tiled or interleaved"):
         load_config(None, ["gpd.layout=diagonal"])
     distiller = gpd.Distiller(SplitCNN(), None, "none", input_size=(3, 8, 8), noise_std=0.0)
-    assert distiller.gpd.report.layout == "interleaved"
+    assert distiller.network.report.layout == "interleaved"
     with pytest.raises(gpd.ExpansionError):
         gpd.Distiller(SplitCNN(), None, "none", input_size=(3, 8, 8), layout="tiled")
 

@@ -13,10 +13,21 @@ import gpd
 from gpd.choices import KDMethodName
 from gpd.config import load_config
 from gpd.config.schema import Config, KDConfig
-from gpd.distill import KD_METHODS, DecoupledKD, Distiller, DistillerOutput, HintonKD, KDMethod, NoKD, ReviewKD
+from gpd.distill import (
+    KD_METHODS,
+    DecoupledKD,
+    Distiller,
+    DistillerOutput,
+    DynamicPart,
+    HintonKD,
+    KDMethod,
+    NoKD,
+    ReviewKD,
+    total_loss,
+)
 from gpd.distill.kd_methods import DKDOptions, HintonKDOptions, build_kd_method, kd_method_class
 from gpd.distill.reviewkd import ReviewKDOptions
-from gpd.errors import ConfigError
+from gpd.errors import ArgumentError, ConfigError
 from gpd.models import create_model
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -95,7 +106,7 @@ def test_a_method_object_or_a_plain_loss_can_be_given_instead_of_a_name():
     by_object = Distiller(student, teacher, method, input_size=SIZE)
     assert by_object.kd_method is method and by_object.ce_weight == 0.5
     with torch.no_grad():
-        a, b = by_name.eval()(x, y), by_object.eval()(x, y)
+        a, b = by_name.eval()(x, y).losses, by_object.eval()(x, y).losses
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ConfigError, match="kd_options go with a method name"):
         Distiller(student, teacher, method, kd_options={"temperature": 3.0}, input_size=SIZE)
@@ -105,7 +116,7 @@ def test_a_method_object_or_a_plain_loss_can_be_given_instead_of_a_name():
 
     custom = Distiller(student, teacher, plain, kd_options={"ce_weight": 0.25}, dynamic_teacher=False).eval()
     with torch.no_grad():
-        losses = custom(x, y)
+        losses = custom(x, y).losses
         assert torch.equal(losses["kd_student"], plain(student.eval()(x), teacher(x), y, None))
     assert custom.ce_weight == 0.25
 
@@ -176,7 +187,7 @@ def test_from_config_gives_the_distiller_of_the_old_kd_options_mapping(method):
         branches=cfg.gpd.branches,
         branch_init=cfg.gpd.branch_init,
         share_parameters=cfg.gpd.share,
-        compensate_step=cfg.gpd.compensate_step,
+        step_rule=cfg.gpd.step_rule,
         layout=cfg.gpd.layout,
     )
     assert type(new.kd_method) is KD_METHODS[method]
@@ -185,7 +196,7 @@ def test_from_config_gives_the_distiller_of_the_old_kd_options_mapping(method):
     new_state, old_state = new.state_dict(), old.state_dict()
     assert new_state.keys() == old_state.keys() and all(torch.equal(new_state[k], old_state[k]) for k in new_state)
     x, y = torch.randn(4, *SIZE), torch.randint(0, 10, (4,))
-    a, b = new.train()(x, y, epoch=1.0), old.train()(x, y, epoch=1.0)
+    a, b = new.train()(x, y, epoch=1.0).losses, old.train()(x, y, epoch=1.0).losses
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -195,7 +206,7 @@ def test_the_options_of_from_config_reach_the_loss():
     distiller = Distiller.from_config(cfg, student, teacher, input_size=SIZE).eval()
     x, y = torch.randn(4, *SIZE), torch.randint(0, 10, (4,))
     with torch.no_grad():
-        losses = distiller(x, y, epoch=2.0)  # half of the warm-up (dkd.warmup_epochs=4)
+        losses = distiller(x, y, epoch=2.0).losses  # half of the warm-up (dkd.warmup_epochs=4)
         z, z_t = student.eval()(x), teacher(x)
     expected = 0.5 * gpd.losses.dkd(z, z_t, y, alpha=0.5, beta=2.0, temperature=1.5)
     torch.testing.assert_close(losses["kd_student"], expected)
@@ -206,42 +217,58 @@ def test_the_options_of_from_config_reach_the_loss():
 
 
 @pytest.mark.parametrize("dynamic_teacher", [True, False])
-def test_the_output_with_student_logits(dynamic_teacher):
+def test_every_call_returns_the_losses_and_the_students_logits(dynamic_teacher):
     student, teacher = small_pair()
     distiller = Distiller(student, teacher, "dkd", dynamic_teacher=dynamic_teacher, input_size=SIZE).eval()
     x, y = torch.randn(6, *SIZE), torch.randint(0, 10, (6,))
     with torch.no_grad():
-        plain = distiller(x, y, epoch=1.0)
-        out = distiller(x, y, epoch=1.0, with_student_logits=True)
+        out = distiller(x, y, epoch=1.0)
         logits = distiller.student_logits(x)
-    assert isinstance(plain, dict) and isinstance(out, DistillerOutput)
-    assert list(out.losses) == list(plain) and all(torch.equal(out.losses[k], plain[k]) for k in plain)
+    assert isinstance(out, DistillerOutput)
     assert torch.equal(out.student_logits, logits)
-    losses, unpacked = out  # a tuple: the (losses, logits) contract of with_student_logits
+    losses, unpacked = out  # a tuple: (losses, student_logits)
     assert losses is out.losses and unpacked is out.student_logits
-    train_acc = (out.student_logits.argmax(-1) == y).float().mean()
-    assert 0.0 <= float(train_acc) <= 1.0
+    assert torch.equal(out.loss, sum(out.losses.values())) and torch.equal(out.loss, total_loss(out.losses))
+    expected = {"ce_student", "kd_student"} | ({"ce_dynamic", "kd_dynamic", "sce"} if dynamic_teacher else set())
+    assert set(out.losses) == expected
     with torch.no_grad():
-        targets = distiller.static_targets(x)
-        dyn_losses, dyn_logits = distiller.dynamic_losses(x, y, targets, epoch=1.0)
-        half = distiller(x, y, epoch=1.0, part="student", targets=targets, dynamic_logits=dyn_logits)
-        half_out = distiller(
-            x, y, epoch=1.0, part="student", targets=targets, dynamic_logits=dyn_logits, with_student_logits=True
-        )
-        direct = distiller.student_output(x, y, targets, dyn_logits, epoch=1.0)
-    assert isinstance(half, dict) and isinstance(half_out, DistillerOutput) and isinstance(direct, DistillerOutput)
-    for got in (half_out, direct):
-        assert list(got.losses) == list(half) and all(torch.equal(got.losses[k], half[k]) for k in half)
-        assert torch.equal(got.student_logits, logits)
-    assert {**dyn_losses, **half}.keys() == plain.keys()
+        dynamic = distiller(x, y, epoch=1.0, part="dynamic")
+        student = distiller(x, y, epoch=1.0, part="student", dynamic=dynamic)
+    assert isinstance(dynamic, DynamicPart) and isinstance(student, DistillerOutput)
+    assert torch.equal(dynamic.targets.logits, teacher(x))
+    assert (dynamic.dynamic_logits is not None) == dynamic_teacher
+    both = {**dynamic.losses, **student.losses}
+    assert list(both) == list(out.losses) and all(torch.equal(both[k], out.losses[k]) for k in both)
+    assert torch.equal(student.student_logits, logits)
+
+
+def test_the_phases_are_refused_without_what_they_need():
+    student, teacher = small_pair()
+    distiller = Distiller(student, teacher, "kd", input_size=SIZE).eval()
+    x, y = torch.randn(2, *SIZE), torch.randint(0, 10, (2,))
+    with pytest.raises(ArgumentError, match="part='student' needs dynamic="):
+        distiller(x, y, part="student")
+    with pytest.raises(ArgumentError, match="part must be 'all', 'dynamic' or 'student', got 'both'"):
+        distiller(x, y, part="both")
+
+
+def test_the_students_phase_sends_no_gradient_into_ds_logits():
+    student, _ = small_pair()
+    distiller = Distiller(student, input_size=SIZE, share_parameters=False).train()  # D's tensors apart
+    x, y = torch.randn(4, *SIZE), torch.randint(0, 10, (4,))
+    dynamic = distiller(x, y, part="dynamic")
+    assert dynamic.dynamic_logits is not None and dynamic.dynamic_logits.requires_grad  # not detached by the caller
+    distiller(x, y, part="student", dynamic=dynamic).loss.backward()
+    assert all(p.grad is None for p in distiller.network.dynamic.parameters())
+    assert all(p.grad is not None for p in distiller.network.student.parameters())
 
 
 def test_the_logits_in_the_output_carry_the_students_gradient():
     student, teacher = small_pair()
     distiller = Distiller(student, teacher, "kd", input_size=SIZE).train()
-    out = distiller(torch.randn(4, *SIZE), torch.randint(0, 10, (4,)), with_student_logits=True)
+    out = distiller(torch.randn(4, *SIZE), torch.randint(0, 10, (4,)))
     assert out.student_logits.requires_grad
-    sum(out.losses.values()).backward()
+    out.loss.backward()
 
 
 def test_build_kd_method_is_what_the_distiller_uses():

@@ -102,8 +102,8 @@ def test_distiller_taps_pre_activation_for_teacher_and_d_and_adds_the_pooled_lev
     distiller = gpd.Distiller(student, teacher, "reviewkd", input_size=(3, 32, 32))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        targets = distiller.static_targets(x)
-        with distiller.kd_method.taps(distiller.gpd.dynamic, "dynamic") as d_feats:
+        targets = distiller(x, torch.zeros(2, dtype=torch.long), part="dynamic").targets
+        with distiller.kd_method.taps(distiller.network.dynamic, "dynamic") as d_feats:
             distiller.dynamic_logits(x)
     assert [tuple(f.shape) for f in targets.features] == [
         (2, 16, 32, 32),
@@ -114,11 +114,11 @@ def test_distiller_taps_pre_activation_for_teacher_and_d_and_adds_the_pooled_lev
     assert [tuple(f.shape) for f in d_feats] == [(2, 32, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8), (2, 128, 1, 1)]
     assert all((f < 0).any() for f in targets.features[:3]) and all((f < 0).any() for f in d_feats[:3])
     post = gpd.Distiller(student, teacher, "reviewkd", input_size=(3, 32, 32), kd_options={"student_preact": False})
-    with torch.no_grad(), post.kd_method.taps(post.gpd.dynamic, "dynamic") as d_post:
+    with torch.no_grad(), post.kd_method.taps(post.network.dynamic, "dynamic") as d_post:
         post.dynamic_logits(x)
     assert all((f >= 0).all() for f in d_post)  # post-ReLU student/D taps; the teacher's stay pre-ReLU
     with torch.no_grad():
-        assert any((f < 0).any() for f in post.static_targets(x).features)
+        assert any((f < 0).any() for f in post(x, torch.zeros(2, dtype=torch.long), part="dynamic").targets.features)
 
 
 # ------------------------------------------------------------------ ABF init
@@ -190,7 +190,7 @@ def test_kd_ce_weight_and_kd_weight_golden_values():
     ).eval()
     x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
     with torch.no_grad():
-        losses = distiller(x, y)
+        losses = distiller(x, y).losses
         zs, zd, zt = distiller.student_logits(x).double(), distiller.dynamic_logits(x).double(), teacher(x).double()
     for role, z in (("student", zs), ("dynamic", zd)):
         assert float(losses[f"ce_{role}"]) == pytest.approx(0.1 * _ce(z, y), rel=1e-5)
@@ -206,7 +206,7 @@ def test_ce_weight_of_dkd_and_reviewkd(method):
     distiller = gpd.Distiller(student, teacher, method, input_size=(3, 32, 32), kd_options={"ce_weight": 0.25}).eval()
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     with torch.no_grad():
-        losses = distiller(x, y, epoch=100.0)
+        losses = distiller(x, y, epoch=100.0).losses
         assert float(losses["ce_student"]) == pytest.approx(0.25 * _ce(distiller.student_logits(x), y), rel=1e-5)
         assert float(losses["ce_dynamic"]) == pytest.approx(0.25 * _ce(distiller.dynamic_logits(x), y), rel=1e-5)
 
@@ -219,13 +219,13 @@ def test_reviewkd_warmup_is_a_linear_ramp_of_its_weighted_loss():
     ).eval()
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     with torch.no_grad():
-        full = distiller(x, y, epoch=None)
+        full = distiller(x, y, epoch=None).losses
         options = distiller.kd_method.options
         options.weight = 1.0
-        unit = distiller(x, y, epoch=40.0)
+        unit = distiller(x, y, epoch=40.0).losses
         options.weight = 5.0
         for epoch in (0.0, 2.5, 5.0, 19.0, 20.0, 35.0):
-            losses = distiller(x, y, epoch=epoch)
+            losses = distiller(x, y, epoch=epoch).losses
             for role in ("student", "dynamic"):
                 expected = 5.0 * min(epoch / 20.0, 1.0) * float(unit[f"reviewkd_{role}"])
                 assert float(losses[f"reviewkd_{role}"]) == pytest.approx(expected, rel=1e-5, abs=1e-12)
@@ -233,7 +233,7 @@ def test_reviewkd_warmup_is_a_linear_ramp_of_its_weighted_loss():
     assert float(full["reviewkd_student"]) == pytest.approx(5.0 * float(unit["reviewkd_student"]), rel=1e-5)
     no_warmup = gpd.Distiller(student, teacher, "reviewkd", input_size=(3, 32, 32)).eval()
     with torch.no_grad():
-        assert float(no_warmup(x, y, epoch=0.0)["reviewkd_student"]) > 0
+        assert float(no_warmup(x, y, epoch=0.0).losses["reviewkd_student"]) > 0
 
 
 def test_unknown_reviewkd_option_is_refused():

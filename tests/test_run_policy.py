@@ -50,7 +50,7 @@ def test_the_trainer_follows_its_policy(tmp_path: Path, monkeypatch) -> None:
     cfg = load_config(None, [*DRY, "train.epochs=5", "train.eval_batch_size=8", f"output_dir={tmp_path / 'run'}"])
     policy = replace(DRY_RUN, max_steps=3, max_eval_batches=1)
     trainer = Trainer(cfg, prepare_run_dir(cfg), policy)
-    assert trainer.policy is policy and trainer.train_loader.batch_size == 8  # the dry run's batch cap
+    assert trainer.policy is policy and trainer.loop.loaders.train.batch_size == 8  # the dry run's batch cap
     evaluated: list[int] = []
 
     def counted(models, batches, *args):
@@ -60,9 +60,9 @@ def test_the_trainer_follows_its_policy(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(loop, "split_accuracy", counted)
     result = trainer.fit()
-    assert trainer.num_updates == 3 and result["epoch"] == 1  # one epoch of three steps
+    assert trainer.state.num_updates == 3 and result["epoch"] == 1  # one epoch of three steps
     assert evaluated == [1]  # the test split (no validation split), one batch
-    assert len(trainer.rows) == 1
+    assert len(trainer.state.rows) == 1
     assert not RunLayout(trainer.run_dir).tensorboard.exists()
 
 
@@ -71,4 +71,4 @@ def test_dry_run_true_is_the_dry_run_policy(tmp_path: Path) -> None:
     trainer = Trainer(cfg, prepare_run_dir(cfg), dry_run=True)
     assert trainer.policy is DRY_RUN
     trainer.fit()
-    assert trainer.num_updates == DRY_RUN.max_steps
+    assert trainer.state.num_updates == DRY_RUN.max_steps

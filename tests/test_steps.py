@@ -206,7 +206,7 @@ def test_adaptive_optimizers_get_the_papers_step_through_lr_scale() -> None:
     for group in groups:
         group["lr"] = LR * group["lr_scale"]
     optimizer = torch.optim.AdamW(groups, lr=LR, weight_decay=0.0, eps=1e-30)
-    d = distiller.gpd.dynamic
+    d = distiller.network.dynamic
     before = {n: p.detach().clone() for n, p in d.named_parameters()}
     F.cross_entropy(distiller.dynamic_logits(x), y).backward()
     grads = {n: p.grad.clone() for n, p in d.named_parameters()}
@@ -230,7 +230,7 @@ def test_weight_decay_groups_follow_the_students_recipe(arch: str) -> None:
     names = {id(p): n for n, p in student.named_parameters()}
     decayed = {names[id(p)] for g in reference if g["weight_decay"] for p in g["params"]}
     distiller = gpd.Distiller(student, ratio=2, example_input=x.float())
-    d_names = {id(p): n for n, p in distiller.gpd.dynamic.named_parameters()}
+    d_names = {id(p): n for n, p in distiller.network.dynamic.named_parameters()}
     groups = distiller.param_groups(1e-2)
     got = {d_names[id(p)] for g in groups if g["weight_decay"] for p in g["params"]}
     assert got == decayed
@@ -257,12 +257,12 @@ def test_default_noise_lets_every_pair_of_copies_diverge(r: int) -> None:
         kwargs = {} if noise is None else {"noise_std": noise}
         distiller = gpd.Distiller(copy.deepcopy(student), ratio=r, example_input=x, **kwargs).train()
         optimizer = torch.optim.SGD(distiller.param_groups(0.0), lr=0.1, momentum=0.9)
-        start = copies(distiller.gpd.dynamic.mid.weight, r)
+        start = copies(distiller.network.dynamic.mid.weight, r)
         for _ in range(3):
             optimizer.zero_grad()
-            sum(distiller(x, y).values()).backward()
+            distiller(x, y).loss.backward()
             optimizer.step()
-        moved = [c - s for c, s in zip(copies(distiller.gpd.dynamic.mid.weight, r), start)]
+        moved = [c - s for c, s in zip(copies(distiller.network.dynamic.mid.weight, r), start)]
         return start, moved
 
     _, moved = train(noise=0.0)
@@ -280,7 +280,7 @@ def test_noise_leaves_the_student_exact_and_is_reported() -> None:
     student = student.float().eval()
     x = x.float()
     distiller = gpd.Distiller(student, ratio=2, example_input=x).eval()
-    report = distiller.gpd.report
+    report = distiller.network.report
     assert report.noise_std == 1e-3 and 0 < report.noise_error < 1e-2
     assert report.dynamic_error < 1e-5  # verified before the noise
     with torch.no_grad():
@@ -290,9 +290,9 @@ def test_noise_leaves_the_student_exact_and_is_reported() -> None:
 def test_distiller_clips_as_the_trainer_does() -> None:
     student, x, y, _ = make("cnn")
     distiller = gpd.Distiller(student.float(), ratio=2, example_input=x.float())
-    sum(distiller(x.float(), y).values()).backward()
+    distiller(x.float(), y).loss.backward()
     grads = [p.grad.clone() for p in distiller.parameters()]
-    expected = clip_grad_norm_(list(distiller.parameters()), 1e9, distiller.gpd.grad_scales())  # measures only
+    expected = clip_grad_norm_(list(distiller.parameters()), 1e9, distiller.network.grad_scales())  # measures only
     norm = distiller.clip_grad_norm_(0.5)
     assert torch.allclose(norm, expected)
     for p, g in zip(distiller.parameters(), grads):
@@ -324,8 +324,8 @@ def test_trainer_gives_adaptive_optimizers_the_papers_lr_scale(tmp_path) -> None
         None, ["train.optimizer=adamw", "train.lr=0.001", "train.warmup_epochs=0", f"output_dir={tmp_path / 'run'}"]
     )
     trainer = Trainer(cfg, prepare_run_dir(cfg), dry_run=True)
-    d = trainer.distiller.gpd.dynamic
-    group_of = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}
+    d = trainer.distiller.network.dynamic
+    group_of = {id(p): g for g in trainer.loop.optimizer.param_groups for p in g["params"]}
     stem, head, middle = d.conv1.weight, d.fc.weight, d.layer1[0].conv1.weight
     assert group_of[id(stem)]["lr"] == pytest.approx(0.001 * 2)  # a = 1/r
     assert group_of[id(head)]["lr"] == pytest.approx(0.001 / 2)  # a = r
@@ -333,7 +333,7 @@ def test_trainer_gives_adaptive_optimizers_the_papers_lr_scale(tmp_path) -> None
     assert group_of[id(stem)]["weight_decay"] == pytest.approx(cfg.train.weight_decay / 2)
     sgd_cfg = load_config(None, [f"output_dir={tmp_path / 'sgd'}"])
     sgd = Trainer(sgd_cfg, prepare_run_dir(sgd_cfg), dry_run=True)
-    assert all("lr_scale" not in g for g in sgd.optimizer.param_groups)  # SGD: the gradient hooks do it
+    assert all("lr_scale" not in g for g in sgd.loop.optimizer.param_groups)  # SGD: the gradient hooks do it
 
 
 @pytest.mark.slow
@@ -348,9 +348,9 @@ def test_compiled_step_has_the_same_gradients(arch: str, rule: str) -> None:
         pytest.skip("torch.compile on CPU needs a C compiler")
     student, x, y, _ = make(arch)
     student, x = student.float(), x.float()
-    eager = gpd.Distiller(student, ratio=2, example_input=x, noise_std=0.0, compensate_step=rule == "plain").train()
+    eager = gpd.Distiller(student, ratio=2, example_input=x, noise_std=0.0, step_rule=rule).train()
     compiled = copy.deepcopy(eager)
-    sum(eager(x, y).values()).backward()
-    sum(torch.compile(compiled)(x, y).values()).backward()
+    eager(x, y).loss.backward()
+    torch.compile(compiled)(x, y).loss.backward()
     for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
         assert rel_err(b.grad, a.grad) <= 1e-4, name

@@ -31,7 +31,7 @@ def test_train_acc_is_the_students_accuracy_on_the_batches_it_trained_on(memory_
         images, labels = zip(*(trainer.data.train[i] for i in range(len(trainer.data.train))))  # type: ignore[arg-type]
         x, y = torch.stack(images), torch.as_tensor(labels)
         expected = 100.0 * (trainer.distiller.student_logits(x).argmax(-1) == y).float().mean().item()
-    assert len(trainer.train_loader) * cfg.train.batch_size == len(y)  # no batch dropped
+    assert len(trainer.loop.loaders.train) * cfg.train.batch_size == len(y)  # no batch dropped
     row = trainer.fit()
     assert row["train_acc"] == pytest.approx(expected, abs=1e-9)
     assert 0.0 < expected < 100.0  # a count that can be wrong either way

@@ -27,8 +27,8 @@ from gpd.errors import GPDError
 from gpd.io.checkpoint import load_checkpoint
 from gpd.models import create_model
 from gpd.training import Trainer, prepare_run_dir
+from gpd.training.backward import sequential_backward
 from gpd.training.rng import capture_rng, restore_rng
-from gpd.training.steps import sequential_backward
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -170,7 +170,7 @@ def test_checkpoint_holds_the_full_state_and_tensorboard_gets_the_metrics(tmp_pa
     assert state["epoch"] == 1 and state["num_updates"] == 512 // 64
     assert {"torch", "numpy", "python"} <= set(state["rng"][0])
     assert not any(k.startswith("static_teacher.") for k in state["model"])
-    assert any(k.startswith("gpd.student.") for k in state["model"])  # the student's own BatchNorm statistics
+    assert any(k.startswith("network.student.") for k in state["model"])  # the student's own BatchNorm statistics
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -212,7 +212,7 @@ def test_sequential_mode_gives_the_joint_gradients():
     params = [p for p in distiller.parameters() if p.requires_grad]
 
     state = {k: v.clone() for k, v in distiller.state_dict().items()}
-    sum(distiller(x, y).values()).backward()
+    distiller(x, y).loss.backward()
     joint = [p.grad.clone() for p in params]
 
     distiller.load_state_dict(state)  # BatchNorm statistics as before the joint pass
@@ -266,7 +266,7 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_checkpoint(tmp_pat
     # no gradient probes: a probe step runs the sequential mode, not the wrapped module
     cfg = load_config(None, [*SMALL, "train.epochs=2", "train.grad_probe_every=0", f"output_dir={run}"])
     trainer = Trainer(cfg, prepare_run_dir(cfg))
-    trainer.train_module = NaNAtStep(trainer.train_module, step=8 + 3)  # epoch 2, step 2
+    trainer.loop.train_module = NaNAtStep(trainer.loop.train_module, step=8 + 3)  # epoch 2, step 2
     with pytest.raises(GPDError, match=r"non-finite at epoch 2, step 2 \(.*ce_student=nan"):
         trainer.fit()
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
@@ -280,9 +280,9 @@ def test_non_finite_loss_can_skip_the_step(tmp_path: Path):
         None, [*SMALL, "train.epochs=1", "train.on_nonfinite=skip", "train.grad_probe_every=0", f"output_dir={run}"]
     )
     trainer = Trainer(cfg, prepare_run_dir(cfg))
-    trainer.train_module = NaNAtStep(trainer.train_module, step=3)
+    trainer.loop.train_module = NaNAtStep(trainer.loop.train_module, step=3)
     row = trainer.fit()
-    assert row["skipped_steps"] == 1 and trainer.num_updates == 512 // 64 - 1
+    assert row["skipped_steps"] == 1 and trainer.state.num_updates == 512 // 64 - 1
     assert all(torch.isfinite(p).all() for p in trainer.distiller.parameters())
 
 

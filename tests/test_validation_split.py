@@ -117,7 +117,7 @@ def test_labels_are_checked_once_against_the_classes():
 def _scrambled_test_loader(trainer: Trainer) -> DataLoader:
     """The same test images with random labels: any selection on the test set would change."""
     gen = torch.Generator().manual_seed(123)
-    xs, ys = zip(*[(x, torch.randint(0, 10, (len(y),), generator=gen)) for x, y in trainer.test_loader])
+    xs, ys = zip(*[(x, torch.randint(0, 10, (len(y),), generator=gen)) for x, y in trainer.loop.loaders.test])
     return DataLoader(TensorDataset(torch.cat(xs), torch.cat(ys)), batch_size=256)
 
 
@@ -126,7 +126,7 @@ def _train(tmp_path: Path, name: str, options: list[str], scramble: bool) -> tup
     cfg = load_config(None, [*SMALL, *options, f"output_dir={run}"])
     trainer = Trainer(cfg, prepare_run_dir(cfg))
     if scramble:
-        trainer.test_loader = _scrambled_test_loader(trainer)
+        trainer.loop.loaders = trainer.loop.loaders._replace(test=_scrambled_test_loader(trainer))
     trainer.fit()
     payload = torch.load(run / "student.pt", weights_only=True)
     return payload["state_dict"], list(csv.DictReader(open(run / "metrics.csv"))), payload["metadata"]

@@ -39,7 +39,23 @@ METRIC_COLUMNS = {
 }
 
 # config keys by section: old name -> new name
-CONFIG_KEYS = {"gpd": {"kd_weight": "sce_weight"}}
+CONFIG_KEYS = {"gpd": {"kd_weight": "sce_weight", "compensate_step": "step_rule"}}
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def step_rule_of(compensate_step: Any) -> str:
+    """The ``step_rule`` that the old boolean ``compensate_step`` meant: True -> "plain", False -> "paper"."""
+    text = str(compensate_step).strip().lower()
+    if isinstance(compensate_step, bool) or text in _TRUE + _FALSE:
+        return "plain" if compensate_step is True or text in _TRUE else "paper"
+    from gpd.errors import ConfigError
+
+    raise ConfigError(f"gpd.compensate_step (now gpd.step_rule) must be true or false, got '{compensate_step}'")
+
+
+# renamed config keys whose values change too: section -> old name -> the old value's new value
+CONFIG_VALUES: dict[str, dict[str, Callable[[Any], Any]]] = {"gpd": {"compensate_step": step_rule_of}}
 
 # the step rule of an old boolean: compensate_step=True took the plain networks' steps
 COMPENSATE_STEP_RULES = {True: "plain", False: "paper"}
@@ -159,6 +175,13 @@ def upgrade_state_keys(state_dict: MutableMapping[str, Any], prefix: str, old: s
         state_dict[new_prefix + key[len(old_prefix) :]] = state_dict.pop(key)
 
 
+def upgrade_distiller_keys(state_dict: MutableMapping[str, Any], prefix: str) -> None:
+    """Rename, in place, a Distiller's older keys: its trained network was ``gpd.*`` (with a dynamic
+    teacher) or ``plain.*`` (the baseline) and is ``network.*``. Called by the Distiller alone."""
+    for old in ("gpd", "plain"):
+        upgrade_state_keys(state_dict, prefix, old, "network", "the trained network")
+
+
 def upgrade_config_layer(layer: dict[str, Any], where: str) -> dict[str, Any]:
     """A config layer (plain dicts, e.g. a YAML file's content) with old keys renamed; the old and
     the new name of one key both given is an error. Returns ``layer`` itself when nothing is old."""
@@ -179,7 +202,9 @@ def upgrade_config_layer(layer: dict[str, Any], where: str) -> dict[str, Any]:
                 )
             warn_renamed(f"config key {section}.{old} ({where})", f"{section}.{new}", user_facing=True, stacklevel=5)
             changed = changed if changed is not None else {**layer}
-            changed[section] = {(new if k == old else k): v for k, v in values.items()}
+            convert = CONFIG_VALUES.get(section, {}).get(old, _same)
+            values = {(new if k == old else k): (convert(v) if k == old else v) for k, v in values.items()}
+            changed[section] = values
     return changed if changed is not None else layer
 
 
@@ -201,5 +226,11 @@ def upgrade_overrides(overrides: list[str]) -> list[str]:
                 f"overrides '{key.strip()}' and '{new}' both given; {key.strip()} is the old name of {new}: keep only {new}"
             )
         warn_renamed(f"config key {key.strip()} (override '{item}')", new, user_facing=True, stacklevel=4)
-        result.append(f"{new}{sep}{value}")
+        section, old = key.strip().split(".", 1)
+        convert = CONFIG_VALUES.get(section, {}).get(old)
+        result.append(f"{new}{sep}{convert(value) if convert is not None else value}")
     return result
+
+
+def _same(value: Any) -> Any:
+    return value

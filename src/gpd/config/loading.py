@@ -215,8 +215,8 @@ def validate(cfg: Config) -> None:
         g.enabled or g.share, "gpd.share=false separates D's parameters from the student's; it needs gpd.enabled=true"
     )
     _require(
-        not g.compensate_step or (g.enabled and g.share),
-        "gpd.compensate_step=true changes how shared parameters are stepped; it needs gpd.enabled=true and gpd.share=true",
+        g.step_rule == "paper" or (g.enabled and g.share),
+        "gpd.step_rule=plain changes how shared parameters are stepped; it needs gpd.enabled=true and gpd.share=true",
     )
     _require(cfg.reviewkd.mid_channels >= 1, f"reviewkd.mid_channels must be >= 1, got {cfg.reviewkd.mid_channels}")
     _require(

@@ -23,6 +23,7 @@ from gpd.choices import (
     MemoryMode,
     NonfinitePolicy,
     PrecisionName,
+    StepRule,
 )
 from gpd.deprecated import warn_renamed
 from gpd.distill.kd_methods import DKDOptions, HintonKDOptions
@@ -73,9 +74,7 @@ class GPDConfig:
     branches: BranchKind = "none"  # orepa: train 3x3 stride-1 convs as six-branch blocks (merged on export)
     branch_init: BranchInit = "default"  # default (from scratch) | identity (blocks start equal to the convs)
     share: bool = True  # false (ablation): D is built by IR but keeps parameters separate from the student's
-    compensate_step: bool = (
-        False  # false: the paper's per-layer steps; true: the plain networks' steps (docs/method.md)
-    )
+    step_rule: StepRule = "paper"  # paper: the paper's per-layer steps; plain: the plain networks' (docs/method.md)
     layout: LayoutChoice = "auto"  # D's copies: auto (tiled, else interleaved where it alone is exact) | tiled | ...
 
     @property
@@ -88,6 +87,12 @@ class GPDConfig:
     def kd_weight(self, value: float) -> None:
         warn_renamed("GPDConfig.kd_weight", "GPDConfig.sce_weight")
         self.sce_weight = value
+
+    @property
+    def compensate_step(self) -> bool:
+        """Deprecated: ``step_rule == "plain"`` (the old boolean name of the step rule)."""
+        warn_renamed("GPDConfig.compensate_step", "GPDConfig.step_rule")
+        return self.step_rule == "plain"
 
 
 @dataclass

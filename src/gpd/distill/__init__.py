@@ -1,8 +1,9 @@
 """Training objectives that return their loss terms as a dict, and the KD methods they use."""
 
-from gpd.distill.distiller import Distiller, DistillerOutput
+from gpd.distill.distiller import Distiller
 from gpd.distill.kd_methods import KD_METHODS, DecoupledKD, HintonKD, NoKD, kd_method_class
-from gpd.distill.method import KDMethod, StaticTargets
+from gpd.distill.method import KDMethod
+from gpd.distill.output import DistillerOutput, DynamicPart, StaticTargets, logits_of, total_loss
 from gpd.distill.pair import DynamicPair, UnsharedPair
 from gpd.distill.reviewkd import ReviewKD
 
@@ -12,6 +13,7 @@ __all__ = [
     "Distiller",
     "DistillerOutput",
     "DynamicPair",
+    "DynamicPart",
     "HintonKD",
     "KDMethod",
     "NoKD",
@@ -19,4 +21,6 @@ __all__ = [
     "StaticTargets",
     "UnsharedPair",
     "kd_method_class",
+    "logits_of",
+    "total_loss",
 ]

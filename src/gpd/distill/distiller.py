@@ -1,25 +1,28 @@
-"""The GPD objective as a module: ``forward(x, y)`` returns its named loss terms.
+"""The GPD objective as a module: ``forward(x, y)`` returns its named loss terms and the student's logits.
 
-Following the distiller contract of mdistiller, a method returns its losses as a dict
-of weighted scalars; the training loop only sums them. The CLI's trainer and a
-user's own loop use this same object.
+Following the distiller contract of mdistiller, a call returns a
+:class:`~gpd.distill.output.DistillerOutput`: the losses as a dict of weighted scalars
+(the training loop only sums them, with :func:`~gpd.distill.output.total_loss`) and the
+student's logits. The CLI's trainer and a user's own loop use this same object.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from gpd.choices import BranchInit, BranchKind, KDMethodName, LayoutChoice
-from gpd.deprecated import renamed_kwargs, upgrade_state_keys, warn_renamed
+from gpd.choices import BranchInit, BranchKind, KDMethodName, LayoutChoice, StepRule, check_choice
+from gpd.deprecated import upgrade_distiller_keys, upgrade_state_keys
+from gpd.distill import legacy
 from gpd.distill.kd_methods import KDLoss, build_kd_method, kd_method_class
-from gpd.distill.method import KDMethod, StaticTargets, TapRole, hard_labels
-from gpd.distill.pair import DynamicPair, UnsharedPair, trained_student_module
+from gpd.distill.method import KDMethod, TapRole, hard_labels
+from gpd.distill.output import DistillerOutput, DynamicPart, LogitsFn, StaticTargets, logits_of
+from gpd.distill.pair import UnsharedPair
 from gpd.distill.param_groups import decay_groups
-from gpd.errors import ConfigError
+from gpd.errors import ArgumentError
 from gpd.expansion import expand
 from gpd.expansion.expand import with_branches
 from gpd.expansion.rules import RULES
@@ -30,16 +33,9 @@ from gpd.sharing.steps import clip_grad_norm_
 if TYPE_CHECKING:
     from gpd.config.schema import Config
 
-__all__ = ["Distiller", "DistillerOutput", "StaticTargets", "freeze", "hard_labels"]
+__all__ = ["Distiller", "DistillerOutput", "DynamicPart", "StaticTargets", "freeze", "hard_labels"]
 
-
-class DistillerOutput(NamedTuple):
-    """The loss terms of a batch and the student's logits (``with_student_logits=True``).
-
-    A tuple, so ``losses, logits = distiller(x, y, with_student_logits=True)`` unpacks it."""
-
-    losses: dict[str, torch.Tensor]
-    student_logits: torch.Tensor
+Part = Literal["all", "dynamic", "student"]
 
 
 def freeze(teacher: nn.Module) -> nn.Module:
@@ -51,10 +47,11 @@ def freeze(teacher: nn.Module) -> nn.Module:
 
 
 class Distiller(nn.Module):
-    """Train a student with GPD (or alone, as the baseline) through one loss dict.
+    """Train a student with GPD (or alone, as the baseline): ``distiller(x, y)`` returns a
+    :class:`DistillerOutput` ``(losses, student_logits)`` whatever the options.
 
-    With ``dynamic_teacher=True`` the student is expanded into a dynamic teacher D of
-    width ``ratio`` that shares its parameters, and the loss is
+    With ``dynamic_teacher=True`` the student is expanded into a dynamic teacher D of width
+    ``ratio`` that shares its parameters, and the loss is
 
         CE(z_D, y) + CE(z_S, y) + sce_weight * SCE(z_S || sg(z_D))
 
@@ -62,33 +59,28 @@ class Distiller(nn.Module):
     ``teacher`` and a KD method (``kd="kd"``, ``"dkd"`` or ``"reviewkd"``, options in
     ``kd_options``; or a :class:`~gpd.distill.method.KDMethod` object, or a plain logit loss
     ``(z, z_T, y, epoch) -> loss``) the method's loss against the static teacher is added for
-    D and for the student; ReviewKD gives the student and D each a fusion head of its own
-    widths (``review_heads``, where every method's heads live). :meth:`from_config` builds
-    the Distiller of a run config.
-    With ``dynamic_teacher=False`` the student trains alone: CE, plus KD if a static
-    teacher is given (the baselines).
+    D and for the student; ReviewKD gives each its own fusion head. With
+    ``dynamic_teacher=False`` the student trains alone: CE, plus KD if a static teacher is
+    given (the baselines). :meth:`from_config` builds the Distiller of a run config.
 
-    ``parameters()`` are the trainable parameters: D's when GPD is on, the student's
-    otherwise. ``share_parameters=False`` (the ablation ``gpd.share=false``) builds D
-    the same way, by Inverse Reparameterization, but then gives D and the student
-    separate parameters (:class:`~gpd.distill.pair.UnsharedPair`): both train, tied
-    only by the loss; ``parameters()`` are then D's and the student's. ``branches="orepa"`` trains every 3x3 stride-1 convolution as a
-    six-branch block (Channel-Branch Reparameterization). ``compensate_step=True``
-    removes the r² effective SGD step that sharing gives the student's weights stored
-    divided by r and gives D the plain wide network's steps; by default every tensor
-    steps as in the paper's parameterisation (see :func:`gpd.expand`). ``noise_std``:
-    symmetry-breaking noise on D's copies, relative to each tensor's RMS (0: none).
-    ``layout``: how D lays out a channel's copies (see :func:`gpd.expand`).
-    Build the optimizer from :meth:`param_groups`, which applies the student's
-    weight-decay exclusions to D. ``export_student()`` returns a plain student of the
-    original class, branches merged.
+    :attr:`network` is the trained network: the GPDModel (D with its student view), with
+    ``share_parameters=False`` (the ablation ``gpd.share=false``) an
+    :class:`~gpd.distill.pair.UnsharedPair` (D built the same way, by Inverse
+    Reparameterization, then given parameters of its own), or the baseline's student;
+    :attr:`student` runs the student's forward pass. ``parameters()`` are the trainable ones.
+    ``branches="orepa"`` trains every 3x3 stride-1 convolution as a six-branch block
+    (Channel-Branch Reparameterization). ``step_rule="plain"`` removes the r² effective SGD
+    step that sharing gives the student's weights stored divided by r, and gives D the plain
+    wide network's steps; ``"paper"`` (the default) steps every tensor as in the paper's
+    parameterisation (see :func:`gpd.expand`). ``noise_std``: symmetry-breaking noise on D's
+    copies, relative to each tensor's RMS (0: none). ``layout``: how D lays out a channel's
+    copies (see :func:`gpd.expand`). ``logits_fn``: how a model's output becomes logits
+    (:func:`~gpd.distill.output.logits_of`). Build the optimizer from :meth:`param_groups`;
+    ``export_student()`` returns a plain student of the original class, branches merged.
 
-    Targets ``y`` are class indices ``(N,)`` or, after Mixup/CutMix, soft targets ``(N, K)``
-    (rows of class probabilities). The cross-entropy terms use soft targets as they are:
-    ``label_smoothing`` smooths hard labels only, since Mixup has smoothed its targets
-    already. KD methods that need a hard label (DKD's target-class mask) get the argmax
-    of the soft target, the class with the largest share of the mix; KD and ReviewKD do
-    not use the label.
+    Targets ``y`` are class indices ``(N,)`` or, after Mixup/CutMix, soft targets ``(N, K)``,
+    used by the CE terms as they are (``label_smoothing`` smooths hard labels only). KD
+    methods that need a hard label (DKD's target-class mask) get the soft target's argmax.
     """
 
     def __init__(
@@ -109,27 +101,32 @@ class Distiller(nn.Module):
         branches: BranchKind | None = None,
         branch_init: BranchInit = "default",
         share_parameters: bool = True,
-        compensate_step: bool = False,
+        step_rule: StepRule = "paper",
         layout: LayoutChoice = "auto",
+        logits_fn: LogitsFn | None = None,
+        compensate_step: bool | None = None,
     ) -> None:
         super().__init__()
+        if compensate_step is not None:  # the old boolean name of step_rule
+            step_rule = legacy.step_rule_of_keyword(compensate_step, step_rule)  # type: ignore[assignment]
+        check_choice("step_rule", step_rule, StepRule, error=ArgumentError)
         self.kd_method = build_kd_method(kd, kd_options)
         if (teacher is not None) != self.kd_method.needs_teacher:
-            raise ConfigError(
+            raise ArgumentError(
                 "a static teacher needs a KD method and a KD method needs a static teacher "
                 f"(teacher {'given' if teacher is not None else 'missing'}, kd={kd!r})"
             )
-        if compensate_step and not (dynamic_teacher and share_parameters):
-            raise ConfigError(
-                "compensate_step applies to a student that shares D's parameters; "
+        if step_rule != "paper" and not (dynamic_teacher and share_parameters):
+            raise ArgumentError(
+                f"step_rule={step_rule!r} applies to a student that shares D's parameters; "
                 "it needs dynamic_teacher=True and share_parameters=True"
             )
         self.static_teacher = freeze(teacher) if teacher is not None else None
         self.sce_weight = sce_weight
         self.sce_eps = sce_eps
         self.label_smoothing = label_smoothing
-        self.gpd: DynamicPair | None = None  # a GPDModel, or an UnsharedPair with share_parameters=False
-        self.plain: nn.Module | None = None
+        self.logits_fn = logits_fn
+        network: nn.Module
         if dynamic_teacher:
             shared = expand(
                 student,
@@ -139,12 +136,13 @@ class Distiller(nn.Module):
                 noise_std=noise_std,
                 branches=branches,
                 branch_init=branch_init,
-                compensate_step=compensate_step,
+                step_rule=step_rule,
                 layout=layout,
             )
-            self.gpd = shared if share_parameters else UnsharedPair.from_expanded(shared)
+            network = shared if share_parameters else UnsharedPair.from_expanded(shared)
         else:
-            self.plain = with_branches(student, branches, branch_init)
+            network = with_branches(student, branches, branch_init)
+        self.network = network  # registered after the static teacher: the parameter order is the checkpoints'
         self.review_heads = nn.ModuleDict()  # the method's heads by role (ReviewKD's); the name is the checkpoints'
         for role, head in self.kd_method.build_heads(self, input_size, example_input).items():
             self.review_heads[role] = head
@@ -177,7 +175,7 @@ class Distiller(nn.Module):
             branches=g.branches,
             branch_init=g.branch_init,
             share_parameters=g.share,
-            compensate_step=g.compensate_step,
+            step_rule=g.step_rule,
             layout=g.layout,
         )
 
@@ -189,30 +187,45 @@ class Distiller(nn.Module):
 
     @property
     def has_dynamic_teacher(self) -> bool:
-        return self.gpd is not None
-
-    def student_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gpd.forward_student(x) if self.gpd is not None else self.plain(x)  # type: ignore[misc]
-
-    def dynamic_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """D's logits (the dynamic teacher's; the static teacher's are :meth:`static_targets`)."""
-        if self.gpd is None:
-            raise RuntimeError("this Distiller trains the student alone; it has no dynamic teacher")
-        return self.gpd.forward_dynamic(x)
-
-    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Deprecated: the old name of :meth:`dynamic_logits` (D's logits, not the static teacher's)."""
-        warn_renamed("Distiller.teacher_logits()", "Distiller.dynamic_logits()")
-        return self.dynamic_logits(x)
+        return self._pair() is not None
 
     @property
     def shares_parameters(self) -> bool:
         """Whether the student is a slice of D (False for the baseline and for share_parameters=False)."""
-        return isinstance(self.gpd, GPDModel)
+        return isinstance(self.network, GPDModel)
 
-    def student_module(self) -> nn.Module:
-        """The module that runs the student's forward pass (for hooks, counting blocks)."""
-        return trained_student_module(self.gpd) if self.gpd is not None else self.plain  # type: ignore[return-value]
+    @property
+    def student(self) -> nn.Module:
+        """The module that runs the student's forward pass (for hooks, counting blocks): the
+        parameter-free module of a GPDModel's student view, an UnsharedPair's student, or the
+        baseline's network itself."""
+        network = self.network
+        if isinstance(network, GPDModel):
+            return network.student.module
+        return network.student if isinstance(network, UnsharedPair) else network
+
+    def _pair(self) -> GPDModel | UnsharedPair | None:
+        """The network when it is a dynamic teacher with its student, else None (the baseline)."""
+        network = self.network
+        return network if isinstance(network, (GPDModel, UnsharedPair)) else None
+
+    def grad_scales(self) -> dict[Tensor, float]:
+        """D's tensors that the paper's parameterisation stores differently, each with its scale
+        (:func:`gpd.sharing.steps.clip_grad_norm_`); empty without a dynamic teacher or with the
+        plain steps."""
+        pair = self._pair()
+        return pair.grad_scales() if pair is not None else {}
+
+    def student_logits(self, x: Tensor) -> Tensor:
+        pair = self._pair()
+        return logits_of(pair.forward_student(x) if pair is not None else self.network(x), self.logits_fn)
+
+    def dynamic_logits(self, x: Tensor) -> Tensor:
+        """D's logits (the dynamic teacher's, not the static teacher's)."""
+        pair = self._pair()
+        if pair is None:
+            raise RuntimeError("this Distiller trains the student alone; it has no dynamic teacher")
+        return logits_of(pair.forward_dynamic(x), self.logits_fn)
 
     def train(self, mode: bool = True) -> Distiller:
         """Train mode for the student and D; the static teacher stays frozen in eval mode."""
@@ -222,117 +235,97 @@ class Distiller(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Older state_dicts hold D's ReviewKD head under ``review_heads.teacher.*``: renamed to
-        ``review_heads.dynamic.*`` (with a warning). D itself is renamed by its pair
-        (:class:`~gpd.gpd_model.PairRoles`); the static teacher's keys are left alone."""
+        """Older keys renamed (with a warning, :mod:`gpd.deprecated`); D's by its pair (PairRoles)."""
+        upgrade_distiller_keys(state_dict, prefix)
         upgrade_state_keys(state_dict, f"{prefix}review_heads.", "teacher", "dynamic", "D's ReviewKD head")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    @renamed_kwargs(teacher_logits="dynamic_logits")
+    @overload
+    def forward(
+        self, x: Tensor, y: Tensor, *, epoch: float | None = ..., part: Literal["all"] = ...
+    ) -> DistillerOutput: ...
+
+    @overload
+    def forward(self, x: Tensor, y: Tensor, *, epoch: float | None = ..., part: Literal["dynamic"]) -> DynamicPart: ...
+
+    @overload
+    def forward(
+        self, x: Tensor, y: Tensor, *, epoch: float | None = ..., part: Literal["student"], dynamic: DynamicPart
+    ) -> DistillerOutput: ...
+
     def forward(
         self,
-        x: torch.Tensor,
-        y: torch.Tensor,
+        x: Tensor,
+        y: Tensor,
         *,
         epoch: float | None = None,
-        with_student_logits: bool = False,
-        part: str = "all",
-        targets: StaticTargets | None = None,
-        dynamic_logits: torch.Tensor | None = None,
-    ) -> Any:
-        """The weighted loss terms of one batch; their sum is the training loss.
+        part: Part = "all",
+        dynamic: DynamicPart | None = None,
+        **old: Any,
+    ) -> DistillerOutput | DynamicPart:
+        """The weighted loss terms of one batch (their sum is the training loss) and the student's logits.
 
-        ``epoch`` (fractional, from 0) drives KD warm-up schedules such as DKD's. ``y``:
-        class indices (N,) or soft targets (N, K), see the class docstring.
-        ``with_student_logits``: also return the student's logits (for training accuracy),
-        as a :class:`DistillerOutput` ``(losses, student_logits)``; through this forward, so
-        that a DDP wrapper sees the call. Without it the losses dict alone, as always.
+        ``epoch`` (fractional, from 0) drives KD warm-up schedules such as DKD's. ``y``: class
+        indices (N,) or soft targets (N, K), see the class docstring.
 
-        ``part`` runs one half of the step, for the sequential memory mode through a DDP
-        wrapper (each half is then one forward that DDP sees): ``"dynamic"`` returns
-        ``(D's losses, D's logits, the static teacher's targets)``; ``"student"`` takes
-        those ``targets`` and ``dynamic_logits`` (D's, detached) and returns the student's
-        losses (a DistillerOutput with ``with_student_logits=True``, as :meth:`student_output`).
+        ``part`` runs one phase of the step, so that the sequential memory mode and the gradient
+        probe (:mod:`gpd.training.backward`) call each phase through this forward, which a DDP
+        wrapper sees: ``"dynamic"`` gives a :class:`DynamicPart` (the static teacher's targets,
+        D's terms and logits); ``"student"`` takes it as ``dynamic`` and gives the student's
+        terms (SCE towards D's logits, detached) and logits. ``"all"`` (the default) runs both:
+        D's terms, then the student's.
         """
+        if old:  # the keywords of older releases (gpd.distill.legacy)
+            dynamic = legacy.forward_arguments(part, dynamic, old)
         if part == "dynamic":
-            targets = self.static_targets(x)
-            losses, dynamic_logits = self.dynamic_losses(x, y, targets, epoch=epoch)
-            return losses, dynamic_logits, targets
+            return self._dynamic_terms(x, y, self._static_targets(x), epoch)
         if part == "student":
-            assert targets is not None, "part='student' needs the targets of part='dynamic'"
-            out = self.student_output(x, y, targets, dynamic_logits, epoch=epoch)
-            return out if with_student_logits else out.losses
+            if dynamic is None:
+                raise ArgumentError("part='student' needs dynamic=, the DynamicPart that part='dynamic' returned")
+            return self._student_output(x, y, dynamic, epoch)
         if part != "all":
-            raise ValueError(f"part must be 'all', 'dynamic' or 'student', got {part!r}")
-        targets = self.static_targets(x)
-        losses, dynamic_logits = self.dynamic_losses(x, y, targets, epoch=epoch)
-        student = self.student_output(x, y, targets, dynamic_logits, epoch=epoch)
+            raise ArgumentError(f"part must be 'all', 'dynamic' or 'student', got {part!r}")
+        first = self._dynamic_terms(x, y, self._static_targets(x), epoch)
+        student = self._student_output(x, y, first, epoch)
+        losses = first.losses
         losses.update(student.losses)
-        return DistillerOutput(losses, student.student_logits) if with_student_logits else losses
+        return DistillerOutput(losses, student.student_logits)
 
-    # The two halves of forward(), for the sequential memory mode: D's loss is
-    # back-propagated (and its graph freed) before the student's forward pass runs.
+    # The phases of forward(). In the sequential memory mode D's loss is back-propagated
+    # (and its graph freed) before the student's forward pass runs.
 
-    def static_targets(self, x: torch.Tensor) -> StaticTargets:
+    def _static_targets(self, x: Tensor) -> StaticTargets:
         """The frozen static teacher's logits (and stage features for ReviewKD), without gradients."""
         if self.static_teacher is None:
             return StaticTargets(None, [])
         with torch.no_grad(), self.kd_method.taps(self.static_teacher, "teacher") as feats:
-            logits = self.static_teacher(x)
+            logits = logits_of(self.static_teacher(x), self.logits_fn)
         return StaticTargets(logits, feats)
 
-    def dynamic_losses(
-        self, x: torch.Tensor, y: torch.Tensor, targets: StaticTargets, *, epoch: float | None = None
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """D's loss terms (``ce_dynamic``, and ``kd_dynamic`` or ``reviewkd_dynamic`` against the
-        static teacher) and D's logits; no terms and ``None`` when there is no dynamic teacher."""
-        if self.gpd is None:
-            return {}, None
-        with self.kd_method.taps(self.gpd.dynamic, "dynamic") as feats:
-            dynamic_logits = self.gpd.forward_dynamic(x)
+    def _dynamic_terms(self, x: Tensor, y: Tensor, targets: StaticTargets, epoch: float | None) -> DynamicPart:
+        """D's loss terms (``ce_dynamic``, and ``kd_dynamic`` or ``reviewkd_dynamic`` against the static
+        teacher) and D's logits; no terms and ``None`` when there is no dynamic teacher."""
+        pair = self._pair()
+        if pair is None:
+            return DynamicPart({}, None, targets)
+        with self.kd_method.taps(pair.dynamic, "dynamic") as feats:
+            dynamic_logits = logits_of(pair.forward_dynamic(x), self.logits_fn)
         losses = {"ce_dynamic": self._ce(dynamic_logits, y)}
         self._add_kd(losses, "dynamic", dynamic_logits, feats, targets, y, epoch)
-        return losses, dynamic_logits
+        return DynamicPart(losses, dynamic_logits, targets)
 
-    def teacher_losses(
-        self, x: torch.Tensor, y: torch.Tensor, targets: StaticTargets, *, epoch: float | None = None
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Deprecated: the old name of :meth:`dynamic_losses` (D's terms, now keyed ``*_dynamic``)."""
-        warn_renamed("Distiller.teacher_losses()", "Distiller.dynamic_losses()")
-        return self.dynamic_losses(x, y, targets, epoch=epoch)
-
-    @renamed_kwargs(teacher_logits="dynamic_logits")
-    def student_losses(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        targets: StaticTargets,
-        dynamic_logits: torch.Tensor | None,
-        *,
-        epoch: float | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """The student's loss terms; SCE towards D's ``dynamic_logits`` (no gradient flows into them)."""
-        return self.student_output(x, y, targets, dynamic_logits, epoch=epoch).losses
-
-    def student_output(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        targets: StaticTargets,
-        dynamic_logits: torch.Tensor | None,
-        *,
-        epoch: float | None = None,
-    ) -> DistillerOutput:
-        """:meth:`student_losses` and the student's logits (for training accuracy)."""
-        with self.kd_method.taps(self.student_module(), "student") as feats:
+    def _student_output(self, x: Tensor, y: Tensor, dynamic: DynamicPart, epoch: float | None) -> DistillerOutput:
+        """The student's loss terms and logits; SCE towards D's logits (no gradient flows into them)."""
+        with self.kd_method.taps(self.student, "student") as feats:
             student_logits = self.student_logits(x)
         losses = {"ce_student": self._ce(student_logits, y)}
-        self._add_kd(losses, "student", student_logits, feats, targets, y, epoch)
-        if dynamic_logits is not None:
-            losses["sce"] = self.sce_weight * sce(student_logits, dynamic_logits, eps=self.sce_eps)
+        self._add_kd(losses, "student", student_logits, feats, dynamic.targets, y, epoch)
+        if dynamic.dynamic_logits is not None:
+            target = dynamic.dynamic_logits.detach()
+            losses["sce"] = self.sce_weight * sce(student_logits, target, eps=self.sce_eps)
         return DistillerOutput(losses, student_logits)
 
-    def _ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _ce(self, logits: Tensor, y: Tensor) -> Tensor:
         """``ce_weight * CE(logits, y)``; ce_weight is the active KD method's (1.0 by default)."""
         if y.is_floating_point():  # soft targets (Mixup/CutMix): already smoothed there
             loss = F.cross_entropy(logits, y)
@@ -342,12 +335,12 @@ class Distiller(nn.Module):
 
     def _add_kd(
         self,
-        losses: dict[str, torch.Tensor],
+        losses: dict[str, Tensor],
         role: TapRole,
-        logits: torch.Tensor,
-        feats: list[torch.Tensor],
+        logits: Tensor,
+        feats: list[Tensor],
         targets: StaticTargets,
-        y: torch.Tensor,
+        y: Tensor,
         epoch: float | None,
     ) -> None:
         """The KD terms of ``role`` ("student" or "dynamic") against the static teacher, if any."""
@@ -356,40 +349,45 @@ class Distiller(nn.Module):
 
     def export_student(self) -> nn.Module:
         """A standalone copy of the student, in eval mode."""
-        student = self.gpd.export_student() if self.gpd is not None else RULES.merge_branches(self.student_module())
+        pair = self._pair()
+        student = pair.export_student() if pair is not None else RULES.merge_branches(self.student)
         return student.eval()
 
     def param_groups(self, weight_decay: float, *, adaptive: bool = False) -> list[dict[str, Any]]:
-        """Optimizer parameter groups of the trainable parameters, as the student's recipe has them.
-
-        A tensor of D gets no weight decay when the matching student tensor would not
-        under timm's rules: one dimension or fewer, a name ending in ``.bias``, or a
-        name in the student's ``no_weight_decay()`` (class and position tokens). D
-        is a copy of the student's modules, so its parameter names are the student's.
-        ``adaptive=True`` (Adam-like optimizers, whose step does not scale with the
-        gradient) adds ``lr_scale`` and scales the decay of D's tensors that the
-        paper's parameterisation stores differently (see :mod:`gpd.sharing.steps`);
-        timm's schedulers apply ``lr_scale`` (:func:`~gpd.distill.param_groups.decay_groups`).
-        """
+        """Optimizer parameter groups of the trainable parameters, as the student's recipe has them:
+        the student's weight-decay rules (timm's) applied to D, whose parameter names are the
+        student's, and with ``adaptive=True`` (Adam-like optimizers) ``lr_scale`` and scaled decay
+        for D's tensors that the paper's parameterisation stores differently
+        (:func:`~gpd.distill.param_groups.decay_groups`, :mod:`gpd.sharing.steps`)."""
         owners: list[tuple[nn.Module, dict[str, float]]] = []
-        if self.gpd is not None:
-            owners.append((self.gpd.dynamic, getattr(self.gpd, "paper_scales", {})))
-            if not self.shares_parameters:
-                owners.append((self.gpd.student, {}))  # type: ignore[attr-defined]
-        elif self.plain is not None:
-            owners.append((self.plain, {}))
+        pair = self._pair()
+        if pair is not None:
+            owners.append((pair.dynamic, pair.paper_scales))
+            if isinstance(pair, UnsharedPair):
+                owners.append((pair.student, {}))
+        else:
+            owners.append((self.network, {}))
         owners.append((self, {}))  # the rest (fusion heads): only parameters not listed above
         return decay_groups(owners, self._no_weight_decay_names(), weight_decay, adaptive=adaptive)
 
-    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+    def clip_grad_norm_(self, max_norm: float) -> Tensor:
         """Clip the gradients of every trainable parameter to a global norm of ``max_norm``,
         measured as the paper's optimizer sees it (:func:`gpd.sharing.steps.clip_grad_norm_`);
         returns the norm before clipping."""
-        scales = self.gpd.grad_scales() if self.gpd is not None else {}
-        return clip_grad_norm_([p for p in self.parameters() if p.requires_grad], max_norm, scales)
+        return clip_grad_norm_([p for p in self.parameters() if p.requires_grad], max_norm, self.grad_scales())
 
     def _no_weight_decay_names(self) -> set[str]:
         """The student's ``no_weight_decay()`` names (timm's convention), or none."""
-        student = self.student_module()
-        names = getattr(student, "no_weight_decay", None)
+        names = getattr(self.student, "no_weight_decay", None)
         return set(names()) if callable(names) else set()
+
+    # the old public names, for one release (gpd.distill.legacy): each warns
+    gpd = property(legacy.gpd_network)
+    plain = property(legacy.plain_network)
+    student_module = legacy.student_module
+    teacher_logits = legacy.teacher_logits
+    static_targets = legacy.static_targets
+    dynamic_losses = legacy.dynamic_losses
+    teacher_losses = legacy.teacher_losses
+    student_output = legacy.student_output
+    student_losses = legacy.student_losses

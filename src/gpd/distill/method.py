@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import nn
 
+from gpd.distill.output import StaticTargets
 from gpd.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,12 +30,7 @@ if TYPE_CHECKING:
 TapRole = Literal["student", "dynamic", "teacher"]  # "teacher": the static teacher
 M = TypeVar("M", bound="KDMethod")
 
-
-class StaticTargets(NamedTuple):
-    """What the frozen static teacher says about a batch: logits and, for ReviewKD, stage features."""
-
-    logits: torch.Tensor | None
-    features: list[torch.Tensor]
+__all__ = ["KDMethod", "NoOptions", "StaticTargets", "TapRole", "hard_labels"]
 
 
 def hard_labels(y: torch.Tensor) -> torch.Tensor:

@@ -80,7 +80,7 @@ class ReviewKD(KDMethod):
         """
         teacher = distiller.static_teacher
         assert teacher is not None, "ReviewKD needs the static teacher"
-        self.student_stages = feature_stage_names(distiller.student_module())
+        self.student_stages = feature_stage_names(distiller.student)
         self.teacher_stages = feature_stage_names(teacher)
         if len(self.student_stages) != len(self.teacher_stages):
             raise ConfigError(
@@ -98,7 +98,7 @@ class ReviewKD(KDMethod):
             with torch.no_grad():
                 with self.taps(teacher, "teacher") as t_feats:
                     teacher(example_input)
-                with self.taps(distiller.student_module(), "student") as s_feats:
+                with self.taps(distiller.student, "student") as s_feats:
                     distiller.student_logits(example_input)
                 for who, feats, names in (
                     ("static teacher", t_feats, self.teacher_stages),
@@ -111,9 +111,10 @@ class ReviewKD(KDMethod):
                                 f"shape {tuple(feat.shape)} (tokens?); use kd.method=kd or dkd for this pair"
                             )
                 widths = {"student": [f.shape[1] for f in s_feats]}
-                if distiller.gpd is not None:
-                    with self.taps(distiller.gpd.dynamic, "dynamic") as d_feats:
-                        distiller.gpd.forward_dynamic(example_input)
+                pair = distiller._pair()
+                if pair is not None:
+                    with self.taps(pair.dynamic, "dynamic") as d_feats:
+                        pair.forward_dynamic(example_input)
                     widths["dynamic"] = [f.shape[1] for f in d_feats]
         finally:
             for module, mode in modes.items():

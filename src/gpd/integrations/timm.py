@@ -31,7 +31,7 @@ from torch import nn
 
 from gpd.choices import KDMethodName
 from gpd.deprecated import upgrade_state_keys
-from gpd.distill import Distiller, DynamicPair, KDMethod
+from gpd.distill import Distiller, DynamicPair, KDMethod, total_loss
 
 
 class StudentForward(nn.Module):
@@ -96,8 +96,8 @@ class GPDTask(TrainingTask):
         return _distiller_in(self.trainable_module)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        losses, logits = self.trainable_module(input, target, epoch=self.epoch, with_student_logits=True)
-        return {"loss": sum(losses.values()), "output": logits, **losses}
+        losses, logits = self.trainable_module(input, target, epoch=self.epoch)
+        return {"loss": total_loss(losses), "output": logits, **losses}
 
     def prepare_distributed(self, device_ids: list | None = None, **ddp_kwargs: Any) -> GPDTask:
         from torch.nn.parallel import DistributedDataParallel
@@ -118,7 +118,8 @@ class GPDTask(TrainingTask):
         if resolved is None:
             return None
         distiller = _distiller_in(resolved)
-        return StudentForward(distiller.gpd) if distiller.gpd is not None else distiller.plain
+        network = distiller.network
+        return StudentForward(network) if isinstance(network, DynamicPair) else network
 
     def get_clip_parameters(self, exclude_head: bool = False) -> list[nn.Parameter]:
         return [p for p in self.distiller.parameters() if p.requires_grad]

@@ -5,7 +5,7 @@
 * :mod:`gpd.io.layout`: :class:`~gpd.io.layout.RunLayout`, the name of every file of a run
   directory (and of a report folder);
 * :mod:`gpd.io.metrics`: metrics.csv, one row per epoch;
-* :mod:`gpd.io.checkpoint`: the training checkpoint's format;
+* :mod:`gpd.io.checkpoint`: the training checkpoint's format, written and read by one pair;
 * :mod:`gpd.io.student`: the student.pt format, and loading weights from files;
 * :mod:`gpd.io.convert`: student.pt to .pt, .safetensors or .onnx.
 

@@ -28,7 +28,7 @@ from gpd.data.augment import AugmentRecipe
 from gpd.data.bundle import num_samples
 from gpd.data.labels import check_labels
 from gpd.data.synthetic import SHAPES
-from gpd.distill import Distiller
+from gpd.distill import Distiller, DynamicPair
 from gpd.errors import ConfigError, DataError
 from gpd.io.student import load_weights
 from gpd.sharing.steps import is_sgd_like
@@ -135,10 +135,12 @@ def find_unused_parameters(distiller: Distiller, cfg: Config, ctx: DistContext) 
     """Whether DDP must look for parameters a backward does not reach: layers the expansion
     found never run, and in the sequential mode D's own tensors (unshared, or D's ReviewKD
     heads), which the student's half, the one that synchronises, does not use."""
-    if not ctx.enabled or distiller.gpd is None:
+    pair = distiller.network
+    if not ctx.enabled or not isinstance(pair, DynamicPair):
         return False
-    gpd = distiller.gpd
-    never_run = any(any(True for _ in gpd.dynamic.get_submodule(name).parameters()) for name in gpd.report.roles.unused)
+    never_run = any(
+        any(True for _ in pair.dynamic.get_submodule(name).parameters()) for name in pair.report.roles.unused
+    )
     sequential = cfg.train.memory_mode == "sequential"
     return never_run or (sequential and (not distiller.shares_parameters or bool(distiller.review_heads)))
 

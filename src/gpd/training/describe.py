@@ -9,6 +9,7 @@ from torch import nn
 
 from gpd.branches import count_branch_blocks
 from gpd.data.bundle import num_samples
+from gpd.distill import DynamicPair
 
 if TYPE_CHECKING:
     from gpd.training.trainer import Trainer
@@ -31,17 +32,18 @@ def describe_run(trainer: Trainer) -> list[str]:
     )
     lines.append(_models_line(trainer))
     lines.append(_engine_line(trainer))
-    lines.append(f"export: {trainer.selection.rule}")
+    lines.append(f"export: {trainer.run.selection.rule}")
     return lines
 
 
 def _models_line(trainer: Trainer) -> str:
     cfg, d = trainer.cfg, trainer.distiller
     line = f"student: {cfg.model.student}, {trainer.student_params / 1e6:.3f}M parameters"
-    if d.gpd is not None:
-        r = d.gpd.report
+    pair = d.network
+    if isinstance(pair, DynamicPair):
+        r = pair.report
         line += (
-            f"; dynamic teacher at ratio {r.ratio:g}: {count_parameters(d.gpd.dynamic) / 1e6:.3f}M parameters, "
+            f"; dynamic teacher at ratio {r.ratio:g}: {count_parameters(pair.dynamic) / 1e6:.3f}M parameters, "
             f"verified equal to the student (relative error {r.dynamic_error:.1e})"
         )
         if r.noise_std:
@@ -51,8 +53,8 @@ def _models_line(trainer: Trainer) -> str:
             )
         if not d.shares_parameters:
             line += ", separate parameters (gpd.share=false)"
-        elif cfg.gpd.compensate_step:
-            line += ", plain networks' steps (gpd.compensate_step=true)"
+        elif cfg.gpd.step_rule == "plain":
+            line += ", plain networks' steps (gpd.step_rule=plain)"
         else:
             line += ", the paper's per-layer steps"
     else:
@@ -63,7 +65,7 @@ def _models_line(trainer: Trainer) -> str:
             f"({count_parameters(d.static_teacher) / 1e6:.3f}M parameters, frozen), KD method {cfg.kd.method}"
         )
     if cfg.gpd.branches != "none":
-        line += f"; {count_branch_blocks(d.student_module())} convolutions trained as six-branch blocks ({cfg.gpd.branches})"
+        line += f"; {count_branch_blocks(d.student)} convolutions trained as six-branch blocks ({cfg.gpd.branches})"
     return line
 
 
@@ -80,7 +82,7 @@ def _engine_line(trainer: Trainer) -> str:
         line += f", DDP find_unused_parameters={trainer.find_unused_parameters}"
         if trainer.synced_batchnorms:
             line += f", {trainer.synced_batchnorms} synchronised BatchNorms"
-    if trainer.ema is not None:
+    if trainer.run.ema is not None:
         line += f", EMA decay {trainer.ema_decay:.6g} per step" + (" with warm-up" if t.ema_warmup else "")
     if t.compile:
         line += ", torch.compile"

@@ -29,9 +29,9 @@ from gpd.training.distributed import DistContext, all_reduce_sum, broadcast_buff
 Model = Callable[[torch.Tensor], torch.Tensor]
 
 
-def student_forward(core: nn.Module) -> Model:
-    """The student's forward pass of a trained core (a DynamicPair: GPDModel or UnsharedPair; or the plain student)."""
-    return core.forward_student if isinstance(core, DynamicPair) else core
+def student_forward(network: nn.Module) -> Model:
+    """The student's forward pass of a trained network (a DynamicPair: GPDModel or UnsharedPair; or the plain student)."""
+    return network.forward_student if isinstance(network, DynamicPair) else network
 
 
 def models_of_run(distiller: Distiller, ema: ModelEmaV3 | None, ctx: DistContext) -> dict[str, Model]:

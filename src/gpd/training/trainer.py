@@ -1,31 +1,33 @@
 """The trainer of ``gpd train``: builds a run from its config, resumes it, and trains it.
 
 :class:`Trainer` puts the parts together: the objects come from the pure builders
-(:mod:`gpd.training.builders`), the epochs and steps run in the loop
-(:mod:`gpd.training.loop`), and the files are written by the callbacks
-(:mod:`gpd.training.callbacks`) into the run directory's :class:`~gpd.io.layout.RunLayout`.
-Around the loop sit the engine's concerns: one process per device under torchrun
-(DistributedDataParallel), mixed precision, EMA, exact resume from a checkpoint, the two
-memory modes of a GPD step, and the :class:`~gpd.training.policy.RunPolicy` (a dry run's caps).
+(:mod:`gpd.training.builders`), the run's progress is a :class:`~gpd.training.state.TrainState`,
+the epochs and steps run in the :class:`~gpd.training.loop.TrainLoop` (which gets its
+settings, not the config), and the files are written by the callbacks
+(:mod:`gpd.training.callbacks`) into the run directory's :class:`~gpd.io.layout.RunLayout`;
+the checkpoint is written and read by one pair (:mod:`gpd.io.checkpoint`). Around the loop
+sit the engine's concerns: one process per device under torchrun (DistributedDataParallel),
+mixed precision, EMA, exact resume from a checkpoint, the two memory modes of a GPD step,
+and the :class:`~gpd.training.policy.RunPolicy` (a dry run's caps).
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from timm.utils import ModelEmaV3
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from gpd.config import Config
+from gpd.data import DataBundle
 from gpd.data.mixing import build_mixup
-from gpd.deprecated import upgrade_rows
-from gpd.errors import CheckpointError, ConfigError
-from gpd.io.checkpoint import load_checkpoint
+from gpd.deprecated import warn_renamed
+from gpd.errors import ConfigError
+from gpd.io.checkpoint import load_training_state
 from gpd.io.layout import RunLayout
 from gpd.training.builders import (
     build_data,
@@ -38,23 +40,25 @@ from gpd.training.builders import (
     seed_everything,
     wrap_for_training,
 )
-from gpd.training.callbacks import Callback, run_callbacks
+from gpd.training.callbacks import Callback, Callbacks, run_callbacks
 from gpd.training.describe import describe_run
 from gpd.training.distributed import DistContext, resolve_device
 from gpd.training.ema import ema_decay_per_step
 from gpd.training.grad_stats import GradStats
-from gpd.training.loop import TrainLoop
+from gpd.training.loop import LoopSettings, TrainLoop, log_on_main
 from gpd.training.nonfinite import NonFiniteGuard
 from gpd.training.policy import RunPolicy, as_policy
 from gpd.training.precision import Precision
-from gpd.training.rng import restore_rng
-from gpd.training.selection import WeightSelection, standalone_student
+from gpd.training.selection import WeightSelection
+from gpd.training.state import RunView, TrainState
 from gpd.training.static_teacher import fingerprint
 from gpd.training.sync_bn import convert_sync_batchnorm
 
 
-class Trainer(TrainLoop):
-    """Builds a run from its config and trains it, writing into ``run_dir`` (rank 0 only)."""
+class Trainer:
+    """Builds a run from its config and trains it, writing into ``run_dir`` (rank 0 only).
+
+    ``state``: the run's progress; ``loop``: what trains it; ``run``: what the callbacks read."""
 
     def __init__(
         self,
@@ -70,13 +74,14 @@ class Trainer(TrainLoop):
         quick check of the whole configuration (a couple of steps, small images, a synthetic data set
         and random weights standing in for missing files). ``ctx``/``device``: this process's place
         under torchrun (default: a single process). ``callbacks``: what the run writes (default:
-        :func:`~gpd.training.callbacks.run_callbacks` of the run directory)."""
+        :func:`~gpd.training.callbacks.run_callbacks` of the run directory), in an order that keeps
+        each one's :attr:`~gpd.training.callbacks.Callback.after` (else ValueError)."""
         self.cfg = cfg
         self.run_dir = run_dir
         self.layout = RunLayout(run_dir)
         self.policy = as_policy(dry_run)
-        self.ctx = ctx or DistContext()
-        self.device = device or resolve_device(cfg.train.device)
+        self.ctx = ctx = ctx or DistContext()
+        self.device = device = device or resolve_device(cfg.train.device)
         t, policy = cfg.train, self.policy
         self.threads_reason = ""  # why torch uses its number of threads (set by launch(), see threads.py)
         self.host_memory_reason = ""  # what happens to freed host memory (set by launch(), see host_memory.py)
@@ -84,98 +89,56 @@ class Trainer(TrainLoop):
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
         seed_everything(t.seed)
-        self.data = build_data(cfg, self.ctx, policy, self.log)
-        self.distiller, self.student_params = build_distiller(cfg, self.data, policy.stand_ins, self.log)
-        self.core: nn.Module = self.distiller.gpd if self.distiller.gpd is not None else self.distiller.plain  # type: ignore[assignment]
-        self.synced_batchnorms = convert_sync_batchnorm(self.core, self.device) if t.sync_bn and self.ctx.enabled else 0
-        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-        self.distiller.to(self.device).to(memory_format=self.memory_format)
-        canonical_strides(self.distiller)
-        self.find_unused_parameters = find_unused_parameters(self.distiller, cfg, self.ctx)
-        self.train_module = wrap_for_training(self.distiller, cfg, self.ctx, self.device, self.find_unused_parameters)
-        seed_everything(t.seed + self.ctx.rank)  # each process augments its own samples differently
+        self.data = data = build_data(cfg, ctx, policy, self.log)
+        self.distiller, self.student_params = build_distiller(cfg, data, policy.stand_ins, self.log)
+        distiller = self.distiller
+        self.network = network = distiller.network  # what EMA and export follow
+        self.synced_batchnorms = convert_sync_batchnorm(network, device) if t.sync_bn and ctx.enabled else 0
+        distiller.to(device).to(memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
+        canonical_strides(distiller)
+        self.find_unused_parameters = find_unused_parameters(distiller, cfg, ctx)
+        train_module = wrap_for_training(distiller, cfg, ctx, device, self.find_unused_parameters)
+        seed_everything(t.seed + ctx.rank)  # each process augments its own samples differently
 
-        self.train_loader, self.sampler, self.test_loader, self.val_loader = build_loaders(
-            cfg, self.data, self.ctx, self.device, policy
-        )
-        self.mixup = build_mixup(cfg.data, self.data.num_classes, t.label_smoothing, self.train_loader.batch_size)
-        self.optimizer, self.scheduler = build_optimization(cfg, self.distiller, len(self.train_loader))
-        self.precision = Precision(t.precision, self.device)
+        loaders = build_loaders(cfg, data, ctx, device, policy)
+        mixup = build_mixup(cfg.data, data.num_classes, t.label_smoothing, loaders.train.batch_size)
+        optimizer, scheduler = build_optimization(cfg, distiller, len(loaders.train))
+        precision = Precision(t.precision, device)
         self.ema_decay = ema_decay_per_step(
             decay=t.ema_decay, epochs=t.ema_epochs, images=t.ema_images,
-            images_per_step=global_batch(cfg, self.ctx, policy), steps_per_epoch=len(self.train_loader),
+            images_per_step=global_batch(cfg, ctx, policy), steps_per_epoch=len(loaders.train),
         )  # fmt: skip
-        self.ema = ModelEmaV3(self.core, decay=self.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
-        self.trainable = [p for p in self.distiller.parameters() if p.requires_grad]
-        # D's tensors that the paper's parameterisation stores differently: their gradient counts
-        # as the paper's in the clipped norm (gpd.sharing.steps); empty for plain steps
-        self.grad_scales = self.distiller.gpd.grad_scales() if self.distiller.gpd is not None else {}
-        self.grad_stats = GradStats(self.device, clipping=bool(t.grad_clip))
-        self.guard = NonFiniteGuard(t.on_nonfinite, t.nonfinite_check_every, self.ctx, self.device)
-        self.selection = WeightSelection(has_val=self.data.val is not None, has_ema=self.ema is not None)
-        teacher = self.distiller.static_teacher
-        self.static_teacher_fingerprint = fingerprint(teacher) if teacher is not None else None
-        self.num_updates = 0
-        self.start_epoch = 1
-        self.static_teacher_acc: float | None = None
-        self._rng_to_restore: dict[str, Any] | None = None
-        self.rows: list[dict[str, Any]] = []  # every epoch's metrics row, also kept in the checkpoint
-        self.callbacks = run_callbacks(self.layout, policy) if callbacks is None else callbacks
+        ema = ModelEmaV3(network, decay=self.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
+        selection = WeightSelection(has_val=data.val is not None, has_ema=ema is not None)
+        teacher = distiller.static_teacher
+        self.state = TrainState(static_teacher_fingerprint=fingerprint(teacher) if teacher is not None else None)
+        self.run = RunView(
+            ctx=ctx, config=lambda: config_container(cfg), description=run_description(cfg, data),
+            distiller=distiller, network=network, optimizer=optimizer, scheduler=scheduler, precision=precision,
+            ema=ema, selection=selection,
+        )  # fmt: skip
+        self.callbacks = Callbacks(run_callbacks(self.layout, policy) if callbacks is None else callbacks, self.run)
+        self.loop = TrainLoop(
+            loop_settings(cfg, policy), self.state, distiller=distiller, train_module=train_module, network=network,
+            loaders=loaders, optimizer=optimizer, scheduler=scheduler, precision=precision,
+            guard=NonFiniteGuard(t.on_nonfinite, t.nonfinite_check_every, ctx, device),
+            grad_stats=GradStats(device, clipping=bool(t.grad_clip)), selection=selection, ema=ema, mixup=mixup,
+            callbacks=self.callbacks, ctx=ctx, device=device,
+        )  # fmt: skip
 
-    def _no_sync(self) -> AbstractContextManager[Any]:
-        """DDP's no_sync for D's half of a sequential step (nothing outside torchrun)."""
-        ddp = getattr(self.train_module, "_orig_mod", self.train_module)  # under torch.compile
-        return ddp.no_sync() if isinstance(ddp, DistributedDataParallel) else nullcontext()
-
-    # -- resume ------------------------------------------------------------------------
+    @property
+    def core(self) -> nn.Module:
+        """Deprecated: :attr:`network`."""
+        warn_renamed("Trainer.core", "Trainer.network")
+        return self.network
 
     def load_state(self, path: Path) -> None:
         """Continue from a checkpoint: weights, optimizer, scheduler, scaler, EMA, counters, RNGs,
         the selected weights and the metrics rows (metrics.csv is rewritten from them)."""
-        state = load_checkpoint(path)
-        self._check_same_static_teacher(state, path)
-        result = self.distiller.load_state_dict(state["model"], strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith("static_teacher.")]
-        if missing or result.unexpected_keys:
-            raise CheckpointError(
-                f"{path} holds another model than this config builds (missing {missing[:3]}, "
-                f"unexpected {result.unexpected_keys[:3]}); resume with the run's own config.yaml"
-            )
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.precision.load_state_dict(state.get("scaler", {}))
-        if self.ema is not None:
-            if state.get("ema") is None:
-                raise CheckpointError(f"{path} has no EMA weights but train.ema=true; resume with train.ema=false")
-            self.ema.load_state_dict(state["ema"])
-        self.num_updates = int(state["num_updates"])
-        self.start_epoch = int(state["epoch"]) + 1
-        if state.get("selection") is not None:
-            self.selection.load_state_dict(state["selection"])
-        self.static_teacher_acc = state.get("static_teacher_acc")
-        rng_states = state["rng"]
-        if len(rng_states) == self.ctx.world_size:
-            self._rng_to_restore = rng_states[self.ctx.rank]
-        else:
-            self.log(
-                f"warning: the checkpoint was written by {len(rng_states)} processes, this run has "
-                f"{self.ctx.world_size}: random augmentation continues from fresh seeds (not bit-exact)"
-            )
-        if self.ctx.is_main and "metrics" in state:  # the rows of the epochs the checkpoint holds
-            self.rows = upgrade_rows([dict(row) for row in state["metrics"]], f"the metrics rows of {path}")
-        for callback in self.callbacks:  # metrics.csv is rewritten from them
-            callback.on_resume(self, state, path)
-
-    def _check_same_static_teacher(self, state: dict[str, Any], path: Path) -> None:
-        recorded, now = state.get("static_teacher_fingerprint"), self.static_teacher_fingerprint
-        if recorded is not None and recorded != now:
-            raise CheckpointError(
-                f"{path} was trained against other static teacher weights than teacher.checkpoint holds now "
-                f"(fingerprint {recorded[:12]} != {str(now)[:12]}); resume with the original teacher file, "
-                "or start a new run"
-            )
-
-    # -- the run -----------------------------------------------------------------------
+        load_training_state(
+            path, self.state, self.run.checkpointed(), rank=self.ctx.rank, world_size=self.ctx.world_size, log=self.log
+        )
+        self.callbacks.on_resume(self.state)
 
     def describe(self) -> None:
         for line in describe_run(self):
@@ -184,37 +147,59 @@ class Trainer(TrainLoop):
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs, export student.pt; the last epoch's row, the run's time and the export."""
         last_epoch = self.policy.epochs(self.cfg.train.epochs)
-        if self.start_epoch > last_epoch:
+        start = self.state.next_epoch
+        if start > last_epoch:
             raise ConfigError(
                 f"the run in {self.run_dir} already finished its {self.cfg.train.epochs} epochs; "
                 "to train longer, resume with a larger train.epochs=N"
             )
         self.describe()
-        if self.start_epoch > 1:
-            self.log(f"resuming after epoch {self.start_epoch - 1} (step {self.num_updates})")
-        if self._rng_to_restore is not None:
-            restore_rng(self._rng_to_restore)
+        if start > 1:
+            self.log(f"resuming after epoch {start - 1} (step {self.state.num_updates})")
         run_started = time.perf_counter()
-        row = self.run_epochs(last_epoch)
+        row = self.loop.run_epochs(last_epoch)
         total = time.perf_counter() - run_started
-        choice = self.selection.choice
+        selection = self.run.selection
+        choice = selection.choice
         assert choice is not None
         exported = "EMA" if choice.weights == "ema" else "final"
         self.log(
             f"done in {total:.1f} s: exported the {exported} weights of epoch {choice.epoch} to "
             f"{self.layout.student} (student test accuracy {choice.test_acc:.2f}%"
             + (f", validation {choice.val_acc:.2f}%" if choice.val_acc is not None else "")
-            + f"; {self.selection.rule})"
+            + f"; {selection.rule})"
         )
         return {**row, "total_seconds": total, "exported": exported, "exported_epoch": choice.epoch}
 
-    def _student_of(self, weights: str) -> nn.Module:
-        """A standalone student of the final ("final") or the EMA ("ema") weights, on the CPU."""
-        return standalone_student(self.core, self.ema, weights)
+    def log(self, message: str) -> None:
+        log_on_main(self.ctx, message)
 
-    def selected_student(self) -> nn.Module:
-        """The standalone student of the weights the selection chose (what student.pt holds)."""
-        return self.selection.student(self._student_of)
+
+def loop_settings(cfg: Config, policy: RunPolicy) -> LoopSettings:
+    """What the loop is told of the config: ``train.*`` and the policy's caps."""
+    t = cfg.train
+    return LoopSettings(
+        epochs=t.epochs, batch_size=t.batch_size, memory_mode=t.memory_mode, grad_clip=t.grad_clip,
+        grad_probe_every=t.grad_probe_every, on_nonfinite=t.on_nonfinite, channels_last=t.channels_last,
+        policy=policy,
+    )  # fmt: skip
+
+
+def config_container(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain containers, as the checkpoint keeps it."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def run_description(cfg: Config, data: DataBundle) -> dict[str, Any]:
+    """What student.pt records of the run: the data it expects and the ratio of its dynamic teacher."""
+    return {
+        "data": data.name,
+        "input_size": list(data.input_size),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "class_names": list(data.class_names),
+        "gpd_ratio": cfg.gpd.ratio if cfg.gpd.enabled else None,
+    }
 
 
 def train(
