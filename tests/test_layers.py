@@ -48,9 +48,6 @@ KNOWN: set[tuple[str, str]] = set()  # (importer, imported): edges allowed to po
 KNOWN_CYCLES: dict[frozenset[str], str] = {
     # config.schema imports the KD methods' options, distill names Config for types: issue 23 removes it
     frozenset({"config", "distill"}): "type",
-    # gpd.expand builds a GPDModel, whose exports merge through the rule set's branch kinds
-    # (RULES.merge_branches): not yet scheduled; moving GPDModel into gpd.expansion would remove it
-    frozenset({"expansion", "gpd_model"}): "runtime",
 }
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the same names as _LAZY, for type checkers (``X as X``: re-
     from gpd.expansion import expand as expand
     from gpd.expansion import register_channel_tensors as register_channel_tensors
     from gpd.expansion import register_expansion_rule as register_expansion_rule
-    from gpd.gpd_model import GPDModel as GPDModel
+    from gpd.expansion.model import GPDModel as GPDModel
     from gpd.io.student import load_student as load_student
 
 __version__ = "0.1.0"
@@ -41,7 +41,7 @@ _LAZY: dict[str, str] = {
     "Distiller": "gpd.distill",
     "ExpansionError": "gpd.errors",
     "GPDError": "gpd.errors",
-    "GPDModel": "gpd.gpd_model",
+    "GPDModel": "gpd.expansion.model",
     "ModelError": "gpd.errors",
     "expand": "gpd.expansion",
     "load_student": "gpd.io.student",

@@ -21,7 +21,7 @@ from gpd.errors import ConfigError
 from gpd.models.registry import timm_needs_img_size
 
 if TYPE_CHECKING:
-    from gpd.gpd_model import GPDModel
+    from gpd.expansion.model import GPDModel
 
 LABEL_WIDTH = 15
 SHOWN_LAYERS = 3

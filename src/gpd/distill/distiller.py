@@ -25,8 +25,8 @@ from gpd.distill.param_groups import decay_groups
 from gpd.errors import ArgumentError
 from gpd.expansion import expand
 from gpd.expansion.expand import with_branches
+from gpd.expansion.model import GPDModel
 from gpd.expansion.rules import RULES
-from gpd.gpd_model import GPDModel
 from gpd.losses import sce
 from gpd.sharing.steps import clip_grad_norm_
 

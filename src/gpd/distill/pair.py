@@ -1,6 +1,6 @@
 """A dynamic teacher and its student, with shared or separate parameters.
 
-:class:`~gpd.gpd_model.GPDModel` is the paper's pair: the student is a channel slice
+:class:`~gpd.expansion.model.GPDModel` is the paper's pair: the student is a channel slice
 of D (hard parameter sharing). :class:`UnsharedPair` is the ablation ``gpd.share=false``:
 D is still built from the student by Inverse Reparameterization, so both start as the
 same function, but from then on D and the student own separate parameters and move
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from gpd.deprecated import renamed_kwargs
+from gpd.expansion.model import ExpansionReport, GPDModel, PairRoles
 from gpd.expansion.rules import RULES  # the branch kinds: exports merge their blocks
-from gpd.gpd_model import ExpansionReport, GPDModel, PairRoles
 
 
 @runtime_checkable

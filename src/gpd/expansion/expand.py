@@ -23,11 +23,11 @@ from gpd.errors import ArgumentError, ExpansionError, first_line
 from gpd.expansion.build import build_dynamic
 from gpd.expansion.examples import CHECK_EXTRA, MEASURE_EXTRA, example_of, with_extra_samples
 from gpd.expansion.examples import infer_input_size as infer_input_size  # its old home (gpd.cli imports it here)
+from gpd.expansion.model import ExpansionReport, GPDModel
 from gpd.expansion.refusals import is_bug, refusals_only
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
 from gpd.expansion.rules import RULES
 from gpd.expansion.verify import locate_divergence, relative_error
-from gpd.gpd_model import ExpansionReport, GPDModel
 from gpd.sharing import StudentView
 from gpd.sharing.steps import paper_scales
 
