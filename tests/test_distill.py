@@ -110,7 +110,7 @@ def test_reviewkd_gives_student_and_d_their_own_fusion_heads(dynamic_teacher):
     )
     assert set(losses) == expected
     sum(losses.values()).backward()
-    heads = distiller.review_heads
+    heads = distiller.kd_method.heads
     assert all(p.grad is not None for p in heads.parameters())
     widths = {role: [abf.reduce[0].in_channels for abf in head.abfs] for role, head in heads.items()}
     assert widths["student"] == [16, 32, 64, 64]  # three stages and the pooled level
