@@ -25,7 +25,6 @@ def test_choices_are_read_from_the_literal():
 
 
 TODAYS_MESSAGES = {  # the messages of the checks validate() held before the Literal aliases
-    "kd.method": "kd.method must be none, kd, dkd or reviewkd, got 'bad'",
     "gpd.branches": "gpd.branches must be none or orepa, got 'bad'",
     "gpd.branch_init": "gpd.branch_init must be default or identity, got 'bad'",
     "gpd.layout": "gpd.layout must be auto, tiled or interleaved, got 'bad'",
@@ -57,13 +56,32 @@ def test_every_literal_key_of_the_schema_is_checked_with_its_one_line_message(tm
         assert str(built.value) == message
 
 
+def test_kd_method_is_checked_against_the_registry_with_one_line_message(tmp_path):
+    """kd.method is a string (a registered name or an import path), not a Literal: the registry lists the names."""
+    message = (
+        "kd.method must be none, kd, dkd or reviewkd or an import path "
+        "(package.module:ClassName or path/to/file.py:ClassName), got 'bad'"
+    )
+    with pytest.raises(ConfigError) as override:
+        load_config(None, ["kd.method=bad"])
+    path = tmp_path / "kd.yaml"
+    path.write_text("kd:\n  method: bad\n")
+    with pytest.raises(ConfigError) as in_file:
+        load_config(str(path))
+    cfg = Config()
+    cfg.kd.method = "bad"
+    with pytest.raises(ConfigError) as built:
+        validate(cfg)
+    assert str(override.value) == str(in_file.value) == str(built.value) == message
+    for name in ("none", "kd", "dkd", "reviewkd"):
+        teacher = ["teacher.model=resnet8"] * (name != "none")
+        assert load_config(None, [f"kd.method={name}", *teacher]).kd.method == name
+
+
 def test_a_literal_key_takes_each_of_its_values():
     for key, _, choices, _ in _choice_keys(Config()):
         for value in choices_of(choices):
-            needs = {
-                "kd.method": ["teacher.model=resnet8"] * (value != "none"),
-                "data.interpolation": ["data.name=cifar10"],
-            }
+            needs = {"data.interpolation": ["data.name=cifar10"]}
             cfg = load_config(None, [f"{key}={value}", *needs.get(key, [])])
             section, name = key.split(".")
             assert getattr(getattr(cfg, section), name) == value

@@ -213,7 +213,18 @@ def test_an_old_distiller_state_dict_loads_and_the_static_teacher_keys_stay(shar
     assert set(losses) == {"ce_dynamic", "kd_dynamic", "ce_student", "kd_student", "sce"}
 
 
-def test_an_old_reviewkd_head_of_d_loads():
+def older_layout(state: dict[str, torch.Tensor], *, dynamic_as_teacher: bool) -> dict[str, torch.Tensor]:
+    """A ReviewKD Distiller's ``state`` as older gpd releases saved it: the network under ``gpd.``, the
+    heads under ``review_heads.<role>.`` and, older still, D's role named ``teacher``."""
+    state = {("review_heads." + k[len("kd_method.heads.") :] if k.startswith("kd_method.heads.") else k): v
+             for k, v in old_network_keys(state).items()}  # fmt: skip
+    if dynamic_as_teacher:
+        state = old_keys(old_keys(state, "gpd."), "review_heads.")
+    return state
+
+
+@pytest.mark.parametrize("dynamic_as_teacher", [False, True])
+def test_an_old_reviewkd_distiller_state_dict_loads(dynamic_as_teacher: bool):
     def build() -> Distiller:
         torch.manual_seed(0)
         return Distiller(
@@ -221,22 +232,27 @@ def test_an_old_reviewkd_head_of_d_loads():
         ).eval()
 
     trained, fresh = build(), build()
-    assert set(trained.review_heads) == {"student", "dynamic"}
+    assert set(trained.kd_method.heads) == {"student", "dynamic"}
     with torch.no_grad():
-        for p in trained.review_heads.parameters():
+        for p in trained.kd_method.heads.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    old = {
-        k.replace("review_heads.dynamic.", "review_heads.teacher.", 1): v
-        for k, v in old_keys(old_network_keys(trained.state_dict()), "gpd.").items()
-    }
+    old = older_layout(trained.state_dict(), dynamic_as_teacher=dynamic_as_teacher)
+    assert any(k.startswith("review_heads.student.") for k in old) and not any(k.startswith("kd_method") for k in old)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        fresh.load_state_dict(old, strict=True)
+        result = fresh.load_state_dict(old, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
     said = " | ".join(messages(record, FutureWarning))
-    assert "D's ReviewKD head" in said and "'network.teacher.*'" in said and "static_teacher" not in said
+    assert "'review_heads.*'; loaded as 'kd_method.heads.*'" in said and "static_teacher" not in said, said
+    if dynamic_as_teacher:
+        assert "D's ReviewKD head" in said and "'network.teacher.*'" in said, said
     x, y = torch.randn(4, *SIZE), torch.randint(0, 10, (4,))
     with torch.no_grad():
         assert torch.equal(fresh(x, y).losses["reviewkd_dynamic"], trained(x, y).losses["reviewkd_dynamic"])
+    with pytest.warns(
+        DeprecationWarning, match=r"Distiller\.review_heads is deprecated, use Distiller\.kd_method\.heads"
+    ):
+        assert fresh.review_heads is fresh.kd_method.heads
 
 
 def test_an_old_timm_task_checkpoint_loads():
@@ -253,7 +269,8 @@ def test_an_old_timm_task_checkpoint_loads():
                 p.add_(0.01 * torch.randn_like(p))
     state = task.get_checkpoint_state()
     old_state = old_keys(state["state_dict"], "pair.")
-    old_heads = {k.replace("dynamic.", "teacher.", 1): v for k, v in state["task_state"]["review_heads"].items()}
+    heads = state["task_state"]["kd_method"]  # an older gpd's task state: {"review_heads": {<role>.*}}
+    old_heads = {k[len("heads.") :].replace("dynamic.", "teacher.", 1): v for k, v in heads.items()}
     assert any(k.startswith("pair.teacher.") for k in old_state) and any(k.startswith("teacher.") for k in old_heads)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -301,9 +318,9 @@ def test_distiller_old_methods_and_keywords_warn_and_delegate():
             direct = distiller.student_output(x, y, targets, logits)
         assert torch.equal(direct.student_logits, expected.student_logits)
         with pytest.warns(DeprecationWarning, match=r"dynamic_logits=\.\.\."):
-            assert float(distiller.student_losses(x, y, targets, teacher_logits=logits)["sce"]) == float(
-                expected.losses["sce"]
-            )
+            with pytest.warns(DeprecationWarning, match=r"Distiller\.student_losses\(\)"):
+                old_losses = distiller.student_losses(x, y, targets, teacher_logits=logits)
+        assert float(old_losses["sce"]) == float(expected.losses["sce"])
         with pytest.raises(TypeError, match="give only dynamic_logits"):
             distiller(x, y, part="student", targets=targets, teacher_logits=logits, dynamic_logits=logits)
         with pytest.warns(DeprecationWarning, match="with_student_logits"):
@@ -366,7 +383,7 @@ def test_compensate_step_keyword_and_config_key_become_step_rule(tmp_path: Path)
     assert cfg.gpd.step_rule == "plain" and cfg.gpd.sce_weight == 2.0  # both old keys of one section renamed
     with pytest.warns(DeprecationWarning, match="GPDConfig.step_rule"):
         assert cfg.gpd.compensate_step is True
-    with pytest.raises(ConfigError, match="gpd.compensate_step .*must be true or false, got 'maybe'"):
+    with pytest.warns(FutureWarning), pytest.raises(ConfigError, match="compensate_step .*must be true or false"):
         load_config(None, ["gpd.compensate_step=maybe"])
     with pytest.raises(ConfigError, match="both given"):
         load_config(None, ["gpd.compensate_step=true", "gpd.step_rule=plain"])

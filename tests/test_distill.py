@@ -110,7 +110,7 @@ def test_reviewkd_gives_student_and_d_their_own_fusion_heads(dynamic_teacher):
     )
     assert set(losses) == expected
     sum(losses.values()).backward()
-    heads = distiller.review_heads
+    heads = distiller.kd_method.heads
     assert all(p.grad is not None for p in heads.parameters())
     widths = {role: [abf.reduce[0].in_channels for abf in head.abfs] for role, head in heads.items()}
     assert widths["student"] == [16, 32, 64, 64]  # three stages and the pooled level
@@ -130,3 +130,28 @@ def test_reviewkd_refuses_token_stages_with_a_clear_error():
     teacher = create_model("timm:vit_tiny_patch16_224", embed_dim=96, **kwargs)
     with pytest.raises(ConfigError, match="ReviewKD fuses feature maps"):
         gpd.Distiller(student, teacher, kd="reviewkd", input_size=(3, 32, 32))
+
+
+def test_one_check_of_the_distillers_arguments_for_the_api_and_the_config():
+    """gpd.distill.arguments writes each rule once; the API names keywords, the config its keys."""
+    student, teacher = small_pair()
+    cases = [  # (Distiller keywords, config overrides, the API's message, the config's message)
+        (dict(share_parameters=False, dynamic_teacher=False), ["gpd.share=false", "gpd.enabled=false"],
+         "share_parameters=False separates D's parameters from the student's; it needs dynamic_teacher=True",
+         "gpd.share=false separates D's parameters from the student's; it needs gpd.enabled=true"),
+        (dict(ratio=0.5), ["gpd.ratio=0.5"],
+         "ratio must be >= 1 (the dynamic teacher is wider), got 0.5",
+         "gpd.ratio must be >= 1 (the dynamic teacher is wider), got 0.5"),
+        (dict(sce_eps=2.0), ["gpd.sce_eps=2"], "sce_eps must be in [0, 1], got 2.0", "gpd.sce_eps must be in [0, 1], got 2.0"),
+        (dict(teacher=teacher), ["teacher.model=resnet8"],
+         "a static teacher (teacher=) goes with a KD method (kd=kd, dkd or reviewkd), got kd=none and a teacher",
+         "a static teacher (teacher.model / teacher.checkpoint) goes with a KD method (kd.method=kd, dkd or "
+         "reviewkd), got kd.method=none and a teacher"),
+    ]  # fmt: skip
+    for kwargs, overrides, api_message, config_message in cases:
+        with pytest.raises(ArgumentError) as api:
+            gpd.Distiller(student, input_size=(1, 28, 28), **kwargs)
+        assert str(api.value) == api_message
+        with pytest.raises(gpd.ConfigError) as config:
+            load_config(None, overrides)
+        assert str(config.value) == config_message

@@ -21,11 +21,13 @@ from gpd.distill import (
     DynamicPart,
     HintonKD,
     KDMethod,
+    KDOptions,
     NoKD,
     ReviewKD,
     total_loss,
 )
-from gpd.distill.kd_methods import DKDOptions, HintonKDOptions, build_kd_method, kd_method_class
+from gpd.distill.kd_methods import DKDOptions, HintonKDOptions
+from gpd.distill.registry import build_kd_method, kd_method_class
 from gpd.distill.reviewkd import ReviewKDOptions
 from gpd.errors import ArgumentError, ConfigError
 from gpd.models import create_model
@@ -73,11 +75,11 @@ def test_the_registry_holds_one_class_per_kd_method_name():
 
 
 def test_an_unknown_method_name_is_refused_with_the_choices_of_the_literal():
-    message = "kd must be none, kd, dkd or reviewkd, got 'hinton'"
-    with pytest.raises(ConfigError, match=message):
+    message = r"kd must be none, kd, dkd or reviewkd or an import path \(package.module:ClassName or .*got 'hinton'"
+    with pytest.raises(ArgumentError, match=message):
         kd_method_class("hinton")
     student, teacher = small_pair()
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ArgumentError, match=message):
         Distiller(student, teacher, kd="hinton", input_size=SIZE)  # type: ignore[arg-type]
 
 
@@ -92,7 +94,7 @@ def test_the_distiller_holds_a_method_object():
 def test_unknown_options_of_every_method_are_refused():
     student, teacher = small_pair()
     for kd, title in (("kd", "KD"), ("dkd", "DKD"), ("reviewkd", "ReviewKD")):
-        with pytest.raises(ConfigError, match=f"unknown {title} options \\['gamma'\\]; use "):
+        with pytest.raises(ArgumentError, match=f"unknown {title} options \\['gamma'\\]; use "):
             Distiller(student, teacher, kd=kd, kd_options={"gamma": 1.0}, input_size=SIZE)
 
 
@@ -108,7 +110,7 @@ def test_a_method_object_or_a_plain_loss_can_be_given_instead_of_a_name():
     with torch.no_grad():
         a, b = by_name.eval()(x, y).losses, by_object.eval()(x, y).losses
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ConfigError, match="kd_options go with a method name"):
+    with pytest.raises(ArgumentError, match="kd_options go with a method name"):
         Distiller(student, teacher, method, kd_options={"temperature": 3.0}, input_size=SIZE)
 
     def plain(z, z_t, target, epoch):
@@ -128,22 +130,36 @@ def test_the_config_sections_are_the_methods_options():
     cfg = Config()
     assert type(cfg.dkd) is DKDOptions and type(cfg.reviewkd) is ReviewKDOptions
     assert isinstance(cfg.kd, HintonKDOptions) and isinstance(cfg.kd, KDConfig)
-    assert [f.name for f in dataclasses.fields(KDConfig)] == ["method", "temperature", "weight", "ce_weight"]
-    assert dataclasses.asdict(cfg.kd) == {"method": "none", "temperature": 4.0, "weight": 1.0, "ce_weight": 1.0}
+    for name, cls in KD_METHODS.items():  # every built-in section is its method's options, from the registry
+        if cls.section is not None:
+            assert isinstance(getattr(cfg, cls.section), cls.Options), name
+            assert issubclass(cls.Options, KDOptions), name  # ce_weight declared once, in KDOptions
+    assert [f.name for f in dataclasses.fields(KDConfig)] == ["method", "ce_weight", "temperature", "weight"]
+    assert dataclasses.asdict(cfg.kd) == {"method": "none", "ce_weight": 1.0, "temperature": 4.0, "weight": 1.0}
     assert dataclasses.asdict(cfg.dkd) == {
+        "ce_weight": 1.0,
         "alpha": 1.0,
         "beta": 8.0,
         "temperature": 4.0,
         "warmup_epochs": 20.0,
-        "ce_weight": 1.0,
     }
     assert dataclasses.asdict(cfg.reviewkd) == {
+        "ce_weight": 1.0,
         "weight": 1.0,
         "mid_channels": 64,
         "warmup_epochs": 0.0,
-        "ce_weight": 1.0,
         "student_preact": True,
     }
+    for key, message in (
+        ("kd.temperature=0", "kd.temperature must be > 0, got 0.0"),
+        ("dkd.temperature=-1", "dkd.temperature must be > 0, got -1.0"),
+        ("reviewkd.mid_channels=0", "reviewkd.mid_channels must be >= 1, got 0"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_config(None, [key])
+        assert str(err.value) == message
+    with pytest.raises(ArgumentError, match="^DKD option temperature must be > 0, got 0.0$"):
+        DecoupledKD(DKDOptions(temperature=0.0))
 
 
 OVERRIDES = {

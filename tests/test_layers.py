@@ -45,10 +45,7 @@ LAYERS: list[set[str]] = [
 KNOWN: set[tuple[str, str]] = set()  # (importer, imported): edges allowed to point up the layers (none)
 
 # package cycles allowed for now, and their kind (see the module docstring); each entry goes with its cycle
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    # config.schema imports the KD methods' options, distill names Config for types: issue 23 removes it
-    frozenset({"config", "distill"}): "type",
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 
 def _package(module: str) -> str:

@@ -13,10 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch import nn
 
 import gpd
 from gpd.config import load_config
 from gpd.distill.features import stage_features
+from gpd.distill.method import RoleNetwork
+from gpd.distill.probe import unchanged_state
 from gpd.distill.reviewkd import ReviewKD
 from gpd.losses import ABF
 from gpd.models import create_model
@@ -143,36 +146,51 @@ def test_abf_projection_convs_use_kaiming_uniform_with_a_1():
 
 @pytest.mark.parametrize("dynamic_teacher", [True, False])
 def test_building_a_reviewkd_distiller_changes_no_buffer(dynamic_teacher, monkeypatch):
-    torch.manual_seed(0)
+    """The probe passes that size ReviewKD's heads run in eval mode, and afterwards the student, D
+    and the static teacher hold the buffers and modes of a Distiller whose method probes nothing."""
     student = _trained_bn(create_model("resnet8", 10, 3), (3, 32, 32), seed=1).train()
     teacher = _trained_bn(create_model("resnet14", 10, 3), (3, 32, 32), seed=2)
     before = {
         "student": {k: v.clone() for k, v in student.named_buffers()},
         "teacher": {k: v.clone() for k, v in teacher.named_buffers()},
     }
-    at_probe = {}
-    original = ReviewKD.build_heads
+    original, modes_at_build = ReviewKD.build, []
 
-    def spy(self, distiller, *args, **kwargs):
-        at_probe.update({k: v.clone() for k, v in distiller.named_buffers()})
-        at_probe["modes"] = {name: m.training for name, m in distiller.named_modules()}
-        return original(self, distiller, *args, **kwargs)
+    def spy(self, networks):
+        modes_at_build.extend(m.training for n in networks if isinstance(n, RoleNetwork) for m in n.module.modules())
+        return original(self, networks)
 
-    monkeypatch.setattr(ReviewKD, "build_heads", spy)
-    distiller = gpd.Distiller(student, teacher, "reviewkd", input_size=(3, 32, 32), dynamic_teacher=dynamic_teacher)
-    assert at_probe, "the probe did not run"
-    modes = at_probe.pop("modes")
-    after = dict(distiller.named_buffers())
-    probed = [k for k in at_probe if "num_batches_tracked" in k]
-    assert probed and all(not k.startswith("review_heads") for k in at_probe)
-    for name, value in at_probe.items():  # the student, D and the static teacher, as the probe found them
-        assert torch.equal(after[name], value), name
-    assert {name: m.training for name, m in distiller.named_modules() if name in modes} == modes
+    monkeypatch.setattr(ReviewKD, "build", spy)
+    built = {}
+    for method in ("kd", "reviewkd"):
+        torch.manual_seed(0)  # the same D (its symmetry-breaking noise) for both
+        built[method] = gpd.Distiller(student, teacher, method, input_size=(3, 32, 32), dynamic_teacher=dynamic_teacher)
+    assert modes_at_build and not any(modes_at_build), "the probe ran, in eval mode"
+    plain, probed = built["kd"], built["reviewkd"]
+    reference = dict(plain.named_buffers())
+    buffers = {k: v for k, v in probed.named_buffers() if not k.startswith("kd_method.")}
+    assert buffers.keys() == reference.keys() and any("num_batches_tracked" in k for k in buffers)
+    for name, value in buffers.items():
+        assert torch.equal(value, reference[name]), name
+    modes = {name: m.training for name, m in plain.named_modules() if not name.startswith("kd_method")}
+    assert {name: m.training for name, m in probed.named_modules() if name in modes} == modes
     for name, value in student.named_buffers():
         assert torch.equal(value, before["student"][name]), name
     for name, value in teacher.named_buffers():
         assert torch.equal(value, before["teacher"][name]), name
-    assert not distiller.static_teacher.training
+    assert not probed.static_teacher.training
+
+
+def test_unchanged_state_restores_buffers_and_modes():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout()).train()
+    model[2].eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with unchanged_state(model):
+        assert not any(m.training for m in model.modules())
+        model.train()(torch.randn(2, 3, 8, 8))  # a pass in train mode moves the statistics
+        assert not torch.equal(model[1].running_mean, before["1.running_mean"])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert [m.training for m in model.modules()] == [True, True, True, False]
 
 
 # ------------------------------------------------------------------ CE weight and ReviewKD warm-up
@@ -238,7 +256,7 @@ def test_reviewkd_warmup_is_a_linear_ramp_of_its_weighted_loss():
 
 def test_unknown_reviewkd_option_is_refused():
     student, teacher = create_model("resnet8", 10, 3), create_model("resnet14", 10, 3)
-    with pytest.raises(gpd.ConfigError, match="unknown ReviewKD options"):
+    with pytest.raises(gpd.ArgumentError, match="unknown ReviewKD options"):
         gpd.Distiller(student, teacher, "reviewkd", input_size=(3, 32, 32), kd_options={"warmup": 20})
 
 

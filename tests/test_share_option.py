@@ -126,7 +126,7 @@ def test_kd_methods_work_with_separate_parameters(method):
     assert all(p.grad is not None for p in distiller.network.dynamic.parameters())
     if method == "reviewkd":
         widths = {
-            role: [abf.reduce[0].in_channels for abf in head.abfs] for role, head in distiller.review_heads.items()
+            role: [abf.reduce[0].in_channels for abf in head.abfs] for role, head in distiller.kd_method.heads.items()
         }
         assert widths == {"student": [16, 32, 64, 64], "dynamic": [32, 64, 128, 128]}  # stages + pooled level
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the same names as _LAZY, for type checkers (``X as X``: re-exported)
     from gpd.distill import Distiller as Distiller
+    from gpd.distill import register_kd_method as register_kd_method
     from gpd.errors import ArgumentError as ArgumentError
     from gpd.errors import CheckpointError as CheckpointError
     from gpd.errors import ConfigError as ConfigError
@@ -47,6 +48,7 @@ _LAZY: dict[str, str] = {
     "load_student": "gpd.io.student",
     "register_channel_tensors": "gpd.expansion",
     "register_expansion_rule": "gpd.expansion",
+    "register_kd_method": "gpd.distill",
 }
 
 __all__ = sorted(_LAZY)

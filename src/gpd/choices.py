@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 from gpd.errors import ConfigError
 
-KDMethodName = Literal["none", "kd", "dkd", "reviewkd"]  # kd.method: the KD method against the static teacher
+KDMethodName = Literal["none", "kd", "dkd", "reviewkd"]  # gpd's KD methods (kd.method also takes registered names)
 BranchKind = Literal["none", "orepa"]  # gpd.branches: six-branch blocks for 3x3 stride-1 convs, or none
 BranchInit = Literal["default", "identity"]  # gpd.branch_init: how branch blocks start
 LayoutChoice = Literal["auto", "tiled", "interleaved"]  # gpd.layout: how D lays out a channel's copies

@@ -176,10 +176,25 @@ def upgrade_state_keys(state_dict: MutableMapping[str, Any], prefix: str, old: s
 
 
 def upgrade_distiller_keys(state_dict: MutableMapping[str, Any], prefix: str) -> None:
-    """Rename, in place, a Distiller's older keys: its trained network was ``gpd.*`` (with a dynamic
-    teacher) or ``plain.*`` (the baseline) and is ``network.*``. Called by the Distiller alone."""
+    """Rename, in place, a Distiller's older keys (called by the Distiller alone): its trained network
+    was ``gpd.*`` (with a dynamic teacher) or ``plain.*`` (the baseline) and is ``network.*``; the KD
+    method's heads were ``review_heads.<role>.*`` (D's role ``teacher`` before it was ``dynamic``) and
+    are ``kd_method.heads.<role>.*``. D's own keys are renamed by its pair (gpd_model.PairRoles)."""
     for old in ("gpd", "plain"):
         upgrade_state_keys(state_dict, prefix, old, "network", "the trained network")
+    upgrade_state_keys(state_dict, f"{prefix}review_heads.", OLD_ROLE, ROLE, "D's ReviewKD head")
+    upgrade_state_keys(state_dict, prefix, "review_heads", "kd_method.heads", "the KD method's heads")
+
+
+def upgrade_task_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A timm task state of an older gpd (``{"review_heads": {<role>.*}}``) as this one writes it
+    (``{"kd_method": {"heads.<role>.*"}}``); a new one as it is."""
+    if "review_heads" not in state:
+        return dict(state)
+    heads = {f"review_heads.{key}": value for key, value in state["review_heads"].items()}
+    upgrade_distiller_keys(heads, "")
+    rest = {key: value for key, value in state.items() if key != "review_heads"}
+    return {**rest, "kd_method": {key[len("kd_method.") :]: value for key, value in heads.items()}}
 
 
 def upgrade_config_layer(layer: dict[str, Any], where: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from gpd.choices import check_choice, choice_error, literal_of
+from gpd.config.kd_sections import canonical_method, schema_for, selected_method, validate_kd
 from gpd.config.schema import Config
 from gpd.deprecated import upgrade_config_layer, upgrade_overrides
 from gpd.errors import ConfigError, ModelError, first_line
@@ -126,8 +127,9 @@ def _upgrade_layer(layer: DictConfig, where: str) -> DictConfig:
 def load_config(config: str | None = None, overrides: list[str] | None = None) -> Config:
     """Merge the schema's defaults, a config file (or bundled name) and dotted overrides.
 
-    Old key names, in the file or in an override, are renamed here, once, with a warning."""
-    merged: DictConfig = OmegaConf.structured(Config)
+    Old key names, in the file or in an override, are renamed here, once, with a warning.
+    The schema holds the section of the KD method that ``kd.method`` selects (gpd.config.kd_sections)."""
+    layers: list[tuple[DictConfig, str]] = []
     if config is not None:
         path = resolve_config_path(config)
         try:
@@ -136,17 +138,20 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
             raise ConfigError(f"cannot read config {path}: {first_line(err)}") from None
         if not isinstance(layer, DictConfig):
             raise ConfigError(f"config {path} must be a mapping of sections (data:, model:, train: ...), not a list")
-        merged = _merge(merged, _upgrade_layer(layer, f"in {path}"), f"in {path}")
+        layers.append((_upgrade_layer(layer, f"in {path}"), f"in {path}"))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.epochs=5)")
     for item in upgrade_overrides(list(overrides or [])):  # one at a time, so an error names its override
         try:
-            layer = OmegaConf.from_dotlist([item])
+            layers.append((OmegaConf.from_dotlist([item]), f"(override '{item}')"))
         except OmegaConfBaseException as err:
             raise ConfigError(f"bad override '{item}': {first_line(err)}") from None
-        merged = _merge(merged, layer, f"(override '{item}')")
+    merged: DictConfig = OmegaConf.structured(schema_for(selected_method([layer for layer, _ in layers])))
+    for layer, where in layers:
+        merged = _merge(merged, layer, where)
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    cfg.kd.method = canonical_method(cfg.kd.method)
     validate(cfg)
     _check_names(cfg)
     return cfg
@@ -179,7 +184,7 @@ def validate(cfg: Config) -> None:
     (OmegaConf checks those too, but a Config built in code may hold anything)."""
     for key, value, choices, optional in _choice_keys(cfg):
         check_choice(key, value, choices, optional=optional)
-    t, g, d = cfg.train, cfg.gpd, cfg.data
+    t, d = cfg.train, cfg.data
     _require(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
     _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
     _require(t.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
@@ -206,30 +211,11 @@ def validate(cfg: Config) -> None:
         f"train.threads must be auto or a positive number of threads, got '{t.threads}'",
     )
     _require(
-        math.isfinite(g.ratio) and g.ratio >= 1, f"gpd.ratio must be >= 1 (the dynamic teacher is wider), got {g.ratio}"
-    )
-    _require(g.sce_weight >= 0, f"gpd.sce_weight must be >= 0, got {g.sce_weight}")
-    _require(0 <= g.sce_eps <= 1, f"gpd.sce_eps must be in [0, 1], got {g.sce_eps}")
-    _require(g.noise_std >= 0, f"gpd.noise_std must be >= 0, got {g.noise_std}")
-    _require(
-        g.enabled or g.share, "gpd.share=false separates D's parameters from the student's; it needs gpd.enabled=true"
-    )
-    _require(
-        g.step_rule == "paper" or (g.enabled and g.share),
-        "gpd.step_rule=plain changes how shared parameters are stepped; it needs gpd.enabled=true and gpd.share=true",
-    )
-    _require(cfg.reviewkd.mid_channels >= 1, f"reviewkd.mid_channels must be >= 1, got {cfg.reviewkd.mid_channels}")
-    _require(
         cfg.teacher.pretrained_file is None or cfg.teacher.model is not None,
         "teacher.pretrained_file needs teacher.model, the architecture the weights are loaded into",
     )
     has_teacher = cfg.teacher.model is not None or cfg.teacher.checkpoint is not None
-    _require(
-        has_teacher == (cfg.kd.method != "none"),
-        "a static teacher (teacher.model / teacher.checkpoint) goes with a KD method (kd.method=kd, dkd or reviewkd), "
-        f"got kd.method={cfg.kd.method} and {'a' if has_teacher else 'no'} teacher",
-    )
-    _require(cfg.kd.temperature > 0 and cfg.dkd.temperature > 0, "kd.temperature and dkd.temperature must be > 0")
+    validate_kd(cfg, has_teacher)  # kd.method, the Distiller's arguments (the API's check) and the method sections
     _require(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
     _require(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
     _require(d.test_subset is None or d.test_subset >= 1, f"data.test_subset must be >= 1, got {d.test_subset}")

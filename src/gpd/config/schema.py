@@ -4,9 +4,11 @@ The dataclasses are the single source of truth for keys, types and defaults;
 OmegaConf checks every YAML file and ``key=value`` override against them, so an
 unknown key or a value of the wrong type is an error, not a silent no-op. A key with
 a fixed set of string values is typed with its ``Literal`` alias from
-:mod:`gpd.choices`, which the library's arguments use too. The sections of the KD
+:mod:`gpd.choices`, which the library's arguments use too. The sections of gpd's KD
 methods (``kd``, ``dkd``, ``reviewkd``) are the methods' own options dataclasses
-(:mod:`gpd.distill.kd_methods`, :mod:`gpd.distill.reviewkd`).
+(:mod:`gpd.distill.kd_methods`, :mod:`gpd.distill.reviewkd`); a user's method brings its
+own section (:mod:`gpd.config.kd_sections`). ``kd.method`` is checked against the
+registry of KD methods (:data:`gpd.distill.KD_METHODS`), not a fixed set.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from gpd.choices import (
     BranchInit,
     BranchKind,
     InterpolationName,
-    KDMethodName,
     LayoutChoice,
     MemoryMode,
     NonfinitePolicy,
@@ -113,7 +114,7 @@ class TeacherConfig:
 
 @dataclass
 class KDMethodChoice:
-    method: KDMethodName = "none"  # none | kd | dkd | reviewkd: the KD method against the static teacher
+    method: str = "none"  # none | kd | dkd | reviewkd | a registered name | module:Class | file.py:Class
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""Training objectives that return their loss terms as a dict, and the KD methods they use."""
+"""Training objectives that return their loss terms and the student's logits, and the KD methods they use."""
 
 from gpd.distill.distiller import Distiller
-from gpd.distill.kd_methods import KD_METHODS, DecoupledKD, HintonKD, NoKD, kd_method_class
-from gpd.distill.method import KDMethod
+from gpd.distill.kd_methods import DecoupledKD, HintonKD, NoKD
+from gpd.distill.method import KDMethod, KDNetworks, KDOptions, RoleNetwork
 from gpd.distill.output import DistillerOutput, DynamicPart, StaticTargets, logits_of, total_loss
 from gpd.distill.pair import DynamicPair, UnsharedPair
+from gpd.distill.registry import KD_METHODS, kd_method_class, register_kd_method
 from gpd.distill.reviewkd import ReviewKD
 
 __all__ = [
@@ -16,11 +17,15 @@ __all__ = [
     "DynamicPart",
     "HintonKD",
     "KDMethod",
+    "KDNetworks",
+    "KDOptions",
     "NoKD",
     "ReviewKD",
+    "RoleNetwork",
     "StaticTargets",
     "UnsharedPair",
     "kd_method_class",
     "logits_of",
+    "register_kd_method",
     "total_loss",
 ]

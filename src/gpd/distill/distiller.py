@@ -8,20 +8,23 @@ student's logits. The CLI's trainer and a user's own loop use this same object.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gpd.choices import BranchInit, BranchKind, KDMethodName, LayoutChoice, StepRule, check_choice
-from gpd.deprecated import upgrade_distiller_keys, upgrade_state_keys
+from gpd.choices import BranchInit, BranchKind, LayoutChoice, StepRule
+from gpd.deprecated import upgrade_distiller_keys
 from gpd.distill import legacy
-from gpd.distill.kd_methods import KDLoss, build_kd_method, kd_method_class
-from gpd.distill.method import KDMethod, TapRole, hard_labels
+from gpd.distill.arguments import DistillerArguments, check_distiller_arguments
+from gpd.distill.kd_methods import KDLoss
+from gpd.distill.method import KDMethod, KDNetworks, RoleNetwork, TapRole, hard_labels
 from gpd.distill.output import DistillerOutput, DynamicPart, LogitsFn, StaticTargets, logits_of
 from gpd.distill.pair import UnsharedPair
 from gpd.distill.param_groups import decay_groups
+from gpd.distill.probe import unchanged_state
+from gpd.distill.registry import build_kd_method, kd_method_class
 from gpd.errors import ArgumentError
 from gpd.expansion import expand
 from gpd.expansion.expand import with_branches
@@ -29,9 +32,6 @@ from gpd.expansion.model import GPDModel
 from gpd.expansion.rules import RULES
 from gpd.losses import sce
 from gpd.sharing.steps import clip_grad_norm_
-
-if TYPE_CHECKING:
-    from gpd.config.schema import Config
 
 __all__ = ["Distiller", "DistillerOutput", "DynamicPart", "StaticTargets", "freeze", "hard_labels"]
 
@@ -56,12 +56,12 @@ class Distiller(nn.Module):
         CE(z_D, y) + CE(z_S, y) + sce_weight * SCE(z_S || sg(z_D))
 
     (the GPD paper (section 3), scratch and fine-tuning scenarios). With a frozen static
-    ``teacher`` and a KD method (``kd="kd"``, ``"dkd"`` or ``"reviewkd"``, options in
-    ``kd_options``; or a :class:`~gpd.distill.method.KDMethod` object, or a plain logit loss
-    ``(z, z_T, y, epoch) -> loss``) the method's loss against the static teacher is added for
-    D and for the student; ReviewKD gives each its own fusion head. With
-    ``dynamic_teacher=False`` the student trains alone: CE, plus KD if a static teacher is
-    given (the baselines). :meth:`from_config` builds the Distiller of a run config.
+    ``teacher`` and a KD method (``kd="kd"``, ``"dkd"``, ``"reviewkd"`` or a registered name,
+    options in ``kd_options``; or a :class:`~gpd.distill.method.KDMethod` class or object, or a
+    plain logit loss ``(z, z_T, y, epoch) -> loss``) the method's loss against the static
+    teacher is added for D and for the student; the method is the submodule ``kd_method``,
+    with its heads. With ``dynamic_teacher=False`` the student trains alone: CE, plus KD if a
+    static teacher is given (the baselines). :meth:`from_config` builds it from a run config.
 
     :attr:`network` is the trained network: the GPDModel (D with its student view), with
     ``share_parameters=False`` (the ablation ``gpd.share=false``) an
@@ -87,7 +87,7 @@ class Distiller(nn.Module):
         self,
         student: nn.Module,
         teacher: nn.Module | None = None,
-        kd: KDMethodName | KDMethod | KDLoss = "none",
+        kd: str | KDMethod | type[KDMethod] | KDLoss = "none",
         ratio: float = 2.0,
         *,
         kd_options: dict[str, Any] | None = None,
@@ -109,22 +109,14 @@ class Distiller(nn.Module):
         super().__init__()
         if compensate_step is not None:  # the old boolean name of step_rule
             step_rule = legacy.step_rule_of_keyword(compensate_step, step_rule)  # type: ignore[assignment]
-        check_choice("step_rule", step_rule, StepRule, error=ArgumentError)
-        self.kd_method = build_kd_method(kd, kd_options)
-        if (teacher is not None) != self.kd_method.needs_teacher:
-            raise ArgumentError(
-                "a static teacher needs a KD method and a KD method needs a static teacher "
-                f"(teacher {'given' if teacher is not None else 'missing'}, kd={kd!r})"
-            )
-        if step_rule != "paper" and not (dynamic_teacher and share_parameters):
-            raise ArgumentError(
-                f"step_rule={step_rule!r} applies to a student that shares D's parameters; "
-                "it needs dynamic_teacher=True and share_parameters=True"
-            )
+        method = build_kd_method(kd, kd_options)
+        kd_name = kd if isinstance(kd, str) else method.name or type(method).__name__
+        check_distiller_arguments(
+            DistillerArguments(teacher is not None, kd_name, method.needs_teacher, dynamic_teacher,
+                               share_parameters, step_rule, ratio, sce_weight, sce_eps, noise_std)
+        )  # fmt: skip
         self.static_teacher = freeze(teacher) if teacher is not None else None
-        self.sce_weight = sce_weight
-        self.sce_eps = sce_eps
-        self.label_smoothing = label_smoothing
+        self.sce_weight, self.sce_eps, self.label_smoothing = sce_weight, sce_eps, label_smoothing
         self.logits_fn = logits_fn
         network: nn.Module
         if dynamic_teacher:
@@ -142,28 +134,32 @@ class Distiller(nn.Module):
             network = shared if share_parameters else UnsharedPair.from_expanded(shared)
         else:
             network = with_branches(student, branches, branch_init)
-        self.network = network  # registered after the static teacher: the parameter order is the checkpoints'
-        self.review_heads = nn.ModuleDict()  # the method's heads by role (ReviewKD's); the name is the checkpoints'
-        for role, head in self.kd_method.build_heads(self, input_size, example_input).items():
-            self.review_heads[role] = head
+        self.network = network  # after the static teacher, before the method: the parameter order of checkpoints
+        if example_input is None and input_size is not None:
+            example_input = torch.zeros(2, *input_size)
+        with unchanged_state(self):  # the method's probing passes leave every mode and buffer as it was
+            method.build(self._networks(example_input))
+        self.kd_method = method
 
     @classmethod
     def from_config(
         cls,
-        cfg: Config,
+        cfg: Any,
         student: nn.Module,
         teacher: nn.Module | None = None,
         *,
         input_size: tuple[int, ...] | None = None,
         example_input: Any = None,
     ) -> Distiller:
-        """The Distiller of a run config: ``kd.method`` with its section's options (``kd.*``,
-        ``dkd.*`` or ``reviewkd.*``), ``gpd.*`` and ``train.label_smoothing``."""
+        """The Distiller of a run config (a :class:`gpd.config.Config`, read by attribute): ``kd.method``
+        with its section's options (``kd.*``, ``dkd.*``, ``reviewkd.*`` or a user method's),
+        ``gpd.*`` and ``train.label_smoothing``."""
         g = cfg.gpd
+        method = kd_method_class(cfg.kd.method, "kd.method")
         return cls(
             student,
             teacher,
-            kd_method_class(cfg.kd.method, "kd.method").from_config(cfg),
+            method.from_config(getattr(cfg, method.section, None) if method.section else None),
             dynamic_teacher=g.enabled,
             ratio=g.ratio,
             sce_weight=g.sce_weight,
@@ -181,8 +177,7 @@ class Distiller(nn.Module):
 
     @property
     def ce_weight(self) -> float:
-        """The weight of the CE terms of the student and D: the KD method's (mdistiller's CIFAR-100 KD
-        uses 0.1 with a KD weight of 0.9), 1 by default."""
+        """The weight of the CE terms of the student and D: the KD method's ``ce_weight`` (1 by default)."""
         return self.kd_method.ce_weight
 
     @property
@@ -196,13 +191,24 @@ class Distiller(nn.Module):
 
     @property
     def student(self) -> nn.Module:
-        """The module that runs the student's forward pass (for hooks, counting blocks): the
-        parameter-free module of a GPDModel's student view, an UnsharedPair's student, or the
-        baseline's network itself."""
+        """The module that runs the student's forward pass (for hooks, counting blocks): a GPDModel's
+        student view's parameter-free module, an UnsharedPair's student, or the baseline's network."""
         network = self.network
         if isinstance(network, GPDModel):
             return network.student.module
         return network.student if isinstance(network, UnsharedPair) else network
+
+    def _networks(self, example_input: Any) -> KDNetworks:
+        """The networks a KD method builds its heads from (:meth:`KDMethod.build`), not the Distiller."""
+        pair = self._pair()
+        student = RoleNetwork(self.student, pair.forward_student if pair is not None else self.network)
+        teacher = self.static_teacher
+        return KDNetworks(
+            student,
+            RoleNetwork(pair.dynamic, pair.forward_dynamic) if pair is not None else None,
+            RoleNetwork(teacher, teacher) if teacher is not None else None,
+            example_input,
+        )
 
     def _pair(self) -> GPDModel | UnsharedPair | None:
         """The network when it is a dynamic teacher with its student, else None (the baseline)."""
@@ -211,8 +217,7 @@ class Distiller(nn.Module):
 
     def grad_scales(self) -> dict[Tensor, float]:
         """D's tensors that the paper's parameterisation stores differently, each with its scale
-        (:func:`gpd.sharing.steps.clip_grad_norm_`); empty without a dynamic teacher or with the
-        plain steps."""
+        (:func:`gpd.sharing.steps.clip_grad_norm_`); empty without D or with the plain steps."""
         pair = self._pair()
         return pair.grad_scales() if pair is not None else {}
 
@@ -237,7 +242,6 @@ class Distiller(nn.Module):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Older keys renamed (with a warning, :mod:`gpd.deprecated`); D's by its pair (PairRoles)."""
         upgrade_distiller_keys(state_dict, prefix)
-        upgrade_state_keys(state_dict, f"{prefix}review_heads.", "teacher", "dynamic", "D's ReviewKD head")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @overload
@@ -345,7 +349,7 @@ class Distiller(nn.Module):
     ) -> None:
         """The KD terms of ``role`` ("student" or "dynamic") against the static teacher, if any."""
         if targets.logits is not None:
-            losses.update(self.kd_method.losses(role, logits, feats, targets, y, epoch, self.review_heads))
+            losses.update(self.kd_method.losses(role, logits, feats, targets, y, epoch))
 
     def export_student(self) -> nn.Module:
         """A standalone copy of the student, in eval mode."""
@@ -384,6 +388,7 @@ class Distiller(nn.Module):
     # the old public names, for one release (gpd.distill.legacy): each warns
     gpd = property(legacy.gpd_network)
     plain = property(legacy.plain_network)
+    review_heads = property(legacy.review_heads)
     student_module = legacy.student_module
     teacher_logits = legacy.teacher_logits
     static_targets = legacy.static_targets

@@ -1,26 +1,21 @@
-"""The KD methods against a frozen static teacher, and their registry by name.
+"""gpd's logit-based KD methods against a frozen static teacher: none, Hinton KD, DKD, a plain loss.
 
-The logit-based methods (Hinton KD, DKD) are here; ReviewKD, which fuses stage
-features through heads of its own, is in :mod:`gpd.distill.reviewkd`. GPD applies the
-same method to the student and to its dynamic teacher (the GPD paper, docs/method.md).
-Each method's loss already includes its weight; the weight of the cross-entropy terms
-that go with it (``ce_weight``, e.g. 0.1 for KD in mdistiller's CIFAR-100 setting) is
-applied by the Distiller.
+ReviewKD, which fuses stage features through heads of its own, is in
+:mod:`gpd.distill.reviewkd`; the registry by name is :mod:`gpd.distill.registry`. GPD
+applies the same method to the student and to its dynamic teacher (the GPD paper,
+docs/method.md). Each method's loss already includes its weight; the weight of the
+cross-entropy terms that go with it (``ce_weight``, from :class:`KDOptions`, e.g. 0.1 for
+KD in mdistiller's CIFAR-100 setting) is applied by the Distiller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import nn
 
-from gpd.choices import KDMethodName, check_choice
-from gpd.distill.method import KDMethod, StaticTargets, hard_labels
-from gpd.distill.reviewkd import ReviewKD, ReviewKDOptions
-from gpd.errors import ConfigError
+from gpd.distill.method import KDMethod, KDOptions, NoOptions, StaticTargets, hard_labels
 from gpd.losses import dkd, kd
 
 # A plain logit loss ``(student_logits, teacher_logits, target, epoch) -> loss``, its weight included.
@@ -28,23 +23,27 @@ KDLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "float | None"], to
 
 
 @dataclass
-class HintonKDOptions:
+class HintonKDOptions(KDOptions):
     """The options of Hinton KD: the ``kd.*`` keys of a run config (besides ``kd.method``)."""
 
     temperature: float = 4.0  # for kd
     weight: float = 1.0  # for kd
-    ce_weight: float = 1.0  # weight of the CE terms (student and D) with kd; mdistiller's CIFAR-100: 0.1
+
+    def problems(self) -> list[str]:
+        return [] if self.temperature > 0 else [f"temperature must be > 0, got {self.temperature}"]
 
 
 @dataclass
-class DKDOptions:
+class DKDOptions(KDOptions):
     """The options of DKD: the ``dkd.*`` keys of a run config."""
 
     alpha: float = 1.0
     beta: float = 8.0
     temperature: float = 4.0
     warmup_epochs: float = 20.0  # linear ramp of the DKD loss
-    ce_weight: float = 1.0  # weight of the CE terms (student and D) with dkd
+
+    def problems(self) -> list[str]:
+        return [] if self.temperature > 0 else [f"temperature must be > 0, got {self.temperature}"]
 
 
 class NoKD(KDMethod):
@@ -52,6 +51,7 @@ class NoKD(KDMethod):
 
     name = "none"
     title = "no-KD"
+    Options = NoOptions
     needs_teacher = False
 
 
@@ -71,7 +71,6 @@ class LogitKD(KDMethod):
         targets: StaticTargets,
         y: torch.Tensor,
         epoch: float | None,
-        heads: nn.ModuleDict,
     ) -> dict[str, torch.Tensor]:
         assert targets.logits is not None, "a KD method needs the static teacher's logits"
         return {f"kd_{role}": self.loss(logits, targets.logits, hard_labels(y), epoch)}
@@ -112,19 +111,13 @@ class DecoupledKD(LogitKD):
         return ramp * dkd(logits, teacher_logits, target, o.alpha, o.beta, o.temperature, check_targets=False)
 
 
-@dataclass
-class CallableKDOptions:
-    ce_weight: float = 1.0
-
-
 class CallableKD(LogitKD):
     """A user's own logit loss (a :data:`KDLoss`), as ``Distiller(kd=loss_fn)`` takes it."""
 
     name = "custom"
     title = "custom KD"
-    Options = CallableKDOptions
 
-    def __init__(self, loss_fn: KDLoss, options: CallableKDOptions | None = None) -> None:
+    def __init__(self, loss_fn: KDLoss, options: KDOptions | None = None) -> None:
         super().__init__(options)
         self.loss_fn = loss_fn
 
@@ -133,44 +126,20 @@ class CallableKD(LogitKD):
     ) -> torch.Tensor:
         return self.loss_fn(logits, teacher_logits, target, epoch)
 
-    def __repr__(self) -> str:
-        return f"CallableKD({self.loss_fn!r})"
+    def extra_repr(self) -> str:
+        return f"{self.loss_fn!r}, {self.options}"
 
 
-# kd.method -> the method class; the names are those of gpd.choices.KDMethodName.
-KD_METHODS: dict[str, type[KDMethod]] = {cls.name: cls for cls in (NoKD, HintonKD, DecoupledKD, ReviewKD)}
-
-
-def kd_method_class(name: str, key: str = "kd") -> type[KDMethod]:
-    """The method class called ``name`` (a ``kd.method`` value); any other name is refused."""
-    return KD_METHODS[check_choice(key, name, KDMethodName)]
-
-
-def build_kd_method(kd: str | KDMethod | KDLoss, options: Mapping[str, Any] | None = None) -> KDMethod:
-    """The method ``Distiller(kd=..., kd_options=...)`` asks for: a name with its options, a
-    method object as it is, or a plain logit loss (whose only option is ``ce_weight``)."""
-    if isinstance(kd, KDMethod):
-        if options:
-            raise ConfigError(f"kd_options go with a method name; {kd!r} has its options already")
-        return kd
-    if isinstance(kd, str):
-        return kd_method_class(kd).from_options(options)
-    return CallableKD(kd, CallableKD.parse_options(options))
-
+CallableKDOptions = KDOptions  # the old name of a plain loss's options (ce_weight alone)
 
 __all__ = [
-    "KD_METHODS",
     "CallableKD",
+    "CallableKDOptions",
     "DKDOptions",
     "DecoupledKD",
     "HintonKD",
     "HintonKDOptions",
     "KDLoss",
-    "KDMethod",
     "LogitKD",
     "NoKD",
-    "ReviewKD",
-    "ReviewKDOptions",
-    "build_kd_method",
-    "kd_method_class",
 ]

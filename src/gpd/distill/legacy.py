@@ -1,7 +1,8 @@
 """The Distiller's old public names, kept for one release (gpd.deprecated): each warns and delegates.
 
 The trained network was ``gpd`` (with a dynamic teacher) or ``plain`` (the baseline) and is
-``network``; ``student_module()`` is the ``student`` property. The halves of a step
+``network``; ``student_module()`` is the ``student`` property; the KD method's heads were
+``review_heads`` and are ``kd_method.heads``. The halves of a step
 (``static_targets``, ``dynamic_losses``, ``student_output``, ...) were public so that the
 sequential memory mode could call them; the phases are now ``distiller(x, y, part="dynamic")``
 and ``distiller(x, y, part="student", dynamic=...)``, each with one typed result. The
@@ -85,6 +86,12 @@ def plain_network(self: Distiller) -> nn.Module | None:
     """Deprecated: :attr:`Distiller.network` of the baseline (no dynamic teacher), else None."""
     warn_renamed("Distiller.plain", "Distiller.network")
     return None if self.has_dynamic_teacher else self.network
+
+
+def review_heads(self: Distiller) -> nn.ModuleDict:
+    """Deprecated: the KD method's heads by role, ``Distiller.kd_method.heads``."""
+    warn_renamed("Distiller.review_heads", "Distiller.kd_method.heads")
+    return self.kd_method.heads
 
 
 def student_module(self: Distiller) -> nn.Module:

@@ -2,9 +2,9 @@
 
 The student and D are each given a :class:`~gpd.losses.ReviewKDHead` sized to their own
 stage widths (and to the static teacher's as targets), by a probing forward pass when
-the Distiller is built; the heads are trainable parameters of the Distiller
-(``review_heads.student``, ``review_heads.dynamic``) and are discarded on export. The
-loss of each role is ``ramp * weight * HCL(head(features), teacher features)`` with
+the Distiller is built; the heads are the method's (``kd_method.heads.student``,
+``kd_method.heads.dynamic`` in the Distiller's state_dict) and are discarded on export.
+The loss of each role is ``ramp * weight * HCL(head(features), teacher features)`` with
 ``ramp = min(epoch / warmup_epochs, 1)`` (1 without warm-up). See
 :mod:`gpd.losses.reviewkd` for the heads and the loss, :mod:`gpd.distill.features` for
 the taps.
@@ -14,29 +14,27 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from gpd.distill.features import feature_stage_names, stage_features
-from gpd.distill.method import KDMethod, StaticTargets, TapRole
+from gpd.distill.method import KDMethod, KDNetworks, KDOptions, StaticTargets, TapRole
 from gpd.errors import ConfigError
 from gpd.losses import ReviewKDHead, reviewkd_loss
 
-if TYPE_CHECKING:
-    from gpd.distill.distiller import Distiller
-
 
 @dataclass
-class ReviewKDOptions:
+class ReviewKDOptions(KDOptions):
     """The options of ReviewKD: the ``reviewkd.*`` keys of a run config."""
 
     weight: float = 1.0  # weight of the hierarchical context loss
     mid_channels: int = 64  # width of the attention-based fusion modules
     warmup_epochs: float = 0.0  # linear ramp min(epoch / warmup_epochs, 1) of the ReviewKD loss; 0: none
-    ce_weight: float = 1.0  # weight of the CE terms (student and D) with reviewkd
     student_preact: bool = True  # student's and D's stage taps before the final ReLU (false: after it)
+
+    def problems(self) -> list[str]:
+        return [] if self.mid_channels >= 1 else [f"mid_channels must be >= 1, got {self.mid_channels}"]
 
 
 class ReviewKD(KDMethod):
@@ -50,7 +48,7 @@ class ReviewKD(KDMethod):
 
     def __init__(self, options: ReviewKDOptions | None = None) -> None:
         super().__init__(options)
-        self.student_stages: list[str] = []  # the student's (and D's) stage modules, set by build_heads
+        self.student_stages: list[str] = []  # the student's (and D's) stage modules, set by build
         self.teacher_stages: list[str] = []
 
     def taps(self, model: nn.Module, role: TapRole) -> AbstractContextManager[list[torch.Tensor]]:
@@ -68,63 +66,49 @@ class ReviewKD(KDMethod):
         preact = True if teacher else self.options.student_preact
         return stage_features(model, names, preact=preact, pooled=True)
 
-    def build_heads(
-        self, distiller: Distiller, input_size: tuple[int, ...] | None, example_input: Any
-    ) -> dict[str, nn.Module]:
+    def build(self, networks: KDNetworks) -> None:
         """One fusion head for the student and one for D, sized by a probing forward pass.
 
         Each network gives one feature per stage plus the pooled level (see :meth:`taps`).
-        The probe runs every network in eval mode and restores each module's mode and
-        every buffer afterwards, so building the Distiller leaves BatchNorm statistics
-        (and any other buffer) exactly as they were: this matters when fine-tuning.
+        The Distiller runs this in eval mode and restores every module's mode and buffer
+        afterwards (:func:`~gpd.distill.probe.unchanged_state`), so that building leaves
+        BatchNorm statistics as they were: this matters when fine-tuning.
         """
-        teacher = distiller.static_teacher
+        teacher, student = networks.teacher, networks.student
         assert teacher is not None, "ReviewKD needs the static teacher"
-        self.student_stages = feature_stage_names(distiller.student)
-        self.teacher_stages = feature_stage_names(teacher)
+        self.student_stages = feature_stage_names(student.module)
+        self.teacher_stages = feature_stage_names(teacher.module)
         if len(self.student_stages) != len(self.teacher_stages):
             raise ConfigError(
                 f"ReviewKD pairs stages one to one: the student has {len(self.student_stages)} "
                 f"({', '.join(self.student_stages)}), the static teacher {len(self.teacher_stages)}"
             )
+        example_input = networks.example_input
         if example_input is None:
-            if input_size is None:
-                raise ConfigError("ReviewKD needs input_size= or example_input= to size its fusion heads")
-            example_input = torch.zeros(2, *input_size)
-        modes = {module: module.training for module in distiller.modules()}
-        buffers = {name: buffer.detach().clone() for name, buffer in distiller.named_buffers()}
-        distiller.eval()
-        try:
-            with torch.no_grad():
-                with self.taps(teacher, "teacher") as t_feats:
-                    teacher(example_input)
-                with self.taps(distiller.student, "student") as s_feats:
-                    distiller.student_logits(example_input)
-                for who, feats, names in (
-                    ("static teacher", t_feats, self.teacher_stages),
-                    ("student", s_feats, self.student_stages),
-                ):
-                    for name, feat in zip(names, feats):
-                        if feat.ndim != 4:
-                            raise ConfigError(
-                                f"ReviewKD fuses feature maps (N, C, H, W), but the {who}'s stage '{name}' gives "
-                                f"shape {tuple(feat.shape)} (tokens?); use kd.method=kd or dkd for this pair"
-                            )
-                widths = {"student": [f.shape[1] for f in s_feats]}
-                pair = distiller._pair()
-                if pair is not None:
-                    with self.taps(pair.dynamic, "dynamic") as d_feats:
-                        pair.forward_dynamic(example_input)
-                    widths["dynamic"] = [f.shape[1] for f in d_feats]
-        finally:
-            for module, mode in modes.items():
-                module.training = mode
-            with torch.no_grad():
-                for name, buffer in distiller.named_buffers():
-                    if name in buffers:
-                        buffer.copy_(buffers[name])
+            raise ConfigError("ReviewKD needs input_size= or example_input= to size its fusion heads")
+        with torch.no_grad():
+            with self.taps(teacher.module, "teacher") as t_feats:
+                teacher.forward(example_input)
+            with self.taps(student.module, "student") as s_feats:
+                student.forward(example_input)
+            for who, feats, names in (
+                ("static teacher", t_feats, self.teacher_stages),
+                ("student", s_feats, self.student_stages),
+            ):
+                for name, feat in zip(names, feats):
+                    if feat.ndim != 4:
+                        raise ConfigError(
+                            f"ReviewKD fuses feature maps (N, C, H, W), but the {who}'s stage '{name}' gives "
+                            f"shape {tuple(feat.shape)} (tokens?); use kd.method=kd or dkd for this pair"
+                        )
+            widths = {"student": [f.shape[1] for f in s_feats]}
+            if networks.dynamic is not None:
+                with self.taps(networks.dynamic.module, "dynamic") as d_feats:
+                    networks.dynamic.forward(example_input)
+                widths["dynamic"] = [f.shape[1] for f in d_feats]
         targets = [f.shape[1] for f in t_feats]
-        return {role: ReviewKDHead(channels, targets, self.options.mid_channels) for role, channels in widths.items()}
+        for role, channels in widths.items():
+            self.heads[role] = ReviewKDHead(channels, targets, self.options.mid_channels)
 
     def losses(
         self,
@@ -134,10 +118,9 @@ class ReviewKD(KDMethod):
         targets: StaticTargets,
         y: torch.Tensor,
         epoch: float | None,
-        heads: nn.ModuleDict,
     ) -> dict[str, torch.Tensor]:
         warmup = self.options.warmup_epochs
         ramp = 1.0 if not warmup or epoch is None else min(epoch / warmup, 1.0)
-        head = heads[role]
+        head = self.heads[role]
         assert isinstance(head, ReviewKDHead)
         return {f"reviewkd_{role}": ramp * self.options.weight * reviewkd_loss(head, features, targets.features)}

@@ -11,7 +11,7 @@ distributed wrapping, EMA, the eval model and checkpoint state. ``GPDTask`` wrap
   whose state_dict is the pair's (D's parameters, the student's BatchNorm statistics), so
   timm's checkpoint ``state_dict`` holds D and restores it; :meth:`export_student` gives
   the plain student for deployment;
-* task state: the ReviewKD fusion heads, when there are any;
+* task state: the KD method's state (ReviewKD's fusion heads), when it has any;
 * ``prepare_distributed`` wraps the Distiller in DDP (the frozen static teacher has no
   trainable parameters, so DDP leaves it alone); ``compile`` compiles it.
 
@@ -29,8 +29,7 @@ import torch
 from timm.task import TrainingTask
 from torch import nn
 
-from gpd.choices import KDMethodName
-from gpd.deprecated import upgrade_state_keys
+from gpd.deprecated import upgrade_task_state
 from gpd.distill import Distiller, DynamicPair, KDMethod, total_loss
 
 
@@ -74,7 +73,7 @@ class GPDTask(TrainingTask):
         self,
         student: nn.Module | None = None,
         teacher: nn.Module | None = None,
-        kd: KDMethodName | KDMethod = "none",
+        kd: str | KDMethod = "none",
         ratio: float = 2.0,
         *,
         distiller: Distiller | None = None,
@@ -136,8 +135,8 @@ class GPDTask(TrainingTask):
         owner = module if module is not None else self.get_trainable_module(ema=ema)
         if owner is None:
             return {}
-        heads = _distiller_in(owner).review_heads
-        return {"review_heads": heads.state_dict()} if len(heads) else {}
+        method = _distiller_in(owner).kd_method.state_dict()  # its heads and buffers, if any
+        return {"kd_method": method} if method else {}
 
     def load_task_state(
         self, state: dict[str, Any] | None, strict: bool = True, module: nn.Module | None = None, ema: bool = False
@@ -151,10 +150,9 @@ class GPDTask(TrainingTask):
                 if ema
                 else "Cannot load task state without a trainable module."
             )
-        if "review_heads" in state:
-            heads = dict(state["review_heads"])
-            upgrade_state_keys(heads, "", "teacher", "dynamic", "D's ReviewKD head")  # a task state of an older gpd
-            _distiller_in(owner).review_heads.load_state_dict(heads, strict=strict)
+        state = upgrade_task_state(state)  # a task state of an older gpd: its ReviewKD heads
+        if "kd_method" in state:
+            _distiller_in(owner).kd_method.load_state_dict(state["kd_method"], strict=strict)
 
     def export_student(self, ema: bool = False) -> nn.Module:
         """The plain student (branches merged), of its original class, in eval mode."""

@@ -33,12 +33,12 @@ def is_import_path(name: str) -> bool:
     return bool(module) and attr.isidentifier()
 
 
-def split(name: str) -> tuple[str, str]:
+def split(name: str, what: str = "model") -> tuple[str, str]:
     """``(module or file, factory attribute)``; ModelError for a malformed name."""
     module, _, attr = name.rpartition(SEPARATOR)
     if not module or not attr.isidentifier():
         raise ModelError(
-            f"model {name!r}: an import path is MODULE:FACTORY or path/to/file.py:FACTORY (e.g. my_pkg.nets:build_net)"
+            f"{what} {name!r}: an import path is MODULE:FACTORY or path/to/file.py:FACTORY (e.g. my_pkg.nets:build_net)"
         )
     return module, attr
 
@@ -51,48 +51,52 @@ def canonical(name: str) -> str:
     return name
 
 
-def _load_file(path: Path, name: str) -> ModuleType:
+def _load_file(path: Path, name: str, what: str = "model") -> ModuleType:
     if not path.is_file():
-        raise ModelError(f"model {name!r}: the file {path} does not exist; check the path in model.student")
+        hint = "; check the path in model.student" if what == "model" else ""
+        raise ModelError(f"{what} {name!r}: the file {path} does not exist{hint}")
     key = f"gpd_user_model_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
     if key in sys.modules:
         return sys.modules[key]
     spec = importlib.util.spec_from_file_location(key, path)
     if spec is None or spec.loader is None:
-        raise ModelError(f"model {name!r}: {path} cannot be imported as a Python module")
+        raise ModelError(f"{what} {name!r}: {path} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[key] = module
     try:
         spec.loader.exec_module(module)
     except Exception as err:
         del sys.modules[key]
-        raise ModelError(f"model {name!r}: importing {path} failed: {type(err).__name__}: {first_line(err)}") from err
+        raise ModelError(f"{what} {name!r}: importing {path} failed: {type(err).__name__}: {first_line(err)}") from err
     return module
 
 
-def _load_module(dotted: str, name: str) -> ModuleType:
+def _load_module(dotted: str, name: str, what: str = "model") -> ModuleType:
     try:
         return importlib.import_module(dotted)
     except ModuleNotFoundError as err:
         raise ModelError(
-            f"model {name!r}: no module named {err.name!r}; install it or add its folder to PYTHONPATH"
+            f"{what} {name!r}: no module named {err.name!r}; install it or add its folder to PYTHONPATH"
         ) from err
     except Exception as err:
-        raise ModelError(f"model {name!r}: importing {dotted} failed: {type(err).__name__}: {first_line(err)}") from err
+        raise ModelError(
+            f"{what} {name!r}: importing {dotted} failed: {type(err).__name__}: {first_line(err)}"
+        ) from err
 
 
-def resolve_factory(name: str) -> Callable[..., nn.Module]:
-    """Import the module or file of ``name`` and return its factory (ModelError if anything is off)."""
-    module_name, attr = split(name)
+def resolve_factory(name: str, what: str = "model") -> Callable[..., Any]:
+    """Import the module or file of ``name`` and return its factory (ModelError if anything is off);
+    ``what`` names the thing in messages (a KD method class is loaded this way too)."""
+    module_name, attr = split(name, what)
     if module_name.endswith(".py"):
-        module = _load_file(Path(module_name).expanduser().resolve(), name)
+        module = _load_file(Path(module_name).expanduser().resolve(), name, what)
     else:
-        module = _load_module(module_name, name)
+        module = _load_module(module_name, name, what)
     factory = getattr(module, attr, None)
     if factory is None:
-        raise ModelError(f"model {name!r}: {module_name} has no attribute {attr!r}")
+        raise ModelError(f"{what} {name!r}: {module_name} has no attribute {attr!r}")
     if not callable(factory):
-        raise ModelError(f"model {name!r}: {module_name}.{attr} is a {type(factory).__name__}, not a callable factory")
+        raise ModelError(f"{what} {name!r}: {module_name}.{attr} is a {type(factory).__name__}, not a callable factory")
     return factory
 
 

@@ -142,7 +142,8 @@ def find_unused_parameters(distiller: Distiller, cfg: Config, ctx: DistContext) 
         any(True for _ in pair.dynamic.get_submodule(name).parameters()) for name in pair.report.roles.unused
     )
     sequential = cfg.train.memory_mode == "sequential"
-    return never_run or (sequential and (not distiller.shares_parameters or bool(distiller.review_heads)))
+    method_params = any(True for _ in distiller.kd_method.parameters())  # e.g. ReviewKD: D's head
+    return never_run or (sequential and (not distiller.shares_parameters or method_params))
 
 
 def wrap_for_training(
