@@ -8,7 +8,19 @@ from gpd.cli.main import main
 from gpd.config import bundled_config_names
 
 
-@pytest.mark.parametrize("name", bundled_config_names())
+# The ImageNet configs build ImageNet-sized networks (D of ResNet-34 holds 168M parameters): a dry
+# run of one takes 15-50 s here. The default suite keeps one CNN pair with branches and ReviewKD and
+# one transformer pair; the other ImageNet configs run with the slow tests (make test-slow).
+DEFAULT_IMAGENET = {"imagenet/r34_r18_reviewkd_gpd", "imagenet/rvt_s_rvt_ti_dkd_gpd"}
+CONFIGS = [
+    pytest.param(name, marks=pytest.mark.slow)
+    if name.startswith("imagenet/") and name not in DEFAULT_IMAGENET
+    else name
+    for name in bundled_config_names()
+]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
 def test_dry_run_of_bundled_config(name, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # configs write to runs/...: a dry run must not
     assert main(["train", name, "--dry-run"]) == 0
