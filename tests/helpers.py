@@ -56,3 +56,9 @@ needs_fashion_mnist = pytest.mark.skipif(
 )
 GPD = str(Path(sys.executable).with_name("gpd"))  # the CLI of this environment
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+
+FASHION_MNIST_PRESENT = (locate.DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
+needs_fashion_mnist = pytest.mark.skipif(
+    not FASHION_MNIST_PRESENT, reason="Fashion-MNIST is not installed (make test installs it)"
+)
+QUICK = ["data.train_subset=2048", "train.epochs=1", "train.batch_size=32", "train.eval_batch_size=1000"]  # a quick run

@@ -7,7 +7,7 @@ torch's einsum runs the two compositions with layout copies per batch entry. Her
 forward computes the kernel without autograd and saves only its inputs (parameters or the
 student's views of them: no new memory); the backward writes each input's gradient from
 the kernel's gradient G with the formulas below (float64 tests against autograd of the
-plain expressions in tests/test_branch_paths.py).
+plain expressions in tests/branches/test_branch_paths.py).
 
 With s_b = branch_scales[b] (per output channel o), K = sum_b s_b K_b and G = dL/dK:
 

@@ -26,7 +26,7 @@ the merged kernel ``K = sum_b diag(branch_scales[b]) K_b`` (plus the original bi
 the exported student is a plain ``nn.Conv2d``. In training the forward pass merges what is
 cheap to merge and runs one ``F.conv2d``; the composed branches 3 (the inner 1x1 W) and 5
 are merged or run on the batch, whichever the cost model of :mod:`gpd.branches.paths`
-finds cheaper for the block's shape and this batch (both exact: tests/test_branch_paths.py).
+finds cheaper for the block's shape and this batch (both exact: tests/branches/test_branch_paths.py).
 Without gradients (evaluation, EMA evaluation, export) the merged kernel is cached until
 a branch tensor is written (:mod:`gpd.sharing.cache`).
 

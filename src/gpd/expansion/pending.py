@@ -9,7 +9,7 @@ Two kinds wait (docs/expansion_rules.md, "The rule set"):
   branch kind "orepa" and the rule of OREPAConv2d) are declared by a :class:`BuiltinProvider`,
   whose module the rule set imports, by name, at the first lookup that needs it. So
   ``gpd.expand(branches="orepa")`` works whatever was imported before, and the engine has no
-  import of a higher layer (tests/test_layers.py).
+  import of a higher layer (tests/meta/test_layers.py).
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ class Odd(nn.Conv2d):
 
 def test_a_rules_own_failure_is_a_bug_that_keeps_its_traceback() -> None:
     """A rule refuses with ExpansionError (``ctx.error``); any other exception it raises is its bug
-    and propagates unchanged (tests/test_expansion_refusals.py)."""
+    and propagates unchanged (tests/expansion/test_expansion_refusals.py)."""
     from gpd.expansion import RULES
 
     def buggy(module: nn.Module, ctx) -> None:

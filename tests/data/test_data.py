@@ -21,7 +21,7 @@ from gpd.data import KNOWN_DATASETS, DataBundle, TensorImageDataset, build_datas
 from gpd.data import tensor_dataset as td
 from gpd.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IDX_NAMES = locate.IDX_FILES
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
 

@@ -10,7 +10,7 @@ from gpd.config import load_config
 from gpd.errors import ArgumentError
 from gpd.io.student import student_payload
 from gpd.models import create_model
-from test_cli import needs_fashion_mnist
+from helpers import needs_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -7,7 +7,6 @@ import pytest
 from gpd.cli.main import main
 from gpd.config import bundled_config_names
 
-
 # The ImageNet configs build ImageNet-sized networks (D of ResNet-34 holds 168M parameters): a dry
 # run of one takes 15-50 s here. The default suite keeps one CNN pair with branches and ReviewKD and
 # one transformer pair; the other ImageNet configs run with the slow tests (make test-slow).

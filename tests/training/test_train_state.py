@@ -43,7 +43,7 @@ from gpd.training.state import RunView, TrainState
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 CPU = torch.device("cpu")
-SRC = Path(__file__).resolve().parents[1] / "src" / "gpd"
+SRC = Path(__file__).resolve().parents[2] / "src" / "gpd"
 
 
 class Recorder(Callback):

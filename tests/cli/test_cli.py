@@ -10,14 +10,7 @@ import torch
 
 import gpd
 from gpd.cli.main import main
-from gpd.data import locate
-
-FASHION_MNIST_PRESENT = (locate.DEBIAN_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
-needs_fashion_mnist = pytest.mark.skipif(
-    not FASHION_MNIST_PRESENT, reason="Fashion-MNIST is not installed (make test installs it)"
-)
-
-QUICK = ["data.train_subset=2048", "train.epochs=1", "train.batch_size=32", "train.eval_batch_size=1000"]
+from helpers import FASHION_MNIST_PRESENT, QUICK, needs_fashion_mnist  # noqa: F401  (re-exported for other tests)
 
 
 @pytest.fixture(scope="module")

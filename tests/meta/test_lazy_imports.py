@@ -13,7 +13,7 @@ import pytest
 
 import gpd
 
-INIT = Path(__file__).resolve().parents[1] / "src" / "gpd" / "__init__.py"
+INIT = Path(__file__).resolve().parents[2] / "src" / "gpd" / "__init__.py"
 
 
 def _run(code: str) -> str:

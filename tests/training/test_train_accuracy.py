@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_training_engine import SMALL, TINY_VIT
 
 from gpd.config import load_config
 from gpd.training.run_dir import prepare_run_dir
 from gpd.training.trainer import Trainer
-from test_training_engine import SMALL, TINY_VIT
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bn_recalibrated_eval.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bn_recalibrated_eval.py"
 
 
 def test_recalibrate_gives_the_average_statistics_over_the_data() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "expansion_rules.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "expansion_rules.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "gpd"
+SRC = Path(__file__).resolve().parents[2] / "src" / "gpd"
 
 # Lower layers first; a package may import its own layer and those before it.
 LAYERS: list[set[str]] = [

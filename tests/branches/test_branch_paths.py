@@ -13,6 +13,7 @@ import pickle
 
 import pytest
 import torch
+from test_branches import CONV_CASES, branch_outputs, randomized_block
 from timm.utils import ModelEmaV3
 from torch import nn
 
@@ -22,7 +23,6 @@ from gpd.branches import orepa as orepa_module
 from gpd.branches.merge import MergeKernel
 from gpd.branches.paths import ALL_MERGED, BlockShape, BranchPaths, choose_paths
 from gpd.models import create_model
-from test_branches import CONV_CASES, branch_outputs, randomized_block
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

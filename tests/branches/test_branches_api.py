@@ -13,8 +13,7 @@ from gpd.branches import OREPAConv2d, count_branch_blocks
 from gpd.cli.main import main
 from gpd.models import create_model
 from gpd.testing import perturbed_for_verification
-from helpers import rel_err
-from test_cli import QUICK, needs_fashion_mnist
+from helpers import QUICK, needs_fashion_mnist, rel_err
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -318,7 +318,7 @@ def test_torch_compile_trains(tmp_path: Path):
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("torch.compile on CPU needs a C compiler")
     # 32 steps: enough to learn (eager: 40.6%, compiled 53.1%, measured); that compiled gradients equal
-    # eager ones is tests/test_steps.py::test_compiled_step_has_the_same_gradients
+    # eager ones is tests/sharing/test_steps.py::test_compiled_step_has_the_same_gradients
     run = tmp_path / "run"
     cfg = load_config(
         None, [*SMALL, "data.train_subset=2048", "train.epochs=1", "train.compile=true", f"output_dir={run}"]

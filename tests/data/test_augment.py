@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from test_data import no_md5, write_cifar10, write_imagefolder  # noqa: F401  (no_md5 is a fixture)
 from timm.data.auto_augment import RandAugment
 from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
@@ -29,7 +30,6 @@ from gpd.errors import ConfigError
 from gpd.losses import dkd
 from gpd.models import create_model
 from gpd.training.trainer import Trainer
-from test_data import no_md5, write_cifar10, write_imagefolder  # noqa: F401  (no_md5 is a fixture)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

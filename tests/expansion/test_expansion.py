@@ -150,8 +150,8 @@ class ConcatNet(nn.Module):
     """A conv's output is split in two halves on channels (a gated unit), then a conv.
 
     (Concatenation is expanded exactly since the layouts are measured, see
-    tests/test_expansion_layouts.py; a split of a tiled tensor is not, and the
-    interleaved layout that makes it exact is tested in tests/test_interleaved_layout.py.)
+    tests/expansion/test_expansion_layouts.py; a split of a tiled tensor is not, and the
+    interleaved layout that makes it exact is tested in tests/expansion/test_interleaved_layout.py.)
     """
 
     def __init__(self) -> None:

@@ -277,7 +277,9 @@ def test_plain_step_rule_moves_the_student_as_plain_sgd_would(ratio: float) -> N
     for name, step in expected.items():
         assert rel_err(moved[name], step) <= 1e-9, name
 
-    moved = sgd_step_of_student(parity, x, y, lr)  # the default: the paper's per-layer steps (tests/test_steps.py)
+    moved = sgd_step_of_student(
+        parity, x, y, lr
+    )  # the default: the paper's per-layer steps (tests/sharing/test_steps.py)
     factors = {name: (moved[name].norm() / step.norm()).item() for name, step in expected.items()}
     if ratio == 2:  # uniform copies: every factor is exactly 1 or r² = 4
         scaled = {name for name, f in factors.items() if abs(f - 4) < 1e-9}
