@@ -23,6 +23,7 @@ from typing import Literal
 
 import torch
 
+from gpd.deprecated import warn_renamed
 from gpd.errors import ArgumentError, ExpansionError
 
 
@@ -42,8 +43,15 @@ class ChannelMap:
     student_index: torch.Tensor = field(repr=False)
 
     @property
-    def teacher_size(self) -> int:
+    def dynamic_size(self) -> int:
+        """The number of D's channels on this axis."""
         return int(self.source.numel())
+
+    @property
+    def teacher_size(self) -> int:
+        """Deprecated: the old name of ``dynamic_size`` (D's channels)."""
+        warn_renamed("ChannelMap.teacher_size", "ChannelMap.dynamic_size")
+        return self.dynamic_size
 
     @cached_property
     def counts(self) -> torch.Tensor:
@@ -52,7 +60,7 @@ class ChannelMap:
 
     @cached_property
     def is_identity(self) -> bool:
-        return self.teacher_size == self.student_size and bool(
+        return self.dynamic_size == self.student_size and bool(
             torch.equal(self.source, torch.arange(self.student_size))
         )
 
@@ -118,12 +126,12 @@ def concat_maps(maps: list[ChannelMap]) -> ChannelMap:
     D's axis is laid out segment by segment, each segment holding its own copies.
     """
     sources, indices = [], []
-    student_offset = teacher_offset = 0
+    student_offset = dynamic_offset = 0
     for m in maps:
         sources.append(m.source + student_offset)
-        indices.append(m.student_index + teacher_offset)
+        indices.append(m.student_index + dynamic_offset)
         student_offset += m.student_size
-        teacher_offset += m.teacher_size
+        dynamic_offset += m.dynamic_size
     return ChannelMap(source=torch.cat(sources), student_size=student_offset, student_index=torch.cat(indices))
 
 
@@ -155,8 +163,14 @@ class WidthPlan:
     def is_integer(self) -> bool:
         return float(self.ratio).is_integer()
 
-    def teacher_size(self, student_size: int) -> int:
+    def dynamic_size(self, student_size: int) -> int:
+        """The number of D's channels on an axis of ``student_size`` channels."""
         return round(student_size * self.ratio)
+
+    def teacher_size(self, student_size: int) -> int:
+        """Deprecated: the old name of :meth:`dynamic_size`."""
+        warn_renamed("WidthPlan.teacher_size()", "WidthPlan.dynamic_size()")
+        return self.dynamic_size(student_size)
 
     def map(self, student_size: int, block: int = 1) -> ChannelMap:
         """The channel map of an expanded axis of ``student_size`` channels.
@@ -165,15 +179,15 @@ class WidthPlan:
         attention head's channels) rather than single channels, so that each of D's
         heads copies one whole student head; the tiled layout copies whole heads anyway.
         """
-        size = self.teacher_size(student_size)
+        size = self.dynamic_size(student_size)
         if self.layout == "interleaved":
             if block < 1 or student_size % block or size % block:
                 raise ExpansionError(
                     f"ratio {self.ratio} gives {size} channels, not a whole number of blocks of {block}; use an integer ratio"
                 )
-            blocks, teacher_blocks = student_size // block, size // block
-            counts = torch.full((blocks,), teacher_blocks // blocks, dtype=torch.long)
-            counts[: teacher_blocks - blocks * (teacher_blocks // blocks)] += 1
+            blocks, dynamic_blocks = student_size // block, size // block
+            counts = torch.full((blocks,), dynamic_blocks // blocks, dtype=torch.long)
+            counts[: dynamic_blocks - blocks * (dynamic_blocks // blocks)] += 1
             first_block = torch.repeat_interleave(torch.arange(blocks), counts)
             source = (first_block[:, None] * block + torch.arange(block)).reshape(-1)
             starts = (torch.cumsum(counts, 0) - counts) * block

@@ -396,7 +396,7 @@ class Undivided(nn.Linear):
 def _undivided_rule(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
     in_map, out_map = ctx.in_map(module.in_features, -1), ctx.out_map(module.out_features, -1)
     new = replace_tensors(module, {"weight": in_map.expand(out_map.expand(module.weight, 0), 1)})
-    new.in_features, new.out_features = in_map.teacher_size, out_map.teacher_size
+    new.in_features, new.out_features = in_map.dynamic_size, out_map.dynamic_size
     return ExpandedLayer(new, {"weight": ParamSlice({0: out_map, 1: in_map})}, output_map=out_map)
 
 

@@ -61,7 +61,7 @@ def interleaved_map(channel_map: ChannelMap, multiplier: int = DW_MULTIPLIER) ->
 
 def _whole_copies(channel_map: ChannelMap) -> int | None:
     """r when ``channel_map`` is r plain copies of the student's axis ([0..C-1] r times), else None."""
-    size, student = channel_map.teacher_size, channel_map.student_size
+    size, student = channel_map.dynamic_size, channel_map.student_size
     if size % student or not torch.equal(channel_map.source, torch.arange(size) % student):
         return None
     return size // student
@@ -125,7 +125,7 @@ def expand_orepa(module: OREPAConv2d, ctx: LayerContext) -> ExpandedLayer:
         params["bias"] = out_map.expand(module.bias, 0)
         slices["bias"] = ParamSlice({0: out_map}, paper_scale=paper_bias_scale(out_map) if groups == 1 else 1.0)
     new = replace_tensors(module, params, {"prior": out_map.expand(module.prior, 0)})
-    new.in_channels, new.out_channels, new.groups = in_map.teacher_size, out_map.teacher_size, groups
+    new.in_channels, new.out_channels, new.groups = in_map.dynamic_size, out_map.dynamic_size, groups
     missing = {name for name, _ in module.named_parameters()} - set(slices)
     if missing:  # a programming error in this rule, not a user error
         raise AssertionError(f"expand_orepa left parameters without a ParamSlice: {sorted(missing)}")

@@ -44,13 +44,13 @@ def register_channel_attributes(module_class: type[nn.Module], names: tuple[str,
 
 def _resized(value: object, plan: WidthPlan) -> object:
     if isinstance(value, int) and not isinstance(value, bool):
-        return plan.teacher_size(value)
+        return plan.dynamic_size(value)
     if (
         isinstance(value, (list, tuple))
         and value
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
-        return type(value)(plan.teacher_size(v) for v in value)
+        return type(value)(plan.dynamic_size(v) for v in value)
     return None
 
 
@@ -118,7 +118,7 @@ def own_tensor_slice(
     A declared tensor (gpd.register_channel_tensors) is added unless declared ``multiplies``.
     """
     added = not channel_tensor_multiplies(module, name) if declared else is_added(name)
-    scale = channel_map.student_size / channel_map.teacher_size if added else 1.0
+    scale = channel_map.student_size / channel_map.dynamic_size if added else 1.0
     return ParamSlice({dim: channel_map}, paper_scale=scale)
 
 

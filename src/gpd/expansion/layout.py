@@ -140,7 +140,7 @@ def _rebalance_ties(source: torch.Tensor, group: torch.Tensor, student_size: int
 def _consistent_prior(priors: list[ChannelMap], nearest: torch.Tensor, group: torch.Tensor) -> ChannelMap | None:
     """The first known layout (one already found in D) that the example cannot tell from the measured one."""
     for prior in priors:
-        if prior.teacher_size == nearest.numel() and prior.student_size == group.numel():
+        if prior.dynamic_size == nearest.numel() and prior.student_size == group.numel():
             if torch.equal(group[prior.source], group[nearest]):
                 return prior
     return None
@@ -163,7 +163,7 @@ def match_channels(
         return None, float("inf")
     scale = float(b.abs().max()) or 1.0
     tiled = plan.map(b.shape[0])
-    if tiled.teacher_size == a.shape[0]:
+    if tiled.dynamic_size == a.shape[0]:
         error = float((a - b[tiled.source]).abs().max()) / scale if a.numel() else 0.0
         if error <= tolerance:
             return tiled, error

@@ -91,7 +91,7 @@ class LayerContext:
             and in_map.is_identity
             and self.measured is not None
             and self.measured.maps
-            and self.plan.teacher_size(in_map.student_size) != in_map.student_size
+            and self.plan.dynamic_size(in_map.student_size) != in_map.student_size
         )
 
     def error(self, module: object, why: str) -> ExpansionError:

@@ -30,7 +30,7 @@ from gpd.sharing.param_slice import ParamSlice
 
 def _check_whole_heads(module: nn.Module, ctx: LayerContext, channel_map: ChannelMap, head_dim: int) -> None:
     """Each of D's heads must copy one whole student head, in order."""
-    size = channel_map.teacher_size
+    size = channel_map.dynamic_size
     if size % head_dim:
         raise ctx.error(
             module,
@@ -81,9 +81,9 @@ def expand_timm_attention(module: nn.Module, ctx: LayerContext) -> ExpandedLayer
         layers[name] = expand_layernorm_with_map(child, ctx, head_map)
 
     new = _copy_with_children(module, {name: layer.module for name, layer in layers.items()})
-    sizes = {"num_heads": head_map.teacher_size // head_dim}
+    sizes = {"num_heads": head_map.dynamic_size // head_dim}
     if hasattr(new, "attn_dim"):
-        sizes["attn_dim"] = head_map.teacher_size
+        sizes["attn_dim"] = head_map.dynamic_size
     for name, size in sizes.items():
         setattr(new, name, size)
     params = {f"{name}.{p}": s for name, layer in layers.items() for p, s in layer.params.items()}

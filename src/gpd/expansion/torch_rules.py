@@ -53,7 +53,7 @@ class GroupedLayer(Protocol):
 
 def _copies(channel_map: ChannelMap) -> float:
     """How many times D's axis holds the student's (r; the plain ratio of sizes when uneven)."""
-    return channel_map.teacher_size / channel_map.student_size
+    return channel_map.dynamic_size / channel_map.student_size
 
 
 def paper_weight_scale(in_map: ChannelMap, out_map: ChannelMap) -> float:
@@ -78,7 +78,7 @@ def grouped_out_map(module: GroupedLayer, ctx: LayerContext, in_map: ChannelMap)
     """
     in_per_group = module.in_channels // module.groups
     out_per_group = module.out_channels // module.groups
-    if in_map.teacher_size % in_per_group:
+    if in_map.dynamic_size % in_per_group:
         return None
     src = in_map.source.view(-1, in_per_group)
     group_of = src[:, 0] // in_per_group
@@ -99,14 +99,14 @@ def check_groups(module: GroupedLayer, ctx: LayerContext, in_map: ChannelMap, ou
     out_per_group = module.out_channels // groups
     if ctx.expand_input != ctx.expand_output:
         raise ctx.error(module, "a grouped convolution must have both or neither of its sides expanded")
-    if in_map.teacher_size % in_per_group or out_map.teacher_size % out_per_group:
+    if in_map.dynamic_size % in_per_group or out_map.dynamic_size % out_per_group:
         raise ctx.error(
             module,
-            f"ratio {ctx.plan.ratio} gives {in_map.teacher_size} channels, not a multiple of the "
+            f"ratio {ctx.plan.ratio} gives {in_map.dynamic_size} channels, not a multiple of the "
             f"group width {in_per_group}; use an integer ratio",
         )
-    new_groups = in_map.teacher_size // in_per_group
-    if out_map.teacher_size // out_per_group != new_groups:
+    new_groups = in_map.dynamic_size // in_per_group
+    if out_map.dynamic_size // out_per_group != new_groups:
         raise ctx.error(module, f"ratio {ctx.plan.ratio} breaks the group structure; use an integer ratio")
     src_in = in_map.source.view(new_groups, in_per_group)
     src_out = out_map.source.view(new_groups, out_per_group)
@@ -122,7 +122,7 @@ def check_groups(module: GroupedLayer, ctx: LayerContext, in_map: ChannelMap, ou
 def _local_map(channel_map: ChannelMap, groups: int, per_group: int) -> ChannelMap | None:
     """The map within a group when each of D's ``groups`` equal chunks copies one student group, in
     order, all in the same pattern (the interleaved layout); None otherwise."""
-    if channel_map.teacher_size % groups:
+    if channel_map.dynamic_size % groups:
         return None
     chunks = channel_map.source.view(groups, -1)
     local = chunks - (torch.arange(groups) * per_group)[:, None]
@@ -196,7 +196,7 @@ def expand_conv(module: nn.modules.conv._ConvNd, ctx: LayerContext) -> ExpandedL
         params["bias"] = out_map.expand(module.bias, 0)
         slices["bias"] = ParamSlice({0: out_map}, paper_scale=bias_scale)
     new = replace_tensors(module, params)
-    new.in_channels, new.out_channels, new.groups = in_map.teacher_size, out_map.teacher_size, groups
+    new.in_channels, new.out_channels, new.groups = in_map.dynamic_size, out_map.dynamic_size, groups
     return ExpandedLayer(new, slices, output_map=out_map)
 
 
@@ -214,7 +214,7 @@ def expand_linear_with_maps(module: nn.Linear, in_map: ChannelMap, out_map: Chan
         params["bias"] = out_map.expand(module.bias, 0)
         slices["bias"] = ParamSlice({0: out_map}, paper_scale=paper_bias_scale(out_map))
     new = replace_tensors(module, params)
-    new.in_features, new.out_features = in_map.teacher_size, out_map.teacher_size
+    new.in_features, new.out_features = in_map.dynamic_size, out_map.dynamic_size
     return ExpandedLayer(new, slices, output_map=out_map)
 
 
@@ -239,7 +239,7 @@ def expand_batchnorm(module: nn.modules.batchnorm._NormBase, ctx: LayerContext) 
         if getattr(module, n, None) is not None
     }
     new = replace_tensors(module, params, buffers)
-    new.num_features = channel_map.teacher_size
+    new.num_features = channel_map.dynamic_size
     return ExpandedLayer(new, {n: ParamSlice({0: channel_map}) for n in params}, output_map=channel_map)
 
 
@@ -262,7 +262,7 @@ def expand_layernorm_with_map(module: nn.LayerNorm, ctx: LayerContext, channel_m
         n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n, None) is not None
     }
     new = replace_tensors(module, params)
-    new.normalized_shape = (channel_map.teacher_size,)
+    new.normalized_shape = (channel_map.dynamic_size,)
     return ExpandedLayer(new, {n: ParamSlice({0: channel_map}) for n in params}, output_map=channel_map)
 
 
@@ -280,7 +280,7 @@ def expand_groupnorm(module: nn.GroupNorm, ctx: LayerContext) -> ExpandedLayer:
         n: channel_map.expand(getattr(module, n), 0) for n in ("weight", "bias") if getattr(module, n) is not None
     }
     new = replace_tensors(module, params)
-    new.num_channels, new.num_groups = channel_map.teacher_size, module.num_groups * count
+    new.num_channels, new.num_groups = channel_map.dynamic_size, module.num_groups * count
     return ExpandedLayer(new, {n: ParamSlice({0: channel_map}) for n in params}, output_map=channel_map)
 
 

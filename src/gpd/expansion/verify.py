@@ -49,9 +49,9 @@ def read_student_channels(
         if big == small:
             continue
         fallback = plan.map(small) if plan is not None else None
-        if channel_map is not None and channel_map.teacher_size == big and channel_map.student_size == small:
+        if channel_map is not None and channel_map.dynamic_size == big and channel_map.student_size == small:
             tensor = channel_map.select(tensor, dim)
-        elif fallback is not None and fallback.teacher_size == big:
+        elif fallback is not None and fallback.dynamic_size == big:
             tensor = fallback.select(tensor, dim)
         elif big > small:
             tensor = tensor.narrow(dim, 0, small)

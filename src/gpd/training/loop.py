@@ -26,6 +26,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from gpd.choices import MemoryMode, NonfinitePolicy
 from gpd.data.mixing import mix_batch
 from gpd.distill import DistillerOutput, total_loss
 from gpd.sharing.steps import clip_grad_norm_, grad_norm
@@ -60,10 +61,10 @@ class LoopSettings:
 
     epochs: int
     batch_size: int
-    memory_mode: str = "joint"  # or "sequential"
+    memory_mode: MemoryMode = "joint"
     grad_clip: float | None = None
     grad_probe_every: int = 0
-    on_nonfinite: str = "stop"
+    on_nonfinite: NonfinitePolicy = "stop"
     channels_last: bool = False
     policy: RunPolicy = FULL_RUN
 
