@@ -169,7 +169,7 @@ def test_the_unshared_pair_merges_a_registered_kind(twin_kind: None) -> None:
 
 def test_the_baseline_distiller_merges_a_registered_kind(twin_kind: None) -> None:
     distiller = gpd.Distiller(student(), dynamic_teacher=False, input_size=SIZE, branches="twin")
-    assert distiller.plain is not None and has_twins(distiller.plain)
+    assert not distiller.has_dynamic_teacher and has_twins(distiller.network)
     train(distiller, lambda x, y: distiller(x, y).loss)
     distiller.eval()
     assert_exported(distiller.export_student(), distiller.student_logits)
