@@ -11,9 +11,11 @@ positional and keyword arguments, for code that runs several networks on it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import torch
+
+Inputs: TypeAlias = "torch.Tensor | Mapping[str, Any] | tuple[Any, ...]"  # a batch's input, as models take it
 
 
 class ModelInput(NamedTuple):
