@@ -190,3 +190,13 @@ def test_the_verification_compares_every_tensor_of_a_model_output() -> None:
     assert len(output_tensors(output)) == 3
     assert relative_error(output, output) == 0.0
     assert relative_error(other, output) == pytest.approx(0.5)
+
+
+def test_the_example_of_docs_huggingface_runs() -> None:
+    import re
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "huggingface.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert len(blocks) == 1
+    torch.manual_seed(0)
+    exec(compile(blocks[0], "docs/huggingface.md", "exec"), {"__name__": "doc_example"})
