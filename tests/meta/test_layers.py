@@ -32,7 +32,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "gpd"
 
 # Lower layers first; a package may import its own layer and those before it.
 LAYERS: list[set[str]] = [
-    {"errors", "deprecated", "choices"},
+    {"errors", "deprecated", "choices", "inputs"},
     {"channel_maps", "models", "data", "losses", "io"},  # io: files on disk (data writes its cache through it)
     {"sharing"},
     {"expansion", "gpd_model", "testing"},

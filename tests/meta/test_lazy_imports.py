@@ -130,3 +130,9 @@ def test_a_users_branch_kind_registered_first_wins_over_the_builtin() -> None:
         "print(kind.add is mine, 'orepa' in RULES._branch_kinds[0])"
     )
     assert out.split() == ["True", "True"]  # gpd's built-in is loaded, the user's is used
+
+
+def test_gpd_never_imports_transformers() -> None:
+    """transformers is optional (``gpd[hf]``): the API and the training engine load without it."""
+    code = "import sys\nimport gpd, gpd.distill, gpd.expansion, gpd.training.evaluate\nprint('transformers' in sys.modules)"
+    assert _run(code) == "False"

@@ -30,6 +30,7 @@ from gpd.expansion import expand
 from gpd.expansion.expand import with_branches
 from gpd.expansion.model import GPDModel
 from gpd.expansion.rules import RULES
+from gpd.inputs import Inputs, call_model
 from gpd.losses import sce
 from gpd.sharing.steps import clip_grad_norm_
 
@@ -221,16 +222,16 @@ class Distiller(nn.Module):
         pair = self._pair()
         return pair.grad_scales() if pair is not None else {}
 
-    def student_logits(self, x: Tensor) -> Tensor:
+    def student_logits(self, x: Inputs) -> Tensor:
         pair = self._pair()
-        return logits_of(pair.forward_student(x) if pair is not None else self.network(x), self.logits_fn)
+        return logits_of(call_model(pair.forward_student if pair is not None else self.network, x), self.logits_fn)
 
-    def dynamic_logits(self, x: Tensor) -> Tensor:
+    def dynamic_logits(self, x: Inputs) -> Tensor:
         """D's logits (the dynamic teacher's, not the static teacher's)."""
         pair = self._pair()
         if pair is None:
             raise RuntimeError("this Distiller trains the student alone; it has no dynamic teacher")
-        return logits_of(pair.forward_dynamic(x), self.logits_fn)
+        return logits_of(call_model(pair.forward_dynamic, x), self.logits_fn)
 
     def train(self, mode: bool = True) -> Distiller:
         """Train mode for the student and D; the static teacher stays frozen in eval mode."""
@@ -246,20 +247,20 @@ class Distiller(nn.Module):
 
     @overload
     def forward(
-        self, x: Tensor, y: Tensor, *, epoch: float | None = ..., part: Literal["all"] = ...
+        self, x: Inputs, y: Tensor, *, epoch: float | None = ..., part: Literal["all"] = ...
     ) -> DistillerOutput: ...
 
     @overload
-    def forward(self, x: Tensor, y: Tensor, *, epoch: float | None = ..., part: Literal["dynamic"]) -> DynamicPart: ...
+    def forward(self, x: Inputs, y: Tensor, *, epoch: float | None = ..., part: Literal["dynamic"]) -> DynamicPart: ...
 
     @overload
     def forward(
-        self, x: Tensor, y: Tensor, *, epoch: float | None = ..., part: Literal["student"], dynamic: DynamicPart
+        self, x: Inputs, y: Tensor, *, epoch: float | None = ..., part: Literal["student"], dynamic: DynamicPart
     ) -> DistillerOutput: ...
 
     def forward(
         self,
-        x: Tensor,
+        x: Inputs,
         y: Tensor,
         *,
         epoch: float | None = None,
@@ -270,7 +271,8 @@ class Distiller(nn.Module):
         """The weighted loss terms of one batch (their sum is the training loss) and the student's logits.
 
         ``epoch`` (fractional, from 0) drives KD warm-up schedules such as DKD's. ``y``: class
-        indices (N,) or soft targets (N, K), see the class docstring.
+        indices (N,) or soft targets (N, K), see the class docstring. ``x``: a tensor, or a mapping
+        passed as keyword arguments (``input_ids``, ``attention_mask``, ...: :mod:`gpd.inputs`).
 
         ``part`` runs one phase of the step, so that the sequential memory mode and the gradient
         probe (:mod:`gpd.training.backward`) call each phase through this forward, which a DDP
@@ -298,27 +300,27 @@ class Distiller(nn.Module):
     # The phases of forward(). In the sequential memory mode D's loss is back-propagated
     # (and its graph freed) before the student's forward pass runs.
 
-    def _static_targets(self, x: Tensor) -> StaticTargets:
+    def _static_targets(self, x: Inputs) -> StaticTargets:
         """The frozen static teacher's logits (and stage features for ReviewKD), without gradients."""
         if self.static_teacher is None:
             return StaticTargets(None, [])
         with torch.no_grad(), self.kd_method.taps(self.static_teacher, "teacher") as feats:
-            logits = logits_of(self.static_teacher(x), self.logits_fn)
+            logits = logits_of(call_model(self.static_teacher, x), self.logits_fn)
         return StaticTargets(logits, feats)
 
-    def _dynamic_terms(self, x: Tensor, y: Tensor, targets: StaticTargets, epoch: float | None) -> DynamicPart:
+    def _dynamic_terms(self, x: Inputs, y: Tensor, targets: StaticTargets, epoch: float | None) -> DynamicPart:
         """D's loss terms (``ce_dynamic``, and ``kd_dynamic`` or ``reviewkd_dynamic`` against the static
         teacher) and D's logits; no terms and ``None`` when there is no dynamic teacher."""
         pair = self._pair()
         if pair is None:
             return DynamicPart({}, None, targets)
         with self.kd_method.taps(pair.dynamic, "dynamic") as feats:
-            dynamic_logits = logits_of(pair.forward_dynamic(x), self.logits_fn)
+            dynamic_logits = logits_of(call_model(pair.forward_dynamic, x), self.logits_fn)
         losses = {"ce_dynamic": self._ce(dynamic_logits, y)}
         self._add_kd(losses, "dynamic", dynamic_logits, feats, targets, y, epoch)
         return DynamicPart(losses, dynamic_logits, targets)
 
-    def _student_output(self, x: Tensor, y: Tensor, dynamic: DynamicPart, epoch: float | None) -> DistillerOutput:
+    def _student_output(self, x: Inputs, y: Tensor, dynamic: DynamicPart, epoch: float | None) -> DistillerOutput:
         """The student's loss terms and logits; SCE towards D's logits (no gradient flows into them)."""
         with self.kd_method.taps(self.student, "student") as feats:
             student_logits = self.student_logits(x)

@@ -21,6 +21,7 @@ from torch import nn
 from gpd.distill.features import feature_stage_names, stage_features
 from gpd.distill.method import KDMethod, KDNetworks, KDOptions, StaticTargets, TapRole
 from gpd.errors import ConfigError
+from gpd.inputs import call_model
 from gpd.losses import ReviewKDHead, reviewkd_loss
 
 
@@ -88,9 +89,9 @@ class ReviewKD(KDMethod):
             raise ConfigError("ReviewKD needs input_size= or example_input= to size its fusion heads")
         with torch.no_grad():
             with self.taps(teacher.module, "teacher") as t_feats:
-                teacher.forward(example_input)
+                call_model(teacher.forward, example_input)
             with self.taps(student.module, "student") as s_feats:
-                student.forward(example_input)
+                call_model(student.forward, example_input)
             for who, feats, names in (
                 ("static teacher", t_feats, self.teacher_stages),
                 ("student", s_feats, self.student_stages),
@@ -104,7 +105,7 @@ class ReviewKD(KDMethod):
             widths = {"student": [f.shape[1] for f in s_feats]}
             if networks.dynamic is not None:
                 with self.taps(networks.dynamic.module, "dynamic") as d_feats:
-                    networks.dynamic.forward(example_input)
+                    call_model(networks.dynamic.forward, example_input)
                 widths["dynamic"] = [f.shape[1] for f in d_feats]
         targets = [f.shape[1] for f in t_feats]
         for role, channels in widths.items():

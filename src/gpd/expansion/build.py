@@ -13,7 +13,6 @@ reaches are expanded with the tiled layout.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +30,7 @@ from gpd.expansion.layout import MeasuredInput, measure_input
 from gpd.expansion.refusals import rule_failure
 from gpd.expansion.roles import LayerRoles, iter_channel_tensor_holders, iter_units
 from gpd.expansion.rules import ExpandedLayer, LayerContext, RuleEntry
+from gpd.inputs import ModelInput
 from gpd.sharing.param_slice import ParamSlice
 
 
@@ -115,7 +115,7 @@ class DynamicBuilder:
         self.built.add(name)
         return layer
 
-    def record_student_inputs(self, example: tuple, names: set[str]) -> dict[str, torch.Tensor]:
+    def record_student_inputs(self, example: ModelInput, names: set[str]) -> dict[str, torch.Tensor]:
         inputs: dict[str, torch.Tensor] = {}
         handles = []
         for name, module, _ in self.units:
@@ -133,14 +133,14 @@ class DynamicBuilder:
         self.student.eval()
         try:
             with torch.no_grad():
-                self.student(*example)
+                example.call(self.student)
         finally:
             self.student.train(was_training)
             for handle in handles:
                 handle.remove()
         return inputs
 
-    def build(self, example: tuple) -> nn.Module:
+    def build(self, example: ModelInput) -> nn.Module:
         dynamic = copy.deepcopy(self.student)
         for name, module, axes in iter_channel_tensor_holders(self.student):
             target = dynamic.get_submodule(name) if name else dynamic
@@ -204,7 +204,7 @@ FLOAT64_BUILD_LIMIT = 1e8  # D's parameters; larger Ds are built in the student'
 
 
 def build_dynamic(
-    student: nn.Module, plan: WidthPlan, roles: LayerRoles, example: tuple[Any, ...]
+    student: nn.Module, plan: WidthPlan, roles: LayerRoles, example: ModelInput
 ) -> tuple[nn.Module, dict[str, ParamSlice], dict[str, ChannelMap], dict[str, list[str]], nn.Module | None]:
     """D, the slice of every student parameter, each layer's output map, the rules used, and D in float64.
 
@@ -219,7 +219,7 @@ def build_dynamic(
     in_float64 = dtypes == {torch.float32} and size <= FLOAT64_BUILD_LIMIT
     if in_float64:
         student = copy.deepcopy(student).double()
-        example = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in example)
+        example = example.map_floats(torch.Tensor.double)
     builder = DynamicBuilder(student, plan, roles)
     dynamic = builder.build(example)
     dynamic64 = dynamic if in_float64 else None

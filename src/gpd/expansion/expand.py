@@ -28,6 +28,7 @@ from gpd.expansion.refusals import is_bug, refusals_only
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
 from gpd.expansion.rules import RULES
 from gpd.expansion.verify import locate_divergence, relative_error
+from gpd.inputs import ModelInput
 from gpd.sharing import StudentView
 from gpd.sharing.steps import paper_scales
 
@@ -58,8 +59,8 @@ def add_symmetry_noise(model: GPDModel, std: float, generator: torch.Generator |
 FLOAT64_TOLERANCE = 1e-6
 
 
-def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], example: tuple) -> Any:
-    """Run ``run(*example)``; if the model fails, raise ExpansionError naming the layer that failed
+def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], example: ModelInput) -> Any:
+    """Run ``run`` on ``example``; if the model fails, raise ExpansionError naming the layer that failed
     (a bug of gpd's or of a rule propagates unchanged: :mod:`gpd.expansion.refusals`)."""
     current: list[str] = []
     handles = [
@@ -67,7 +68,7 @@ def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], exampl
         for name, module, _ in iter_units(modules)
     ]
     try:
-        return run(*example)
+        return example.call(run)
     except Exception as err:
         if is_bug(err, below_call_site=True):
             raise
@@ -81,10 +82,10 @@ def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], exampl
             handle.remove()
 
 
-def _measure(student: nn.Module, model: GPDModel, example: tuple) -> tuple[float, float]:
+def _measure(student: nn.Module, model: GPDModel, example: ModelInput) -> tuple[float, float]:
     """Relative errors of D and of the student view against ``student`` (eval mode, no grad)."""
     with torch.no_grad():
-        expected = student(*example)
+        expected = example.call(student)
         dynamic = run_or_explain("dynamic teacher", model.dynamic, model.forward_dynamic, example)
         view = run_or_explain("shared-parameter student", model.student.module, model.forward_student, example)
     return relative_error(dynamic, expected), relative_error(view, expected)
@@ -93,14 +94,14 @@ def _measure(student: nn.Module, model: GPDModel, example: tuple) -> tuple[float
 def _raise_mismatch(
     student: nn.Module,
     model: GPDModel,
-    example: tuple,
+    example: ModelInput,
     output_maps: dict[str, ChannelMap],
     errors: tuple[float, float],
     tolerance: float,
 ) -> None:
     for who, error, modules, run in (
-        ("dynamic teacher", errors[0], model.dynamic, lambda: model.forward_dynamic(*example)),
-        ("shared-parameter student", errors[1], model.student.module, lambda: model.forward_student(*example)),
+        ("dynamic teacher", errors[0], model.dynamic, lambda: example.call(model.forward_dynamic)),
+        ("shared-parameter student", errors[1], model.student.module, lambda: example.call(model.forward_student)),
     ):
         if error > tolerance:
             where = locate_divergence(student, modules, run, example, output_maps, tolerance, model.plan)
@@ -149,7 +150,7 @@ def with_unit_layer_scales(
 def verify(
     student: nn.Module,
     model: GPDModel,
-    example: tuple,
+    example: ModelInput,
     output_maps: dict[str, ChannelMap],
     tolerance: float,
     dynamic64: nn.Module | None = None,
@@ -165,7 +166,7 @@ def verify(
 def verify_once(
     student: nn.Module,
     model: GPDModel,
-    example: tuple,
+    example: ModelInput,
     output_maps: dict[str, ChannelMap],
     tolerance: float,
     dynamic64: nn.Module | None = None,
@@ -189,7 +190,7 @@ def verify_once(
         student64, model64 = copy.deepcopy(student).double(), copy.deepcopy(model).double()
         if dynamic64 is not None:
             model64.dynamic.load_state_dict(dynamic64.state_dict())
-        example64 = tuple(t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in example)
+        example64 = example.map_floats(torch.Tensor.double)
         errors64 = _measure(student64, model64, example64)
         if max(errors64) <= FLOAT64_TOLERANCE:
             return (*errors, True)
@@ -236,7 +237,9 @@ def expand(
         ratio: D's width relative to the student's (>= 1; non-integer ratios replicate
             channels Net2Net-style where that is exact).
         example_input / input_size: an input, or its per-sample size (C, H, W), used
-            to trace the model and verify the expansion; inferred when omitted.
+            to trace the model and verify the expansion; inferred when omitted. A mapping
+            (``input_ids``, ``attention_mask``, ``pixel_values``, ...) is passed as keyword
+            arguments, as transformers models take it; its attention mask is respected.
         input_layers / output_layers: override the detected layers that read the
             input and write the output (names from ``model.named_modules()``).
         noise_std: symmetry-breaking noise added to D's copies after verification,
@@ -287,7 +290,7 @@ def _expand_with_plan(
     model: nn.Module,
     plan: WidthPlan,
     roles: LayerRoles,
-    example: tuple,
+    example: ModelInput,
     noise_std: float,
     tolerance: float,
     check: bool,

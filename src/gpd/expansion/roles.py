@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_leaves
 from gpd.errors import ExpansionError, first_line
 from gpd.expansion.refusals import is_bug
 from gpd.expansion.rules import RuleEntry, channel_tensor_axes, find_rule
+from gpd.inputs import model_input
 
 
 def iter_units(model: nn.Module) -> Iterator[tuple[str, nn.Module, RuleEntry | None]]:
@@ -93,10 +94,6 @@ class _Call:
     outputs: list[Any]
 
 
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    return [t for t in tree_leaves(obj) if isinstance(t, torch.Tensor)]
-
-
 def _nodes(obj: Any) -> list[Any]:
     return [t.grad_fn for t in tree_leaves(obj) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
 
@@ -132,20 +129,16 @@ def trace_calls(model: nn.Module, example_input: Any) -> tuple[list[_Call], list
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     was_training = model.training
     model.eval()
-    raw = example_input if isinstance(example_input, tuple) else (example_input,)
-    # a clone gives each input its own autograd node, distinct from any parameter's
-    inputs = tuple(
-        t.detach().requires_grad_(True).clone() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-        for t in raw
-    )
+    # a clone gives each float input its own autograd node, distinct from any parameter's
+    inputs = model_input(example_input).map_floats(lambda t: t.detach().requires_grad_(True).clone())
     try:
         with torch.enable_grad():
             try:
-                output = model(*inputs)
+                output = inputs.call(model)
             except Exception as err:
                 if is_bug(err, below_call_site=True):
                     raise
-                shapes = ", ".join(str(tuple(t.shape)) for t in _tensors(inputs))
+                shapes = ", ".join(str(tuple(t.shape)) for t in inputs.tensors())
                 raise ExpansionError(
                     f"the student does not run on the example input of shape {shapes}: {first_line(err)}; "
                     "pass the right example_input= or input_size=(C, H, W)"
@@ -154,7 +147,7 @@ def trace_calls(model: nn.Module, example_input: Any) -> tuple[list[_Call], list
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return calls, _nodes(inputs), _nodes(output)
+    return calls, _nodes(inputs.tensors()), _nodes(output)
 
 
 def _walk(start: list[Any], step: Callable[[Any], list[Any]]) -> Iterator[Any]:

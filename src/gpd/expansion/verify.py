@@ -7,7 +7,7 @@ original student's is named: D's activation is read at the student's channels
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,16 +18,31 @@ from torch.utils._pytree import tree_leaves
 
 from gpd.channel_maps import ChannelMap, WidthPlan
 from gpd.expansion.roles import iter_units
+from gpd.inputs import ModelInput
+
+
+def output_tensors(output: Any) -> list[torch.Tensor]:
+    """Every tensor of a model's output, in order: a tensor, the values of a mapping (a
+    transformers ``ModelOutput`` is one: ``logits``, ``hidden_states``, ...), the items of a
+    tuple or list, nested; other containers as torch's pytree flattens them."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, Mapping):
+        values: list[Any] = list(output.values())
+    elif isinstance(output, (tuple, list)):
+        values = list(output)
+    else:
+        values = [leaf for leaf in tree_leaves(output) if leaf is not output]
+    return [t for value in values for t in output_tensors(value)]
 
 
 def relative_error(actual: Any, expected: Any) -> float:
-    """max |actual - expected| / max |expected| over all tensors of two outputs.
+    """max |actual - expected| / max |expected| over all tensors of two outputs (:func:`output_tensors`).
 
-    Returns ``inf`` when the outputs differ in structure or shape.
+    Returns ``inf`` when the outputs differ in structure or shape, or hold no tensor to compare.
     """
-    a_leaves = [t for t in tree_leaves(actual) if isinstance(t, torch.Tensor)]
-    e_leaves = [t for t in tree_leaves(expected) if isinstance(t, torch.Tensor)]
-    if len(a_leaves) != len(e_leaves):
+    a_leaves, e_leaves = output_tensors(actual), output_tensors(expected)
+    if len(a_leaves) != len(e_leaves) or not e_leaves:
         return float("inf")
     worst = 0.0
     for a, e in zip(a_leaves, e_leaves):
@@ -96,7 +111,7 @@ def locate_divergence(
     reference: nn.Module,
     other_modules: nn.Module,
     run_other: Callable[[], Any],
-    example: tuple,
+    example: ModelInput,
     output_maps: dict[str, ChannelMap],
     tolerance: float,
     plan: WidthPlan | None = None,
@@ -106,7 +121,7 @@ def locate_divergence(
     actual: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         with _record_first_outputs(reference, expected):
-            reference(*example)
+            example.call(reference)
         with _record_first_outputs(other_modules, actual):
             run_other()
     classes = {name: type(module).__name__ for name, module, _ in iter_units(reference)}

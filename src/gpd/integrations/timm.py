@@ -30,7 +30,7 @@ from timm.task import TrainingTask
 from torch import nn
 
 from gpd.deprecated import upgrade_task_state
-from gpd.distill import Distiller, DynamicPair, KDMethod, total_loss
+from gpd.distill import Distiller, DynamicPair, KDMethod, logits_of, total_loss
 
 
 class StudentForward(nn.Module):
@@ -43,8 +43,9 @@ class StudentForward(nn.Module):
         super().__init__()
         self.pair = pair
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pair.forward_student(x)
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The student's logits (:func:`gpd.distill.logits_of` of its output): what timm's metrics read."""
+        return logits_of(self.pair.forward_student(*args, **kwargs))
 
 
 def _distiller_in(module: nn.Module) -> Distiller:
@@ -94,7 +95,8 @@ class GPDTask(TrainingTask):
     def distiller(self) -> Distiller:
         return _distiller_in(self.trainable_module)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, input: Any, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``input``: a tensor, or a mapping of keyword arguments (``input_ids``, ...)."""
         losses, logits = self.trainable_module(input, target, epoch=self.epoch)
         return {"loss": total_loss(losses), "output": logits, **losses}
 

@@ -20,13 +20,14 @@ from gpd.config import load_config
 from gpd.data import build_datasets
 from gpd.data.augment import AugmentRecipe
 from gpd.data.bundle import num_samples
-from gpd.distill import Distiller
+from gpd.distill import Distiller, logits_of
 from gpd.distill.pair import DynamicPair
+from gpd.inputs import call_model, to_device
 from gpd.io.layout import RunLayout, student_file_of
 from gpd.io.student import read_student_file, student_from_payload
 from gpd.training.distributed import DistContext, all_reduce_sum, broadcast_buffers, resolve_device
 
-Model = Callable[[torch.Tensor], torch.Tensor]
+Model = Callable[..., Any]  # a forward pass: its output's logits are read by gpd.distill.logits_of
 
 
 def student_forward(network: nn.Module) -> Model:
@@ -54,7 +55,7 @@ def models_of_run(distiller: Distiller, ema: ModelEmaV3 | None, ctx: DistContext
 
 def split_accuracy(
     models: dict[str, Model],
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[Any, torch.Tensor]],
     ctx: DistContext,
     device: torch.device,
     channels_last: bool,
@@ -70,29 +71,31 @@ def split_accuracy(
 @torch.no_grad()
 def correct_counts(
     models: dict[str, Model],
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[Any, torch.Tensor]],
     device: torch.device,
     channels_last: bool = False,
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Correct top-1 predictions of each named model, and the number of samples (as tensors,
-    so that processes can sum them); the data are read once for all models."""
+    so that processes can sum them); the data are read once for all models. An input is a
+    tensor or a mapping of keyword arguments (:mod:`gpd.inputs`); an output, anything
+    :func:`~gpd.distill.logits_of` reads (a tensor, a transformers ``ModelOutput``, ...)."""
     correct = {name: torch.zeros((), dtype=torch.long, device=device) for name in models}
     total = torch.zeros((), dtype=torch.long, device=device)
     for x, y in batches:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last and x.ndim == 4:
+        x, y = to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
             for name, model in models.items():
-                correct[name] += (model(x).argmax(dim=-1) == y).sum()
+                correct[name] += (logits_of(call_model(model, x)).argmax(dim=-1) == y).sum()
         total += y.numel()
     return correct, total
 
 
 def accuracy(
     models: dict[str, Model],
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[Any, torch.Tensor]],
     device: torch.device,
     channels_last: bool = False,
 ) -> dict[str, float]:

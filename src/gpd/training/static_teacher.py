@@ -10,6 +10,7 @@ from torch import nn
 
 from gpd.config import Config
 from gpd.data import DataBundle
+from gpd.distill import logits_of
 from gpd.errors import CheckpointError, ConfigError, first_line
 from gpd.io.student import is_student_payload, load_weights, read_checkpoint, student_from_payload
 from gpd.training.model_setup import create_for_data
@@ -69,7 +70,7 @@ def check_fits(model: nn.Module, data: DataBundle, role: str) -> None:
     was_training = model.training
     model.eval()
     try:
-        logits = model(torch.zeros(2, *data.input_size))
+        logits = logits_of(model(torch.zeros(2, *data.input_size)))
     except Exception as err:
         raise CheckpointError(
             f"the {role} does not run on {data.name} images of size {'x'.join(map(str, data.input_size))}: "
