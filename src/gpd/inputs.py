@@ -73,6 +73,27 @@ def to_device(x: Any, device: torch.device | str, non_blocking: bool = False) ->
     return x
 
 
+def batch_to_device(
+    x: Any, device: torch.device | str, memory_format: torch.memory_format = torch.contiguous_format
+) -> Any:
+    """A training batch's input on ``device``, contiguous: ``memory_format`` (channels_last) applies to
+    4-D floating-point tensors (images) only, never to token ids or masks. A tensor of images takes
+    the one path it always took: ``x.to(device, non_blocking=True).contiguous(memory_format=...)``."""
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        image = t.ndim == 4 and t.is_floating_point()
+        layout = memory_format if image else torch.contiguous_format
+        return t.to(device, non_blocking=True).contiguous(memory_format=layout)
+
+    if isinstance(x, torch.Tensor):
+        return move(x)
+    if isinstance(x, Mapping):
+        return {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+    if isinstance(x, tuple):
+        return tuple(move(v) if isinstance(v, torch.Tensor) else v for v in x)
+    return x
+
+
 def batch_size(x: Any) -> int:
     """The number of samples of an input: the first dimension of its first tensor."""
     tensors = model_input(x).tensors()

@@ -7,6 +7,7 @@ smoothing is then applied by Mixup (its ``label_smoothing``), once; the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -42,8 +43,16 @@ def build_mixup(
     )
 
 
-def mix_batch(mixup: Mixup | None, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` unchanged without Mixup; else the mixed images and their soft targets (N, K)."""
+def mix_batch(mixup: Mixup | None, x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """``(x, y)`` unchanged without Mixup; else the mixed images and their soft targets (N, K).
+
+    Mixup and CutMix mix images: a batch whose input is a mapping (token ids, masks) is refused."""
     if mixup is None:
         return x, y
+    if not isinstance(x, torch.Tensor):
+        what = f"a mapping of {', '.join(map(str, x))}" if isinstance(x, Mapping) else f"a {type(x).__name__}"
+        raise ConfigError(
+            f"data.mixup/data.cutmix mix image tensors, but this batch's input is {what}; "
+            "set data.mixup=0 and data.cutmix=0"
+        )
     return mixup(x, y)

@@ -21,13 +21,14 @@ from typing import Any
 import torch
 
 from gpd.distill import Distiller, DistillerOutput, DynamicPart, total_loss
+from gpd.inputs import Inputs
 from gpd.sharing.steps import grad_norm
 
 Backward = Callable[[torch.Tensor], None]
 
 
 def joint_backward(
-    module: Callable[..., DistillerOutput], x: torch.Tensor, y: torch.Tensor, epoch: float, autocast, backward: Backward
+    module: Callable[..., DistillerOutput], x: Inputs, y: torch.Tensor, epoch: float, autocast, backward: Backward
 ) -> DistillerOutput:
     """``module`` is the Distiller, or its DDP / compiled wrapper. Returns the loss terms and
     the student's logits (for the training accuracy)."""
@@ -39,7 +40,7 @@ def joint_backward(
 
 def sequential_backward(
     module: Callable[..., Any],
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     epoch: float,
     autocast,
@@ -66,7 +67,7 @@ def sequential_backward(
 
 def probed_backward(
     distiller: Distiller,
-    x: torch.Tensor,
+    x: Inputs,
     y: torch.Tensor,
     epoch: float,
     autocast,

@@ -22,7 +22,7 @@ from gpd.data.augment import AugmentRecipe
 from gpd.data.bundle import num_samples
 from gpd.distill import Distiller, logits_of
 from gpd.distill.pair import DynamicPair
-from gpd.inputs import call_model, to_device
+from gpd.inputs import Inputs, ModelInput, call_model, to_device
 from gpd.io.layout import RunLayout, student_file_of
 from gpd.io.student import read_student_file, student_from_payload
 from gpd.training.distributed import DistContext, all_reduce_sum, broadcast_buffers, resolve_device
@@ -42,15 +42,25 @@ def models_of_run(distiller: Distiller, ema: ModelEmaV3 | None, ctx: DistContext
     (broadcast here), so the summed counts are exact for any process count."""
     distiller.eval()
     broadcast_buffers(distiller, ctx)
-    models: dict[str, Model] = {"student": distiller.student_logits}
+    models: dict[str, Model] = {"student": _forward_of(distiller.student_logits)}
     if distiller.has_dynamic_teacher:
-        models["dynamic"] = distiller.dynamic_logits
+        models["dynamic"] = _forward_of(distiller.dynamic_logits)
     if ema is not None:
         broadcast_buffers(ema, ctx)
         models["ema_student"] = student_forward(ema.module)
         if isinstance(ema.module, DynamicPair):
             models["ema_dynamic"] = ema.module.forward_dynamic
     return models
+
+
+def _forward_of(logits: Callable[[Inputs], torch.Tensor]) -> Model:
+    """A function of one whole input (the Distiller's ``student_logits``) as a forward pass, which
+    :func:`~gpd.inputs.call_model` calls with the input's arguments (a mapping's as keywords)."""
+
+    def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+        return logits(args[0] if len(args) == 1 and not kwargs else ModelInput(args, kwargs))
+
+    return forward
 
 
 def split_accuracy(

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from gpd.choices import MemoryMode, NonfinitePolicy
 from gpd.data.mixing import mix_batch
 from gpd.distill import DistillerOutput, total_loss
+from gpd.inputs import Inputs, batch_to_device
 from gpd.sharing.steps import clip_grad_norm_, grad_norm
 from gpd.training.backward import joint_backward, probed_backward, sequential_backward
 from gpd.training.distributed import DistContext, all_reduce_sum
@@ -164,7 +165,7 @@ class TrainLoop:
             unit_scale=True, leave=False, dynamic_ncols=True, disable=None if self.ctx.is_main else True,
         )  # fmt: skip
         for step, (x, y) in enumerate(loader):
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            x = batch_to_device(x, self.device, self.memory_format)  # a tensor, or a mapping of keyword arguments
             y = y.to(self.device, non_blocking=True)
             x, targets = mix_batch(self.mixup, x, y)  # Mixup/CutMix: soft targets; y stays the labels
             where = f"epoch {epoch}, step {step}"
@@ -211,7 +212,7 @@ class TrainLoop:
         return ddp.no_sync() if isinstance(ddp, DistributedDataParallel) else nullcontext()
 
     def train_step(
-        self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float, where: str, probe: bool = False
+        self, x: Inputs, y: torch.Tensor, epoch_progress: float, where: str, probe: bool = False
     ) -> DistillerOutput | None:
         """One optimisation step; returns the detached loss terms and student logits, or None if
         the step was skipped.
