@@ -4,20 +4,21 @@ One contract, as mdistiller's distillers have it: a call returns its weighted lo
 (a dict the training loop sums with :func:`total_loss`, the one place the loss is summed)
 and the student's logits. The two phases of a step (D's, then the student's, for the
 sequential memory mode and the gradient probe) each have one typed result:
-:class:`DynamicPart` and :class:`DistillerOutput`. :func:`logits_of` is the one place where
-a model's output (a tensor, a ``ModelOutput``, a dict, a tuple) becomes logits.
+:class:`DynamicPart` and :class:`DistillerOutput`. :func:`logits_of`, the one place where a
+model's output becomes logits, lives in :mod:`gpd.outputs` (the lowest layer, so that gpd.io
+reads it too) and is importable from here as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
 
-from gpd.errors import ArgumentError
+from gpd.outputs import LogitsFn, logits_of
 
-LogitsFn = Callable[[Any], torch.Tensor]
+__all__ = ["DistillerOutput", "DynamicPart", "LogitsFn", "StaticTargets", "logits_of", "total_loss"]
 
 
 class StaticTargets(NamedTuple):
@@ -59,24 +60,3 @@ def total_loss(losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return torch.zeros(())
     total: Any = sum(losses.values())
     return total
-
-
-def logits_of(output: Any, logits_fn: LogitsFn | None = None) -> torch.Tensor:
-    """The logits in a model's ``output``: ``logits_fn(output)`` when given; else a tensor as it is,
-    the tensor attribute ``logits`` (transformers' ``ModelOutput``), a mapping's ``"logits"``, or the
-    first element of a tuple or list. Anything else is an :class:`~gpd.errors.ArgumentError`."""
-    if logits_fn is not None:
-        return logits_fn(output)
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
-        return output["logits"]
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise ArgumentError(
-        f"cannot find the logits in a model output of type {type(output).__name__}: "
-        "pass logits_fn= (a function from the model's output to its logits tensor)"
-    )

@@ -4,7 +4,8 @@
   a student out of a run directory;
 * ``safetensors``: the state_dict, with the architecture spec as JSON in the
   metadata (key ``gpd_spec``) so the weights can be matched to a model without gpd;
-* ``onnx``: the eval-mode student with a dynamic batch axis.
+* ``onnx``: the eval-mode student with a dynamic batch axis; one output, its logits
+  (:func:`~gpd.outputs.logits_of` of a ``ModelOutput``, a dict or a tuple).
 
 Every file is written atomically (:mod:`gpd.io.atomic`), and an existing file is never
 replaced without ``overwrite``: an export must not destroy a previous one by accident.
@@ -26,11 +27,24 @@ from gpd.errors import ConfigError, first_line
 from gpd.io.atomic import atomic_write
 from gpd.io.layout import EXPORT_SUFFIXES, export_path, student_file_of
 from gpd.io.student import read_student_file, save_student, student_from_payload
+from gpd.outputs import logits_of
 
 FORMATS = EXPORT_SUFFIXES
 ONNX_OPSET = 17
 ONNX_CHECK_BATCH = 2
 ONNX_TOLERANCE = 1e-4  # relative to the output scale (at least 1)
+
+
+class LogitsOnly(nn.Module):
+    """A model whose output is not a tensor (a ``ModelOutput``, a dict, a tuple), exported with its
+    logits as the one output (:func:`~gpd.outputs.logits_of`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model(x))
 
 
 @dataclass(frozen=True)
@@ -122,7 +136,7 @@ def onnx_difference(path: Path, model: nn.Module, example: torch.Tensor) -> str:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"input": example.numpy()})[0])
     with torch.no_grad():
-        expected = model(example)
+        expected = logits_of(model(example))
     diff = float((got - expected).abs().max())
     scale = float(expected.abs().max())
     verdict = "matches" if diff <= ONNX_TOLERANCE * max(scale, 1.0) else "DIFFERS FROM"
@@ -137,12 +151,14 @@ def write_onnx(payload: dict[str, Any], model: nn.Module, target: Path, input_si
     model.eval()
     try:
         with torch.no_grad():
-            model(example)
+            output = model(example)
     except Exception as err:
         raise ConfigError(
             f"the student does not run on inputs of size {'x'.join(map(str, size))}: {first_line(err)}"
         ) from None
-    atomic_write(target, lambda tmp: export_onnx(model, example, tmp))
+    logits_of(output)  # an output without logits is refused before anything is written
+    exported = model if isinstance(output, torch.Tensor) else LogitsOnly(model)  # a tensor: exported as it is
+    atomic_write(target, lambda tmp: export_onnx(exported, example, tmp))
     return onnx_difference(target, model, example)
 
 

@@ -20,14 +20,15 @@ from gpd.config import load_config
 from gpd.data import build_datasets
 from gpd.data.augment import AugmentRecipe
 from gpd.data.bundle import num_samples
-from gpd.distill import Distiller, logits_of
+from gpd.distill import Distiller
 from gpd.distill.pair import DynamicPair
 from gpd.inputs import Inputs, ModelInput, call_model, to_device
 from gpd.io.layout import RunLayout, student_file_of
 from gpd.io.student import read_student_file, student_from_payload
+from gpd.outputs import logits_of
 from gpd.training.distributed import DistContext, all_reduce_sum, broadcast_buffers, resolve_device
 
-Model = Callable[..., Any]  # a forward pass: its output's logits are read by gpd.distill.logits_of
+Model = Callable[..., Any]  # a forward pass: its output's logits are read by gpd.outputs.logits_of
 
 
 def student_forward(network: nn.Module) -> Model:
@@ -89,7 +90,7 @@ def correct_counts(
     """Correct top-1 predictions of each named model, and the number of samples (as tensors,
     so that processes can sum them); the data are read once for all models. An input is a
     tensor or a mapping of keyword arguments (:mod:`gpd.inputs`); an output, anything
-    :func:`~gpd.distill.logits_of` reads (a tensor, a transformers ``ModelOutput``, ...)."""
+    :func:`~gpd.outputs.logits_of` reads (a tensor, a transformers ``ModelOutput``, ...)."""
     correct = {name: torch.zeros((), dtype=torch.long, device=device) for name in models}
     total = torch.zeros((), dtype=torch.long, device=device)
     for x, y in batches:

@@ -10,9 +10,9 @@ from torch import nn
 
 from gpd.config import Config
 from gpd.data import DataBundle
-from gpd.distill import logits_of
 from gpd.errors import CheckpointError, ConfigError, first_line
 from gpd.io.student import is_student_payload, load_weights, read_checkpoint, student_from_payload
+from gpd.outputs import logits_of
 from gpd.training.model_setup import create_for_data
 from gpd.training.pretrained import load_pretrained_file
 
