@@ -24,6 +24,20 @@ from gpd.errors import ConfigError
 from gpd.inputs import call_model
 from gpd.losses import ReviewKDHead, reviewkd_loss
 
+LOGIT_METHODS = 'use kd="kd" or kd="dkd" for this pair (kd.method=kd or dkd in a config): they distil logits only'
+
+
+def _stages_of(model: nn.Module, who: str) -> list[str]:
+    """The stage modules of ``model`` (:func:`~gpd.distill.features.feature_stage_names`); a model
+    without CNN stages (a transformer such as BERT) is refused with the methods that need none."""
+    try:
+        return feature_stage_names(model)
+    except ConfigError:
+        raise ConfigError(
+            f"ReviewKD fuses the feature maps of CNN stages, and the {who} ({type(model).__name__}) has no stages "
+            f"gpd can tell (no stage_names, feature_info or layer1..layer4); {LOGIT_METHODS}"
+        ) from None
+
 
 @dataclass
 class ReviewKDOptions(KDOptions):
@@ -77,8 +91,8 @@ class ReviewKD(KDMethod):
         """
         teacher, student = networks.teacher, networks.student
         assert teacher is not None, "ReviewKD needs the static teacher"
-        self.student_stages = feature_stage_names(student.module)
-        self.teacher_stages = feature_stage_names(teacher.module)
+        self.student_stages = _stages_of(student.module, "student")
+        self.teacher_stages = _stages_of(teacher.module, "static teacher")
         if len(self.student_stages) != len(self.teacher_stages):
             raise ConfigError(
                 f"ReviewKD pairs stages one to one: the student has {len(self.student_stages)} "
@@ -100,7 +114,7 @@ class ReviewKD(KDMethod):
                     if feat.ndim != 4:
                         raise ConfigError(
                             f"ReviewKD fuses feature maps (N, C, H, W), but the {who}'s stage '{name}' gives "
-                            f"shape {tuple(feat.shape)} (tokens?); use kd.method=kd or dkd for this pair"
+                            f"shape {tuple(feat.shape)} (tokens?); {LOGIT_METHODS}"
                         )
             widths = {"student": [f.shape[1] for f in s_feats]}
             if networks.dynamic is not None:
