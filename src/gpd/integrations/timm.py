@@ -30,7 +30,8 @@ from timm.task import TrainingTask
 from torch import nn
 
 from gpd.deprecated import upgrade_task_state
-from gpd.distill import Distiller, DynamicPair, KDMethod, logits_of, total_loss
+from gpd.distill import Distiller, DynamicPair, KDMethod, total_loss
+from gpd.outputs import logits_of
 
 
 class StudentForward(nn.Module):
@@ -44,7 +45,7 @@ class StudentForward(nn.Module):
         self.pair = pair
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The student's logits (:func:`gpd.distill.logits_of` of its output): what timm's metrics read."""
+        """The student's logits (:func:`gpd.outputs.logits_of` of its output): what timm's metrics read."""
         return logits_of(self.pair.forward_student(*args, **kwargs))
 
 
