@@ -92,11 +92,3 @@ def batch_to_device(
     if isinstance(x, tuple):
         return tuple(move(v) if isinstance(v, torch.Tensor) else v for v in x)
     return x
-
-
-def batch_size(x: Any) -> int:
-    """The number of samples of an input: the first dimension of its first tensor."""
-    tensors = model_input(x).tensors()
-    if not tensors:
-        raise ValueError(f"an input of type {type(x).__name__} holds no tensor")
-    return int(tensors[0].shape[0])

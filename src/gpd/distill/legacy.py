@@ -117,8 +117,7 @@ def dynamic_losses(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Deprecated: D's terms and logits, now the ``losses`` and ``dynamic_logits`` of part="dynamic"."""
     warn_renamed("Distiller.dynamic_losses()", DYNAMIC_PHASE)
-    part = self._dynamic_terms(x, y, targets, epoch)
-    return part.losses, part.dynamic_logits
+    return _dynamic_pair(self, x, y, targets, epoch)
 
 
 def teacher_losses(
@@ -126,6 +125,13 @@ def teacher_losses(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Deprecated: the older name of ``dynamic_losses`` (D's terms, keyed ``*_dynamic``)."""
     warn_renamed("Distiller.teacher_losses()", DYNAMIC_PHASE)
+    return _dynamic_pair(self, x, y, targets, epoch)
+
+
+def _dynamic_pair(
+    self: Distiller, x: torch.Tensor, y: torch.Tensor, targets: StaticTargets, epoch: float | None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """D's terms and logits as the old half-methods returned them (a pair, not a DynamicPart)."""
     part = self._dynamic_terms(x, y, targets, epoch)
     return part.losses, part.dynamic_logits
 
