@@ -8,10 +8,13 @@ passes trivially. These helpers give a model random, well-scaled statistics firs
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from gpd.inputs import call_model
 
 
 def _uniform(shape: Iterable[int], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -19,12 +22,13 @@ def _uniform(shape: Iterable[int], low: float, high: float, generator: torch.Gen
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: nn.Module, example: torch.Tensor) -> None:
+def calibrate_batchnorm(model: nn.Module, example: Any) -> None:
     """Set every BatchNorm's running statistics to the batch statistics of ``example``.
 
     Keeps activations at a sensible scale in eval mode (a freshly initialised deep net
     with identity statistics can make its features vanish or blow up, which would let
-    a relative-error check pass trivially).
+    a relative-error check pass trivially). ``example`` is a batch: a tensor, or a mapping
+    passed as keyword arguments.
     """
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     saved = [(m, m.momentum) for m in norms]
@@ -34,7 +38,7 @@ def calibrate_batchnorm(model: nn.Module, example: torch.Tensor) -> None:
         m.momentum = None  # cumulative average: one batch sets the stats to its own
     model.train()
     try:
-        model(example)
+        call_model(model, example)
     finally:
         for m, momentum in saved:
             m.momentum = momentum
@@ -44,7 +48,7 @@ def calibrate_batchnorm(model: nn.Module, example: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def randomize_batchnorm(model: nn.Module, generator: torch.Generator, example: torch.Tensor | None = None) -> nn.Module:
+def randomize_batchnorm(model: nn.Module, generator: torch.Generator, example: Any = None) -> nn.Module:
     """Give every BatchNorm random affine parameters and random running statistics.
 
     ``running_mean`` and ``running_var`` (positive) are drawn at random; with
@@ -76,13 +80,18 @@ LAYER_SCALE_MAX = 1e-4  # a per-channel vector initialised below this, and nowhe
 
 
 @torch.no_grad()
-def perturbed_for_verification(model: nn.Module, input_size: tuple[int, ...], seed: int = 0) -> nn.Module:
+def perturbed_for_verification(
+    model: nn.Module, input_size: tuple[int, ...] | None = None, seed: int = 0, *, example: Any = None
+) -> nn.Module:
     """``model`` with every parameter perturbed by N(0, 0.02^2) and random BatchNorm statistics, in eval mode.
 
     Layer scales (per-channel vectors initialised to 1e-6 or 1e-5) are drawn from U(0.5, 1.5)
     first: at 1e-6, or at 0.02 after the perturbation, a residual branch adds too little for
-    a wrong expansion of it to show above the tolerance.
+    a wrong expansion of it to show above the tolerance. BatchNorm statistics are calibrated
+    on ``example`` (a batch, a mapping included) or else on random inputs of ``input_size``.
     """
+    if example is None and input_size is None:
+        raise ValueError("perturbed_for_verification needs input_size or example")
     generator = torch.Generator().manual_seed(seed)
     for param in model.parameters():
         if (
@@ -93,5 +102,7 @@ def perturbed_for_verification(model: nn.Module, input_size: tuple[int, ...], se
         ):
             param.copy_(_uniform(param.shape, 0.5, 1.5, generator))
         param.add_(torch.randn(param.shape, generator=generator) * 0.02)
-    randomize_batchnorm(model, generator, example=torch.randn(8, *input_size, generator=generator))
+    if example is None:
+        example = torch.randn(8, *input_size, generator=generator)  # type: ignore[misc]
+    randomize_batchnorm(model, generator, example=example)
     return model.eval()

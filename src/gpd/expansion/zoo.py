@@ -4,7 +4,10 @@ Small variants, small inputs, random weights (nothing is downloaded), random
 BatchNorm statistics, eval mode. ``check_model`` runs the three checks of
 docs/architectures.md for one model and ratio: D == student, student view ==
 original, and the exported student loads strictly into a fresh instance and matches.
-``scripts/architectures_report.py`` writes the table; the tests run a few.
+``scripts/architectures_report.py`` writes the table; the tests run a few. A model that
+takes something else than one image tensor (a transformers text classifier takes a mapping of
+``input_ids`` and ``attention_mask``) gives its inputs through ``ZooModel.example``; the
+transformers zoo is :mod:`gpd.expansion.transformers_zoo`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +23,8 @@ from torch import nn
 from gpd.deprecated import warn_renamed
 from gpd.errors import ExpansionError
 from gpd.expansion.expand import FLOAT64_TOLERANCE, expand
+from gpd.expansion.verify import relative_error
+from gpd.inputs import call_model
 from gpd.testing import perturbed_for_verification
 
 NUM_CLASSES = 10
@@ -26,13 +32,29 @@ NUM_CLASSES = 10
 
 @dataclass(frozen=True)
 class ZooModel:
-    """One classifier of the zoo: how to build it, its family, and the input it runs on."""
+    """One classifier of the zoo: how to build it, its family, and the input it runs on.
+
+    ``example(seed)``, where given, makes a batch (a tensor or a mapping of keyword arguments);
+    otherwise a batch is two random images of ``input_size``. ``input_label`` names the input
+    in the report.
+    """
 
     name: str
     family: str
     factory: Callable[[], nn.Module] = field(repr=False)
     input_size: tuple[int, int, int] = (3, 64, 64)
     slow: bool = False
+    example: Callable[[int], Any] | None = field(default=None, repr=False)
+    input_label: str = ""
+
+    def batch(self, seed: int) -> Any:
+        if self.example is not None:
+            return self.example(seed)
+        return torch.randn(2, *self.input_size, generator=torch.Generator().manual_seed(seed))
+
+    @property
+    def input_name(self) -> str:
+        return self.input_label or str(self.input_size[1])
 
 
 def _tv(name: str, **kwargs) -> Callable[[], nn.Module]:
@@ -139,8 +161,18 @@ class ZooResult:
         return self.dynamic_params
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+def _rel(a: Any, b: Any) -> float:
+    """max |a - b| / max |b| over every tensor of two outputs (a ModelOutput's included)."""
+    return relative_error(a, b)
+
+
+def _double(x: Any) -> Any:
+    """A batch with its floating tensors in float64 (token ids and masks stay integers)."""
+    if isinstance(x, torch.Tensor):
+        return x.double() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {key: _double(value) for key, value in x.items()}
+    return x
 
 
 FLOAT64_EXACT = FLOAT64_TOLERANCE  # gpd.expand's own float64 bound: deep random nets amplify float64 rounding to ~1e-8
@@ -151,34 +183,39 @@ def _float64_errors(spec: ZooModel, student: nn.Module, ratio: float, x: torch.T
     import copy
 
     student64 = copy.deepcopy(student).double().eval()
-    x64 = x.double()
-    model = expand(student64, ratio, example_input=torch.randn(2, *spec.input_size, dtype=torch.float64)).eval()
+    x64 = _double(x)
+    model = expand(student64, ratio, example_input=_double(spec.batch(0))).eval()
     with torch.no_grad():
-        expected = student64(x64)
+        expected = call_model(student64, x64)
         fresh = spec.factory().double()
         fresh.load_state_dict(model.export_student().state_dict(), strict=True)
-        return (_rel(model.forward_dynamic(x64), expected), _rel(model.forward_student(x64), expected),
-                _rel(fresh.eval()(x64), expected))  # fmt: skip
+        return (_rel(call_model(model.forward_dynamic, x64), expected),
+                _rel(call_model(model.forward_student, x64), expected),
+                _rel(call_model(fresh.eval(), x64), expected))  # fmt: skip
 
 
 def check_model(spec: ZooModel, ratio: float, tolerance: float = 1e-4) -> ZooResult:
     """Expand one zoo model and run the three checks on a fresh input (not the expansion's)."""
     torch.manual_seed(0)
-    student = perturbed_for_verification(spec.factory(), spec.input_size)
+    example = spec.batch(0) if spec.example is not None else None
+    student = perturbed_for_verification(spec.factory(), spec.input_size, example=example)
     started = time.perf_counter()
     try:
-        model = expand(student, ratio, input_size=spec.input_size)
+        if example is None:
+            model = expand(student, ratio, input_size=spec.input_size)
+        else:
+            model = expand(student, ratio, example_input=example)
     except ExpansionError as err:
         return ZooResult(spec.name, ratio, False, reason=str(err), seconds=time.perf_counter() - started)
     seconds = time.perf_counter() - started
-    x = torch.randn(2, *spec.input_size, generator=torch.Generator().manual_seed(7))
+    x = spec.batch(7)
     model.eval()
     with torch.no_grad():
-        expected = student(x)
-        dynamic, view = model.forward_dynamic(x), model.forward_student(x)
+        expected = call_model(student, x)
+        dynamic, view = call_model(model.forward_dynamic, x), call_model(model.forward_student, x)
         fresh = spec.factory()
         fresh.load_state_dict(model.export_student().state_dict(), strict=True)
-        exported = fresh.eval()(x)
+        exported = call_model(fresh.eval(), x)
     errors = (_rel(dynamic, expected), _rel(view, expected), _rel(exported, expected))
     float64 = max(errors) > tolerance
     if float64:  # float32 rounding of a deep net: settle it by expanding a float64 copy, as exactness is a float64 fact
