@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from gpd.data import locate
 from gpd.models import create_model, list_models
-from gpd.testing import calibrate_batchnorm, randomize_batchnorm  # noqa: F401  (re-exported for the tests)
+from gpd.testing import calibrate_batchnorm, randomize_batchnorm  # also re-exported for the tests
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -75,10 +75,19 @@ def hf_vision_model(name: str, labels: int = 3) -> tuple[nn.Module, int]:
     """
     import transformers
 
-    vit = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-               num_attention_heads=4, intermediate_size=37, num_labels=labels)  # fmt: skip
-    swin = dict(image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4,
-                num_labels=labels)  # fmt: skip
+    vit = dict(
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        num_labels=labels,
+    )
+    swin = dict(
+        image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4, num_labels=labels
+    )
     configs = {
         "beit": (transformers.BeitConfig(use_relative_position_bias=True, layer_scale_init_value=0.5, **vit), 16),
         "beit_shared": (transformers.BeitConfig(use_shared_relative_position_bias=True, **vit), 16),
@@ -94,7 +103,7 @@ def hf_vision_model(name: str, labels: int = 3) -> tuple[nn.Module, int]:
                 num_labels=labels,
             ),
             32,
-        ),  # fmt: skip
+        ),
         "mobilevit": (
             transformers.MobileViTConfig(
                 image_size=32,
@@ -104,13 +113,13 @@ def hf_vision_model(name: str, labels: int = 3) -> tuple[nn.Module, int]:
                 num_attention_heads=2,
             ),
             32,
-        ),  # fmt: skip
+        ),
         "efficientnet": (
             transformers.EfficientNetConfig(
                 image_size=32, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128, num_labels=labels
             ),
             32,
-        ),  # fmt: skip
+        ),
     }
     config, size = configs[name]
     model = getattr(transformers, f"{type(config).__name__[: -len('Config')]}ForImageClassification")(config)
