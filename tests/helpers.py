@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from gpd.data import locate
 from gpd.models import create_model, list_models
-from gpd.testing import calibrate_batchnorm, randomize_batchnorm  # noqa: F401  (re-exported for the tests)
+from gpd.testing import calibrate_batchnorm, randomize_batchnorm  # also re-exported for the tests
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -62,3 +62,72 @@ needs_fashion_mnist = pytest.mark.skipif(
     not FASHION_MNIST_PRESENT, reason="Fashion-MNIST is not installed (make test installs it)"
 )
 QUICK = ["data.train_subset=2048", "train.epochs=1", "train.batch_size=32", "train.eval_batch_size=1000"]  # a quick run
+
+
+HEAD_TABLE_NAMES = ("relative_position_bias_table", "attention_biases", "logit_scale", "continuous_position_bias_mlp")
+
+
+def hf_vision_model(name: str, labels: int = 3) -> tuple[nn.Module, int]:
+    """A tiny transformers vision classifier with per-head tables or head counts, and its image size.
+
+    Its parameters are perturbed, its per-head tables most (they start at zero, where a wrong
+    layout would hide); its BatchNorms get random weights and calibrated statistics. In eval mode.
+    """
+    import transformers
+
+    vit = dict(
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        num_labels=labels,
+    )
+    swin = dict(
+        image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4, num_labels=labels
+    )
+    configs = {
+        "beit": (transformers.BeitConfig(use_relative_position_bias=True, layer_scale_init_value=0.5, **vit), 16),
+        "beit_shared": (transformers.BeitConfig(use_shared_relative_position_bias=True, **vit), 16),
+        "swin": (transformers.SwinConfig(**swin), 32),
+        "swinv2": (transformers.Swinv2Config(**swin), 32),
+        "levit": (
+            transformers.LevitConfig(
+                image_size=32,
+                hidden_sizes=[16, 24, 32],
+                num_attention_heads=[1, 2, 2],
+                depths=[1, 1, 1],
+                key_dim=[8, 8, 8],
+                num_labels=labels,
+            ),
+            32,
+        ),
+        "mobilevit": (
+            transformers.MobileViTConfig(
+                image_size=32,
+                hidden_sizes=[16, 24, 32],
+                num_labels=labels,
+                neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 48],
+                num_attention_heads=2,
+            ),
+            32,
+        ),
+        "efficientnet": (
+            transformers.EfficientNetConfig(
+                image_size=32, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128, num_labels=labels
+            ),
+            32,
+        ),
+    }
+    config, size = configs[name]
+    model = getattr(transformers, f"{type(config).__name__[: -len('Config')]}ForImageClassification")(config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            scale = 0.5 if any(part in param_name for part in HEAD_TABLE_NAMES) else 0.02
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
+        randomize_batchnorm(model, generator)  # transformers draws BatchNorm weights near 0: U(0.5, 1.5)
+        calibrate_batchnorm(model, torch.randn(16, 3, size, size, generator=generator))  # then sensible statistics
+    return model.train().eval(), size  # train() drops LeViT's cached attention biases

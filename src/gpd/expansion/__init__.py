@@ -2,6 +2,7 @@
 
 from gpd.channel_maps import ChannelMap, WidthPlan
 from gpd.expansion.expand import expand
+from gpd.expansion.head_tables import register_head_tensors
 from gpd.expansion.heads import register_fused_mlps, register_known_attentions
 from gpd.expansion.rules import (
     RULES,
@@ -17,6 +18,7 @@ from gpd.expansion.rules import (
 )
 from gpd.expansion.timm_rules import register_timm_rules
 from gpd.expansion.torch_rules import register_torch_rules
+from gpd.expansion.transformers_vision import register_transformers_vision_rules
 from gpd.sharing.param_slice import ParamSlice
 
 register_torch_rules()
@@ -24,6 +26,7 @@ with RULES.builtin_registrations():
     register_known_attentions()  # torch's now, timm's and torchvision's once imported
 register_when_imported("timm", register_timm_rules)
 register_when_imported("timm", register_fused_mlps)
+register_when_imported("transformers", register_transformers_vision_rules)
 
 __all__ = [
     "RULES",
@@ -38,5 +41,6 @@ __all__ = [
     "find_rule",
     "register_channel_tensors",
     "register_expansion_rule",
+    "register_head_tensors",
     "replace_tensors",
 ]

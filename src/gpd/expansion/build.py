@@ -13,6 +13,7 @@ reaches are expanded with the tiled layout.
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -32,6 +33,8 @@ from gpd.expansion.roles import LayerRoles, iter_channel_tensor_holders, iter_un
 from gpd.expansion.rules import ExpandedLayer, LayerContext, RuleEntry
 from gpd.inputs import ModelInput
 from gpd.sharing.param_slice import ParamSlice
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -60,6 +63,17 @@ def _plain_sizes(units: dict[str, nn.Module], roles: LayerRoles) -> set[int]:
             if isinstance(v, int)
         )
     return sizes
+
+
+def cast_copy(module: M, dtype: torch.dtype) -> M:
+    """A copy of ``module`` in ``dtype``, without the tensors its modules cache: a cache keeps its
+    dtype through a cast (LeViT's attention biases); such modules drop it on ``train()``."""
+    new = copy.deepcopy(module).to(dtype)
+    modes = [m.training for m in new.modules()]
+    new.train()
+    for m, mode in zip(new.modules(), modes):
+        m.training = mode
+    return new
 
 
 def _swap(target: nn.Module, new: nn.Module) -> None:
@@ -218,11 +232,11 @@ def build_dynamic(
     size = sum(p.numel() for p in student.parameters()) * plan.ratio**2
     in_float64 = dtypes == {torch.float32} and size <= FLOAT64_BUILD_LIMIT
     if in_float64:
-        student = copy.deepcopy(student).double()
+        student = cast_copy(student, torch.float64)
         example = example.map_floats(torch.Tensor.double)
     builder = DynamicBuilder(student, plan, roles)
     dynamic = builder.build(example)
     dynamic64 = dynamic if in_float64 else None
     if in_float64:
-        dynamic = copy.deepcopy(dynamic).float()
+        dynamic = cast_copy(dynamic, torch.float32)
     return dynamic, builder.slices, builder.output_maps, builder.rules_used, dynamic64

@@ -20,7 +20,7 @@ from gpd.channel_maps import LAYOUTS, ChannelMap, Layout, WidthPlan
 from gpd.choices import BranchInit, LayoutChoice, StepRule, check_choice
 from gpd.deprecated import COMPENSATE_STEP_RULES, renamed_value_kwargs
 from gpd.errors import ArgumentError, ExpansionError, first_line
-from gpd.expansion.build import build_dynamic
+from gpd.expansion.build import build_dynamic, cast_copy
 from gpd.expansion.examples import CHECK_EXTRA, MEASURE_EXTRA, example_of, with_extra_samples
 from gpd.expansion.examples import infer_input_size as infer_input_size  # its old home (gpd.cli imports it here)
 from gpd.expansion.model import ExpansionReport, GPDModel
@@ -187,7 +187,7 @@ def verify_once(
         errors = _measure(student, model, example)
         if max(errors) <= tolerance:
             return (*errors, False)
-        student64, model64 = copy.deepcopy(student).double(), copy.deepcopy(model).double()
+        student64, model64 = cast_copy(student, torch.float64), cast_copy(model, torch.float64)
         if dynamic64 is not None:
             model64.dynamic.load_state_dict(dynamic64.state_dict())
         example64 = example.map_floats(torch.Tensor.double)

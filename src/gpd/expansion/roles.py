@@ -144,6 +144,7 @@ def trace_calls(model: nn.Module, example_input: Any) -> tuple[list[_Call], list
                     "pass the right example_input= or input_size=(C, H, W)"
                 ) from err
     finally:
+        model.train()  # modules that cache tensors drop them on train() (LeViT's biases, traced with a graph)
         model.train(was_training)
         for handle in handles:
             handle.remove()
