@@ -48,23 +48,29 @@ def calibrate_batchnorm(model: nn.Module, example: Any) -> None:
 
 
 @torch.no_grad()
-def randomize_batchnorm(model: nn.Module, generator: torch.Generator, example: Any = None) -> nn.Module:
+def randomize_batchnorm(
+    model: nn.Module, generator: torch.Generator, example: Any = None, *, affine_first: bool = False
+) -> nn.Module:
     """Give every BatchNorm random affine parameters and random running statistics.
 
     ``running_mean`` and ``running_var`` (positive) are drawn at random; with
     ``example`` they are first calibrated on it and then perturbed randomly, so that
     eval-mode activations keep a sensible scale. ``weight`` ~ U(0.5, 1.5),
-    ``bias`` ~ N(0, 0.2^2). Returns ``model``.
+    ``bias`` ~ N(0, 0.2^2). ``affine_first=True`` draws the affine parameters before the
+    calibration, so the statistics are those of the final weights: a net whose activations
+    nearly vanish at initialisation (transformers' MobileViT, variance 4e-8 after a few
+    layers) would otherwise amplify the new biases by 1/sqrt(eps) at every norm. Returns ``model``.
     """
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    if affine_first:
+        for m in norms:
+            _randomize_affine(m, generator)
     if example is not None:
         calibrate_batchnorm(model, example)
-    for m in model.modules():
-        if not isinstance(m, _BatchNorm):
-            continue
+    for m in norms:
         c = m.num_features
-        if m.affine:
-            m.weight.copy_(_uniform((c,), 0.5, 1.5, generator))
-            m.bias.copy_(torch.randn(c, generator=generator) * 0.2)
+        if not affine_first:
+            _randomize_affine(m, generator)
         if m.track_running_stats and m.running_mean is not None and m.running_var is not None:
             if example is None:
                 m.running_mean.copy_(torch.randn(c, generator=generator) * 0.2)
@@ -74,6 +80,13 @@ def randomize_batchnorm(model: nn.Module, generator: torch.Generator, example: A
                 m.running_mean.add_(torch.randn(c, generator=generator) * 0.1 * std)
                 m.running_var.mul_(_uniform((c,), 0.7, 1.4, generator))
     return model
+
+
+def _randomize_affine(norm: _BatchNorm, generator: torch.Generator) -> None:
+    if norm.affine:
+        c = norm.num_features
+        norm.weight.copy_(_uniform((c,), 0.5, 1.5, generator))
+        norm.bias.copy_(torch.randn(c, generator=generator) * 0.2)
 
 
 LAYER_SCALE_MAX = 1e-4  # a per-channel vector initialised below this, and nowhere zero, is a layer scale
@@ -88,7 +101,8 @@ def perturbed_for_verification(
     Layer scales (per-channel vectors initialised to 1e-6 or 1e-5) are drawn from U(0.5, 1.5)
     first: at 1e-6, or at 0.02 after the perturbation, a residual branch adds too little for
     a wrong expansion of it to show above the tolerance. BatchNorm statistics are calibrated
-    on ``example`` (a batch, a mapping included) or else on random inputs of ``input_size``.
+    on ``example`` (a batch, a mapping included; the affine parameters are drawn first, see
+    :func:`randomize_batchnorm`) or else on random inputs of ``input_size``.
     """
     if example is None and input_size is None:
         raise ValueError("perturbed_for_verification needs input_size or example")
@@ -104,5 +118,7 @@ def perturbed_for_verification(
         param.add_(torch.randn(param.shape, generator=generator) * 0.02)
     if example is None:
         example = torch.randn(8, *input_size, generator=generator)  # type: ignore[misc]
-    randomize_batchnorm(model, generator, example=example)
+        randomize_batchnorm(model, generator, example=example)
+    else:
+        randomize_batchnorm(model, generator, example=example, affine_first=True)
     return model.eval()

@@ -27,7 +27,7 @@ from gpd.expansion.model import ExpansionReport, GPDModel
 from gpd.expansion.refusals import is_bug, refusals_only
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
 from gpd.expansion.rules import RULES
-from gpd.expansion.verify import locate_divergence, relative_error
+from gpd.expansion.verify import locate_divergence, output_tensors, relative_error
 from gpd.inputs import ModelInput
 from gpd.sharing import StudentView
 from gpd.sharing.steps import paper_scales
@@ -86,6 +86,11 @@ def _measure(student: nn.Module, model: GPDModel, example: ModelInput) -> tuple[
     """Relative errors of D and of the student view against ``student`` (eval mode, no grad)."""
     with torch.no_grad():
         expected = example.call(student)
+        if any(bool(t.isnan().any()) for t in output_tensors(expected)):
+            raise ExpansionError(
+                "the model's output on the example input holds NaN, so the expansion cannot be verified; "
+                "check the model's weights or pass another example_input"
+            )
         dynamic = run_or_explain("dynamic teacher", model.dynamic, model.forward_dynamic, example)
         view = run_or_explain("shared-parameter student", model.student.module, model.forward_student, example)
     return relative_error(dynamic, expected), relative_error(view, expected)

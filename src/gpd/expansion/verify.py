@@ -39,7 +39,9 @@ def output_tensors(output: Any) -> list[torch.Tensor]:
 def relative_error(actual: Any, expected: Any) -> float:
     """max |actual - expected| / max |expected| over all tensors of two outputs (:func:`output_tensors`).
 
-    Returns ``inf`` when the outputs differ in structure or shape, or hold no tensor to compare.
+    Returns ``inf`` when the outputs differ in structure or shape, hold no tensor to compare, or
+    differ in where they are not finite: a NaN never counts as equal (NaN compares false, so a
+    plain maximum would read two NaN outputs as identical).
     """
     a_leaves, e_leaves = output_tensors(actual), output_tensors(expected)
     if len(a_leaves) != len(e_leaves) or not e_leaves:
@@ -49,6 +51,13 @@ def relative_error(actual: Any, expected: Any) -> float:
         if a.shape != e.shape:
             return float("inf")
         a, e = a.detach().double(), e.detach().double()
+        finite = torch.isfinite(e)
+        if not bool(finite.all()):
+            if bool(e.isnan().any()) or not bool(torch.equal(a[~finite], e[~finite])):
+                return float("inf")
+            a, e = a[finite], e[finite]
+        if not bool(torch.isfinite(a).all()):
+            return float("inf")
         scale = e.abs().max().clamp_min(1e-12) if e.numel() else torch.tensor(1.0)
         worst = max(worst, float((a - e).abs().max() / scale) if e.numel() else 0.0)
     return worst
