@@ -162,6 +162,7 @@ class TrainConfig:
     threads: str = "auto"  # CPU threads per process: auto (the cores other processes leave free) or a number
     keep_host_memory: bool = True  # CPU runs: glibc keeps freed memory for reuse (no page faults per step)
     deterministic: bool = False  # deterministic algorithms (bitwise reproducible runs and resumes; slower on GPU)
+    log_interval_s: float = 30.0  # where the log is not a terminal (a file, a pipe): a progress line every N s; 0: none
 
 
 @dataclass
