@@ -135,6 +135,7 @@ class TrainConfig:
     lr: float = 0.2
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    decay_norms_and_biases: bool = False  # true: 1-D tensors and biases decay too (the paper's CNN recipes)
     scheduler: str = "cosine"  # any timm scheduler: cosine | step | multistep | poly | ...
     warmup_epochs: float = 0.1
     min_lr: float = 0.0
