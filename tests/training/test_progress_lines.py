@@ -12,7 +12,7 @@ import pytest
 
 from gpd.config import load_config
 from gpd.errors import ConfigError
-from gpd.training import Trainer, prepare_run_dir
+from gpd.training import Trainer, prepare_run_dir, resume_config
 from gpd.training.progress import ProgressLines, duration, is_terminal, wants_progress_lines
 from helpers import GPD, needs_fashion_mnist
 
@@ -89,9 +89,13 @@ def test_the_loop_writes_lines_before_the_epoch_ends_only_where_wanted(tmp_path:
     assert not any("  step " in line for line in run_with_lines(tmp_path / "bar", capsys, False, interval=1e-9))
 
 
-def test_a_negative_interval_is_refused() -> None:
+def test_a_negative_interval_is_refused_and_a_resume_may_change_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="train.log_interval_s must be >= 0"):
         load_config(None, ["train.log_interval_s=-1"])
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}"])
+    run_dir = prepare_run_dir(cfg)
+    (run_dir / "checkpoint.pt").touch()  # resume_config only reads config.yaml
+    assert resume_config(run_dir, ["train.log_interval_s=5"]).train.log_interval_s == 5.0  # the log only
 
 
 @needs_fashion_mnist
