@@ -73,6 +73,7 @@ def test_cnn_settings(name):
     assert (t.epochs, t.lr, t.decay_milestones) == ((50, 0.01, [15, 30, 45]) if finetune else (100, 0.1, [30, 60, 90]))
     assert (t.decay_rate, t.warmup_epochs, t.label_smoothing) == (0.1, 0.0, 0.0)
     assert load_config(name).gpd.branches == "orepa"
+    assert t.decay_norms_and_biases  # the authors' optimizer decays every tensor, BatchNorm and biases too
 
 
 @pytest.mark.parametrize("name", TRANSFORMER)
@@ -96,6 +97,7 @@ def test_deit_recipe(name):
         "bicubic",
     )
     assert cfg.model.kwargs["drop_path_rate"] == 0.1
+    assert not t.decay_norms_and_biases  # timm's rule, as the DeiT recipe has it
 
 
 @pytest.mark.parametrize(

@@ -354,3 +354,101 @@ def test_compiled_step_has_the_same_gradients(arch: str, rule: str) -> None:
     torch.compile(compiled)(x, y).loss.backward()
     for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
         assert rel_err(b.grad, a.grad) <= 1e-4, name
+
+
+# ------------------------------------------------------- decay_norms_and_biases
+
+
+def decayed_names(distiller: gpd.Distiller, groups: list[dict]) -> dict[str, float]:
+    """Each trainable tensor's weight decay, by its name in the Distiller (D's, the student's, heads)."""
+    names = {id(p): n for n, p in distiller.named_parameters()}
+    return {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
+
+
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("arch", ["cnn", "resnet", "vit"])
+def test_decay_norms_and_biases_decays_every_tensor_of_d_and_the_student(arch: str, share: bool) -> None:
+    """The paper's CNN recipes: every tensor of D (and of a separate student) decays, 1-D ones
+    included; the student's no_weight_decay() names still do not."""
+    student, x, _y, _ = make(arch)
+    nwd = set(student.no_weight_decay()) if hasattr(student, "no_weight_decay") else set()
+    distiller = gpd.Distiller(student.float(), ratio=2, example_input=x.float(), share_parameters=share)
+    decay = decayed_names(distiller, distiller.param_groups(1e-2, decay_norms_and_biases=True))
+    assert len(decay) == len([p for p in distiller.parameters() if p.requires_grad])
+    exempt = {n for n in decay if n.split(".", 2)[-1] in nwd}  # network.dynamic.<name> / network.student.<name>
+    assert {n for n, wd in decay.items() if wd == 0.0} == exempt
+    assert all(decay[n] == 1e-2 for n in decay if n not in exempt)
+    one_d = {n for n, p in distiller.named_parameters() if p.ndim <= 1}
+    assert one_d and one_d.isdisjoint(exempt)  # BatchNorm/LayerNorm weights and biases, conv/linear biases
+    if arch == "vit":
+        assert exempt and all(n.endswith(("pos_embed", "cls_token")) for n in exempt)
+    if not share:
+        assert any(n.startswith("network.student.") and decay[n] for n in one_d)
+    default = distiller.param_groups(1e-2)  # timm's rule, unchanged: 1-D tensors and biases undecayed
+    assert {n for n, wd in decayed_names(distiller, default).items() if wd} == {
+        n for n in decay if n not in exempt | one_d and not n.endswith(".bias")
+    }
+
+
+def test_without_the_key_the_groups_are_as_before() -> None:
+    """The default groups, pinned: no-decay group first (1-D tensors and biases), then the rest;
+    decay_norms_and_biases=False gives the very same groups."""
+    student, x, _, _ = make("cnn")
+    distiller = gpd.Distiller(student.float(), ratio=2, example_input=x.float())
+    groups = distiller.param_groups(5e-4)
+    prefix = "network.dynamic."
+    names = {id(p): n.removeprefix(prefix) for n, p in distiller.named_parameters()}
+    assert [(g["weight_decay"], [names[id(p)] for p in g["params"]]) for g in groups] == [
+        (0.0, ["stem.bias", "bn1.weight", "bn1.bias", "mid.bias", "dw.bias", "bn2.weight", "bn2.bias",
+               "prelu.weight", "head.bias"]),
+        (5e-4, ["stem.weight", "mid.weight", "dw.weight", "head.weight"]),
+    ]  # fmt: skip
+    explicit = distiller.param_groups(5e-4, decay_norms_and_biases=False)
+    assert [[id(p) for p in g["params"]] for g in explicit] == [[id(p) for p in g["params"]] for g in groups]
+    assert [g["weight_decay"] for g in explicit] == [g["weight_decay"] for g in groups]
+    one = distiller.param_groups(5e-4, decay_norms_and_biases=True)
+    assert len(one) == 1 and one[0]["weight_decay"] == 5e-4  # every tensor in one group, in the model's order
+    assert [names[id(p)] for p in one[0]["params"]] == [names[id(p)] for _, p in distiller.named_parameters()]
+
+
+def test_adaptive_groups_scale_the_decay_of_newly_decayed_tensors() -> None:
+    """AdamW with decay on every tensor: one step moves each of D's tensors as the paper's AdamW does
+    in its coordinates, theta * (1 - lr * wd) - lr / a * sign(grad), the biases stored /r included
+    (lr_scale = 1/a, decay * a: gpd.sharing.steps.adaptive_group_scales)."""
+    r, wd = 2, 0.1
+    student, x, y, kind_of = make("cnn")
+    distiller = gpd.Distiller(student, ratio=r, example_input=x, noise_std=0.0)
+    groups = distiller.param_groups(wd, adaptive=True, decay_norms_and_biases=True)
+    scale = {"stem": 1 / r, "expanded_bias": 1 / r, "head": r}
+    d = distiller.network.dynamic
+    group_of = {id(p): g for g in groups for p in g["params"]}
+    for name, param in d.named_parameters():
+        a = scale.get(kind_of(name), 1.0)
+        assert group_of[id(param)]["weight_decay"] == pytest.approx(wd * a), name
+        assert group_of[id(param)]["lr_scale"] == pytest.approx(1 / a), name
+    for group in groups:
+        group["lr"] = LR * group["lr_scale"]
+    optimizer = torch.optim.AdamW(groups, lr=LR, eps=1e-30)
+    before = {n: p.detach().clone() for n, p in d.named_parameters()}
+    F.cross_entropy(distiller.dynamic_logits(x), y).backward()
+    grads = {n: p.grad.clone() for n, p in d.named_parameters()}
+    optimizer.step()
+    for name, param in d.named_parameters():
+        a = scale.get(kind_of(name), 1.0)
+        predicted = before[name] * (1 - LR * wd) - LR / a * torch.sign(grads[name])
+        assert rel_err(param.detach() - before[name], predicted - before[name]) <= 1e-9, name
+    assert {kind_of(n) for n, p in d.named_parameters() if p.ndim == 1} >= {"expanded_bias", "norm", "head_bias"}
+
+
+def test_trainer_takes_the_key_from_the_config(tmp_path) -> None:
+    from gpd.config import load_config
+    from gpd.training.run_dir import prepare_run_dir
+    from gpd.training.trainer import Trainer
+
+    def decays(*overrides: str) -> list[float]:
+        cfg = load_config(None, [*overrides, f"output_dir={tmp_path / str(len(overrides))}"])
+        trainer = Trainer(cfg, prepare_run_dir(cfg), dry_run=True)
+        return [g["weight_decay"] for g in trainer.loop.optimizer.param_groups]
+
+    assert decays("train.decay_norms_and_biases=true") == [5e-4]
+    assert decays() == [0.0, 5e-4]

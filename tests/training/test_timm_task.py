@@ -27,6 +27,15 @@ def batch(seed: int = 0, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, *SIZE, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
+def test_param_groups_decay_norms_and_biases_as_the_distiller_does() -> None:
+    """The task's groups are the Distiller's: timm's rule by default, every tensor with the paper's CNN recipe."""
+    task = GPDTask(timm_resnet18(), ratio=2, input_size=SIZE)
+    every = task.param_groups(1e-4, decay_norms_and_biases=True)
+    assert [g["weight_decay"] for g in every] == [1e-4]
+    assert len(every[0]["params"]) == len([p for p in task.distiller.parameters() if p.requires_grad])
+    assert [g["weight_decay"] for g in task.param_groups(1e-4)] == [0.0, 1e-4]
+
+
 def test_a_few_steps_of_a_timm_resnet18_in_a_plain_loop() -> None:
     task = GPDTask(timm_resnet18(), ratio=2, input_size=SIZE)
     assert isinstance(task, TrainingTask)

@@ -190,6 +190,7 @@ def validate(cfg: Config) -> None:
     _require(t.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
     _require(t.lr > 0 and math.isfinite(t.lr), f"train.lr must be a positive number, got {t.lr}")
     _require(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    _require(t.log_interval_s >= 0, f"train.log_interval_s must be >= 0 (0: no progress lines), got {t.log_interval_s}")
     _require(t.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {t.warmup_epochs}")
     _require(0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
     _require(t.grad_clip is None or t.grad_clip > 0, f"train.grad_clip must be > 0 or null, got {t.grad_clip}")

@@ -135,6 +135,7 @@ class TrainConfig:
     lr: float = 0.2
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    decay_norms_and_biases: bool = False  # true: 1-D tensors and biases decay too (the paper's CNN recipes)
     scheduler: str = "cosine"  # any timm scheduler: cosine | step | multistep | poly | ...
     warmup_epochs: float = 0.1
     min_lr: float = 0.0
@@ -162,6 +163,7 @@ class TrainConfig:
     threads: str = "auto"  # CPU threads per process: auto (the cores other processes leave free) or a number
     keep_host_memory: bool = True  # CPU runs: glibc keeps freed memory for reuse (no page faults per step)
     deterministic: bool = False  # deterministic algorithms (bitwise reproducible runs and resumes; slower on GPU)
+    log_interval_s: float = 30.0  # where the log is not a terminal (a file, a pipe): a progress line every N s; 0: none
 
 
 @dataclass

@@ -22,7 +22,7 @@ from gpd.distill.kd_methods import KDLoss
 from gpd.distill.method import KDMethod, KDNetworks, RoleNetwork, TapRole, hard_labels
 from gpd.distill.output import DistillerOutput, DynamicPart, LogitsFn, StaticTargets, logits_of
 from gpd.distill.pair import UnsharedPair
-from gpd.distill.param_groups import decay_groups
+from gpd.distill.param_groups import decay_groups, no_weight_decay_names
 from gpd.distill.probe import unchanged_state
 from gpd.distill.registry import build_kd_method, kd_method_class
 from gpd.errors import ArgumentError
@@ -359,12 +359,13 @@ class Distiller(nn.Module):
         student = pair.export_student() if pair is not None else RULES.merge_branches(self.student)
         return student.eval()
 
-    def param_groups(self, weight_decay: float, *, adaptive: bool = False) -> list[dict[str, Any]]:
-        """Optimizer parameter groups of the trainable parameters, as the student's recipe has them:
-        the student's weight-decay rules (timm's) applied to D, whose parameter names are the
-        student's, and with ``adaptive=True`` (Adam-like optimizers) ``lr_scale`` and scaled decay
-        for D's tensors that the paper's parameterisation stores differently
-        (:func:`~gpd.distill.param_groups.decay_groups`, :mod:`gpd.sharing.steps`)."""
+    def param_groups(
+        self, weight_decay: float, *, adaptive: bool = False, decay_norms_and_biases: bool = False
+    ) -> list[dict[str, Any]]:
+        """Optimizer groups of the trainable parameters: the student's weight-decay rules applied to D,
+        whose parameter names are the student's (timm's: no decay for 1-D tensors and biases unless
+        ``decay_norms_and_biases``; none ever for ``no_weight_decay()`` names); ``adaptive=True`` (Adam-like
+        optimizers): the paper's ``lr_scale`` and decay (:func:`~gpd.distill.param_groups.decay_groups`)."""
         owners: list[tuple[nn.Module, dict[str, float]]] = []
         pair = self._pair()
         if pair is not None:
@@ -374,18 +375,16 @@ class Distiller(nn.Module):
         else:
             owners.append((self.network, {}))
         owners.append((self, {}))  # the rest (fusion heads): only parameters not listed above
-        return decay_groups(owners, self._no_weight_decay_names(), weight_decay, adaptive=adaptive)
+        exempt = no_weight_decay_names(self.student)
+        return decay_groups(
+            owners, exempt, weight_decay, adaptive=adaptive, decay_norms_and_biases=decay_norms_and_biases
+        )
 
     def clip_grad_norm_(self, max_norm: float) -> Tensor:
         """Clip the gradients of every trainable parameter to a global norm of ``max_norm``,
         measured as the paper's optimizer sees it (:func:`gpd.sharing.steps.clip_grad_norm_`);
         returns the norm before clipping."""
         return clip_grad_norm_([p for p in self.parameters() if p.requires_grad], max_norm, self.grad_scales())
-
-    def _no_weight_decay_names(self) -> set[str]:
-        """The student's ``no_weight_decay()`` names (timm's convention), or none."""
-        names = getattr(self.student, "no_weight_decay", None)
-        return set(names()) if callable(names) else set()
 
     # the old public names, for one release (gpd.distill.legacy): each warns
     gpd = property(legacy.gpd_network)

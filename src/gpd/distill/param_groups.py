@@ -11,17 +11,30 @@ from torch import nn
 from gpd.sharing.steps import adaptive_group_scales
 
 
+def no_weight_decay_names(student: nn.Module) -> set[str]:
+    """The student's ``no_weight_decay()`` names (timm's convention), or none."""
+    names = getattr(student, "no_weight_decay", None)
+    return set(names()) if callable(names) else set()
+
+
 def decay_groups(
-    owners: Iterable[tuple[nn.Module, dict[str, float]]], exempt: set[str], weight_decay: float, *, adaptive: bool
+    owners: Iterable[tuple[nn.Module, dict[str, float]]],
+    exempt: set[str],
+    weight_decay: float,
+    *,
+    adaptive: bool,
+    decay_norms_and_biases: bool = False,
 ) -> list[dict[str, Any]]:
     """The trainable parameters of ``owners`` (each module with its tensors' paper scales), grouped
     by weight decay (and ``lr_scale`` when ``adaptive``); a parameter is counted once, under its
     first owner.
 
-    No decay for one dimension or fewer, a name ending in ``.bias`` or a name matching
-    ``exempt`` (the student's ``no_weight_decay()``, timm's rules). ``adaptive=True``
-    (Adam-like optimizers) adds ``lr_scale`` and scales the decay of the tensors that the
-    paper's parameterisation stores differently (see :mod:`gpd.sharing.steps`).
+    No decay for a name matching ``exempt`` (the student's ``no_weight_decay()``) and, by
+    default (timm's rule), for one dimension or fewer and a name ending in ``.bias``.
+    ``decay_norms_and_biases=True`` decays those too, as the paper's CNN recipes do (the
+    authors' optimizer and torchvision's classification reference decay every tensor).
+    ``adaptive=True`` (Adam-like optimizers) adds ``lr_scale`` and scales the decay of the
+    tensors that the paper's parameterisation stores differently (see :mod:`gpd.sharing.steps`).
     """
     seen: set[int] = set()
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
@@ -30,7 +43,8 @@ def decay_groups(
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            no_decay = param.ndim <= 1 or name.endswith(".bias") or any(fnmatch(name, p) for p in exempt)
+            timm_rule = not decay_norms_and_biases and (param.ndim <= 1 or name.endswith(".bias"))
+            no_decay = timm_rule or any(fnmatch(name, p) for p in exempt)
             decay = 0.0 if no_decay else weight_decay
             lr_scale = 1.0
             if adaptive and name in scales:

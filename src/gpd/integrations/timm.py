@@ -130,9 +130,14 @@ class GPDTask(TrainingTask):
         """Clip as the paper's optimizer does (its gradient norm); returns the norm before clipping."""
         return self.distiller.clip_grad_norm_(max_norm)
 
-    def param_groups(self, weight_decay: float, *, adaptive: bool = False) -> list[dict[str, Any]]:
-        """The Distiller's optimizer groups (the student's weight-decay rules applied to D)."""
-        return self.distiller.param_groups(weight_decay, adaptive=adaptive)
+    def param_groups(
+        self, weight_decay: float, *, adaptive: bool = False, decay_norms_and_biases: bool = False
+    ) -> list[dict[str, Any]]:
+        """The Distiller's optimizer groups (the student's weight-decay rules applied to D;
+        ``decay_norms_and_biases=True``: 1-D tensors and biases decay too)."""
+        return self.distiller.param_groups(
+            weight_decay, adaptive=adaptive, decay_norms_and_biases=decay_norms_and_biases
+        )
 
     def get_task_state(self, module: nn.Module | None = None, ema: bool = False) -> dict[str, Any]:
         owner = module if module is not None else self.get_trainable_module(ema=ema)

@@ -198,7 +198,9 @@ def build_loaders(cfg: Config, data: DataBundle, ctx: DistContext, device: torch
 def build_optimization(cfg: Config, distiller: Distiller, steps_per_epoch: int) -> tuple[Any, Any]:
     """timm's optimizer over the distiller's parameter groups, and its scheduler stepped per update."""
     t = cfg.train
-    groups = distiller.param_groups(t.weight_decay, adaptive=not is_sgd_like(t.optimizer))
+    groups = distiller.param_groups(
+        t.weight_decay, adaptive=not is_sgd_like(t.optimizer), decay_norms_and_biases=t.decay_norms_and_biases
+    )
     optimizer = create_optimizer_v2(groups, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
     scheduler, _ = create_scheduler_v2(
         optimizer,

@@ -28,6 +28,7 @@ RESUMABLE_KEYS = (
     "train.device",
     "train.eval_batch_size",
     "train.threads",
+    "train.log_interval_s",
     "train.keep_host_memory",
     "data.root",
 )

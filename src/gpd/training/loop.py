@@ -8,7 +8,9 @@ torchvision's reference scripts with mdistiller's distiller contract. Nothing is
 from the device per step: the loss sums, gradient statistics and the non-finite flag stay
 there until the flag's periodic read (``train.nonfinite_check_every``) and the epoch's end.
 What a run writes (metrics, TensorBoard, checkpoints, student.pt) is done by its callbacks
-(:mod:`gpd.training.callbacks`).
+(:mod:`gpd.training.callbacks`). Progress within an epoch: tqdm's bar on a terminal, and
+where the log is not one, a line every ``train.log_interval_s`` seconds
+(:mod:`gpd.training.progress`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +38,7 @@ from gpd.training.backward import joint_backward, probed_backward, sequential_ba
 from gpd.training.distributed import DistContext, all_reduce_sum
 from gpd.training.evaluate import models_of_run, split_accuracy
 from gpd.training.policy import FULL_RUN, RunPolicy
+from gpd.training.progress import ProgressLines, wants_progress_lines
 from gpd.training.rng import restore_rng
 from gpd.training.rows import epoch_row, summary_line
 from gpd.training.selection import standalone_student
@@ -58,7 +62,8 @@ class LoopSettings:
     """What the loop is told of a run's config (``train.*`` and the run policy's caps).
 
     ``epochs`` and ``batch_size``: as configured, for the progress shown; ``policy``: the
-    run's caps (a dry run's steps per epoch and batches per evaluated split)."""
+    run's caps (a dry run's steps per epoch and batches per evaluated split);
+    ``log_interval_s``: the seconds between progress lines in a log (0: none)."""
 
     epochs: int
     batch_size: int
@@ -68,11 +73,15 @@ class LoopSettings:
     on_nonfinite: NonfinitePolicy = "stop"
     channels_last: bool = False
     policy: RunPolicy = FULL_RUN
+    log_interval_s: float = 30.0
 
 
 class TrainLoop:
     """Trains ``distiller`` through ``train_module`` (itself, or its DDP / compiled wrapper),
-    advancing ``state``; ``network`` is the trained network the EMA follows."""
+    advancing ``state``; ``network`` is the trained network the EMA follows.
+
+    ``progress_lines``: whether the log gets progress lines during an epoch (None: where
+    stdout or stderr is not a terminal, :func:`~gpd.training.progress.wants_progress_lines`)."""
 
     def __init__(
         self,
@@ -94,6 +103,7 @@ class TrainLoop:
         callbacks: Callbacks | None = None,
         ctx: DistContext | None = None,
         device: torch.device | None = None,
+        progress_lines: bool | None = None,
     ) -> None:
         self.settings, self.state = settings, state
         self.distiller, self.train_module, self.network = distiller, train_module, network
@@ -103,6 +113,7 @@ class TrainLoop:
         self.callbacks = callbacks
         self.ctx = ctx or DistContext()
         self.device = device or torch.device("cpu")
+        self.progress_lines = wants_progress_lines(sys.stdout, sys.stderr) if progress_lines is None else progress_lines
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.trainable = [p for p in distiller.parameters() if p.requires_grad]
         # D's tensors that the paper's parameterisation stores differently: their gradient counts
@@ -164,6 +175,7 @@ class TrainLoop:
             total=steps * s.batch_size, desc=f"epoch {epoch}/{s.epochs}", unit="img",
             unit_scale=True, leave=False, dynamic_ncols=True, disable=None if self.ctx.is_main else True,
         )  # fmt: skip
+        lines = self._progress_lines(epoch, steps)
         for step, (x, y) in enumerate(loader):
             x = batch_to_device(x, self.device, self.memory_format)  # a tensor, or a mapping of keyword arguments
             y = y.to(self.device, non_blocking=True)
@@ -184,6 +196,8 @@ class TrainLoop:
                 self.guard.raise_if_flagged()  # the periodic read; the loss shown is the epoch's running mean
                 bar.set_postfix(loss=f"{float(sums['loss'] / seen.clamp(min=1)):.3f}")
             bar.update(y.numel() * self.ctx.world_size)
+            if lines is not None:  # the loss shown: this process's running mean, read when a line is due
+                lines.step(y.numel() * self.ctx.world_size, partial(running_loss, sums, seen))
             if s.policy.last_step(step):
                 break
         bar.close()
@@ -197,6 +211,14 @@ class TrainLoop:
         result.update(train_seconds=seconds, img_per_s=totals[-1] / seconds, skipped_steps=skipped)
         result.update(self.grad_stats.epoch_means())
         return result
+
+    def _progress_lines(self, epoch: int, steps: int) -> ProgressLines | None:
+        """The epoch's progress lines (rank 0, where wanted and ``log_interval_s`` > 0), else None."""
+        s = self.settings
+        if not (self.progress_lines and s.log_interval_s > 0 and self.ctx.is_main):
+            return None
+        total = steps if s.policy.max_steps is None else min(steps, s.policy.max_steps)
+        return ProgressLines(epoch, s.epochs, total, s.log_interval_s, self.log)
 
     def _probe_due(self, step: int) -> bool:
         """Whether this step measures the student's and D's loss gradients separately
@@ -279,7 +301,14 @@ class TrainLoop:
         log_on_main(self.ctx, message)
 
 
+def running_loss(sums: dict[str, torch.Tensor], seen: torch.Tensor) -> float:
+    """The epoch's mean loss so far (a read from the device; NaN before the first counted step)."""
+    return float(sums["loss"] / seen.clamp(min=1)) if "loss" in sums else float("nan")
+
+
 def log_on_main(ctx: DistContext, message: str) -> None:
-    """Print a line of the run's log (rank 0 only), below a progress bar if one is shown."""
+    """Print a line of the run's log (rank 0 only), below a progress bar if one is shown; flushed,
+    so that a log file or pipe has it at once."""
     if ctx.is_main:
         tqdm.write(message, file=sys.stdout)
+        sys.stdout.flush()

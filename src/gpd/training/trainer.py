@@ -181,7 +181,7 @@ def loop_settings(cfg: Config, policy: RunPolicy) -> LoopSettings:
     return LoopSettings(
         epochs=t.epochs, batch_size=t.batch_size, memory_mode=t.memory_mode, grad_clip=t.grad_clip,
         grad_probe_every=t.grad_probe_every, on_nonfinite=t.on_nonfinite, channels_last=t.channels_last,
-        policy=policy,
+        policy=policy, log_interval_s=t.log_interval_s,
     )  # fmt: skip
 
 
