@@ -154,3 +154,29 @@ def test_the_innermost_frame_outside_torch_decides() -> None:
     # ... but where gpd called a model made of torch's layers only, a failure below that call is the model's
     from_torch = namespace["call_site"](namespace["torch_op"])
     assert is_bug(from_torch) and not is_bug(from_torch, below_call_site=True)
+
+
+def test_a_nan_never_counts_as_equal() -> None:
+    """NaN compares false, so a plain maximum of |D - S| would read two NaN outputs as identical."""
+    from gpd.expansion.verify import relative_error
+
+    nan, inf = float("nan"), float("inf")
+    assert relative_error(torch.tensor([nan, 1.0]), torch.tensor([nan, 1.0])) == inf
+    assert relative_error(torch.tensor([nan, 1.0]), torch.tensor([0.0, 1.0])) == inf
+    assert relative_error(torch.tensor([-inf, 1.0]), torch.tensor([inf, 1.0])) == inf
+    assert (
+        relative_error(torch.tensor([inf, 1.5]), torch.tensor([inf, 1.0])) == 0.5
+    )  # infinities in place, the rest compared
+
+
+def test_a_model_whose_output_is_nan_is_refused_by_name() -> None:
+    class NaNNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) * float("nan")
+
+    with pytest.raises(gpd.ExpansionError, match="holds NaN"):
+        gpd.expand(NaNNet(), ratio=2, example_input=torch.randn(2, 4))
