@@ -27,8 +27,7 @@ def describe_run(trainer: Trainer) -> list[str]:
         f"{num_samples(data.val)} validation / " if data.val is not None else ""
     )
     lines.append(
-        f"data: {data.name}, {sizes}{num_samples(data.test)} test {_samples(data)}, "
-        f"{data.num_classes} classes"
+        f"data: {data.name}, {sizes}{num_samples(data.test)} test {_samples(data)}, {data.num_classes} classes"
     )
     lines.append(_models_line(trainer))
     lines.append(_engine_line(trainer))
