@@ -22,7 +22,7 @@ from gpd.errors import DataError
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
-import hf_helpers  # noqa: E402  (after the skips: it needs transformers)
+import hf_helpers
 
 
 @pytest.fixture(scope="module")

@@ -128,10 +128,10 @@ def build_hf_disk_bundle(
             f"hf_disk: no column {image_key!r} (data.image_key) nor {text.text_key!r} (data.text_key); "
             f"the columns are {columns}"
         )
-    train, test, classes, chans, size, mean, std, names = _build_images(
+    train, test, count, chans, size, mean, std, names = _build_images(
         train_split, test_data, image_key, label_key, augment, image_size
     )
-    return DataBundle(train, test, classes, chans, size, mean, std, "hf_disk", False, names)
+    return DataBundle(train, test, count, chans, size, mean, std, "hf_disk", False, names)
 
 
 def build_hf_disk(

@@ -24,11 +24,11 @@ def renormalized(dataset: Dataset, mean: Sequence[float], std: Sequence[float]) 
     if isinstance(dataset, Subset):
         return Subset(renormalized(dataset.dataset, mean, std), dataset.indices)
     if isinstance(dataset, TensorImageDataset):
-        out = copy.copy(dataset)
+        tensors = copy.copy(dataset)
         std_t = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
         mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
-        out._scale, out._shift = 1.0 / (255.0 * std_t), -mean_t / std_t
-        return out
+        tensors._scale, tensors._shift = 1.0 / (255.0 * std_t), -mean_t / std_t
+        return tensors
     transform = getattr(dataset, "transform", None)
     if isinstance(transform, T.Compose) and any(isinstance(t, T.Normalize) for t in transform.transforms):
         out = copy.copy(dataset)

@@ -69,7 +69,7 @@ def _example(model: nn.Module, payload: dict[str, Any]) -> Any:
     """A seeded batch the student takes: token ids with a mask, or images of the recorded size."""
     generator = torch.Generator().manual_seed(0)
     meta = payload.get("metadata") or {}
-    config = model.config  # type: ignore[union-attr]
+    config: Any = model.config
     if meta.get("task") == "text":
         ids = torch.randint(1, int(config.vocab_size), (2, 8), generator=generator)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -102,7 +102,7 @@ def write_hf(payload: dict[str, Any], model: nn.Module, target: Path, source: Pa
         )
     meta = payload.get("metadata") or {}
     names = [str(n) for n in meta.get("class_names") or []]
-    config = model.config  # type: ignore[union-attr]
+    config: Any = model.config
     if len(names) == config.num_labels:
         config.id2label = dict(enumerate(names))
         config.label2id = {n: i for i, n in enumerate(names)}

@@ -175,7 +175,8 @@ def _has_weights(directory: Path | None) -> bool:
 def _report(name: str, model: nn.Module, info: dict[str, Any], num_classes: int) -> str:
     """'hf:DIR: loaded N of M tensors; re-initialised the classifier ...'; ModelError for other mismatches."""
     own = model.state_dict()
-    heads, others = [], []
+    heads: list[str] = []
+    others: list[str] = []
     for key, saved, wanted in sorted(info.get("mismatched_keys") or [], key=lambda item: str(item[0])):
         where = heads if len(wanted) and wanted[0] == num_classes else others
         where.append(f"{key} {tuple(saved)} -> {tuple(wanted)}")
