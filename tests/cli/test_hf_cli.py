@@ -99,11 +99,14 @@ def test_an_export_is_not_overwritten_unless_asked(bert_run, capsys) -> None:
 
 
 def test_a_head_of_another_class_count_is_reinitialised_with_one_line(folders, capsys) -> None:
+    """Also: model.kwargs overrides a config field; an hf: static teacher (KD, no dynamic teacher)."""
     two = hf_helpers.save_bert(folders["root"] / "bert2", num_labels=2)
     run = folders["root"] / "head_run"
     args = [f"model.student=hf:{two}", "data.name=hf_disk", f"data.root={folders['text']}", "gpd.enabled=false"]
-    assert main(["train", *args, *QUICK, "model.kwargs.hidden_dropout_prob=0.0", f"output_dir={run}"]) == 0
+    teacher = [f"teacher.model=hf:{folders['bert']}", "kd.method=kd"]
+    assert main(["train", *args, *teacher, *QUICK, "model.kwargs.hidden_dropout_prob=0.0", f"output_dir={run}"]) == 0
     out = capsys.readouterr().out
+    assert f"teacher.model: hf:{folders['bert']}: loaded 41 of 41 tensors" in out, out
     line = next(line for line in out.splitlines() if line.startswith("model.student:"))
     assert "loaded 39 of 41 tensors; re-initialised the classifier" in line, line
     assert "classifier.weight (2, 32) -> (3, 32)" in line and "classifier.bias (2,) -> (3,)" in line
@@ -181,7 +184,7 @@ def test_a_text_model_on_image_data(folders, tmp_path, capsys) -> None:
     err = _train_fails(
         [f"model.student=hf:{folders['bert']}", "data.name=hf_disk", f"data.root={images}"], tmp_path, capsys
     )
-    assert "no text column 'text' (data.text_key)" in err  # a text student reads the text column
+    assert "the student is a text model but" in err and "holds images" in err, err
     args = [f"model.student=hf:{folders['bert']}", "data.name=digits"]
     assert "is a text model but digits holds images" in _train_fails(args, tmp_path, capsys)
 

@@ -118,6 +118,11 @@ def build_hf_disk_bundle(
     train_split, test_data = load_splits(root)
     columns = train_split.column_names
     text = text or TextOptions()
+    if text.required and text.text_key not in columns and image_key in columns:
+        raise DataError(
+            f"hf_disk: the student is a text model but {root} holds images (column {image_key!r}) and no text "
+            f"column {text.text_key!r} (data.text_key); use an image model, or set data.text_key"
+        )
     if text.required or (image_key not in columns and text.text_key in columns):
         if label_key not in columns:
             raise DataError(f"hf_disk: no column {label_key!r} (data.label_key); the columns are {columns}")

@@ -5,7 +5,7 @@ sizes, its class names as ``id2label``) and ``model.safetensors``; the tokenizer
 processor the run's data were prepared by is copied beside them, and the run's config as
 ``gpd_config.yaml``, so that ``gpd eval DIR`` reads the same data the same way. The directory is
 written under a temporary name and renamed into place; an existing one is replaced only with
-``--overwrite``, and only if it is a transformers directory (config.json) or empty. After
+``--overwrite``, and only if it is a transformers directory (config.json); an empty folder is filled. After
 writing, the directory is loaded back and its logits compared with the student's.
 """
 
@@ -38,13 +38,13 @@ def is_export_directory(path: str | Path) -> bool:
 
 def check_target(target: Path, source: Path, overwrite: bool) -> None:
     """Refuse an existing target unless ``overwrite``, and never replace what is not an export."""
-    if not target.exists():
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):  # nothing to lose
         return
     if not overwrite:
         raise ConfigError(f"{target} already exists; choose another folder with --output or pass --overwrite")
     if target.resolve() in (source.resolve(), source.parent.resolve()):
         raise ConfigError(f"{target} holds the input; choose another folder with --output")
-    if target.is_file() or not ((target / "config.json").is_file() or not any(target.iterdir())):
+    if target.is_file() or not (target / "config.json").is_file():
         raise ConfigError(f"{target} is not a transformers directory; --overwrite replaces only an earlier export")
 
 

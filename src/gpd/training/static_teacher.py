@@ -77,10 +77,8 @@ def check_fits(model: nn.Module, data: DataBundle, role: str) -> None:
         example = data.example if data.example is not None else torch.zeros(2, *data.input_size)
         logits = logits_of(call_model(model, example))
     except Exception as err:
-        raise CheckpointError(
-            f"the {role} does not run on {data.name} images of size {'x'.join(map(str, data.input_size))}: "
-            f"{first_line(err)}"
-        ) from None
+        samples = "texts" if data.task == "text" else f"images of size {'x'.join(map(str, data.input_size))}"
+        raise CheckpointError(f"the {role} does not run on {data.name} {samples}: {first_line(err)}") from None
     finally:
         model.train(was_training)
     if logits.ndim != 2 or logits.shape[-1] != data.num_classes:
