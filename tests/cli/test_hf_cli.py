@@ -196,6 +196,7 @@ def test_a_missing_text_column_and_no_tokenizer(folders, tmp_path, capsys) -> No
     bare = hf_helpers.save_bert(tmp_path / "bare", tokenizer=False)
     err = _train_fails([f"model.student=hf:{bare}", *args[1:]], tmp_path, capsys)
     assert "no tokenizer in" in err and "data.tokenizer" in err
+    assert main(["train", "--dry-run", f"model.student=hf:{bare}", *args[1:], f"data.tokenizer={folders['bert']}"]) == 0
 
 
 def test_transformers_not_installed(folders, tmp_path, monkeypatch, capsys) -> None:

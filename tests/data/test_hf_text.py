@@ -110,3 +110,20 @@ def test_renormalized_changes_only_the_normalisation() -> None:
     y, _ = other.get_batch([0, 1])
     torch.testing.assert_close((y * 0.25 + 0.5), (x * 0.2 + 0.3))
     assert not torch.allclose(x, y)
+
+
+def test_an_image_processor_renormalises_an_hf_disk_image_set(tmp_path) -> None:
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 4, 4, 3), dtype=np.uint8)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    images = [Image.fromarray(p) for p in pixels]
+    split = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]}, features=features)
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "set"))
+    bundle = build_datasets("hf_disk", root=tmp_path / "set", augment=False)
+    other = renormalized(bundle.test, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    x, y = bundle.test[1][0], other[1][0]
+    mean, std = torch.tensor(bundle.mean).view(3, 1, 1), torch.tensor(bundle.std).view(3, 1, 1)
+    torch.testing.assert_close(y * 0.25 + 0.5, x * std + mean)
