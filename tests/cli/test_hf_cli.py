@@ -210,3 +210,9 @@ def test_format_hf_needs_a_transformers_student(tmp_path, capsys) -> None:
     torch.save(student_payload(create_model("resnet8", 10, 1), data="fashion_mnist"), source)
     with untouched(tmp_path):
         assert "--format hf exports a transformers student" in fails(["export", str(source), "--format", "hf"], capsys)
+
+
+def test_a_model_kwarg_that_is_no_config_field(folders, tmp_path, capsys) -> None:
+    args = [f"model.student=hf:{folders['bert']}", "data.name=hf_disk", f"data.root={folders['text']}"]
+    err = _train_fails([*args, "model.kwargs.no_such_field=1"], tmp_path, capsys, folders["bert"])
+    assert "model.kwargs 'no_such_field' is not a field of its BertConfig" in err

@@ -92,7 +92,7 @@ def _load_data(cfg: Config, ctx: DistContext, policy: RunPolicy, log: Log) -> Da
             image_key=d.image_key, label_key=d.label_key, text=hf.text,
         ), log)  # fmt: skip
     except DataError as err:
-        if not policy.stand_ins:
+        if not policy.stand_ins or hf.task == "text":  # random images stand in for images, never for text
             raise
         log(f"{policy.name}: {err} -> using a SYNTHETIC stand-in of random images")
         return synthetic_bundle(d.name, image_size=size, samples=samples, recipe=recipe)
