@@ -67,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_exported(args.path, args.overrides)
     print(
         f"{result['path']}: {result['model']} test accuracy {result['accuracy']:.2f}% "
-        f"on {result['images']} {result['data']} images"
+        f"on {result['images']} {result['data']} {result.get('unit', 'images')}"
     )
     return 0
 
@@ -157,15 +157,16 @@ def _add_expand_parser(sub: argparse._SubParsersAction) -> None:
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser(
         "export",
-        help="convert an exported student to .pt, .safetensors or .onnx",
+        help="convert an exported student to .pt, .safetensors, .onnx or a transformers directory",
         description=(
             "Convert the student of a run directory (or a student.pt) to another format. The output goes "
-            "next to the input (student.safetensors, student.onnx) unless --output is given; an existing "
-            "file is never replaced without --overwrite."
+            "next to the input (student.safetensors, student.onnx, the folder student_hf) unless --output is "
+            "given; an existing file is never replaced without --overwrite. --format hf writes an hf: "
+            "student's save_pretrained directory (config, safetensors weights, tokenizer or image processor)."
         ),
     )
     export.add_argument("path", help="a run directory or a student.pt file")
-    export.add_argument("--format", required=True, choices=["pt", "safetensors", "onnx"], help="output format")
+    export.add_argument("--format", required=True, choices=["pt", "safetensors", "onnx", "hf"], help="output format")
     export.add_argument("--output", default=None, metavar="FILE", help="output file (or folder)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     export.add_argument(
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("eval", help="test accuracy of an exported student or a run directory")
-    evaluate.add_argument("path", help="a run directory or a student.pt file")
+    evaluate.add_argument("path", help="a run directory, a student.pt file or a directory of gpd export --format hf")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.root=... train.device=cpu")
     evaluate.set_defaults(func=cmd_eval)
 

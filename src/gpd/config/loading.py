@@ -220,6 +220,7 @@ def validate(cfg: Config) -> None:
     _require(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
     _require(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
     _require(d.test_subset is None or d.test_subset >= 1, f"data.test_subset must be >= 1, got {d.test_subset}")
+    _require(d.max_length is None or d.max_length >= 2, f"data.max_length must be >= 2 tokens, got {d.max_length}")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
     _require(
         d.val_split is None or (0 < d.val_split < 1 or (d.val_split >= 1 and d.val_split == int(d.val_split))),

@@ -45,6 +45,10 @@ class DataConfig:
     val_seed: int = 0  # the seed of the stratified validation split (fixed across train.seed)
     image_key: str = "image"  # hf_disk: the column holding the images
     label_key: str = "label"  # hf_disk: the column holding the class labels
+    text_key: str = "text"  # hf_disk text: the column holding the text (a set with no image_key column)
+    text_pair_key: str | None = None  # hf_disk text: a second column, for sentence pairs
+    tokenizer: str | None = None  # hf_disk text: a tokenizer directory (default: the hf: student's directory)
+    max_length: int | None = None  # hf_disk text: tokens kept per text (default: the model's positions, <= 512)
     # The DeiT recipe's augmentations (timm). Setting any of the next four switches the
     # training images of imagefolder/CIFAR to timm's create_transform pipeline; unset, the
     # default pipelines above are used unchanged.
@@ -61,8 +65,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    student: str = "resnet8"  # a bundled name, tv:NAME (torchvision) or timm:NAME
-    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model's factory
+    student: str = "resnet8"  # a bundled name, tv:NAME (torchvision), timm:NAME or hf:PATH (transformers)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model's factory (hf: config fields)
+    trust_remote_code: bool = False  # hf: students and teachers: run code from their directory (auto_map)
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from torch.utils.data import Dataset
 
@@ -27,13 +27,17 @@ class DataBundle:
     test: Dataset
     num_classes: int
     in_chans: int
-    input_size: tuple[int, int, int]
+    input_size: tuple[int, ...]  # (C, H, W) of an image; (max_length,) of a text set's token ids
     mean: tuple[float, ...]
     std: tuple[float, ...]
     name: str
     synthetic: bool = False
     class_names: tuple[str, ...] = ()
     val: Dataset | None = None  # held out from the training set (data.val_split); None: no selection
+    task: str = "image"  # what a sample is: "image" (a tensor) or "text" (a mapping of token ids)
+    collate: Callable[[list[Any]], Any] | None = None  # the DataLoaders' collate_fn (text: dynamic padding)
+    example: Any = None  # an input batch of real samples for the expansion (text); None: zeros of input_size
+    preprocessor: str | None = None  # the directory of the tokenizer / image processor the data were prepared by
 
     def hold_out_validation(self, val_split: float | None, seed: int) -> None:
         """Move ``val_split`` of the training samples (a fraction or a count, stratified by

@@ -24,6 +24,7 @@ from gpd.data.augment import AugmentRecipe
 from gpd.data.bundle import IMAGENET_MEAN, IMAGENET_STD, DataBundle, num_samples
 from gpd.data.cifar import CIFAR_SETS, build_cifar, cifar_recipe_dataset
 from gpd.data.fetch import active_recipe, download_into, load_splits, one_line, where
+from gpd.data.hf_text import TextOptions
 from gpd.data.imagefolder import build_imagefolder
 from gpd.data.tensor_dataset import TensorImageDataset
 from gpd.data.validation import take
@@ -76,6 +77,7 @@ def build_datasets(
     label_key: str = "label",
     val_split: float | None = None,
     val_seed: int = 0,
+    text: TextOptions | None = None,
 ) -> DataBundle:
     """Load the named data set's train and test splits.
 
@@ -89,7 +91,8 @@ def build_datasets(
     missing or unreadable. ``image_key`` / ``label_key``: the columns of an ``hf_disk`` set.
     ``val_split``: hold out this fraction (or count) of the (subset) training samples as
     ``bundle.val``, stratified by class and seeded by ``val_seed`` (see
-    :meth:`DataBundle.hold_out_validation`).
+    :meth:`DataBundle.hold_out_validation`). ``text``: how an ``hf_disk`` set's text column is
+    tokenized (:mod:`gpd.data.hf_text`); a set with such a column and no image column is text.
     """
     key = name.lower().replace("-", "_")
     if train_subset is not None and train_subset <= 0:
@@ -111,12 +114,9 @@ def build_datasets(
     elif key == "hf_disk":
         if recipe is not None:
             raise DataError("the timm augmentations (data.randaugment ...) are not available for hf_disk yet")
-        from gpd.data.hf_disk import build_hf_disk  # datasets is optional: imported only here
+        from gpd.data.hf_disk import build_hf_disk_bundle  # datasets is optional: imported only here
 
-        train, test, classes, chans, size, mean, std, names = build_hf_disk(
-            roots[0] if roots else None, image_key, label_key, augment, image_size
-        )
-        bundle = DataBundle(train, test, classes, chans, size, mean, std, "hf_disk", False, names)
+        bundle = build_hf_disk_bundle(roots[0] if roots else None, image_key, label_key, augment, image_size, text)
     else:
         raise DataError(f"unknown data set {name!r}; known data sets: {', '.join(KNOWN_DATASETS)}")
     if train_subset is not None:

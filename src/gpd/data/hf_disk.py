@@ -6,7 +6,8 @@
 images (the ``Image`` feature) or arrays; greyscale images give 1 channel, everything
 else is converted to RGB. The class names come from a ``ClassLabel`` feature, else the
 labels must be the integers 0..K-1. The normalisation statistics are measured on up to
-2000 training images. ``datasets`` is an optional dependency (``pip install 'gpd[hf]'``).
+2000 training images. A set with a text column instead of images is read by
+:mod:`gpd.data.hf_text`. ``datasets`` is an optional dependency (``pip install 'gpd[hf]'``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import Dataset
 
+from gpd.data.bundle import DataBundle
+from gpd.data.hf_text import TextOptions, build_text_bundle
 from gpd.errors import DataError
 
 TEST_SPLITS = ("test", "validation")
@@ -88,10 +91,8 @@ def _statistics(dataset: HFImageDataset, size: tuple[int, int]) -> tuple[tuple[f
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-def build_hf_disk(
-    root: Path | None, image_key: str, label_key: str, augment: bool, image_size: int | None
-) -> tuple[Dataset, Dataset, int, int, tuple[int, int, int], tuple[float, ...], tuple[float, ...], tuple[str, ...]]:
-    """``(train, test, num_classes, in_chans, input_size, mean, std, class_names)`` of a saved data set."""
+def load_splits(root: Path | None) -> tuple[Any, Any]:
+    """The train and test (or validation) splits of the DatasetDict saved in ``root``."""
     if root is None:
         raise DataError("hf_disk needs data.root: the folder a datasets.DatasetDict.save_to_disk() call wrote")
     datasets = _import_datasets()
@@ -106,7 +107,48 @@ def build_hf_disk(
     test_split = next((s for s in TEST_SPLITS if s in data), None)
     if "train" not in data or test_split is None:
         raise DataError(f"hf_disk: {root} has the splits {sorted(data)}; it needs train and test (or validation)")
-    train_split, test_data = data["train"], data[test_split]
+    return data["train"], data[test_split]
+
+
+def build_hf_disk_bundle(
+    root: Path | None, image_key: str, label_key: str, augment: bool, image_size: int | None,
+    text: TextOptions | None = None,
+) -> DataBundle:  # fmt: skip
+    """An image set (a column ``image_key``), or a text set (``text.text_key``; :mod:`gpd.data.hf_text`)."""
+    train_split, test_data = load_splits(root)
+    columns = train_split.column_names
+    text = text or TextOptions()
+    if text.required and text.text_key not in columns and image_key in columns:
+        raise DataError(
+            f"hf_disk: the student is a text model but {root} holds images (column {image_key!r}) and no text "
+            f"column {text.text_key!r} (data.text_key); use an image model, or set data.text_key"
+        )
+    if text.required or (image_key not in columns and text.text_key in columns):
+        if label_key not in columns:
+            raise DataError(f"hf_disk: no column {label_key!r} (data.label_key); the columns are {columns}")
+        classes = _class_names(train_split, label_key)
+        return build_text_bundle(train_split, test_data, label_key, classes, text)
+    if image_key not in columns and label_key in columns:
+        raise DataError(
+            f"hf_disk: no column {image_key!r} (data.image_key) nor {text.text_key!r} (data.text_key); "
+            f"the columns are {columns}"
+        )
+    train, test, count, chans, size, mean, std, names = _build_images(
+        train_split, test_data, image_key, label_key, augment, image_size
+    )
+    return DataBundle(train, test, count, chans, size, mean, std, "hf_disk", False, names)
+
+
+def build_hf_disk(
+    root: Path | None, image_key: str, label_key: str, augment: bool, image_size: int | None
+) -> tuple[Dataset, Dataset, int, int, tuple[int, int, int], tuple[float, ...], tuple[float, ...], tuple[str, ...]]:
+    """``(train, test, num_classes, in_chans, input_size, mean, std, class_names)`` of a saved image set."""
+    return _build_images(*load_splits(root), image_key, label_key, augment, image_size)
+
+
+def _build_images(
+    train_split: Any, test_data: Any, image_key: str, label_key: str, augment: bool, image_size: int | None
+) -> tuple[Dataset, Dataset, int, int, tuple[int, int, int], tuple[float, ...], tuple[float, ...], tuple[str, ...]]:
     for key, what in ((image_key, "data.image_key"), (label_key, "data.label_key")):
         if key not in train_split.column_names:
             raise DataError(f"hf_disk: no column {key!r} ({what}); the columns are {train_split.column_names}")

@@ -58,6 +58,10 @@ def evaluation_view(train: Dataset, test: Dataset, mean: tuple[float, ...], std:
     """The training samples read as the test set reads its own (no augmentation)."""
     if isinstance(train, Subset):
         return Subset(evaluation_view(train.dataset, test, mean, std), train.indices)
+    from gpd.data.hf_text import TokenizedText  # here: hf_text imports the bundle, which imports this module
+
+    if isinstance(train, TokenizedText):  # text is never augmented
+        return train
     if isinstance(train, TensorImageDataset):
         view = copy.copy(train)
         view.crop_padding, view.hflip = 0, False

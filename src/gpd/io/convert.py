@@ -5,7 +5,8 @@
 * ``safetensors``: the state_dict, with the architecture spec as JSON in the
   metadata (key ``gpd_spec``) so the weights can be matched to a model without gpd;
 * ``onnx``: the eval-mode student with a dynamic batch axis; one output, its logits
-  (:func:`~gpd.outputs.logits_of` of a ``ModelOutput``, a dict or a tuple).
+  (:func:`~gpd.outputs.logits_of` of a ``ModelOutput``, a dict or a tuple);
+* ``hf``: a transformers student's ``save_pretrained`` directory (:mod:`gpd.io.hf_export`).
 
 Every file is written atomically (:mod:`gpd.io.atomic`), and an existing file is never
 replaced without ``overwrite``: an export must not destroy a previous one by accident.
@@ -182,10 +183,17 @@ def export_student(
     The student is rebuilt from its spec and loaded strictly before anything is
     written, so a corrupt or mismatched file fails with CheckpointError.
     """
-    if fmt not in WRITERS:
-        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(WRITERS)}")
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     source = student_file_of(path)
     payload = read_student_file(source)
+    if fmt == "hf":  # a save_pretrained directory (gpd.io.hf_export)
+        from gpd.io import hf_export
+
+        folder = export_path(source, fmt) if output is None else Path(output)
+        hf_export.check_target(folder, source, overwrite)
+        note = hf_export.write_hf(payload, student_from_payload(payload, source), folder, source)
+        return ExportResult(path=folder, format=fmt, size=hf_export.folder_size(folder), note=note)
     target = resolve_output(source, fmt, output, overwrite)
     model = student_from_payload(payload, source)
     target.parent.mkdir(parents=True, exist_ok=True)

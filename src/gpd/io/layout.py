@@ -2,7 +2,7 @@
 
 ``gpd train`` writes ``config.yaml`` (the resolved config), ``metrics.csv`` (one row per
 epoch), ``checkpoint.pt`` (the full training state), ``student.pt`` (the exported student)
-and ``tensorboard/``; ``gpd export`` adds ``student.<format>`` beside student.pt and
+and ``tensorboard/``; ``gpd export`` adds ``student.<format>`` (or the folder ``student_hf``) beside student.pt and
 ``gpd report`` the folder ``report/``. Code that reads or writes a run names its files
 through :class:`RunLayout` only.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-EXPORT_SUFFIXES: dict[str, str] = {"pt": ".pt", "safetensors": ".safetensors", "onnx": ".onnx"}
+EXPORT_SUFFIXES: dict[str, str] = {"pt": ".pt", "safetensors": ".safetensors", "onnx": ".onnx", "hf": "_hf"}
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,12 @@ class RunLayout:
 
 
 def export_path(student_file: Path, fmt: str) -> Path:
-    """Next to the student file, same stem: runs/x/student.pt -> runs/x/student.onnx."""
-    return student_file.with_suffix(EXPORT_SUFFIXES[fmt])
+    """Next to the student file, same stem: runs/x/student.pt -> runs/x/student.onnx; a folder
+    for ``hf`` (a save_pretrained directory): runs/x/student_hf."""
+    suffix = EXPORT_SUFFIXES[fmt]
+    if not suffix.startswith("."):
+        return student_file.with_name(student_file.stem + suffix)
+    return student_file.with_suffix(suffix)
 
 
 def student_file_of(path: str | Path) -> Path:

@@ -9,6 +9,8 @@ Names:
 * a bundled name such as ``resnet20`` or ``wrn_40_2`` (see :func:`list_models`);
 * ``tv:NAME`` for any torchvision classification model;
 * ``timm:NAME`` for any timm model;
+* ``hf:PATH`` for a Hugging Face transformers classifier saved with ``save_pretrained``
+  (:mod:`gpd.models.transformers_hub`);
 * ``MODULE:FACTORY`` or ``path/to/file.py:FACTORY`` for a model of your own
   (:mod:`gpd.models.import_path`).
 """
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 
 from gpd.errors import ModelError
-from gpd.models import import_path
+from gpd.models import import_path, transformers_hub
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -83,6 +85,9 @@ def create_model(
         model = _create_torchvision(name[len(TV_PREFIX) :], num_classes, in_chans, pretrained, kwargs)
     elif name.startswith(TIMM_PREFIX):
         model = _create_timm(name[len(TIMM_PREFIX) :], num_classes, in_chans, pretrained, kwargs)
+    elif transformers_hub.is_hf_name(name):  # its directory's weights load when present, pretrained or not
+        name = transformers_hub.canonical(name)
+        model = transformers_hub.create(name, num_classes, in_chans, kwargs)
     elif import_path.is_import_path(name):
         if pretrained:
             raise ModelError(
@@ -94,6 +99,8 @@ def create_model(
         model = _create_bundled(name, num_classes, in_chans, pretrained, kwargs)
 
     spec = {"name": name, "num_classes": int(num_classes), "in_chans": int(in_chans), "kwargs": spec_kwargs}
+    if transformers_hub.is_hf_name(name):
+        spec.update(transformers_hub.spec_fields(model))
     setattr(model, SPEC_ATTRIBUTE, spec)  # a plain attribute, not a tensor or module
     return model
 
@@ -109,6 +116,9 @@ def check_model_name(name: str) -> None:
         _check_torchvision_name(name[len(TV_PREFIX) :])
     elif name.startswith(TIMM_PREFIX):
         _check_timm_name(name[len(TIMM_PREFIX) :])
+    elif transformers_hub.is_hf_name(name):
+        transformers_hub.import_transformers(name)
+        transformers_hub.check_directory(name)
     elif import_path.is_import_path(name):
         import_path.resolve_factory(name)  # imports the module: a missing one is an error now
     elif name not in _REGISTRY:
@@ -118,13 +128,18 @@ def check_model_name(name: str) -> None:
 def create_model_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Rebuild a (randomly initialised) model from a ``gpd_spec`` dict.
 
-    Extra keys are ignored so that specs written by later versions still load.
+    Extra keys are ignored so that specs written by later versions still load. A transformers
+    model is rebuilt from the config its spec records, without its directory.
     """
     if not isinstance(spec, dict):
         raise ModelError(f"model spec must be a dict, got {type(spec).__name__}")
     missing = [key for key in ("name", "num_classes") if key not in spec]
     if missing:
         raise ModelError(f"model spec is missing {', '.join(missing)}")
+    if transformers_hub.is_hf_name(spec["name"]) and transformers_hub.CONFIG_KEY in spec:
+        model = transformers_hub.from_spec(spec)
+        setattr(model, SPEC_ATTRIBUTE, dict(spec))
+        return model
     kwargs = spec.get("kwargs") or {}
     if not isinstance(kwargs, dict):
         raise ModelError(f"model spec 'kwargs' must be a dict, got {type(kwargs).__name__}")
@@ -213,7 +228,7 @@ def _unknown_name_message(name: str) -> str:
     return (
         f"unknown model {name!r}{hint}; bundled models: {', '.join(bundled)}; "
         "or use tv:NAME for a torchvision classification model, timm:NAME for a timm model, "
-        "or MODULE:FACTORY / path/to/file.py:FACTORY for a model of your own"
+        "hf:PATH for a transformers directory, or MODULE:FACTORY / path/to/file.py:FACTORY for a model of your own"
     )
 
 

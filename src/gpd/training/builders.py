@@ -34,6 +34,7 @@ from gpd.io.student import load_weights
 from gpd.sharing.steps import is_sgd_like
 from gpd.training.describe import count_parameters
 from gpd.training.distributed import DistContext, shard
+from gpd.training.hf_data import prepare as prepare_hf_data
 from gpd.training.model_setup import build_student
 from gpd.training.policy import RunPolicy
 from gpd.training.pretrained import load_pretrained_file
@@ -75,22 +76,23 @@ def build_data(cfg: Config, ctx: DistContext, policy: RunPolicy, log: Log) -> Da
 def _load_data(cfg: Config, ctx: DistContext, policy: RunPolicy, log: Log) -> DataBundle:
     d = cfg.data
     recipe = AugmentRecipe.from_config(d)
+    hf = prepare_hf_data(cfg)  # an hf: student's tokenizer or image processor
     if policy.data_batches is None:
-        return build_datasets(
-            d.name, root=d.root, train_subset=d.train_subset, augment=d.augment, image_size=d.image_size,
+        return hf.apply(build_datasets(
+            d.name, root=d.root, train_subset=d.train_subset, augment=d.augment, image_size=d.image_size or hf.image_size,
             download=d.download, seed=cfg.train.seed, test_subset=d.test_subset, recipe=recipe,
-            image_key=d.image_key, label_key=d.label_key, val_split=d.val_split, val_seed=d.val_seed,
-        )  # fmt: skip
-    size = d.image_size or SHAPES.get(d.name, (0, 32))[1]
+            image_key=d.image_key, label_key=d.label_key, val_split=d.val_split, val_seed=d.val_seed, text=hf.text,
+        ), log)  # fmt: skip
+    size = d.image_size or hf.image_size or SHAPES.get(d.name, (0, 32))[1]
     size = size if policy.max_image_size is None else min(size, policy.max_image_size)
     samples = policy.data_batches * global_batch(cfg, ctx, policy)
     try:
-        return build_datasets(
+        return hf.apply(build_datasets(
             d.name, root=d.root, train_subset=samples, image_size=size, test_subset=samples, recipe=recipe,
-            image_key=d.image_key, label_key=d.label_key,
-        )  # fmt: skip
+            image_key=d.image_key, label_key=d.label_key, text=hf.text,
+        ), log)  # fmt: skip
     except DataError as err:
-        if not policy.stand_ins:
+        if not policy.stand_ins or hf.task == "text":  # random images stand in for images, never for text
             raise
         log(f"{policy.name}: {err} -> using a SYNTHETIC stand-in of random images")
         return synthetic_bundle(d.name, image_size=size, samples=samples, recipe=recipe)
@@ -107,7 +109,7 @@ def _present(path: str, key: str, dry_run: bool, log: Log) -> bool:
 def build_distiller(cfg: Config, data: DataBundle, dry_run: bool, log: Log) -> tuple[Distiller, int]:
     """The objective (student, its dynamic teacher, the static teacher, the KD method) and the
     student's parameter count."""
-    student = build_student(cfg, data, dry_run=dry_run)
+    student = build_student(cfg, data, dry_run=dry_run, log=log)
     if cfg.student.checkpoint is not None:  # fine-tuning: D starts equal to this student (IR)
         if _present(cfg.student.checkpoint, "student.checkpoint", dry_run, log):
             load_weights(student, cfg.student.checkpoint, what="student")
@@ -117,7 +119,8 @@ def build_distiller(cfg: Config, data: DataBundle, dry_run: bool, log: Log) -> t
     check_fits(student, data, "student")
     static_teacher = build_static_teacher(cfg, data, allow_missing_checkpoint=dry_run)
     student_params = count_parameters(student)
-    distiller = Distiller.from_config(cfg, student, static_teacher, input_size=data.input_size)
+    example = {"example_input": data.example} if data.example is not None else {"input_size": data.input_size}
+    distiller = Distiller.from_config(cfg, student, static_teacher, **example)
     return distiller, student_params
 
 
@@ -189,6 +192,8 @@ def build_loaders(cfg: Config, data: DataBundle, ctx: DistContext, device: torch
     )
     workers = policy.workers(cfg.data.num_workers)
     args: dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda")
+    if data.collate is not None:  # text: each batch padded to its longest text
+        args["collate_fn"] = data.collate
     train = DataLoader(data.train, batch_size=batch // world, sampler=sampler, drop_last=True, **args)
     test = DataLoader(shard(data.test, ctx), batch_size=t.eval_batch_size, **args)
     val = DataLoader(shard(data.val, ctx), batch_size=t.eval_batch_size, **args) if data.val is not None else None

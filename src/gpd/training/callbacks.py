@@ -196,6 +196,8 @@ def student_metadata(run: RunView) -> dict[str, Any]:
         "selected_on": "validation" if choice.val_acc is not None else "nothing (last epoch)",
         "gpd_ratio": d["gpd_ratio"],
         "weights": choice.weights,
+        "task": d.get("task", "image"),
+        "preprocessor": d.get("preprocessor"),  # the tokenizer / image processor's directory (hf: students)
     }
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gpd.branches import count_branch_blocks
-from gpd.data.bundle import num_samples
+from gpd.data.bundle import DataBundle, num_samples
 from gpd.distill import DynamicPair
 
 if TYPE_CHECKING:
@@ -27,13 +27,19 @@ def describe_run(trainer: Trainer) -> list[str]:
         f"{num_samples(data.val)} validation / " if data.val is not None else ""
     )
     lines.append(
-        f"data: {data.name}, {sizes}{num_samples(data.test)} test images of {'x'.join(map(str, data.input_size))}, "
-        f"{data.num_classes} classes"
+        f"data: {data.name}, {sizes}{num_samples(data.test)} test {_samples(data)}, {data.num_classes} classes"
     )
     lines.append(_models_line(trainer))
     lines.append(_engine_line(trainer))
     lines.append(f"export: {trainer.run.selection.rule}")
     return lines
+
+
+def _samples(data: DataBundle) -> str:
+    """'images of 1x28x28', or 'texts of up to 128 tokens'."""
+    if data.task == "text":
+        return f"texts of up to {data.input_size[0]} tokens"
+    return f"images of {'x'.join(map(str, data.input_size))}"
 
 
 def _models_line(trainer: Trainer) -> str:

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gpd.config import load_config
+from gpd.config import Config, load_config
 from gpd.data import build_datasets
 from gpd.data.augment import AugmentRecipe
 from gpd.data.bundle import num_samples
@@ -27,6 +28,7 @@ from gpd.io.layout import RunLayout, student_file_of
 from gpd.io.student import read_student_file, student_from_payload
 from gpd.outputs import logits_of
 from gpd.training.distributed import DistContext, all_reduce_sum, broadcast_buffers, resolve_device
+from gpd.training.hf_data import prepare as prepare_hf_data
 
 Model = Callable[..., Any]  # a forward pass: its output's logits are read by gpd.outputs.logits_of
 
@@ -116,38 +118,66 @@ def accuracy(
 
 
 def evaluate_exported(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate ``student.pt`` (or a run directory's) on the test split of its data set.
+    """Evaluate ``student.pt`` (or a run directory's, or a ``gpd export --format hf`` directory)
+    on the test split of its data set.
 
-    A run directory's config.yaml supplies the data settings; a bare student.pt
-    supplies the data set name it was trained on. ``overrides`` (key=value) can
-    change e.g. data.root or train.device.
+    A run directory's config.yaml (an export directory's gpd_config.yaml) supplies the data
+    settings; a bare student.pt supplies the data set name it was trained on. ``overrides``
+    (key=value) can change e.g. data.root or train.device.
     """
+    from gpd.io.hf_export import is_export_directory
+
     path = Path(path)
-    student_file = student_file_of(path)
-    payload = read_student_file(student_file)
-    if path.is_dir() and RunLayout(path).config.is_file():
-        cfg = load_config(str(RunLayout(path).config), overrides)
+    if is_export_directory(path):
+        model, cfg, name, where = _export_directory(path, list(overrides or []))
     else:
-        meta = payload.get("metadata", {})
-        defaults = [f"data.name={meta['data']}"] if meta.get("data") else []
-        size = meta.get("input_size")
-        if size and len(size) == 3:
-            defaults.append(f"data.image_size={size[-1]}")
-        cfg = load_config(None, defaults + list(overrides or []))
-    model = student_from_payload(payload, student_file)
+        student_file = student_file_of(path)
+        payload = read_student_file(student_file)
+        if path.is_dir() and RunLayout(path).config.is_file():
+            cfg = load_config(str(RunLayout(path).config), overrides)
+        else:
+            meta = payload.get("metadata", {})
+            defaults = [f"data.name={meta['data']}"] if meta.get("data") else []
+            size = meta.get("input_size")
+            if size and len(size) == 3:
+                defaults.append(f"data.image_size={size[-1]}")
+            cfg = load_config(None, defaults + list(overrides or []))
+        model, name, where = student_from_payload(payload, student_file), payload["spec"].get("name"), student_file
     device = resolve_device(cfg.train.device)
     model.to(device)
     recipe = AugmentRecipe.from_config(cfg.data)  # its interpolation resizes the test images as in training
-    data = build_datasets(
-        cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, augment=False, recipe=recipe
-    )
-    loader = DataLoader(data.test, batch_size=cfg.train.eval_batch_size)
+    hf = prepare_hf_data(cfg)
+    bundle = build_datasets(
+        cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size or hf.image_size, augment=False,
+        recipe=recipe, image_key=cfg.data.image_key, label_key=cfg.data.label_key, text=hf.text,
+    )  # fmt: skip
+    data = hf.apply(bundle)
+    loader = DataLoader(data.test, batch_size=cfg.train.eval_batch_size, collate_fn=data.collate)
     with torch.inference_mode():
         acc = accuracy({"student": model}, loader, device)["student"]
     return {
-        "path": str(student_file),
-        "model": payload["spec"].get("name"),
+        "path": str(where),
+        "model": name,
         "data": data.name,
         "images": num_samples(data.test),
+        "unit": "texts" if data.task == "text" else "images",
         "accuracy": acc,
     }
+
+
+def _export_directory(folder: Path, overrides: list[str]) -> tuple[nn.Module, Config, str, Path]:
+    """The model of a save_pretrained directory and the config of its data: the data section of
+    its gpd_config.yaml (the run's), under the user's overrides; its own tokenizer or image processor."""
+    from gpd.io.hf_export import RUN_CONFIG, load_export
+
+    model, _ = load_export(folder)
+    name = f"hf:{folder.resolve()}"
+    cfg = load_config(None, [f"model.student={name}", *overrides])
+    run_config = folder / RUN_CONFIG
+    if run_config.is_file():  # read as plain YAML: the run's model and teacher paths need not exist any more
+        data = (yaml.safe_load(run_config.read_text()) or {}).get("data") or {}
+        given = {item.split("=", 1)[0].removeprefix("data.") for item in overrides if item.startswith("data.")}
+        for key, value in data.items():
+            if hasattr(cfg.data, key) and key not in given and key != "tokenizer":  # the folder's own tokenizer
+                setattr(cfg.data, key, value)
+    return model, cfg, name, folder

@@ -11,6 +11,7 @@ from torch import nn
 from gpd.config import Config
 from gpd.data import DataBundle
 from gpd.errors import CheckpointError, ConfigError, first_line
+from gpd.inputs import call_model
 from gpd.io.student import is_student_payload, load_weights, read_checkpoint, student_from_payload
 from gpd.outputs import logits_of
 from gpd.training.model_setup import create_for_data
@@ -32,7 +33,9 @@ def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint
         if t.model is None:
             raise ConfigError(f"teacher.checkpoint {t.checkpoint} does not exist yet; set teacher.model for a dry run")
         print(f"dry run: teacher.checkpoint {t.checkpoint} does not exist yet -> a random {t.model} stands in")
-        teacher = create_for_data(t.model, data, t.kwargs, role="teacher")
+        teacher = create_for_data(
+            t.model, data, t.kwargs, role="teacher", trust_remote_code=cfg.model.trust_remote_code
+        )
         check_fits(teacher, data, "teacher")
         return teacher
     if t.checkpoint is not None and t.model is None:
@@ -52,6 +55,7 @@ def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint
             pretrained=t.pretrained,
             role="teacher",
             dry_run=allow_missing_checkpoint,
+            trust_remote_code=cfg.model.trust_remote_code,
         )
         if t.checkpoint is not None:
             load_weights(teacher, t.checkpoint, what="teacher")
@@ -70,12 +74,11 @@ def check_fits(model: nn.Module, data: DataBundle, role: str) -> None:
     was_training = model.training
     model.eval()
     try:
-        logits = logits_of(model(torch.zeros(2, *data.input_size)))
+        example = data.example if data.example is not None else torch.zeros(2, *data.input_size)
+        logits = logits_of(call_model(model, example))
     except Exception as err:
-        raise CheckpointError(
-            f"the {role} does not run on {data.name} images of size {'x'.join(map(str, data.input_size))}: "
-            f"{first_line(err)}"
-        ) from None
+        samples = "texts" if data.task == "text" else f"images of size {'x'.join(map(str, data.input_size))}"
+        raise CheckpointError(f"the {role} does not run on {data.name} {samples}: {first_line(err)}") from None
     finally:
         model.train(was_training)
     if logits.ndim != 2 or logits.shape[-1] != data.num_classes:

@@ -199,6 +199,8 @@ def run_description(cfg: Config, data: DataBundle) -> dict[str, Any]:
         "std": list(data.std),
         "class_names": list(data.class_names),
         "gpd_ratio": cfg.gpd.ratio if cfg.gpd.enabled else None,
+        "task": data.task,
+        "preprocessor": data.preprocessor,
     }
 
 
