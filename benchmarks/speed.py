@@ -27,6 +27,8 @@ step (what the step adds: activations, gradients, momentum, workspace).
     python benchmarks/speed.py                 # CPU, the three pairs (about 20 minutes on 2 cores)
     python benchmarks/speed.py --quick         # CIFAR pair only, batch 4, 2 steps: about a minute
     python benchmarks/speed.py --device cuda --size 32,224 --precision bf16
+    python benchmarks/speed.py --hf            # transformers BERT and ViT: the student view against the
+                                               # plain model, forward + backward (benchmarks/speed_hf.py)
 """
 
 from __future__ import annotations
@@ -408,6 +410,14 @@ def main() -> None:
                         "16 and 64) and 224 px (batch 16), the CIFAR pair at 32 px (batch 32); --cases to pick")  # fmt: skip
     parser.add_argument("--cases", default=None,
                         help="with --branch-cost: comma-separated PAIR:SIZE:BATCH, e.g. resnet:112:16,cifar:32:32")  # fmt: skip
+    parser.add_argument("--hf", action="store_true",
+                        help="only the student view of a small transformers BERT and ViT against the plain "
+                        "model, forward + backward (default batch 16, 20 rounds; with --quick batch 2, 2 rounds)")  # fmt: skip
+    parser.add_argument("--hf-models", default="bert,vit", help="with --hf: comma-separated subset of bert, vit")
+    parser.add_argument("--no-keep-host-memory", dest="keep_host_memory", action="store_false",
+                        help="with --hf on the CPU: glibc's default allocation (large freed blocks go back to the "
+                        "system and fault in again) instead of gpd train's train.keep_host_memory")  # fmt: skip
+    parser.add_argument("--seq", type=int, default=128, help="with --hf: BERT's sequence length")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads is None:
@@ -419,11 +429,19 @@ def main() -> None:
         spec = json.loads(args.worker)
         env = Env(args.device, args.precision, args.threads, args.channels_last)
         kind = spec.pop("kind")
+        if kind == "hf":
+            from speed_hf import hf_worker  # benchmarks/, the script's own folder
+
+            print(json.dumps(hf_worker(**spec, env=env)))
+            return
         spec["pair"] = PAIR_BY_KEY[spec["pair"]]
         result = step_worker(**spec, env=env) if kind == "step" else extras_worker(**spec, env=env)
         print(json.dumps(result))
         return
 
+    if args.hf:
+        hf_main(args, parser)
+        return
     if args.quick:
         args.pairs = args.pairs or "cifar"
         args.batch = args.batch or 4
@@ -578,6 +596,33 @@ def main() -> None:
                       f"| {branched['step_ms'] / plain['step_ms']:.2f}{cpu_cells} | {_gflop(plain['flops'])} "
                       f"| {_gflop(branched['flops'])} | {branched['flops'] / plain['flops']:.2f} "
                       f"| {plain['peak_mb']:.0f} | {branched['peak_mb']:.0f} |", flush=True)  # fmt: skip
+    print(f"\nTotal wall time {time.time() - started:.0f} s; load average at end {_load()}.")
+
+
+def hf_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """--hf: the student view of transformers models against the plain model (benchmarks/speed_hf.py)."""
+    from speed_hf import HF_MODELS, hf_table
+
+    keys = [key.strip() for key in args.hf_models.split(",") if key.strip()]
+    unknown = [key for key in keys if key not in HF_MODELS]
+    if unknown or not keys:
+        parser.error(f"--hf-models takes a comma-separated subset of {', '.join(HF_MODELS)}, got {args.hf_models!r}")
+    try:
+        import transformers
+    except ImportError:
+        raise SystemExit("--hf needs transformers: pip install 'gpd[hf]'") from None
+    import torch
+
+    args.batch = args.batch or (2 if args.quick else 16)
+    args.steps = args.steps or (2 if args.quick else 20)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    started = time.time()
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_model()
+    print(f"# The student view of transformers models, r = 2 ({time.strftime('%Y-%m-%d %H:%M')})\n")
+    print(f"device {args.device} ({device_name}); torch {torch.__version__}; transformers {transformers.__version__}; "
+          f"precision {args.precision}; threads {args.threads}; load average at start {_load()}\n")  # fmt: skip
+    print(f"command: {' '.join(['python', os.path.relpath(__file__), *sys.argv[1:]])}\n")
+    hf_table(keys, args, _run_worker)
     print(f"\nTotal wall time {time.time() - started:.0f} s; load average at end {_load()}.")
 
 

@@ -87,3 +87,19 @@ def test_gpu_check_dry_run_passes_on_cpu(tmp_path: Path) -> None:
     assert len(rows) == 10 and "FAIL" not in text
     assert sum("| skipped |" in row for row in rows) == 2  # fp16 on CPU
     assert "DDP, 1 process (gloo) | pass" in text and "torch.compile GPD step" in text
+
+
+def test_speed_hf_quick_rows_and_verdict() -> None:
+    """--hf: a row per transformers model with times, ratios, the view's eval logits equal to the plain model's."""
+    pytest.importorskip("transformers")
+    text = run_speed("--hf", "--quick", "--seq", "32", timeout=300)
+    rows = table_rows(text, "Student view of transformers models")
+    assert [row[0].split(":")[0] for row in rows] == ["BertForSequenceClassification", "ViTForImageClassification"]
+    assert [row[1] for row in rows] == ["32 tokens, 2", "224 px, 2"]
+    for row in rows:
+        plain_ms, view_ms, ratio = (float(cell) for cell in row[2:5])
+        assert plain_ms > 0 and view_ms > 0 and ratio == pytest.approx(view_ms / plain_ms, rel=0.02)
+        assert row[-1] == "identical"
+        student, dynamic = (float(part.split()[0]) for part in row[-3].split(" / "))
+        assert 2 * student < dynamic <= 4 * student  # r = 2: up to r² (embedding rows are not widened)
+    assert "Target: the CPU-time ratio view/plain at most 1.10: bert " in text
