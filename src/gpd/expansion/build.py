@@ -200,6 +200,44 @@ class DynamicBuilder:
         return dynamic
 
 
+def parameter_aliases(module: nn.Module) -> list[list[str]]:
+    """The names of every parameter held at several places (tied weights), grouped, first name first."""
+    places: dict[int, list[str]] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        places.setdefault(id(param), []).append(name)
+    return [names for names in places.values() if len(names) > 1]
+
+
+def tie_like_student(student: nn.Module, dynamic: nn.Module, slices: dict[str, ParamSlice]) -> None:
+    """Make D hold a tied parameter of the student as one tensor too, or refuse.
+
+    A module called twice (ALBERT's shared layers) is expanded once and stays one module in D.
+    A parameter tied at two places (an output layer tied to the input embeddings) is expanded
+    by each place's rule; where those give D different tensors (the input embedding tiled, the
+    output layer ``W / r`` on its input axis), no one tensor of D can be both, and D would
+    silently untie them: refused, naming both places. Equal tensors are tied in D, and the
+    student reads the tied tensor under its first name only (``slices``).
+    """
+    for names in parameter_aliases(student):
+        tensors = [dynamic.get_parameter(name) for name in names]
+        first = tensors[0]
+        for name, tensor in zip(names[1:], tensors[1:]):
+            if tensor is first:
+                continue
+            if tensor.shape != first.shape or not torch.equal(tensor, first):
+                raise ExpansionError(
+                    f"the parameter '{names[0]}' is tied to '{name}', and the dynamic teacher needs different "
+                    f"tensors at the two places ({tuple(first.shape)} and {tuple(tensor.shape)}"
+                    f"{', different values' if tensor.shape == first.shape else ''}): untie them before gpd.expand, "
+                    "e.g. a config with tie_word_embeddings=False, or "
+                    f"model.{name} = nn.Parameter(model.{names[0]}.detach().clone())"
+                )
+            owner, _, leaf = name.rpartition(".")
+            dynamic.get_submodule(owner).register_parameter(leaf, first)
+        for name in names[1:]:
+            slices.pop(name, None)
+
+
 FLOAT64_BUILD_LIMIT = 1e8  # D's parameters; larger Ds are built in the student's dtype (memory)
 
 
@@ -222,6 +260,7 @@ def build_dynamic(
         example = example.map_floats(torch.Tensor.double)
     builder = DynamicBuilder(student, plan, roles)
     dynamic = builder.build(example)
+    tie_like_student(student, dynamic, builder.slices)
     dynamic64 = dynamic if in_float64 else None
     if in_float64:
         dynamic = copy.deepcopy(dynamic).float()
