@@ -17,6 +17,7 @@ from gpd.expansion.rules import (
 )
 from gpd.expansion.timm_rules import register_timm_rules
 from gpd.expansion.torch_rules import register_torch_rules
+from gpd.expansion.transformers_text import register_transformers_text_rules
 from gpd.sharing.param_slice import ParamSlice
 
 register_torch_rules()
@@ -24,6 +25,7 @@ with RULES.builtin_registrations():
     register_known_attentions()  # torch's now, timm's and torchvision's once imported
 register_when_imported("timm", register_timm_rules)
 register_when_imported("timm", register_fused_mlps)
+register_when_imported("transformers", register_transformers_text_rules)
 
 __all__ = [
     "RULES",

@@ -68,6 +68,11 @@ def _swap(target: nn.Module, new: nn.Module) -> None:
     target.__dict__.update(new.__dict__)
 
 
+# layers whose rule reads no input layout (an embedding reads indices): expanded before D's first call, so
+# that a model may read their tensors without calling them
+UNMEASURED_LAYERS: tuple[type[nn.Module], ...] = (nn.Embedding,)
+
+
 class DynamicBuilder:
     """Expands every layer of the student once, in D's execution order."""
 
@@ -161,6 +166,10 @@ class DynamicBuilder:
         if "" in pending:  # the whole model is one unit: nothing to measure
             module, entry = pending.pop("")
             return self.expand_unit("", module, entry, None).module
+        for name, (module, entry) in list(pending.items()):
+            if isinstance(module, UNMEASURED_LAYERS):  # read without a call, too (DeBERTa's relative embeddings)
+                _swap(dynamic.get_submodule(name), self.expand_unit(name, module, entry, None).module)
+                del pending[name]
         student_inputs = self.record_student_inputs(example, set(pending))
         handles = []
         for name, (module, entry) in pending.items():
