@@ -24,6 +24,7 @@ from torch import nn
 
 from gpd.channel_maps import ChannelMap, WidthPlan, identity_map
 from gpd.errors import ExpansionError
+from gpd.expansion.layout import MeasuredInput
 from gpd.expansion.rules import ExpandedLayer, LayerContext, channel_tensor_multiplies, run_pending_registrations
 from gpd.sharing.param_slice import ParamSlice
 
@@ -87,18 +88,39 @@ def known_channel_counts(units: list[tuple[str, nn.Module]], plain_sizes: set[in
     return counts - plain_sizes
 
 
-def channel_axis(owner: str, name: str, shape: tuple[int, ...], counts: Set[int], parameter: bool) -> int | None:
+def axes_meeting_input(shape: tuple[int, ...], measured: MeasuredInput | None) -> set[int]:
+    """The axes of a tensor that meet an expanded axis of the layer's input of the same size when
+    broadcast against it (aligned from the right, as ``x + t`` and ``x * t`` align them)."""
+    if measured is None:
+        return set()
+    offset = len(measured.student_shape) - len(shape)
+    found = set()
+    for dim, size in enumerate(shape):
+        channel_map = measured.maps.get(dim + offset)
+        if channel_map is not None and channel_map.student_size == size:
+            found.add(dim)
+    return found
+
+
+def channel_axis(
+    owner: str, name: str, shape: tuple[int, ...], counts: Set[int], parameter: bool, meets: Set[int] = frozenset()
+) -> int | None:
     """The one axis of ``shape`` whose size is a known channel count; None for scalars.
 
-    A parameter with none or several such axes is refused (ExpansionError naming it).
-    Buffers are kept unchanged (None) unless declared: a mask or an index table can
-    have an axis that merely equals a channel count (Swin's attention mask).
+    Where several axes have such a size (64 positions and 64 channels), the tensor's use decides:
+    the one among them that ``meets`` an expanded axis of the activation it acts on
+    (:func:`axes_meeting_input`). A parameter with none, or several undecided, is refused
+    (ExpansionError naming it). Buffers are kept unchanged (None) unless declared: a mask or an
+    index table can have an axis that merely equals a channel count (Swin's attention mask).
     """
     if not parameter or len(shape) == 0 or all(s == 1 for s in shape):
         return None
     axes = [d for d, s in enumerate(shape) if s in counts]
     if len(axes) == 1:
         return axes[0]
+    used = [d for d in axes if d in meets]
+    if len(axes) > 1 and len(used) == 1:
+        return used[0]
     if len(axes) > 1 and len(shape) == 3 and shape[0] == 1 and axes[-1] == 2:
         return 2  # a (1, tokens, channels) sequence tensor: a token count can equal a channel count
     if not parameter:
@@ -175,7 +197,8 @@ def expand_generic_leaf(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
     params = dict(module.named_parameters(recurse=False))
     tensors = list(params.items()) + list(module.named_buffers(recurse=False))
     for name, value in tensors:
-        axis = channel_axis(ctx.name, name, tuple(value.shape), counts, name in params)
+        shape = tuple(value.shape)
+        axis = channel_axis(ctx.name, name, shape, counts, name in params, axes_meeting_input(shape, measured))
         if axis is None:
             if name in params:
                 slices[name] = ParamSlice({})
