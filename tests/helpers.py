@@ -117,7 +117,9 @@ def text_model(name: str, seed: int = 0, **overrides: object) -> nn.Module:
 
     config_class, model_class, _, config = TEXT_MODELS[name]
     torch.manual_seed(seed)
-    built = getattr(transformers, model_class)(getattr(transformers, config_class)(**{**TEXT_BASE, **config, **overrides}))
+    built = getattr(transformers, model_class)(
+        getattr(transformers, config_class)(**{**TEXT_BASE, **config, **overrides})
+    )
     return sharpened(built, seed).double().eval()
 
 

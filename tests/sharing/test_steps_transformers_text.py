@@ -38,7 +38,12 @@ def kind_of(name: str) -> str:
     last = name.rsplit(".", 1)[-1]
     if name.startswith(("classifier.", "score.")):
         return "head" if last == "weight" else "head_bias"
-    if "embeddings." in name and "LayerNorm" not in name or name.startswith(("transformer.wte", "transformer.wpe")):
+    if (
+        ("embeddings." in name and "LayerNorm" not in name)
+        or ".embed_tokens." in name
+        or ".wte." in name
+        or ".wpe." in name
+    ):
         return "embedding"
     if ".q_norm." in name or ".k_norm." in name:
         return "head_norm"
@@ -80,6 +85,11 @@ def setup(arch: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], torch.Te
     return student, text_batch(arch), torch.randint(0, TEXT_LABELS, (3,), generator=torch.Generator().manual_seed(1))
 
 
+def has_gradient(grad: torch.Tensor | None) -> bool:
+    """False for a position the batch never uses and for a key bias (softmax ignores it: rounding only)."""
+    return grad is not None and float(grad.abs().max()) > 1e-12
+
+
 def loss(model: object, batch: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits_of(call_model(model, batch)), y)  # type: ignore[arg-type]
 
@@ -98,8 +108,8 @@ def test_student_step_per_text_kind(arch: str, r: int, rule: str) -> None:
     after = model.student_parameters()
     kinds = set()
     for name, param in plain.named_parameters():
-        if param.grad is None or not bool(param.grad.any()):
-            continue  # a position never used by the batch
+        if not has_gradient(param.grad):
+            continue
         kinds.add(kind_of(name))
         predicted = -LR * student_factor(kind_of(name), r, rule) * param.grad
         assert rel_err(after[name] - before[name], predicted) <= 1e-9, (name, kind_of(name))
@@ -119,7 +129,7 @@ def test_dynamic_teacher_step_per_text_kind(arch: str, r: int, rule: str) -> Non
     loss(model.forward_dynamic, batch, y).backward()
     optimizer.step()
     for name, param in model.dynamic.named_parameters():
-        if plain_grads[name] is None:
+        if not has_gradient(plain_grads[name]):
             continue
         predicted = -LR * dynamic_factor(kind_of(name), r, rule) * plain_grads[name]
         assert rel_err(param.detach() - before[name], predicted) <= 1e-9, (name, kind_of(name))

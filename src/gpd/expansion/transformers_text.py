@@ -28,8 +28,9 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, cast
 
+import torch
 from torch import nn
 
 from gpd.channel_maps import ChannelMap, concat_maps, identity_map
@@ -46,10 +47,20 @@ from gpd.sharing.param_slice import ParamSlice
 Q, KV = "q", "kv"  # the segments of a projection: query heads, key/value heads
 
 
+class Conv1D(Protocol):
+    """What the rules read of transformers' Conv1D."""
+
+    weight: torch.Tensor  # (nx, nf)
+    bias: torch.Tensor
+    nx: int
+    nf: int
+
+
 def expand_conv1d_with_maps(module: nn.Module, in_map: ChannelMap, out_map: ChannelMap) -> ExpandedLayer:
     """transformers' Conv1D (GPT-2): a Linear whose weight is ``(in, out)``; divided on the input axis, 0."""
-    weight = in_map.expand(out_map.expand(module.weight, 1), 0, divide=True)
-    params = {"weight": weight, "bias": out_map.expand(module.bias, 0)}
+    conv = cast(Conv1D, module)
+    weight = in_map.expand(out_map.expand(conv.weight, 1), 0, divide=True)
+    params = {"weight": weight, "bias": out_map.expand(conv.bias, 0)}
     slices = {
         "weight": ParamSlice(
             {0: in_map, 1: out_map},
@@ -58,15 +69,16 @@ def expand_conv1d_with_maps(module: nn.Module, in_map: ChannelMap, out_map: Chan
         ),
         "bias": ParamSlice({0: out_map}, paper_scale=paper_bias_scale(out_map)),
     }
-    new = replace_tensors(module, params)
+    new = cast(Conv1D, replace_tensors(module, params))
     new.nx, new.nf = in_map.dynamic_size, out_map.dynamic_size
-    return ExpandedLayer(new, slices, output_map=out_map)
+    return ExpandedLayer(cast(nn.Module, new), slices, output_map=out_map)
 
 
 def expand_conv1d(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
     """Conv1D as a layer of its own (GPT-2's MLP): as a Linear, on the last axis."""
-    in_map = ctx.in_map(module.nx, -1)
-    out_map = identity_map(module.nf) if ctx.reads_other_axis(in_map) else ctx.out_map(module.nf, -1)
+    conv = cast(Conv1D, module)
+    in_map = ctx.in_map(conv.nx, -1)
+    out_map = identity_map(conv.nf) if ctx.reads_other_axis(in_map) else ctx.out_map(conv.nf, -1)
     return expand_conv1d_with_maps(module, in_map, out_map)
 
 
@@ -80,7 +92,8 @@ def _features(module: nn.Module) -> tuple[int, int]:
     """(in, out) of a Linear or a Conv1D."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
-    return int(module.nx), int(module.nf)
+    conv = cast(Conv1D, module)
+    return conv.nx, conv.nf
 
 
 @dataclass(frozen=True)
@@ -97,7 +110,7 @@ def _sizes_from(head_attr: str, query: str, key: str | None = None) -> Callable[
     a fused projection (``query`` its name) holds the query segment first, then two equal k/v ones."""
 
     def sizes(module: nn.Module) -> HeadSizes:
-        head = int(getattr(module, head_attr))
+        head: int = getattr(module, head_attr)
         out = _features(getattr(module, query))[1]
         if key is not None:
             return HeadSizes(out, _features(getattr(module, key))[1], head)
@@ -109,6 +122,17 @@ def _sizes_from(head_attr: str, query: str, key: str | None = None) -> Callable[
         return HeadSizes(out // 3, out // 3, head)
 
     return sizes
+
+
+class GPT2Sizes(Protocol):
+    embed_dim: int
+    head_dim: int
+
+
+def _gpt2_sizes(module: nn.Module) -> HeadSizes:
+    """GPT-2: ``embed_dim`` channels of queries, keys and values each (its cross-attention's too)."""
+    attention = cast(GPT2Sizes, module)
+    return HeadSizes(attention.embed_dim, attention.embed_dim, attention.head_dim)
 
 
 @dataclass(frozen=True)
@@ -278,7 +302,7 @@ ATTENTIONS: dict[str, list[tuple[str, AttentionSpec]]] = {
         (
             "GPT2Attention",
             AttentionSpec(
-                sizes=lambda m: HeadSizes(m.embed_dim, m.embed_dim, m.head_dim),
+                sizes=_gpt2_sizes,
                 projections={"c_attn": (Q, KV, KV), "q_attn": (Q,)},
                 outputs=("c_proj",),
                 scaled=("embed_dim", "num_heads", "split_size"),
@@ -288,9 +312,7 @@ ATTENTIONS: dict[str, list[tuple[str, AttentionSpec]]] = {
     "transformers.models.modernbert.modeling_modernbert": [
         (
             "ModernBertAttention",
-            AttentionSpec(
-                sizes=_sizes_from("head_dim", "Wqkv"), projections={"Wqkv": (Q, KV, KV)}, outputs=("Wo",)
-            ),
+            AttentionSpec(sizes=_sizes_from("head_dim", "Wqkv"), projections={"Wqkv": (Q, KV, KV)}, outputs=("Wo",)),
         )
     ],
     "transformers.models.deberta_v2.modeling_deberta_v2": [
