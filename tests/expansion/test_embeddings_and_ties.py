@@ -144,3 +144,27 @@ def test_tied_tensors_that_d_needs_apart_are_refused_naming_both() -> None:
     torch.manual_seed(0)
     with pytest.raises(gpd.ExpansionError, match=r"'embed\.weight' is tied to 'out\.weight'.*untie them"):
         gpd.expand(TiedHead().double(), 2, example_input=ids())
+
+
+class ReadTable(nn.Module):
+    """Reads an embedding's weight without calling it (DeBERTa's relative embeddings); an aux head is never used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.table, self.fc2 = nn.Linear(4, 8), nn.Embedding(5, 8), nn.Linear(8, 3)
+        self.aux = nn.Linear(8, 3)  # a train-only head: never called on the example
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x)) + self.table.weight.sum(0)
+        return self.fc2(h)
+
+
+def test_a_table_read_without_a_call_is_expanded_first_and_verified() -> None:
+    torch.manual_seed(0)
+    model_s, x = ReadTable().double().eval(), torch.randn(3, 4, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="never called") as caught:
+        model = gpd.expand(model_s, 2, example_input=x)
+    assert next(str(w.message) for w in caught if "never called" in str(w.message)).count("table") == 0
+    assert "aux" in str(caught[0].message)
+    assert model.dynamic.table.weight.shape == (5, 16)
+    assert rel_err(model.forward_dynamic(x), model_s(x)) <= 1e-12

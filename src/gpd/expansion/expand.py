@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from gpd.channel_maps import LAYOUTS, ChannelMap, Layout, WidthPlan
 from gpd.choices import BranchInit, LayoutChoice, StepRule, check_choice
@@ -286,6 +287,27 @@ def expand(
     ) from refusals[0]
 
 
+def read_without_a_call(model: nn.Module, names: list[str], example: ModelInput) -> set[str]:
+    """The layers among ``names`` (never called) whose parameters the output still depends on:
+    read directly (DeBERTa's relative embeddings, ``rel_embeddings.weight``), so verified with it."""
+    params = {n: [p for p in model.get_submodule(n).parameters() if p.requires_grad] for n in names}
+    flat = [p for group in params.values() for p in group]
+    if not flat:
+        return set()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            outputs = [t for t in tree_leaves(example.call(model)) if isinstance(t, torch.Tensor) and t.requires_grad]
+            if not outputs:
+                return set()
+            total = torch.stack([t.double().sum() for t in outputs]).sum()
+            grads = dict(zip(map(id, flat), torch.autograd.grad(total, flat, allow_unused=True)))
+    finally:
+        model.train(was_training)
+    return {n for n, group in params.items() if any(grads[id(p)] is not None for p in group)}
+
+
 def _expand_with_plan(
     model: nn.Module,
     plan: WidthPlan,
@@ -308,6 +330,7 @@ def _expand_with_plan(
         )
     named = roles.input_layers | roles.output_layers
     unverified = sorted(n for n in roles.unused - named if any(True for _ in model.get_submodule(n).parameters()))
+    unverified = [n for n in unverified if n not in read_without_a_call(model, unverified, example)]
     if unverified:
         warnings.warn(
             f"layers never called on the example input were expanded on both sides without verification: "
