@@ -168,3 +168,40 @@ def test_a_table_read_without_a_call_is_expanded_first_and_verified() -> None:
     assert "aux" in str(caught[0].message)
     assert model.dynamic.table.weight.shape == (5, 16)
     assert rel_err(model.forward_dynamic(x), model_s(x)) <= 1e-12
+
+
+class TokensLast(nn.Module):
+    """A container adding its own (tokens, channels) table: 16 tokens, 16 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 16), nn.Linear(16, 3)
+        self.table = nn.Parameter(torch.randn(16, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x) + self.table)).mean(1)
+
+
+class ChannelsFirst(nn.Module):
+    """The same table added channels first, (channels, time), before a Conv1d: 16 channels, 16 steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv1d(4, 16, 1), nn.Conv1d(16, 3, 1)
+        self.table = nn.Parameter(torch.randn(16, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.conv1(x) + self.table)).mean(2)
+
+
+@pytest.mark.parametrize(
+    ("net", "shape", "expanded"), [(TokensLast, (2, 16, 4), (16, 32)), (ChannelsFirst, (2, 4, 16), (32, 16))]
+)
+def test_a_container_tensor_of_coincident_sizes_takes_the_axis_that_verifies(net, shape, expanded) -> None:
+    torch.manual_seed(0)
+    model_s, x = net().double().eval(), torch.randn(*shape, dtype=torch.float64)
+    model = gpd.expand(model_s, 2, example_input=x).eval()
+    assert model.dynamic.table.shape == expanded
+    assert rel_err(model.forward_dynamic(x), model_s(x)) <= 1e-12
+    with pytest.raises(gpd.ExpansionError, match=r"'table' of shape \(16, 16\): several axes"):
+        gpd.expand(model_s, 2, example_input=x, check=False)  # only verification can decide

@@ -24,6 +24,7 @@ from gpd.errors import ArgumentError, ExpansionError, first_line
 from gpd.expansion.build import build_dynamic
 from gpd.expansion.examples import CHECK_EXTRA, MEASURE_EXTRA, example_of, with_extra_samples
 from gpd.expansion.examples import infer_input_size as infer_input_size  # its old home (gpd.cli imports it here)
+from gpd.expansion.generic import ambiguity_of, chosen_axes
 from gpd.expansion.model import ExpansionReport, GPDModel
 from gpd.expansion.refusals import is_bug, refusals_only
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
@@ -317,8 +318,40 @@ def _expand_with_plan(
     tolerance: float,
     check: bool,
     step_rule: StepRule,
+    choices: dict[str, int] | None = None,
 ) -> GPDModel:
-    """:func:`expand` in one layout: build D, share, verify, add the noise."""
+    """:func:`expand` in one layout. A tensor with several axes of a channel count that its use does
+    not decide (``generic.AmbiguousChannelAxis``) is expanded on each of them in turn, the last axis
+    first, and the first that verifies is kept; without verification (``check=False``) it is refused."""
+    choices = choices or {}
+    try:
+        with chosen_axes(choices):
+            return _expand_once(model, plan, roles, example, noise_std, tolerance, check, step_rule)
+    except ExpansionError as err:
+        ambiguous = ambiguity_of(err)
+        if ambiguous is None or not check or ambiguous.tensor in choices:
+            raise
+        failures = []
+        for axis in reversed(ambiguous.axes):
+            try:
+                chosen = {**choices, ambiguous.tensor: axis}
+                return _expand_with_plan(model, plan, roles, example, noise_std, tolerance, check, step_rule, chosen)
+            except ExpansionError as other:
+                failures.append(f"axis {axis}: {first_line(other)[:200]}")
+        raise ExpansionError(f"{ambiguous}; none of them verifies ({'; '.join(failures)})") from err
+
+
+def _expand_once(
+    model: nn.Module,
+    plan: WidthPlan,
+    roles: LayerRoles,
+    example: ModelInput,
+    noise_std: float,
+    tolerance: float,
+    check: bool,
+    step_rule: StepRule,
+) -> GPDModel:
+    """:func:`expand` in one layout with the axes chosen so far: build D, share, verify, add the noise."""
     probe = with_extra_samples(example, MEASURE_EXTRA, seed=1)
     dynamic, slices, output_maps, rules_used, dynamic64 = build_dynamic(model, plan, roles, probe)
     del probe

@@ -6,8 +6,9 @@ model, not only timm's VisionTransformer) and GlobalResponseNorm's gamma/beta al
 hold a tensor with exactly one axis whose size is a channel count the expansion
 knows. D holds them tiled on that axis, never divided: they are added to or
 multiply activations channel by channel, nothing sums over them. Scalars (StarReLU's
-scale and bias, LearnableAffineBlock's) stay as they are. A tensor with no such axis,
-or with several, is refused by name; verification decides the rest.
+scale and bias, LearnableAffineBlock's) stay as they are. A tensor with no such axis is
+refused by name; one with several is decided by its use (:func:`channel_axis`), else by
+verification (``gpd.expand`` tries each: :class:`AmbiguousChannelAxis`).
 
 The paper's layout (``ParamSlice.paper_scale``, docs/method.md "Per-layer steps")
 divides tensors *added* to activations by r and keeps those that *multiply* them.
@@ -18,7 +19,9 @@ everything else (gamma, scale, layer scale, weight, alpha) multiplies (1).
 
 from __future__ import annotations
 
-from collections.abc import Set
+import contextlib
+from collections.abc import Iterator, Mapping, Set
+from contextvars import ContextVar
 
 from torch import nn
 
@@ -102,6 +105,38 @@ def axes_meeting_input(shape: tuple[int, ...], measured: MeasuredInput | None) -
     return found
 
 
+class AmbiguousChannelAxis(ExpansionError):
+    """A parameter with several axes of a channel count that its use does not decide: ``gpd.expand``
+    tries each (:func:`chosen_axes`) and keeps the one that verifies."""
+
+    def __init__(self, message: str, tensor: str, axes: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.tensor, self.axes = tensor, axes
+
+
+_CHOSEN_AXES: ContextVar[Mapping[str, int] | None] = ContextVar("gpd_chosen_axes", default=None)
+
+
+@contextlib.contextmanager
+def chosen_axes(choices: Mapping[str, int]) -> Iterator[None]:
+    """Inside the block, the channel axis of each named tensor is the one given (``owner.name`` -> axis)."""
+    token = _CHOSEN_AXES.set(dict(choices))
+    try:
+        yield
+    finally:
+        _CHOSEN_AXES.reset(token)
+
+
+def ambiguity_of(err: BaseException) -> AmbiguousChannelAxis | None:
+    """The :class:`AmbiguousChannelAxis` behind ``err`` (itself, or its cause: a failed run wraps it)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, AmbiguousChannelAxis):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def channel_axis(
     owner: str, name: str, shape: tuple[int, ...], counts: Set[int], parameter: bool, meets: Set[int] = frozenset()
 ) -> int | None:
@@ -121,15 +156,22 @@ def channel_axis(
     used = [d for d in axes if d in meets]
     if len(axes) > 1 and len(used) == 1:
         return used[0]
+    qualified = f"{owner}.{name}" if owner else name
+    chosen = (_CHOSEN_AXES.get() or {}).get(qualified)
+    if chosen is not None and chosen in axes:
+        return chosen
     if len(axes) > 1 and len(shape) == 3 and shape[0] == 1 and axes[-1] == 2:
         return 2  # a (1, tokens, channels) sequence tensor: a token count can equal a channel count
     if not parameter:
         return None
     why = "no axis" if not axes else f"several axes ({', '.join(str(a) for a in axes)})"
-    raise ExpansionError(
-        f"tensor '{owner + '.' if owner else ''}{name}' of shape {tuple(shape)}: {why} of a channel count the "
+    message = (
+        f"tensor '{qualified}' of shape {tuple(shape)}: {why} of a channel count the "
         "expansion knows; declare its channel axis with gpd.register_channel_tensors or register a rule"
     )
+    if len(axes) > 1:
+        raise AmbiguousChannelAxis(message, qualified, tuple(axes))
+    raise ExpansionError(message)
 
 
 def own_tensor_slice(
