@@ -100,6 +100,7 @@ TEXT_MODELS: dict[str, tuple[str, str, bool, dict]] = {
     "electra": ("ElectraConfig", "ElectraForSequenceClassification", True, {"embedding_size": 16}),
     "deberta_v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification", True, {**DEBERTA_RELATIVE, "share_att_key": True}),
     "deberta_v2_own_keys": ("DebertaV2Config", "DebertaV2ForSequenceClassification", True, {**DEBERTA_RELATIVE, "share_att_key": False}),
+    "deberta_v2_absolute": ("DebertaV2Config", "DebertaV2ForSequenceClassification", True, {}),  # the default config
     "modernbert": ("ModernBertConfig", "ModernBertForSequenceClassification", False, {}),
     "gpt2": ("GPT2Config", "GPT2ForSequenceClassification", False, {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_inner": 37, "n_positions": 24}),
     "llama": ("LlamaConfig", "LlamaForSequenceClassification", False, {"num_key_value_heads": 2}),
