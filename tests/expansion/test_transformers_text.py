@@ -78,6 +78,15 @@ def test_qwen3_head_norms_stay_at_the_head_size() -> None:
     assert torch.equal(attention.q_norm.weight, student.model.layers[0].self_attn.q_norm.weight.float())
 
 
+def test_qwen3_with_one_head_keeps_its_head_norm() -> None:
+    """One query and one key/value head: the head size is the whole query segment, still kept."""
+    student = text_model("qwen3", num_attention_heads=1, num_key_value_heads=1, head_dim=32)
+    batch = text_batch("qwen3")
+    model = gpd.expand(student, 2, example_input=batch).eval()
+    assert model.dynamic.model.layers[0].self_attn.q_norm.weight.shape == (32,)
+    assert rel_err(logits(model.forward_dynamic, batch), logits(student, batch)) <= 1e-12
+
+
 def test_gemma_norm_adds_one_to_its_tiled_weight() -> None:
     student = text_model("gemma")
     model = gpd.expand(student, 2, example_input=text_batch("gemma"))

@@ -157,15 +157,17 @@ def _keep(module: nn.Module) -> ExpandedLayer:
     return ExpandedLayer(copy.deepcopy(module), {name: ParamSlice({}) for name, _ in module.named_parameters()})
 
 
-def _norm_over(module: nn.Module, ctx: LayerContext, name: str, maps: dict[int, ChannelMap]) -> ExpandedLayer:
+def _norm_over(
+    module: nn.Module, ctx: LayerContext, name: str, maps: dict[int, ChannelMap], head: int
+) -> ExpandedLayer:
     """A norm inside attention: kept over the head size, tiled with its segment over a whole segment."""
     params = dict(module.named_parameters())
     sizes = {int(p.shape[-1]) for p in params.values()}
     if len(sizes) != 1 or any(p.ndim != 1 for p in params.values()):
         raise ctx.error(module, f"'{name}' holds tensors the attention rule does not know")
     size = sizes.pop()
-    if size not in maps:
-        return _keep(module)  # over the head size, which D keeps
+    if size == head or size not in maps:
+        return _keep(module)  # over the head size, which D keeps (a single head's too)
     channel_map = maps[size]
     new = replace_tensors(module, {n: channel_map.expand(p, 0) for n, p in params.items()})
     for attr in ("normalized_shape", "hidden_size", "dim"):
@@ -222,7 +224,7 @@ def attention_rule(spec: AttentionSpec) -> Callable[[nn.Module, LayerContext], E
             if name in layers:
                 continue
             if any(True for _ in child.parameters()):
-                layers[name] = _norm_over(child, ctx, f"{ctx.name}.{name}", maps)
+                layers[name] = _norm_over(child, ctx, f"{ctx.name}.{name}", maps, sizes.head)
             else:
                 layers[name] = ExpandedLayer(copy.deepcopy(child), {})
         own = [name for name, _ in module.named_parameters(recurse=False)]
