@@ -131,3 +131,75 @@ def hf_vision_model(name: str, labels: int = 3) -> tuple[nn.Module, int]:
         randomize_batchnorm(model, generator)  # transformers draws BatchNorm weights near 0: U(0.5, 1.5)
         calibrate_batchnorm(model, torch.randn(16, 3, size, size, generator=generator))  # then sensible statistics
     return model.train().eval(), size  # train() drops LeViT's cached attention biases
+
+
+def sharpened(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` with weights of unit scale, so that attention is far from uniform: transformers
+    initialise with std 0.02, where a wrong head layout hides below any tolerance (ModernBERT's did)."""
+    import math
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float64).to(param.dtype)
+            if param.ndim >= 2:
+                param.copy_(noise / math.sqrt(param.shape[-1]) * (3.0 if "embed" in name else 1.0))
+            elif "norm" in name.lower() and name.endswith("weight"):
+                param.copy_(1 + 0.3 * noise)
+            else:
+                param.copy_(0.3 * noise)
+    return model
+
+
+TEXT_VOCAB, TEXT_LENGTH, TEXT_LABELS = 50, 8, 3
+TEXT_BASE = {
+    "vocab_size": TEXT_VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "intermediate_size": 37, "max_position_embeddings": 24, "num_labels": TEXT_LABELS, "pad_token_id": 0,
+}  # fmt: skip
+DEBERTA_RELATIVE = {
+    "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 16,
+    "max_relative_positions": -1, "norm_rel_ebd": "layer_norm",
+}  # fmt: skip
+# name -> (config class, model class, token types?, config overrides): tiny random transformers text models
+TEXT_MODELS: dict[str, tuple[str, str, bool, dict]] = {
+    "bert": ("BertConfig", "BertForSequenceClassification", True, {}),
+    "roberta": ("RobertaConfig", "RobertaForSequenceClassification", False, {"max_position_embeddings": 26, "pad_token_id": 1}),
+    "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification", False, {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 37}),
+    "albert": ("AlbertConfig", "AlbertForSequenceClassification", True, {"embedding_size": 16}),
+    "electra": ("ElectraConfig", "ElectraForSequenceClassification", True, {"embedding_size": 16}),
+    "deberta_v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification", True, {**DEBERTA_RELATIVE, "share_att_key": True}),
+    "deberta_v2_own_keys": ("DebertaV2Config", "DebertaV2ForSequenceClassification", True, {**DEBERTA_RELATIVE, "share_att_key": False}),
+    "deberta_v2_absolute": ("DebertaV2Config", "DebertaV2ForSequenceClassification", True, {}),  # the default config
+    "modernbert": ("ModernBertConfig", "ModernBertForSequenceClassification", False, {}),
+    "gpt2": ("GPT2Config", "GPT2ForSequenceClassification", False, {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_inner": 37, "n_positions": 24}),
+    "llama": ("LlamaConfig", "LlamaForSequenceClassification", False, {"num_key_value_heads": 2}),
+    "mistral": ("MistralConfig", "MistralForSequenceClassification", False, {"num_key_value_heads": 2}),
+    "qwen2": ("Qwen2Config", "Qwen2ForSequenceClassification", False, {"num_key_value_heads": 2}),
+    "qwen3": ("Qwen3Config", "Qwen3ForSequenceClassification", False, {"num_key_value_heads": 2, "head_dim": 8}),
+    "phi3": ("Phi3Config", "Phi3ForSequenceClassification", False, {"num_key_value_heads": 2}),
+    "gemma": ("GemmaConfig", "GemmaForSequenceClassification", False, {"num_key_value_heads": 2, "head_dim": 8}),
+}  # fmt: skip
+
+
+def text_model(name: str, seed: int = 0, **overrides: object) -> nn.Module:
+    """A tiny random transformers text classifier of :data:`TEXT_MODELS`, sharpened, float64, eval mode."""
+    import transformers
+
+    config_class, model_class, _, config = TEXT_MODELS[name]
+    torch.manual_seed(seed)
+    built = getattr(transformers, model_class)(
+        getattr(transformers, config_class)(**{**TEXT_BASE, **config, **overrides})
+    )
+    return sharpened(built, seed).double().eval()
+
+
+def text_batch(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A padded batch of token ids (the second sequence has three padding tokens)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, TEXT_VOCAB, (3, TEXT_LENGTH), generator=generator)
+    mask = torch.ones(3, TEXT_LENGTH, dtype=torch.long)
+    ids[1, 5:], mask[1, 5:] = 0, 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if TEXT_MODELS[name][2]:
+        batch["token_type_ids"] = torch.randint(0, 2, (3, TEXT_LENGTH), generator=generator)
+    return batch

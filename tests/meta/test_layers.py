@@ -265,8 +265,8 @@ def test_the_rule_modules_import_alone(module: str) -> None:
 
 def test_io_stays_below_the_engine() -> None:
     """gpd.io (atomic writes, the run layout, the file formats) uses torch, the utilities (the reader
-    of a model's logits among them) and the model registry only, never the training engine, the
-    reports or the command line."""
+    of a model's logits and the caller of a model on a batch among them) and the model registry
+    only, never the training engine, the reports or the command line."""
     for importer, imported in _edges():
         if importer == "io":
-            assert imported in ("errors", "deprecated", "outputs", "models"), (importer, imported)
+            assert imported in ("errors", "deprecated", "inputs", "outputs", "models"), (importer, imported)

@@ -18,6 +18,7 @@ from gpd.expansion.rules import (
 )
 from gpd.expansion.timm_rules import register_timm_rules
 from gpd.expansion.torch_rules import register_torch_rules
+from gpd.expansion.transformers_text import register_transformers_text_rules
 from gpd.expansion.transformers_vision import register_transformers_vision_rules
 from gpd.sharing.param_slice import ParamSlice
 
@@ -27,6 +28,7 @@ with RULES.builtin_registrations():
 register_when_imported("timm", register_timm_rules)
 register_when_imported("timm", register_fused_mlps)
 register_when_imported("transformers", register_transformers_vision_rules)
+register_when_imported("transformers", register_transformers_text_rules)
 
 __all__ = [
     "RULES",

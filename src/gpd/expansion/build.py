@@ -82,6 +82,11 @@ def _swap(target: nn.Module, new: nn.Module) -> None:
     target.__dict__.update(new.__dict__)
 
 
+# layers whose rule reads no input layout (an embedding reads indices): expanded before D's first call, so
+# that a model may read their tensors without calling them
+UNMEASURED_LAYERS: tuple[type[nn.Module], ...] = (nn.Embedding,)
+
+
 class DynamicBuilder:
     """Expands every layer of the student once, in D's execution order."""
 
@@ -175,6 +180,10 @@ class DynamicBuilder:
         if "" in pending:  # the whole model is one unit: nothing to measure
             module, entry = pending.pop("")
             return self.expand_unit("", module, entry, None).module
+        for name, (module, entry) in list(pending.items()):
+            if isinstance(module, UNMEASURED_LAYERS):  # read without a call, too (DeBERTa's relative embeddings)
+                _swap(dynamic.get_submodule(name), self.expand_unit(name, module, entry, None).module)
+                del pending[name]
         student_inputs = self.record_student_inputs(example, set(pending))
         handles = []
         for name, (module, entry) in pending.items():
@@ -214,6 +223,44 @@ class DynamicBuilder:
         return dynamic
 
 
+def parameter_aliases(module: nn.Module) -> list[list[str]]:
+    """The names of every parameter held at several places (tied weights), grouped, first name first."""
+    places: dict[int, list[str]] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        places.setdefault(id(param), []).append(name)
+    return [names for names in places.values() if len(names) > 1]
+
+
+def tie_like_student(student: nn.Module, dynamic: nn.Module, slices: dict[str, ParamSlice]) -> None:
+    """Make D hold a tied parameter of the student as one tensor too, or refuse.
+
+    A module called twice (ALBERT's shared layers) is expanded once and stays one module in D.
+    A parameter tied at two places (an output layer tied to the input embeddings) is expanded
+    by each place's rule; where those give D different tensors (the input embedding tiled, the
+    output layer ``W / r`` on its input axis), no one tensor of D can be both, and D would
+    silently untie them: refused, naming both places. Equal tensors are tied in D, and the
+    student reads the tied tensor under its first name only (``slices``).
+    """
+    for names in parameter_aliases(student):
+        tensors = [dynamic.get_parameter(name) for name in names]
+        first = tensors[0]
+        for name, tensor in zip(names[1:], tensors[1:]):
+            if tensor is first:
+                continue
+            if tensor.shape != first.shape or not torch.equal(tensor, first):
+                raise ExpansionError(
+                    f"the parameter '{names[0]}' is tied to '{name}', and the dynamic teacher needs different "
+                    f"tensors at the two places ({tuple(first.shape)} and {tuple(tensor.shape)}"
+                    f"{', different values' if tensor.shape == first.shape else ''}): untie them before gpd.expand, "
+                    "e.g. a config with tie_word_embeddings=False, or "
+                    f"model.{name} = nn.Parameter(model.{names[0]}.detach().clone())"
+                )
+            owner, _, leaf = name.rpartition(".")
+            dynamic.get_submodule(owner).register_parameter(leaf, first)
+        for name in names[1:]:
+            slices.pop(name, None)
+
+
 FLOAT64_BUILD_LIMIT = 1e8  # D's parameters; larger Ds are built in the student's dtype (memory)
 
 
@@ -236,6 +283,7 @@ def build_dynamic(
         example = example.map_floats(torch.Tensor.double)
     builder = DynamicBuilder(student, plan, roles)
     dynamic = builder.build(example)
+    tie_like_student(student, dynamic, builder.slices)
     dynamic64 = dynamic if in_float64 else None
     if in_float64:
         dynamic = cast_copy(dynamic, torch.float32)

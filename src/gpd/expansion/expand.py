@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from gpd.channel_maps import LAYOUTS, ChannelMap, Layout, WidthPlan
 from gpd.choices import BranchInit, LayoutChoice, StepRule, check_choice
@@ -23,6 +24,7 @@ from gpd.errors import ArgumentError, ExpansionError, first_line
 from gpd.expansion.build import build_dynamic, cast_copy
 from gpd.expansion.examples import CHECK_EXTRA, MEASURE_EXTRA, example_of, with_extra_samples
 from gpd.expansion.examples import infer_input_size as infer_input_size  # its old home (gpd.cli imports it here)
+from gpd.expansion.generic import ambiguity_of, chosen_axes
 from gpd.expansion.model import ExpansionReport, GPDModel
 from gpd.expansion.refusals import is_bug, refusals_only
 from gpd.expansion.roles import LayerRoles, detect_roles, iter_units
@@ -291,6 +293,27 @@ def expand(
     ) from refusals[0]
 
 
+def read_without_a_call(model: nn.Module, names: list[str], example: ModelInput) -> set[str]:
+    """The layers among ``names`` (never called) whose parameters the output still depends on:
+    read directly (DeBERTa's relative embeddings, ``rel_embeddings.weight``), so verified with it."""
+    params = {n: [p for p in model.get_submodule(n).parameters() if p.requires_grad] for n in names}
+    flat = [p for group in params.values() for p in group]
+    if not flat:
+        return set()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            outputs = [t for t in tree_leaves(example.call(model)) if isinstance(t, torch.Tensor) and t.requires_grad]
+            if not outputs:
+                return set()
+            total = torch.stack([t.double().sum() for t in outputs]).sum()
+            grads = dict(zip(map(id, flat), torch.autograd.grad(total, flat, allow_unused=True)))
+    finally:
+        model.train(was_training)
+    return {n for n, group in params.items() if any(grads[id(p)] is not None for p in group)}
+
+
 def _expand_with_plan(
     model: nn.Module,
     plan: WidthPlan,
@@ -300,8 +323,40 @@ def _expand_with_plan(
     tolerance: float,
     check: bool,
     step_rule: StepRule,
+    choices: dict[str, int] | None = None,
 ) -> GPDModel:
-    """:func:`expand` in one layout: build D, share, verify, add the noise."""
+    """:func:`expand` in one layout. A tensor with several axes of a channel count that its use does
+    not decide (``generic.AmbiguousChannelAxis``) is expanded on each of them in turn, the last axis
+    first, and the first that verifies is kept; without verification (``check=False``) it is refused."""
+    choices = choices or {}
+    try:
+        with chosen_axes(choices):
+            return _expand_once(model, plan, roles, example, noise_std, tolerance, check, step_rule)
+    except ExpansionError as err:
+        ambiguous = ambiguity_of(err)
+        if ambiguous is None or not check or ambiguous.tensor in choices:
+            raise
+        failures = []
+        for axis in reversed(ambiguous.axes):
+            try:
+                chosen = {**choices, ambiguous.tensor: axis}
+                return _expand_with_plan(model, plan, roles, example, noise_std, tolerance, check, step_rule, chosen)
+            except ExpansionError as other:
+                failures.append(f"axis {axis}: {first_line(other)[:200]}")
+        raise ExpansionError(f"{ambiguous}; none of them verifies ({'; '.join(failures)})") from err
+
+
+def _expand_once(
+    model: nn.Module,
+    plan: WidthPlan,
+    roles: LayerRoles,
+    example: ModelInput,
+    noise_std: float,
+    tolerance: float,
+    check: bool,
+    step_rule: StepRule,
+) -> GPDModel:
+    """:func:`expand` in one layout with the axes chosen so far: build D, share, verify, add the noise."""
     probe = with_extra_samples(example, MEASURE_EXTRA, seed=1)
     dynamic, slices, output_maps, rules_used, dynamic64 = build_dynamic(model, plan, roles, probe)
     del probe
@@ -313,6 +368,7 @@ def _expand_with_plan(
         )
     named = roles.input_layers | roles.output_layers
     unverified = sorted(n for n in roles.unused - named if any(True for _ in model.get_submodule(n).parameters()))
+    unverified = [n for n in unverified if n not in read_without_a_call(model, unverified, example)]
     if unverified:
         warnings.warn(
             f"layers never called on the example input were expanded on both sides without verification: "

@@ -6,8 +6,9 @@ model, not only timm's VisionTransformer) and GlobalResponseNorm's gamma/beta al
 hold a tensor with exactly one axis whose size is a channel count the expansion
 knows. D holds them tiled on that axis, never divided: they are added to or
 multiply activations channel by channel, nothing sums over them. Scalars (StarReLU's
-scale and bias, LearnableAffineBlock's) stay as they are. A tensor with no such axis,
-or with several, is refused by name; verification decides the rest.
+scale and bias, LearnableAffineBlock's) stay as they are. A tensor with no such axis is
+refused by name; one with several is decided by its use (:func:`channel_axis`), else by
+verification (``gpd.expand`` tries each: :class:`AmbiguousChannelAxis`).
 
 The paper's layout (``ParamSlice.paper_scale``, docs/method.md "Per-layer steps")
 divides tensors *added* to activations by r and keeps those that *multiply* them.
@@ -18,12 +19,15 @@ everything else (gamma, scale, layer scale, weight, alpha) multiplies (1).
 
 from __future__ import annotations
 
-from collections.abc import Set
+import contextlib
+from collections.abc import Iterator, Mapping, Set
+from contextvars import ContextVar
 
 from torch import nn
 
 from gpd.channel_maps import ChannelMap, WidthPlan, identity_map
 from gpd.errors import ExpansionError
+from gpd.expansion.layout import MeasuredInput
 from gpd.expansion.rules import ExpandedLayer, LayerContext, channel_tensor_multiplies, run_pending_registrations
 from gpd.sharing.param_slice import ParamSlice
 
@@ -87,27 +91,87 @@ def known_channel_counts(units: list[tuple[str, nn.Module]], plain_sizes: set[in
     return counts - plain_sizes
 
 
-def channel_axis(owner: str, name: str, shape: tuple[int, ...], counts: Set[int], parameter: bool) -> int | None:
+def axes_meeting_input(shape: tuple[int, ...], measured: MeasuredInput | None) -> set[int]:
+    """The axes of a tensor that meet an expanded axis of the layer's input of the same size when
+    broadcast against it (aligned from the right, as ``x + t`` and ``x * t`` align them)."""
+    if measured is None:
+        return set()
+    offset = len(measured.student_shape) - len(shape)
+    found = set()
+    for dim, size in enumerate(shape):
+        channel_map = measured.maps.get(dim + offset)
+        if channel_map is not None and channel_map.student_size == size:
+            found.add(dim)
+    return found
+
+
+class AmbiguousChannelAxis(ExpansionError):
+    """A parameter with several axes of a channel count that its use does not decide: ``gpd.expand``
+    tries each (:func:`chosen_axes`) and keeps the one that verifies."""
+
+    def __init__(self, message: str, tensor: str, axes: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.tensor, self.axes = tensor, axes
+
+
+_CHOSEN_AXES: ContextVar[Mapping[str, int] | None] = ContextVar("gpd_chosen_axes", default=None)
+
+
+@contextlib.contextmanager
+def chosen_axes(choices: Mapping[str, int]) -> Iterator[None]:
+    """Inside the block, the channel axis of each named tensor is the one given (``owner.name`` -> axis)."""
+    token = _CHOSEN_AXES.set(dict(choices))
+    try:
+        yield
+    finally:
+        _CHOSEN_AXES.reset(token)
+
+
+def ambiguity_of(err: BaseException) -> AmbiguousChannelAxis | None:
+    """The :class:`AmbiguousChannelAxis` behind ``err`` (itself, or its cause: a failed run wraps it)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, AmbiguousChannelAxis):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def channel_axis(
+    owner: str, name: str, shape: tuple[int, ...], counts: Set[int], parameter: bool, meets: Set[int] = frozenset()
+) -> int | None:
     """The one axis of ``shape`` whose size is a known channel count; None for scalars.
 
-    A parameter with none or several such axes is refused (ExpansionError naming it).
-    Buffers are kept unchanged (None) unless declared: a mask or an index table can
-    have an axis that merely equals a channel count (Swin's attention mask).
+    Where several axes have such a size (64 positions and 64 channels), the tensor's use decides:
+    the one among them that ``meets`` an expanded axis of the activation it acts on
+    (:func:`axes_meeting_input`). A parameter with none, or several undecided, is refused
+    (ExpansionError naming it). Buffers are kept unchanged (None) unless declared: a mask or an
+    index table can have an axis that merely equals a channel count (Swin's attention mask).
     """
     if not parameter or len(shape) == 0 or all(s == 1 for s in shape):
         return None
     axes = [d for d, s in enumerate(shape) if s in counts]
     if len(axes) == 1:
         return axes[0]
+    used = [d for d in axes if d in meets]
+    if len(axes) > 1 and len(used) == 1:
+        return used[0]
+    qualified = f"{owner}.{name}" if owner else name
+    chosen = (_CHOSEN_AXES.get() or {}).get(qualified)
+    if chosen is not None and chosen in axes:
+        return chosen
     if len(axes) > 1 and len(shape) == 3 and shape[0] == 1 and axes[-1] == 2:
         return 2  # a (1, tokens, channels) sequence tensor: a token count can equal a channel count
     if not parameter:
         return None
     why = "no axis" if not axes else f"several axes ({', '.join(str(a) for a in axes)})"
-    raise ExpansionError(
-        f"tensor '{owner + '.' if owner else ''}{name}' of shape {tuple(shape)}: {why} of a channel count the "
+    message = (
+        f"tensor '{qualified}' of shape {tuple(shape)}: {why} of a channel count the "
         "expansion knows; declare its channel axis with gpd.register_channel_tensors or register a rule"
     )
+    if len(axes) > 1:
+        raise AmbiguousChannelAxis(message, qualified, tuple(axes))
+    raise ExpansionError(message)
 
 
 def own_tensor_slice(
@@ -175,7 +239,8 @@ def expand_generic_leaf(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
     params = dict(module.named_parameters(recurse=False))
     tensors = list(params.items()) + list(module.named_buffers(recurse=False))
     for name, value in tensors:
-        axis = channel_axis(ctx.name, name, tuple(value.shape), counts, name in params)
+        shape = tuple(value.shape)
+        axis = channel_axis(ctx.name, name, shape, counts, name in params, axes_meeting_input(shape, measured))
         if axis is None:
             if name in params:
                 slices[name] = ParamSlice({})

@@ -24,6 +24,7 @@ __all__ = [
     "expand_batchnorm",
     "expand_channel_vectors",
     "expand_conv",
+    "expand_embedding",
     "expand_groupnorm",
     "expand_layernorm",
     "expand_layernorm_with_map",
@@ -297,6 +298,27 @@ def expand_channel_vectors(module: nn.Module, ctx: LayerContext) -> ExpandedLaye
     return ExpandedLayer(replace_tensors(module, params), slices)
 
 
+def expand_embedding(module: nn.Embedding, ctx: LayerContext) -> ExpandedLayer:
+    """Embedding: each row is tiled on ``embedding_dim`` (a lookup sums over nothing: never divided).
+
+    It writes activations from the input's indices as a stem writes them from the image, so the
+    paper's layout stores it ``/ r`` (``paper_scale``, docs/method.md "Per-layer steps"). The
+    ``padding_idx`` row stays a tiled row that no gradient reaches. ``max_norm`` renormalises
+    whole rows: a row of r copies has ``r ** (1 / norm_type)`` times the norm, so D's bound is
+    scaled by the same factor and renormalises exactly the rows the student does (whole copies only).
+    """
+    channel_map = ctx.out_map(module.embedding_dim, -1)
+    new = replace_tensors(module, {"weight": channel_map.expand(module.weight, 1)})
+    new.embedding_dim = channel_map.dynamic_size
+    if module.max_norm is not None and not channel_map.is_identity:
+        count = channel_map.uniform_count
+        if count is None:
+            raise ctx.error(module, f"ratio {ctx.plan.ratio} copies rows unevenly, which changes max_norm's row norms")
+        new.max_norm = module.max_norm * count ** (1.0 / module.norm_type)
+    scale = channel_map.student_size / channel_map.dynamic_size
+    return ExpandedLayer(new, {"weight": ParamSlice({1: channel_map}, paper_scale=scale)}, output_map=channel_map)
+
+
 def keep_unchanged(module: nn.Module, ctx: LayerContext) -> ExpandedLayer:
     """Parameter-free elementwise or per-channel layers need no change."""
     return ExpandedLayer(copy.deepcopy(module), {})
@@ -320,6 +342,7 @@ def register_torch_rules() -> None:
     with RULES.builtin_registrations():
         register_expansion_rule(nn.modules.conv._ConvNd, expand_conv)
         register_expansion_rule(nn.Linear, expand_linear)
+        register_expansion_rule(nn.Embedding, expand_embedding)
         register_expansion_rule(nn.modules.batchnorm._NormBase, expand_batchnorm, channelwise=True)
         register_expansion_rule(nn.LayerNorm, expand_layernorm, channelwise=True)
         register_expansion_rule(nn.GroupNorm, expand_groupnorm, channelwise=True)

@@ -50,7 +50,14 @@ class StudentView(nn.Module):
         self.slices = slices
         self.requires_grad = {name: p.requires_grad for name, p in student.named_parameters()}
         self.module = copy.deepcopy(student)
-        for name in names:
+        # a parameter tied at several places (remove_duplicate=False): read at each under its first name
+        first_names = {id(p): name for name, p in student.named_parameters()}
+        self.aliases = {
+            name: first_names[id(p)]
+            for name, p in student.named_parameters(remove_duplicate=False)
+            if first_names[id(p)] != name
+        }
+        for name in [*names, *self.aliases]:
             owner, leaf = _owner(self.module, name)
             del owner._parameters[leaf]
 
@@ -59,7 +66,11 @@ class StudentView(nn.Module):
         return {name: s.derive(dynamic_params[name], self.step_rule) for name, s in self.slices.items()}
 
     def forward(self, dynamic_params: dict[str, torch.Tensor], *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self.module, self._parameters_for(dynamic_params), args, kwargs, strict=False)
+        params = self._parameters_for(dynamic_params)
+        aliases: dict[str, str] = self.__dict__.get("aliases", {})  # none in a view pickled before ties
+        if aliases:
+            params = {**params, **{alias: params[name] for alias, name in aliases.items()}}
+        return functional_call(self.module, params, args, kwargs, strict=False)
 
     def _parameters_for(self, dynamic_params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Derived anew under autograd; without it the same tensors while none of D's changes, so
@@ -81,6 +92,9 @@ class StudentView(nn.Module):
         for name, requires_grad in self.requires_grad.items():  # the student's own order
             owner, leaf = _owner(module, name)
             owner.register_parameter(leaf, nn.Parameter(values[name].detach().clone(), requires_grad=requires_grad))
+        for alias, name in self.__dict__.get("aliases", {}).items():  # tied again, as in the student
+            owner, leaf = _owner(module, alias)
+            owner.register_parameter(leaf, module.get_parameter(name))
         return module
 
     @property
