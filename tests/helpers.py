@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from gpd.data import locate
 from gpd.models import create_model, list_models
-from gpd.testing import calibrate_batchnorm, randomize_batchnorm  # also re-exported for the tests
+from gpd.testing import calibrate_batchnorm, randomize_batchnorm, unit_scale_weights  # also re-exported
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -133,22 +133,7 @@ def hf_vision_model(name: str, labels: int = 3) -> tuple[nn.Module, int]:
     return model.train().eval(), size  # train() drops LeViT's cached attention biases
 
 
-def sharpened(model: nn.Module, seed: int = 0) -> nn.Module:
-    """``model`` with weights of unit scale, so that attention is far from uniform: transformers
-    initialise with std 0.02, where a wrong head layout hides below any tolerance (ModernBERT's did)."""
-    import math
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator, dtype=torch.float64).to(param.dtype)
-            if param.ndim >= 2:
-                param.copy_(noise / math.sqrt(param.shape[-1]) * (3.0 if "embed" in name else 1.0))
-            elif "norm" in name.lower() and name.endswith("weight"):
-                param.copy_(1 + 0.3 * noise)
-            else:
-                param.copy_(0.3 * noise)
-    return model
+sharpened = unit_scale_weights  # the name the text tests use
 
 
 TEXT_VOCAB, TEXT_LENGTH, TEXT_LABELS = 50, 8, 3

@@ -7,6 +7,7 @@ passes trivially. These helpers give a model random, well-scaled statistics firs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -122,3 +123,24 @@ def perturbed_for_verification(
     else:
         randomize_batchnorm(model, generator, example=example, affine_first=True)
     return model.eval()
+
+
+@torch.no_grad()
+def unit_scale_weights(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` with weights of unit scale (each matrix N(0, 1/fan_in), embeddings 3x that,
+    norm weights 1 + N(0, 0.3^2), other vectors N(0, 0.3^2)), so that attention is far from uniform.
+
+    transformers initialise with std 0.02: attention is then nearly uniform and a wrong head
+    layout changes the output by less than any tolerance (ModernBERT's fused qkv read as
+    ``[q k v q k v]`` did, 7e-5 relative). Returns ``model``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        noise = torch.randn(param.shape, generator=generator, dtype=torch.float64).to(param.dtype)
+        if param.ndim >= 2:
+            param.copy_(noise / math.sqrt(param.shape[-1]) * (3.0 if "embed" in name else 1.0))
+        elif "norm" in name.lower() and name.endswith("weight"):
+            param.copy_(1 + 0.3 * noise)
+        else:
+            param.copy_(0.3 * noise)
+    return model

@@ -6,7 +6,9 @@ a test pass by accident (hidden 32, intermediate 37, 24 positions, 4 heads of 8)
 take a mapping of ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` where the model
 has token types) with padded rows; vision models take ``pixel_values`` as one tensor.
 :func:`gpd.expansion.zoo.check_model` runs the same three checks as on the torchvision/timm
-zoo. ``scripts/architectures_report.py --zoo transformers`` writes the table.
+zoo, on weights at unit scale (:func:`gpd.testing.unit_scale_weights`: at transformers' own
+init, std 0.02, attention is nearly uniform and a wrong head layout hides below any tolerance).
+``scripts/architectures_report.py --zoo transformers`` writes the table.
 """
 
 from __future__ import annotations
@@ -68,13 +70,18 @@ def _text(
     base.update(settings)
     factory = _factory(f"{kind}Config", f"{kind}ForSequenceClassification", base)
     return ZooModel(
-        name, family, factory, example=lambda seed: text_batch(seed, token_types, pad_id), input_label=f"{SEQ} tokens"
+        name,
+        family,
+        factory,
+        example=lambda seed: text_batch(seed, token_types, pad_id),
+        input_label=f"{SEQ} tokens",
+        unit_scale=True,
     )
 
 
 def _vision(name: str, family: str, kind: str, size: int, model_class: str = "", **settings: Any) -> ZooModel:
     factory = _factory(f"{kind}Config", model_class or f"{kind}ForImageClassification", settings)
-    return ZooModel(name, family, factory, (3, size, size), example=image_batch(size))
+    return ZooModel(name, family, factory, (3, size, size), example=image_batch(size), unit_scale=True)
 
 
 TRANSFORMERS_ZOO: list[ZooModel] = [

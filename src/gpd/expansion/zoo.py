@@ -25,7 +25,7 @@ from gpd.errors import ExpansionError
 from gpd.expansion.expand import FLOAT64_TOLERANCE, expand
 from gpd.expansion.verify import relative_error
 from gpd.inputs import call_model
-from gpd.testing import perturbed_for_verification
+from gpd.testing import perturbed_for_verification, unit_scale_weights
 
 NUM_CLASSES = 10
 
@@ -46,6 +46,7 @@ class ZooModel:
     slow: bool = False
     example: Callable[[int], Any] | None = field(default=None, repr=False)
     input_label: str = ""
+    unit_scale: bool = False  # weights at unit scale first (gpd.testing.unit_scale_weights): transformers init at 0.02
 
     def batch(self, seed: int) -> Any:
         if self.example is not None:
@@ -198,7 +199,10 @@ def check_model(spec: ZooModel, ratio: float, tolerance: float = 1e-4) -> ZooRes
     """Expand one zoo model and run the three checks on a fresh input (not the expansion's)."""
     torch.manual_seed(0)
     example = spec.batch(0) if spec.example is not None else None
-    student = perturbed_for_verification(spec.factory(), spec.input_size, example=example)
+    student = spec.factory()
+    if spec.unit_scale:
+        unit_scale_weights(student)
+    student = perturbed_for_verification(student, spec.input_size, example=example)
     started = time.perf_counter()
     try:
         if example is None:
