@@ -40,6 +40,8 @@ class Zoo:
     what: str  # "118 torchvision and timm classifiers, ..."
     inputs: str  # how the inputs were made
     versions: str
+    title: str = "Architectures verified"
+    weights: str = "random"
 
 
 def _zoo(name: str) -> Zoo:
@@ -55,8 +57,10 @@ def _zoo(name: str) -> Zoo:
             "`ForSequenceClassification`), tiny random configs built offline (hidden 32, 2 layers, 4 heads, "
             "intermediate 37)",
             "text models read 3 rows of 8 token ids with an attention mask, two rows padded (at other places "
-            "in the fresh batch than in the expansion's); vision models read 2 random images of the `input` size",
-            f"{base}, transformers {transformers.__version__}",
+            "in the fresh batch than in the expansion's); vision models read 8 random images of the `input` size",
+            f"{base}, transformers {transformers.__version__}", "Hugging Face transformers architectures verified",
+            "weights at unit scale (`gpd.testing.unit_scale_weights`: transformers' std 0.02 makes attention nearly "
+            "uniform, where a wrong head layout would hide), then",
         )  # fmt: skip
     return Zoo(
         ZOO, "docs/architectures.md", "gpd.expansion.zoo.ZOO", "torchvision and timm classifiers, small variants",
@@ -129,11 +133,11 @@ def write(zoo: Zoo, results: dict[str, dict[float, ZooResult]], ratios: list[flo
     )
     ratio_heads = " | ".join(f"r = {ratio:g}" for ratio in ratios)
     lines = [
-        "# Architectures verified",
+        f"# {zoo.title}",
         "",
         f"Written by `scripts/architectures_report.py` (`{command}`;",
         f"this run took {wall / 60:.1f} min on one CPU thread of a shared machine). The zoo is `{zoo.source}`:",
-        f"{total} {zoo.what}; {zoo.inputs}; random",
+        f"{total} {zoo.what}; {zoo.inputs}; {zoo.weights}",
         "weights perturbed by N(0, 0.02²) and random BatchNorm statistics, eval mode, float32; nothing is",
         "downloaded. For each exact model three checks run on a fresh input (not the one `gpd.expand` verified",
         "on): D == student, student view == original, and the exported student loaded strictly into a fresh",

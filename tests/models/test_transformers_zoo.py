@@ -92,4 +92,6 @@ def test_a_distiller_trains_three_steps_exports_its_class_and_reloads(name: str,
     fresh = spec.batch(7)
     with torch.no_grad():
         view = distiller.student_logits(fresh)
-        torch.testing.assert_close(logits_of(call_model(reloaded, fresh)), view, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            logits_of(call_model(reloaded, fresh)), view, rtol=1e-5, atol=1e-5
+        )  # float32 rounding

@@ -72,8 +72,8 @@ def run_or_explain(who: str, modules: nn.Module, run: Callable[..., Any], exampl
     try:
         return example.call(run)
     except Exception as err:
-        if is_bug(err, below_call_site=True):
-            raise
+        if isinstance(err, ExpansionError) or is_bug(err, below_call_site=True):
+            raise  # a rule's refusal, raised while D runs (lazy layers), names its own layer and reason
         where = f" in layer '{current[-1]}'" if current else ""
         raise ExpansionError(
             f"the {who} fails to run{where}: {first_line(err)}; the model probably mixes channels in a functional op "
