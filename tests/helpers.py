@@ -188,3 +188,22 @@ def text_batch(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     if TEXT_MODELS[name][2]:
         batch["token_type_ids"] = torch.randint(0, 2, (3, TEXT_LENGTH), generator=generator)
     return batch
+
+
+# The per-layer step factors of docs/method.md ("Per-layer steps"), derived on paper, by kind of tensor.
+# Under step_rule="paper": the student's step relative to plain SGD on the unexpanded student (c² with
+# c = r where the student reads D's W/r blocks; 1/a² with a = 1/r on stems, embeddings, tokens and
+# expanded biases), and D's relative to plain SGD on the plain wide network (1/a²; a = r on the head).
+# Under step_rule="plain" every factor is 1.
+_STUDENT_STEP = {"stem": 2, "middle": 2, "expanded_bias": 2, "token": 2, "embedding": 2}  # exponents of r
+_DYNAMIC_STEP = {"stem": 2, "expanded_bias": 2, "token": 2, "embedding": 2, "head": -2}
+
+
+def student_factor(kind: str, r: int, rule: str) -> float:
+    """The student's step relative to the plain student's, for a tensor of this kind."""
+    return 1.0 if rule == "plain" else float(r) ** _STUDENT_STEP.get(kind, 0)
+
+
+def dynamic_factor(kind: str, r: int, rule: str) -> float:
+    """D's step relative to the plain wide network's, for a tensor of this kind."""
+    return 1.0 if rule == "plain" else float(r) ** _DYNAMIC_STEP.get(kind, 0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -176,31 +175,6 @@ def test_an_undeclared_parameter_of_a_per_head_module_is_refused_by_name() -> No
     declared = ExpandHeadTensors(HeadTensors({"pair_bias": 0}, head_counts=("heads",)))
     with RULES.override(TableAttention, declared), pytest.raises(gpd.ExpansionError, match="attention.*extra"):
         gpd.expand(model, ratio=2, example_input=x)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_a_distiller_trains_exports_and_reloads(name: str, tmp_path: Path) -> None:
-    model, size = hf_vision_model(name)
-    x, targets = _images(size), torch.arange(3) % 3
-    distiller = gpd.Distiller(model, ratio=2, example_input=x)
-    optimizer = torch.optim.SGD(distiller.param_groups(0.0), lr=0.01)
-    distiller.train()
-    for _ in range(3):
-        out = distiller(x, targets)
-        assert all(bool(torch.isfinite(v)) for v in out.losses.values()), out.losses
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-    distiller.eval()
-    student = distiller.export_student().eval()
-    assert type(student) is type(model)
-    fresh = type(model)(model.config)
-    fresh.load_state_dict(student.state_dict(), strict=True)
-    view = distiller.student_logits(x)
-    assert rel_err(_logits(fresh.eval(), x), view) <= 1e-6
-    student.save_pretrained(tmp_path)
-    reloaded = type(model).from_pretrained(tmp_path).eval()
-    assert rel_err(_logits(reloaded, x), view) <= 1e-6
 
 
 def test_importing_gpd_does_not_import_transformers() -> None:

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 import gpd
 from gpd.sharing.steps import clip_grad_norm_
-from helpers import rel_err
+from helpers import dynamic_factor, rel_err, student_factor
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -82,20 +82,6 @@ def tiny_vit() -> nn.Module:
         "vit_tiny_patch16_224", img_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2,
         num_classes=5, init_values=0.5, qkv_bias=True,
     )  # fmt: skip
-
-
-def student_factor(kind: str, r: int, rule: str) -> float:
-    """The student's step relative to the plain student's, derived on paper."""
-    if rule == "plain":
-        return 1.0
-    return {"stem": r * r, "middle": r * r, "expanded_bias": r * r, "token": r * r}.get(kind, 1.0)
-
-
-def dynamic_factor(kind: str, r: int, rule: str) -> float:
-    """D's step relative to the plain wide network's (gpd's D), derived on paper."""
-    if rule == "plain":
-        return 1.0
-    return {"stem": r * r, "expanded_bias": r * r, "token": r * r, "head": 1 / (r * r)}.get(kind, 1.0)
 
 
 def make(kind: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, object]:

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 import gpd
 from gpd.inputs import call_model
 from gpd.outputs import logits_of
-from helpers import TEXT_LABELS, rel_err, text_batch, text_model
+from helpers import TEXT_LABELS, dynamic_factor, rel_err, student_factor, text_batch, text_model
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -50,20 +50,6 @@ def kind_of(name: str) -> str:
     if "norm" in name.lower() or ".ln_" in name:
         return "norm"
     return "middle" if last == "weight" else "expanded_bias"  # q/k/v (GQA), fused qkv/gate_up, Conv1D, MLP
-
-
-def student_factor(kind: str, r: int, rule: str) -> float:
-    """The student's step relative to the plain student's, derived on paper (c² with c = r on W/r blocks)."""
-    if rule == "plain":
-        return 1.0
-    return {"middle": r * r, "expanded_bias": r * r, "embedding": r * r}.get(kind, 1.0)
-
-
-def dynamic_factor(kind: str, r: int, rule: str) -> float:
-    """D's step relative to the plain wide network's: 1/a² (a = 1/r on embeddings and biases, r on the head)."""
-    if rule == "plain":
-        return 1.0
-    return {"expanded_bias": r * r, "embedding": r * r, "head": 1 / (r * r)}.get(kind, 1.0)
 
 
 EXPECTED_KINDS = {

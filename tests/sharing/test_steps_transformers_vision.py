@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 import gpd
 from gpd.outputs import logits_of
-from helpers import hf_vision_model, rel_err
+from helpers import dynamic_factor, hf_vision_model, rel_err, student_factor
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -52,18 +52,6 @@ def assert_step(moved: torch.Tensor, predicted: torch.Tensor, what: tuple[str, s
         assert float(moved.abs().max()) < 1e-15, what
     else:
         assert rel_err(moved, predicted) <= 1e-9, what
-
-
-def student_factor(kind: str, r: int, rule: str) -> float:
-    if rule == "plain":
-        return 1.0
-    return {"stem": r * r, "middle": r * r, "expanded_bias": r * r, "token": r * r}.get(kind, 1.0)
-
-
-def dynamic_factor(kind: str, r: int, rule: str) -> float:
-    if rule == "plain":
-        return 1.0
-    return {"stem": r * r, "expanded_bias": r * r, "token": r * r, "head": 1 / (r * r)}.get(kind, 1.0)
 
 
 def make(name: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
