@@ -1,4 +1,4 @@
-"""GPD's accuracy gain, measured over seeds: scratch, distillation, fine-tuning and ablations.
+"""GPD's accuracy gain, measured over seeds: scratch, distillation, fine-tuning, cost-matched baselines, a ViT, ablations.
 
 Drives ``gpd train`` (one subprocess per run, one run at a time) on Fashion-MNIST and on
 scikit-learn's digits, reads each run's metrics.csv and writes a markdown summary:
@@ -14,6 +14,13 @@ six-branch blocks, as in the paper and the bundled configs):
               then KD, DKD and ReviewKD, each alone and with GPD
     finetune  from the scratch baseline's student (same seed): plain fine-tuning vs
               fine-tuning with GPD, equally long (same epochs, same steps)
+    matched   the scratch and KD baselines given GPD's training compute (epochs x the measured ratio
+              of training FLOPs per step, benchmarks/step_flops.py) and GPD's wall-clock time (epochs
+              from the GPD run's and the equal-epoch baseline's measured seconds, once both ran),
+              next to the equal-epoch runs (benchmarks/accuracy_matched.py explains the choices)
+    vit       (Fashion-MNIST) a transformer student, timm's ViT-Ti with 7 px patches and its usual
+              recipe (AdamW, warm-up + cosine, label smoothing; the paper's per-layer steps under
+              Adam): CE alone, GPD, KD from the ResNet-20 teacher, KD + GPD (fashion_mnist/vit*)
     ablation  (Fashion-MNIST, scratch) branches on / off, ratio 1.5 / 2 / 3 (branches off:
               six-branch blocks need an integer ratio), sharing on / off (gpd.share=false),
               the r² step of sharing kept / removed (gpd.step_rule), lambda (gpd.sce_weight) 1 / 3
@@ -22,12 +29,14 @@ six-branch blocks, as in the paper and the bundled configs):
 
 Modes (one of them; the default is the full suite):
 
-    (default) Fashion-MNIST on a 12.5k-image subset, 2 epochs, every group, 3 seeds (~70 min)
+    (default) Fashion-MNIST on a 12.5k-image subset, 2 epochs, every group, 3 seeds (~3 h by the
+              cost model: the ViT group alone ~1 h 20 min)
     --quick   a few minutes: every scenario once, one seed, tiny subsets
     --long    the whole Fashion-MNIST training and test sets plus the digits, 3 seeds; scratch,
-              distill (KD only) and finetune, each with and without GPD; the Fashion-MNIST
-              epochs are the most whose whole suite fits --budget-min (default 90) by the
-              cost model below; run it in the background and continue it with --resume
+              distill (KD only) and finetune (half the epochs, rounded up), each with and
+              without GPD; --only may add matched and vit; the Fashion-MNIST epochs are the
+              most whose whole suite fits --budget-min (default 90) by the cost model below;
+              run it in the background and continue it with --resume
     --early   the early-training re-measure: the 15-step demo run with and without GPD
               (seed 0) and the default suite's scratch group (12.5k images, 2 epochs, 3 seeds),
               with the student's first-epoch CE
@@ -40,13 +49,18 @@ Modes (one of them; the default is the full suite):
     python benchmarks/accuracy.py --out bench/long --long --estimate          # the chosen epochs and the plan
     nohup python benchmarks/accuracy.py --out bench/long --long --resume > bench-long.log 2>&1 &
     python benchmarks/accuracy.py --out bench/long --long --summary           # RESULTS.md of what has finished
+    python benchmarks/accuracy.py --out bench/m --long --only scratch,distill,matched --budget-min 180
+    python benchmarks/accuracy.py --out bench/vit --only vit --data fashion_mnist   # the ViT group alone
     python benchmarks/accuracy.py --out bench/early --early
     python benchmarks/accuracy.py --out bench/accuracy --early --resume --results RESULTS-early.md  # reuse a full suite's scratch runs
 
 With --resume, a run whose student.pt exists is skipped, and an interrupted one continues
 from its checkpoint (``gpd train --resume``) or, without one, starts again. RESULTS.md is
 rewritten after every run, so an interrupted suite leaves a truthful partial summary that
-lists the missing runs. Needs scikit-learn for the digits (``pip install scikit-learn``)
+lists the missing runs. RESULTS.md opens with the summary table (benchmarks/accuracy_summary.py):
+one row per scenario, the baseline at equal epochs, compute and time, GPD, Δ paired by seed,
+the cost ratio and a sentence per row; cells of runs not finished read "not measured yet".
+Needs scikit-learn for the digits (``pip install scikit-learn``)
 and Fashion-MNIST (``scripts/setup_data.sh``).
 """
 
@@ -67,7 +81,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's own modules, however it is loaded
-from accuracy_matched import (  # noqa: E402
+from accuracy_matched import (
     FLOP_RATIOS_FILE,
     KINDS,
     MATCHED_SCENARIOS,
@@ -78,6 +92,7 @@ from accuracy_matched import (  # noqa: E402
     matched_overrides,
     time_budget,
 )
+from accuracy_summary import summary_table
 
 GROUPS = ("early", "scratch", "distill", "finetune", "matched", "vit", "ablation")  # the order of the summary's tables
 DATASETS = ("fashion_mnist", "digits")
@@ -140,8 +155,13 @@ EARLY_PLAN = Plan(train_subset=2000, test_subset=None, epochs=1, finetune_epochs
 MODES = {
     # The suite: 80 runs took 65 minutes on 2 idle cores (2026-11-26) before the matched and ViT groups came;
     # --estimate prints the whole plan's estimate_seconds().
-    "full": Mode(plans=FULL_PLANS, seeds=DEFAULT_SEEDS, ablations=ALL_ABLATIONS, distill_methods=METHODS,
-                 budget_min=FULL_BUDGET_MIN),
+    "full": Mode(
+        plans=FULL_PLANS,
+        seeds=DEFAULT_SEEDS,
+        ablations=ALL_ABLATIONS,
+        distill_methods=METHODS,
+        budget_min=FULL_BUDGET_MIN,
+    ),
     # A few minutes: every scenario once, one seed, tiny subsets (numbers are not meaningful).
     "quick": Mode(
         plans={
@@ -349,6 +369,7 @@ def build_specs(
                          [*extra, "gpd.enabled=false"], seed, "plain", False), ep)  # fmt: skip
                 add(Spec(data, "early", "early_gpd", f"{steps} steps, GPD (the demo: r = 2, λ = 3, no branch blocks)",
                          "fashion_mnist/demo", extra, seed, "gpd_plain_convs", True), ep)  # fmt: skip
+
             def scratch_run() -> Spec:
                 return run("scratch", "scratch", "scratch", "fashion_mnist/scratch", [], seed, "plain", False)
 
@@ -385,8 +406,21 @@ def build_specs(
                 run("finetune", "finetune_gpd", "fine-tuning + GPD", "fashion_mnist/finetune_gpd", start, seed, "gpd",
                     True, [scratch.id], epochs=ft)  # fmt: skip
             if on("matched"):
-                pairs = {"scratch": (scratch_run(), run("scratch", "scratch_gpd", "scratch + GPD",
-                                                        "fashion_mnist/scratch_gpd", [], seed, "gpd", True))}
+                pairs = {
+                    "scratch": (
+                        scratch_run(),
+                        run(
+                            "scratch",
+                            "scratch_gpd",
+                            "scratch + GPD",
+                            "fashion_mnist/scratch_gpd",
+                            [],
+                            seed,
+                            "gpd",
+                            True,
+                        ),
+                    )
+                }
                 t = teacher()
                 at = [f"teacher.checkpoint={teacher_dir}"]
                 pairs["kd"] = (run("distill", "kd", "KD", "fashion_mnist/kd", at, seed, "static", False, [t.id]),
@@ -748,8 +782,13 @@ TABLE_ROWS = {
     ],
     "matched": [
         row
-        for plain, gpd in MATCHED_SCENARIOS.values()
-        for row in ((plain, f"{plain}, equal epochs"), (f"{plain}_flops", None), (f"{plain}_time", None), (gpd, None))
+        for gpd, plain in MATCHED_SCENARIOS.values()
+        for row in (
+            (plain, f"{'KD' if plain == 'kd' else plain}, equal epochs"),
+            (f"{plain}_flops", None),
+            (f"{plain}_time", None),
+            (gpd, None),
+        )
     ],
     "vit": [("vit", None), ("vit_gpd", None), ("vit_kd", None), ("vit_kd_gpd", None)],
     "ablation": [
@@ -815,6 +854,17 @@ def group_table(
     return lines if len(lines) > 2 else []
 
 
+SUMMARY_INTRO = [
+    "Last-epoch test accuracy (%), mean ± std over seeds, with each run's epochs. The baselines are the",
+    "plain student (GPD off, same config otherwise) at GPD's epochs, at GPD's training compute (epochs",
+    "times the measured ratio of training FLOPs per step) and at GPD's time on this machine (epochs",
+    "from the GPD run's seconds and the equal-epoch baseline's seconds per epoch); the longer runs",
+    "keep the schedule's shape and each epoch's data order. Δ: GPD minus the baseline, seed by seed,",
+    "then mean ± std. Cost: GPD's training FLOPs per step and its training-plus-evaluation time over",
+    "the equal-epoch baseline's.",
+]
+
+
 @functools.lru_cache(maxsize=1)
 def machine() -> str:
     import torch
@@ -839,6 +889,7 @@ def write_summary(
     args: argparse.Namespace, mode_name: str, mode: Mode, specs: list[Spec], results: dict[str, dict], out: Path,
     started: dt.datetime, load_start: str, wall: float, reports: dict[str, Path], estimate: float,
     notes: list[str] | None = None, ledger: dict[str, dict] | None = None,
+    flop_ratios: dict[str, dict[str, float]] | None = None,
 ) -> str:  # fmt: skip
     by_id = {s.id: s for s in specs}
     seeds = sorted({s.seed for s in specs if s.seed is not None})
@@ -883,6 +934,10 @@ def write_summary(
            "student's cross-entropy averaged over that epoch's training steps."] if mode.show_ce else []),
         "",
     ]  # fmt: skip
+    summary = summary_table([d for d in DATASETS if any(s.data == d for s in specs)], by_id, results, seeds,
+                            flop_ratios or {})  # fmt: skip
+    if summary:
+        text += ["## Does GPD pay for its compute?", "", *SUMMARY_INTRO, "", *summary, ""]
     for data in [d for d in DATASETS if any(s.data == d for s in specs)]:
         plan = mode.plans[data]
         train_n, test_n = split_sizes(data, plan)
@@ -1052,7 +1107,10 @@ def select_mode(args: argparse.Namespace, flop_ratios: FlopRatios | None = None)
     budget_s = args.budget_min * 60
     if args.long:
         only = args.only.split(",") if args.only else []
-        groups = (*LONG_GROUPS, *(g for g in ("matched", "vit") if g in only))  # sized with the optional groups asked for
+        groups = (
+            *LONG_GROUPS,
+            *(g for g in ("matched", "vit") if g in only),
+        )  # sized with the optional groups asked for
         if args.epochs is not None:
             epochs, notes = args.epochs, [f"Fashion-MNIST epochs: {args.epochs} (--epochs)."]
         else:
@@ -1150,11 +1208,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def summarize(reports: dict[str, Path]) -> str:
         summary = write_summary(args, mode_name, mode, specs, results, out, started, load_start,
-                                time.perf_counter() - clock, reports, estimate, notes, ledger)  # fmt: skip
+                                time.perf_counter() - clock, reports, estimate, notes, ledger,
+                                flop_ratios.values)  # fmt: skip
         (out / args.results).write_text(summary)
         return summary
 
     if args.summary:
+        flop_ratios.save()
         print(summarize({}))
         print(f"wrote {out / args.results}: {len(results)} of {len(specs)} runs finished")
         return 0

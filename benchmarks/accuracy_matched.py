@@ -57,7 +57,7 @@ def matched_overrides(overrides: list[str], epochs: int, base_epochs: int, base_
     return [*kept, f"train.epochs={epochs}", f"train.warmup_epochs={warmup:g}"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def config_warmup(config: str) -> float:
     """``train.warmup_epochs`` of a bundled config."""
     from gpd.config import load_config
