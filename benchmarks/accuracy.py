@@ -31,7 +31,7 @@ Modes (one of them; the default is the full suite):
 
     (default) Fashion-MNIST on a 12.5k-image subset, 2 epochs, every group, 3 seeds (~3 h by the
               cost model: the ViT group alone ~1 h 20 min)
-    --quick   a few minutes: every scenario once, one seed, tiny subsets
+    --quick   about 8 minutes on 2 idle cores: every scenario once, one seed, small subsets
     --long    the whole Fashion-MNIST training and test sets plus the digits, 3 seeds; scratch,
               distill (KD only) and finetune (half the epochs, rounded up), each with and
               without GPD; --only may add matched and vit; the Fashion-MNIST epochs are the
@@ -469,7 +469,8 @@ def matched_specs(plain: Spec, gpd: Spec, flop_ratio: float) -> list[Spec]:
     specs = []
     for kind, ratio in (("flops", flop_ratio), ("time", estimated_time_ratio)):
         epochs = matched_epochs(plain.epochs, ratio)
-        spec = replace(plain, group="matched", slug=f"{plain.slug}_{kind}", label=matched_label(plain, kind, epochs),
+        label = matched_label(plain, kind, epochs if kind == "flops" else None)
+        spec = replace(plain, group="matched", slug=f"{plain.slug}_{kind}", label=label,
                        overrides=matched_overrides(plain.overrides, epochs, plain.epochs, warmup), matched=kind,
                        pair=(gpd.id, plain.id), ratio=ratio, resolved=kind == "flops", epochs=epochs,
                        needs=[*plain.needs, gpd.id, plain.id] if kind == "time" else list(plain.needs))  # fmt: skip
@@ -487,8 +488,13 @@ def matched_note(spec: Spec, by_id: dict[str, Spec]) -> str:
     return f"equal time: the GPD run's seconds / the baseline's per epoch = {spec.ratio:.2f} x {plain.epochs} epochs"
 
 
-def matched_label(plain: Spec, kind: str, epochs: int) -> str:
-    return f"{plain.label}, {KINDS[kind]} ({epochs} epochs)"
+def matched_label(plain: Spec, kind: str, epochs: int | None) -> str:
+    """The row label of a matched run; ``epochs`` None: not known yet (an equal-time run before its pair ran)."""
+    return (
+        f"{plain.label}, {KINDS[kind]} ({epochs} epochs)"
+        if epochs
+        else f"{plain.label}, {KINDS[kind]} (epochs set once GPD and the baseline ran)"
+    )
 
 
 def resolve_time_matched(specs: list[Spec], out: Path, finished: set[str]) -> list[str]:

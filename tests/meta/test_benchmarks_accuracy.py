@@ -355,6 +355,17 @@ def test_vit_configs_use_the_transformer_recipe() -> None:
         assert (cfg.kd.method == "kd") == ("kd" in name)
 
 
+def test_vit_gpd_takes_the_papers_per_layer_steps_under_adamw(tmp_path: Path) -> None:
+    """The trainer gives AdamW Distiller.param_groups(adaptive=True): D's scaled tensors get an lr_scale."""
+    from gpd.config import load_config
+    from gpd.training.trainer import Trainer
+
+    trainer = Trainer(load_config("fashion_mnist/vit_gpd", ["train.device=cpu"]), tmp_path / "run", dry_run=True)
+    groups = trainer.run.optimizer.param_groups
+    assert type(trainer.run.optimizer).__name__ == "AdamW"
+    assert all("lr_scale" in g for g in groups) and {g["lr_scale"] for g in groups} != {1.0}
+
+
 def test_time_matched_epochs_come_from_the_measured_runs(tmp_path: Path) -> None:
     m = load_script()
     out = tmp_path / "bench"
