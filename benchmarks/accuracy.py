@@ -1,4 +1,4 @@
-"""GPD's accuracy gain, measured over seeds: scratch, distillation, fine-tuning and ablations.
+"""GPD's accuracy gain, measured over seeds: scratch, distillation, fine-tuning, cost-matched baselines, a ViT, ablations.
 
 Drives ``gpd train`` (one subprocess per run, one run at a time) on Fashion-MNIST and on
 scikit-learn's digits, reads each run's metrics.csv and writes a markdown summary:
@@ -14,6 +14,13 @@ six-branch blocks, as in the paper and the bundled configs):
               then KD, DKD and ReviewKD, each alone and with GPD
     finetune  from the scratch baseline's student (same seed): plain fine-tuning vs
               fine-tuning with GPD, equally long (same epochs, same steps)
+    matched   the scratch and KD baselines given GPD's training compute (epochs x the measured ratio
+              of training FLOPs per step, benchmarks/step_flops.py) and GPD's wall-clock time (epochs
+              from the GPD run's and the equal-epoch baseline's measured seconds, once both ran),
+              next to the equal-epoch runs (benchmarks/accuracy_matched.py explains the choices)
+    vit       (Fashion-MNIST) a transformer student, timm's ViT-Ti with 7 px patches and its usual
+              recipe (AdamW, warm-up + cosine, label smoothing; the paper's per-layer steps under
+              Adam): CE alone, GPD, KD from the ResNet-20 teacher, KD + GPD (fashion_mnist/vit*)
     ablation  (Fashion-MNIST, scratch) branches on / off, ratio 1.5 / 2 / 3 (branches off:
               six-branch blocks need an integer ratio), sharing on / off (gpd.share=false),
               the r² step of sharing kept / removed (gpd.step_rule), lambda (gpd.sce_weight) 1 / 3
@@ -22,12 +29,14 @@ six-branch blocks, as in the paper and the bundled configs):
 
 Modes (one of them; the default is the full suite):
 
-    (default) Fashion-MNIST on a 12.5k-image subset, 2 epochs, every group, 3 seeds (~70 min)
-    --quick   a few minutes: every scenario once, one seed, tiny subsets
+    (default) Fashion-MNIST on a 12.5k-image subset, 2 epochs, every group, 3 seeds (~3 h by the
+              cost model: the ViT group alone ~1 h 20 min)
+    --quick   about 8 minutes on 2 idle cores: every scenario once, one seed, small subsets
     --long    the whole Fashion-MNIST training and test sets plus the digits, 3 seeds; scratch,
-              distill (KD only) and finetune, each with and without GPD; the Fashion-MNIST
-              epochs are the most whose whole suite fits --budget-min (default 90) by the
-              cost model below; run it in the background and continue it with --resume
+              distill (KD only) and finetune (half the epochs, rounded up), each with and
+              without GPD; --only may add matched and vit; the Fashion-MNIST epochs are the
+              most whose whole suite fits --budget-min (default 90) by the cost model below;
+              run it in the background and continue it with --resume
     --early   the early-training re-measure: the 15-step demo run with and without GPD
               (seed 0) and the default suite's scratch group (12.5k images, 2 epochs, 3 seeds),
               with the student's first-epoch CE
@@ -40,13 +49,18 @@ Modes (one of them; the default is the full suite):
     python benchmarks/accuracy.py --out bench/long --long --estimate          # the chosen epochs and the plan
     nohup python benchmarks/accuracy.py --out bench/long --long --resume > bench-long.log 2>&1 &
     python benchmarks/accuracy.py --out bench/long --long --summary           # RESULTS.md of what has finished
+    python benchmarks/accuracy.py --out bench/m --long --only scratch,distill,matched --budget-min 180
+    python benchmarks/accuracy.py --out bench/vit --only vit --data fashion_mnist   # the ViT group alone
     python benchmarks/accuracy.py --out bench/early --early
     python benchmarks/accuracy.py --out bench/accuracy --early --resume --results RESULTS-early.md  # reuse a full suite's scratch runs
 
 With --resume, a run whose student.pt exists is skipped, and an interrupted one continues
 from its checkpoint (``gpd train --resume``) or, without one, starts again. RESULTS.md is
 rewritten after every run, so an interrupted suite leaves a truthful partial summary that
-lists the missing runs. Needs scikit-learn for the digits (``pip install scikit-learn``)
+lists the missing runs. RESULTS.md opens with the summary table (benchmarks/accuracy_summary.py):
+one row per scenario, the baseline at equal epochs, compute and time, GPD, Δ paired by seed,
+the cost ratio and a sentence per row; cells of runs not finished read "not measured yet".
+Needs scikit-learn for the digits (``pip install scikit-learn``)
 and Fashion-MNIST (``scripts/setup_data.sh``).
 """
 
@@ -66,10 +80,27 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-GROUPS = ("early", "scratch", "distill", "finetune", "ablation")  # the order of the summary's tables
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's own modules, however it is loaded
+from accuracy_matched import (
+    FLOP_RATIOS_FILE,
+    KINDS,
+    MATCHED_SCENARIOS,
+    TIME_BUDGETS_FILE,
+    FlopRatios,
+    config_warmup,
+    matched_epochs,
+    matched_overrides,
+    time_budget,
+)
+from accuracy_summary import summary_table
+
+GROUPS = ("early", "scratch", "distill", "finetune", "matched", "vit", "ablation")  # the order of the summary's tables
 DATASETS = ("fashion_mnist", "digits")
 DEFAULT_SEEDS = (0, 1, 2)
-BUDGET_MIN = 90  # the full and the long suite must fit in this on the reference machine (2 cores, otherwise idle)
+BUDGET_MIN = 90  # the long suite must fit in this on the reference machine (2 cores, otherwise idle)
+# The full suite: 80 runs in 65 minutes, then the matched group (25 min by the cost model) and the
+# ViT group (1 h 18 min: ViT-Ti's D is a ViT-S, 47 times the ResNet-8 student's step) came.
+FULL_BUDGET_MIN = 210
 LONG_MAX_EPOCHS = 100  # the --long sizing stops here whatever the budget
 
 
@@ -85,6 +116,9 @@ class Plan:
     batch_size: int = 128
 
 
+ALL_GROUPS = ("scratch", "distill", "finetune", "matched", "vit", "ablation")
+
+
 @dataclass(frozen=True)
 class Mode:
     plans: dict[str, Plan]
@@ -92,11 +126,14 @@ class Mode:
     ablations: tuple[str, ...]  # which ablation variants run
     distill_methods: tuple[str, ...]
     ablation_data: tuple[str, ...] = ("fashion_mnist",)  # the data sets the ablations run on
-    groups: tuple[str, ...] = ("scratch", "distill", "finetune", "ablation")  # the groups the mode runs
+    groups: tuple[str, ...] = ALL_GROUPS  # the groups the mode runs
     datasets: tuple[str, ...] = DATASETS
     group_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # a group's seeds instead of ``seeds``
     early_plan: Plan | None = None  # the early group's runs (Fashion-MNIST, the demo config)
     show_ce: bool = False  # a column with the student's first-epoch CE
+    vit_data: tuple[str, ...] = ("fashion_mnist",)  # the data sets the ViT group runs on
+    optional_groups: tuple[str, ...] = ()  # groups --only may add to the mode's
+    budget_min: float | None = None  # the estimate of the mode's whole suite should fit this (None: no check)
 
 
 ALL_ABLATIONS = ("no_branches", "ratio1.5", "ratio3", "unshared", "compensated", "lambda1")
@@ -116,8 +153,15 @@ TINY_PLANS = {
 EARLY_PLAN = Plan(train_subset=2000, test_subset=None, epochs=1, finetune_epochs=1, teacher_epochs=1)
 
 MODES = {
-    # The suite: about 69 minutes on 2 idle cores (measured 2026-11-26; --estimate prints estimate_seconds()).
-    "full": Mode(plans=FULL_PLANS, seeds=DEFAULT_SEEDS, ablations=ALL_ABLATIONS, distill_methods=METHODS),
+    # The suite: 80 runs took 65 minutes on 2 idle cores (2026-11-26) before the matched and ViT groups came;
+    # --estimate prints the whole plan's estimate_seconds().
+    "full": Mode(
+        plans=FULL_PLANS,
+        seeds=DEFAULT_SEEDS,
+        ablations=ALL_ABLATIONS,
+        distill_methods=METHODS,
+        budget_min=FULL_BUDGET_MIN,
+    ),
     # A few minutes: every scenario once, one seed, tiny subsets (numbers are not meaningful).
     "quick": Mode(
         plans={
@@ -157,14 +201,18 @@ MODES["early-tiny"] = replace(
 )
 
 
-def long_mode(epochs: int) -> Mode:
-    """--long with ``epochs`` Fashion-MNIST epochs: the whole training and test sets, 3 seeds,
-    scratch, KD (alone and with GPD) and fine-tuning; no ablations, no DKD or ReviewKD.
+LONG_GROUPS = ("scratch", "distill", "finetune")
 
-    Fine-tuning lasts half as long as training from scratch and the static teacher 1.5
-    times as long, the proportions of the full suite; the digits keep the full suite's plan
-    (tiny: more epochs cost almost nothing)."""
-    fashion = Plan(train_subset=None, test_subset=None, epochs=epochs, finetune_epochs=max(1, epochs // 2),
+
+def long_mode(epochs: int, groups: tuple[str, ...] = LONG_GROUPS) -> Mode:
+    """--long with ``epochs`` Fashion-MNIST epochs: the whole training and test sets, 3 seeds,
+    scratch, KD (alone and with GPD) and fine-tuning; no ablations, no DKD or ReviewKD; the
+    matched and ViT groups on request (``groups``, from --only).
+
+    Fine-tuning lasts half as long as training from scratch (rounded up), as the paper's
+    fine-tuning runs, and the static teacher 1.5 times as long; the digits keep the full
+    suite's plan (tiny: more epochs cost almost nothing)."""
+    fashion = Plan(train_subset=None, test_subset=None, epochs=epochs, finetune_epochs=(epochs + 1) // 2,
                    teacher_epochs=epochs + epochs // 2)  # fmt: skip
     return Mode(
         plans={"fashion_mnist": fashion, "digits": FULL_PLANS["digits"]},
@@ -172,17 +220,32 @@ def long_mode(epochs: int) -> Mode:
         ablations=(),
         distill_methods=("kd",),
         ablation_data=(),
-        groups=("scratch", "distill", "finetune"),
+        groups=groups,
+        optional_groups=tuple(g for g in ("matched", "vit") if g not in groups),
     )
 
 
-# Cost model of the estimate, in milliseconds per training image on the reference machine
-# (2-core x86-64, idle), from the README's and docs/distillation.md's measured runs
-# (ResNet-8 student, Fashion-MNIST 28 px, batch 128, a 10k-image test pass per 60k
-# training images included): CE alone 88 s / 120k images, GPD 255 s, GPD with branches
-# 285 s, DKD 115 s, DKD + GPD with branches 341 s. Ratio-3 and ratio-1.5 D scale with
-# r^2; the ResNet-20 teacher is ~3 times the student. ReviewKD and ratio 3 were corrected
+# Cost model of the estimate. MS_PER_IMAGE holds the relative costs of the runs, in milliseconds
+# per training image on the reference machine (2-core x86-64, idle), from the README's and
+# docs/distillation.md's measured runs (ResNet-8 student, Fashion-MNIST 28 px, batch 128, a
+# 10k-image test pass per 60k training images included): CE alone 88 s / 120k images, GPD 255 s,
+# GPD with branches 285 s, DKD 115 s, DKD + GPD with branches 341 s. Ratio-3 and ratio-1.5 D scale
+# with r^2; the ResNet-20 teacher is ~3 times the student. ReviewKD and ratio 3 were corrected
 # after the first --quick run (2026-11-26: 27 runs in 5 min 27 s, estimate 4 min 32 s).
+# The ViT-Ti entries (7 px patches, 28 px) are the CPU time of one training step of 128 images
+# on one thread relative to the plain ResNet-8's (2026-12-07: 10.0x alone, 47.4x with GPD),
+# not yet a measured run.
+#
+# Recalibrated 2026-12-07 on the suites recorded in docs/RESULTS.md, both on commit 31c35d3: the
+# --long suite took 49 min 45 s where the model said 1 h 08 min (its KD runs 75-89 s against
+# 127 s), the --early suite 7 min 08 s (the model: 6 min 43 s). The old model charged every
+# training image alike and the test pass 0.3 of a training image; a least-squares fit of the
+# two totals and the KD runs gives a training image CALIBRATION = 0.58 of the table's cost and a
+# test image EVAL_FRACTION = 1.1 of a training image's table cost (per evaluated network pair
+# for GPD: the student and D): the test pass of 10k images costs about as much on a 12.5k-image
+# subset as on the whole 60k set. The fitted model: --long 48 min 53 s, --early 7 min 11 s,
+# KD at 60k images 85 s.
+CALIBRATION = 0.58
 MS_PER_IMAGE = {
     "plain": 0.73,
     "static": 0.96,  # CE + KD/DKD from a static teacher (its forward pass)
@@ -194,8 +257,15 @@ MS_PER_IMAGE = {
     "gpd_r1.5": 1.5,  # branches off
     "gpd_r3": 4.8,  # branches off
     "teacher": 2.2,
+    "vit": 7.3,  # ViT-Ti, CE alone
+    "vit_static": 7.5,  # ViT-Ti, KD from the ResNet-20 (its forward pass)
+    "vit_gpd": 34.6,  # ViT-Ti + GPD, r = 2
+    "vit_gpd_static": 34.9,
 }
-EVAL_FRACTION = 0.3  # a test image costs about this fraction of a training image (forward only)
+EVAL_FRACTION = 1.1  # a test image's cost, in training images of the run's table cost (see CALIBRATION)
+# The ViT's test pass is compute-bound, unlike the tiny ResNet-8's: a test image costs the forward
+# pass of the student (and D), about a third of a training image's table cost.
+EVAL_MS_PER_IMAGE = {"vit": 7.3 / 3, "vit_static": 7.3 / 3, "vit_gpd": 34.6 / 3, "vit_gpd_static": 34.6 / 3}
 PIXEL_SCALE = {"fashion_mnist": 1.0, "digits": 0.25}  # 8x8 images: overhead-bound, not 12x cheaper
 STARTUP_S = 6.0  # python, torch, timm and gpd imports, model building and verification, per run
 
@@ -217,6 +287,10 @@ class Spec:
     epochs: int = 0
     train_images: int = 0
     test_images: int = 0
+    matched: str | None = None  # a cost-matched baseline: "flops" (equal compute) or "time" (equal time)
+    pair: tuple[str, str] = ("", "")  # a matched run's GPD run and equal-epoch baseline (ids)
+    ratio: float | None = None  # its cost ratio: the measured FLOP ratio, or the GPD run's time / the baseline's
+    resolved: bool = True  # False: a time-matched run whose epochs are still the cost model's estimate
 
     @property
     def id(self) -> str:
@@ -237,11 +311,14 @@ def seeds_by_group(mode: Mode, forced: list[int] | None = None) -> dict[str, lis
 
 
 def build_specs(
-    mode: Mode, datasets: list[str], groups: list[str], seeds: list[int] | dict[str, list[int]], out: Path
-) -> list[Spec]:
+    mode: Mode, datasets: list[str], groups: list[str], seeds: list[int] | dict[str, list[int]], out: Path,
+    flop_ratios: FlopRatios | None = None,
+) -> list[Spec]:  # fmt: skip
     """Every run of the selected groups, plus the runs they depend on, in an order that respects dependencies.
 
-    ``seeds``: the same for every group, or per group (``seeds_by_group``)."""
+    ``seeds``: the same for every group, or per group (``seeds_by_group``). ``flop_ratios``: where
+    the matched group's FLOP ratios come from (default: measured now, kept nowhere)."""
+    ratios = flop_ratios if flop_ratios is not None else FlopRatios(None)
     if not isinstance(seeds, dict):
         seeds = {g: list(seeds) for g in GROUPS}
     specs: dict[str, Spec] = {}
@@ -292,8 +369,12 @@ def build_specs(
                          [*extra, "gpd.enabled=false"], seed, "plain", False), ep)  # fmt: skip
                 add(Spec(data, "early", "early_gpd", f"{steps} steps, GPD (the demo: r = 2, λ = 3, no branch blocks)",
                          "fashion_mnist/demo", extra, seed, "gpd_plain_convs", True), ep)  # fmt: skip
+
+            def scratch_run() -> Spec:
+                return run("scratch", "scratch", "scratch", "fashion_mnist/scratch", [], seed, "plain", False)
+
             if on("scratch") or on("finetune"):  # the scratch baseline is fine-tuning's start
-                scratch = run("scratch", "scratch", "scratch", "fashion_mnist/scratch", [], seed, "plain", False)
+                scratch = scratch_run()
             if on("scratch"):
                 run("scratch", "scratch_gpd", "scratch + GPD", "fashion_mnist/scratch_gpd", [], seed, "gpd", True)
             if on("distill"):
@@ -324,6 +405,41 @@ def build_specs(
                     [scratch.id], epochs=ft)  # fmt: skip
                 run("finetune", "finetune_gpd", "fine-tuning + GPD", "fashion_mnist/finetune_gpd", start, seed, "gpd",
                     True, [scratch.id], epochs=ft)  # fmt: skip
+            if on("matched"):
+                pairs = {
+                    "scratch": (
+                        scratch_run(),
+                        run(
+                            "scratch",
+                            "scratch_gpd",
+                            "scratch + GPD",
+                            "fashion_mnist/scratch_gpd",
+                            [],
+                            seed,
+                            "gpd",
+                            True,
+                        ),
+                    )
+                }
+                t = teacher()
+                at = [f"teacher.checkpoint={teacher_dir}"]
+                pairs["kd"] = (run("distill", "kd", "KD", "fashion_mnist/kd", at, seed, "static", False, [t.id]),
+                               run("distill", "kd_gpd", "KD + GPD", "fashion_mnist/kd_gpd", at, seed, "gpd_static",
+                                   True, [t.id]))  # fmt: skip
+                for scenario, (plain, gpd) in pairs.items():
+                    ratio = ratios.ratio(f"{data}/{scenario}", (gpd.config, gpd.overrides),
+                                         (plain.config, plain.overrides))  # fmt: skip
+                    for spec in matched_specs(plain, gpd, ratio):
+                        add(spec)
+            if on("vit") and data in mode.vit_data:
+                run("vit", "vit", "ViT-Ti, CE alone", "fashion_mnist/vit", [], seed, "vit", False)
+                run("vit", "vit_gpd", "ViT-Ti + GPD", "fashion_mnist/vit_gpd", [], seed, "vit_gpd", True)
+                t = teacher()
+                at = [f"teacher.checkpoint={teacher_dir}"]
+                run("vit", "vit_kd", "ViT-Ti, KD from the ResNet-20", "fashion_mnist/vit_kd", at, seed,
+                    "vit_static", False, [t.id])  # fmt: skip
+                run("vit", "vit_kd_gpd", "ViT-Ti, KD + GPD", "fashion_mnist/vit_kd_gpd", at, seed,
+                    "vit_gpd_static", True, [t.id])  # fmt: skip
             if on("ablation") and data in mode.ablation_data:
                 run("scratch", "scratch_gpd", "scratch + GPD", "fashion_mnist/scratch_gpd", [], seed, "gpd", True)
                 variants = {
@@ -342,26 +458,99 @@ def build_specs(
     return ordered
 
 
+def matched_specs(plain: Spec, gpd: Spec, flop_ratio: float) -> list[Spec]:
+    """The equal-compute and equal-time baselines of ``plain`` (the equal-epoch baseline) against ``gpd``.
+
+    The equal-time run's epochs are the cost model's estimate until both runs have finished
+    (``resolve_time_matched``)."""
+    warmup = config_warmup(plain.config)
+    per_epoch = (estimate_seconds(plain) - STARTUP_S) / plain.epochs
+    estimated_time_ratio = (estimate_seconds(gpd) - STARTUP_S) / (per_epoch * plain.epochs)
+    specs = []
+    for kind, ratio in (("flops", flop_ratio), ("time", estimated_time_ratio)):
+        epochs = matched_epochs(plain.epochs, ratio)
+        label = matched_label(plain, kind, epochs if kind == "flops" else None)
+        spec = replace(plain, group="matched", slug=f"{plain.slug}_{kind}", label=label,
+                       overrides=matched_overrides(plain.overrides, epochs, plain.epochs, warmup), matched=kind,
+                       pair=(gpd.id, plain.id), ratio=ratio, resolved=kind == "flops", epochs=epochs,
+                       needs=[*plain.needs, gpd.id, plain.id] if kind == "time" else list(plain.needs))  # fmt: skip
+        specs.append(spec)
+    return specs
+
+
+def matched_note(spec: Spec, by_id: dict[str, Spec]) -> str:
+    """How a matched run's epochs were chosen, for the plan and the log."""
+    plain = by_id[spec.pair[1]]
+    if spec.matched == "flops":
+        return f"equal compute: {plain.epochs} epochs x FLOP ratio {spec.ratio:.2f}"
+    if not spec.resolved:
+        return f"equal time: estimated ({spec.ratio:.2f} x {plain.epochs} epochs by the cost model) until both runs ran"
+    return f"equal time: the GPD run's seconds / the baseline's per epoch = {spec.ratio:.2f} x {plain.epochs} epochs"
+
+
+def matched_label(plain: Spec, kind: str, epochs: int | None) -> str:
+    """The row label of a matched run; ``epochs`` None: not known yet (an equal-time run before its pair ran)."""
+    return (
+        f"{plain.label}, {KINDS[kind]} ({epochs} epochs)"
+        if epochs
+        else f"{plain.label}, {KINDS[kind]} (epochs set once GPD and the baseline ran)"
+    )
+
+
+def resolve_time_matched(specs: list[Spec], out: Path, finished: set[str]) -> list[str]:
+    """Give each equal-time run its epochs once its GPD run and equal-epoch baseline have finished:
+    from their measured seconds (metrics.csv), recorded in time_budgets.json so that a resumed
+    suite keeps them; returns the ids resolved now."""
+    path = out / TIME_BUDGETS_FILE
+    budgets: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.is_file() else {}
+    by_id, now = {s.id: s for s in specs}, []
+    for spec in specs:
+        if spec.matched != "time" or spec.resolved:
+            continue
+        if spec.id not in budgets:
+            gpd_id, plain_id = spec.pair
+            if not {gpd_id, plain_id} <= finished:
+                continue
+            seconds = [[float(r["seconds"]) for r in read_metrics(run_dir(out, by_id[i]))] for i in spec.pair]
+            budgets[spec.id] = time_budget(*seconds)
+            path.write_text(json.dumps(budgets, indent=1))
+            now.append(spec.id)
+        plain = by_id[spec.pair[1]]
+        epochs = int(budgets[spec.id]["epochs"])
+        spec.overrides = matched_overrides(plain.overrides, epochs, plain.epochs, config_warmup(plain.config))
+        spec.epochs, spec.resolved, spec.label = epochs, True, matched_label(plain, "time", epochs)
+        spec.ratio = budgets[spec.id]["gpd_seconds"] / (budgets[spec.id]["plain_epoch_seconds"] * plain.epochs)
+    return now
+
+
 def estimate_seconds(spec: Spec) -> float:
     """The run's expected wall time on the reference machine (2 idle cores)."""
-    ms = MS_PER_IMAGE[spec.cost] * PIXEL_SCALE[spec.data]
-    images = spec.epochs * (spec.train_images + EVAL_FRACTION * spec.test_images * (2 if spec.gpd else 1))
-    return STARTUP_S + ms * images / 1000
+    scale = PIXEL_SCALE[spec.data] * CALIBRATION
+    train_ms = MS_PER_IMAGE[spec.cost] * spec.train_images
+    eval_ms = EVAL_MS_PER_IMAGE.get(spec.cost, EVAL_FRACTION * MS_PER_IMAGE[spec.cost] * (2 if spec.gpd else 1))
+    return STARTUP_S + scale * spec.epochs * (train_ms + eval_ms * spec.test_images) / 1000
 
 
-def suite_estimate(mode: Mode) -> float:
+def suite_estimate(mode: Mode, flop_ratios: FlopRatios | None = None) -> float:
     """Seconds of the mode's whole suite (all its groups and data sets, its own seeds) on 2 idle cores."""
-    specs = build_specs(mode, list(mode.datasets), list(mode.groups), seeds_by_group(mode), Path("/nonexistent"))
+    specs = build_specs(mode, list(mode.datasets), list(mode.groups), seeds_by_group(mode), Path("/nonexistent"),
+                        flop_ratios)  # fmt: skip
     return sum(estimate_seconds(s) for s in specs)
 
 
-def choose_long_epochs(budget_s: float) -> tuple[int, float, float]:
-    """The most Fashion-MNIST epochs whose whole --long suite fits in ``budget_s`` by the cost model
-    (at least 1, at most LONG_MAX_EPOCHS): (epochs, its estimate, the estimate with one epoch more)."""
+def choose_long_epochs(
+    budget_s: float, groups: tuple[str, ...] = LONG_GROUPS, flop_ratios: FlopRatios | None = None
+) -> tuple[int, float, float]:
+    """The most Fashion-MNIST epochs whose whole --long suite (of ``groups``) fits in ``budget_s`` by the
+    cost model (at least 1, at most LONG_MAX_EPOCHS): (epochs, its estimate, the estimate with one epoch more)."""
+
+    def cost(epochs: int) -> float:
+        return suite_estimate(long_mode(epochs, groups), flop_ratios)
+
     epochs = 1
-    while epochs < LONG_MAX_EPOCHS and suite_estimate(long_mode(epochs + 1)) <= budget_s:
+    while epochs < LONG_MAX_EPOCHS and cost(epochs + 1) <= budget_s:
         epochs += 1
-    return epochs, suite_estimate(long_mode(epochs)), suite_estimate(long_mode(epochs + 1))
+    return epochs, cost(epochs), cost(epochs + 1)
 
 
 def fmt_time(seconds: float) -> str:
@@ -597,6 +786,17 @@ TABLE_ROWS = {
         ("finetune", None),
         ("finetune_gpd", None),
     ],
+    "matched": [
+        row
+        for gpd, plain in MATCHED_SCENARIOS.values()
+        for row in (
+            (plain, f"{'KD' if plain == 'kd' else plain}, equal epochs"),
+            (f"{plain}_flops", None),
+            (f"{plain}_time", None),
+            (gpd, None),
+        )
+    ],
+    "vit": [("vit", None), ("vit_gpd", None), ("vit_kd", None), ("vit_kd_gpd", None)],
     "ablation": [
         ("scratch_gpd", "GPD as in the other groups: r = 2, branches on, sharing on, λ = 3"),
         ("ablation_no_branches", None),
@@ -612,6 +812,8 @@ GROUP_TITLES = {
     "scratch": "Scratch: CE alone vs GPD",
     "distill": "Distillation from a static teacher, each method alone and with GPD",
     "finetune": "Fine-tuning the scratch baseline's student: plain vs GPD, equally long",
+    "matched": "Cost-matched baselines: the plain student given GPD's training compute or time",
+    "vit": "A transformer student: ViT-Ti (7 px patches), with and without GPD, from scratch and with KD",
     "ablation": "Ablations (scratch scenario)",
 }
 
@@ -658,6 +860,17 @@ def group_table(
     return lines if len(lines) > 2 else []
 
 
+SUMMARY_INTRO = [
+    "Last-epoch test accuracy (%), mean ± std over seeds, with each run's epochs. The baselines are the",
+    "plain student (GPD off, same config otherwise) at GPD's epochs, at GPD's training compute (epochs",
+    "times the measured ratio of training FLOPs per step) and at GPD's time on this machine (epochs",
+    "from the GPD run's seconds and the equal-epoch baseline's seconds per epoch); the longer runs",
+    "keep the schedule's shape and each epoch's data order. Δ: GPD minus the baseline, seed by seed,",
+    "then mean ± std. Cost: GPD's training FLOPs per step and its training-plus-evaluation time over",
+    "the equal-epoch baseline's.",
+]
+
+
 @functools.lru_cache(maxsize=1)
 def machine() -> str:
     import torch
@@ -682,6 +895,7 @@ def write_summary(
     args: argparse.Namespace, mode_name: str, mode: Mode, specs: list[Spec], results: dict[str, dict], out: Path,
     started: dt.datetime, load_start: str, wall: float, reports: dict[str, Path], estimate: float,
     notes: list[str] | None = None, ledger: dict[str, dict] | None = None,
+    flop_ratios: dict[str, dict[str, float]] | None = None,
 ) -> str:  # fmt: skip
     by_id = {s.id: s for s in specs}
     seeds = sorted({s.seed for s in specs if s.seed is not None})
@@ -726,6 +940,10 @@ def write_summary(
            "student's cross-entropy averaged over that epoch's training steps."] if mode.show_ce else []),
         "",
     ]  # fmt: skip
+    summary = summary_table([d for d in DATASETS if any(s.data == d for s in specs)], by_id, results, seeds,
+                            flop_ratios or {})  # fmt: skip
+    if summary:
+        text += ["## Does GPD pay for its compute?", "", *SUMMARY_INTRO, "", *summary, ""]
     for data in [d for d in DATASETS if any(s.data == d for s in specs)]:
         plan = mode.plans[data]
         train_n, test_n = split_sizes(data, plan)
@@ -890,21 +1108,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def select_mode(args: argparse.Namespace) -> tuple[str, Mode, list[str]]:
+def select_mode(args: argparse.Namespace, flop_ratios: FlopRatios | None = None) -> tuple[str, Mode, list[str]]:
     """The mode's name, its plans (--epochs and, for --long, the budget applied) and lines describing the sizing."""
     budget_s = args.budget_min * 60
     if args.long:
+        only = args.only.split(",") if args.only else []
+        groups = (
+            *LONG_GROUPS,
+            *(g for g in ("matched", "vit") if g in only),
+        )  # sized with the optional groups asked for
         if args.epochs is not None:
             epochs, notes = args.epochs, [f"Fashion-MNIST epochs: {args.epochs} (--epochs)."]
         else:
-            epochs, fit, more = choose_long_epochs(budget_s)
+            epochs, fit, more = choose_long_epochs(budget_s, groups, flop_ratios)
             notes = [
-                f"Fashion-MNIST epochs: {epochs}, the most whose whole --long suite fits the {args.budget_min:g}-minute "
-                f"budget by the cost model: estimate {fmt_time(fit)} ({fmt_time(more)} with {epochs + 1} epochs)."
+                f"Fashion-MNIST epochs: {epochs}, the most whose whole --long suite ({', '.join(groups)}) fits the "
+                f"{args.budget_min:g}-minute budget by the cost model: estimate {fmt_time(fit)} ({fmt_time(more)} "
+                f"with {epochs + 1} epochs)."
             ]
             if fit > budget_s:
                 notes.append(f"note: even 1 epoch exceeds the {args.budget_min:g}-minute budget")
-        mode = long_mode(epochs)
+        mode = long_mode(epochs, groups)
         fm = mode.plans["fashion_mnist"]
         notes[0] += (f" Fine-tuning {fm.finetune_epochs}, static teacher {fm.teacher_epochs}; the digits keep "
                      f"{mode.plans['digits'].epochs} (fine-tuning {mode.plans['digits'].finetune_epochs}).")  # fmt: skip
@@ -926,10 +1150,14 @@ def select_mode(args: argparse.Namespace) -> tuple[str, Mode, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    mode_name, mode, notes = select_mode(args)
+    out: Path = args.out.resolve()
+    flop_ratios = FlopRatios(out / FLOP_RATIOS_FILE)  # measured once per work dir, then kept
+    measured_before = set(flop_ratios.values)
+    mode_name, mode, notes = select_mode(args, flop_ratios)
     groups = args.only.split(",") if args.only else list(mode.groups)
     datasets = args.data.split(",") if args.data else list(mode.datasets)
-    for chosen, known, what in ((groups, mode.groups, "groups"), (datasets, mode.datasets, "data sets")):
+    for chosen, known, what in ((groups, (*mode.groups, *mode.optional_groups), "groups"),
+                                (datasets, mode.datasets, "data sets")):  # fmt: skip
         if bad := [v for v in chosen if v not in known]:
             print(
                 f"accuracy.py: {mode_name} mode has no {', '.join(bad)}; its {what}: {', '.join(known)}",
@@ -937,8 +1165,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     seeds = seeds_by_group(mode, args.seeds)
-    out: Path = args.out.resolve()
-    specs = build_specs(mode, datasets, groups, seeds, out)
+    specs = build_specs(mode, datasets, groups, seeds, out, flop_ratios)
+    finished = {s.id for s in specs if (run_dir(out, s) / "student.pt").is_file()}
+    resolve_time_matched(specs, out, finished)  # the equal-time runs whose budgets are known
+    if flop_ratios.values:
+        source = "measured now" if set(flop_ratios.values) - measured_before else f"from {FLOP_RATIOS_FILE}"
+        notes.append(f"Training FLOPs per step, GPD / plain ({source}; the equal-compute runs' epochs): "
+                     + ", ".join(f"{k} {v['ratio']:.2f}" for k, v in sorted(flop_ratios.values.items())) + ".")  # fmt: skip
     estimate = sum(estimate_seconds(s) for s in specs)
     all_seeds = sorted({s.seed for s in specs if s.seed is not None})
     per_group = {g: seeds[g] for g in groups if seeds[g] != all_seeds}
@@ -947,11 +1180,12 @@ def main(argv: list[str] | None = None) -> int:
           f"on 2 idle cores, one run at a time", flush=True)  # fmt: skip
     for note in notes:
         print(note, flush=True)
-    if mode_name == "full" and args.epochs is None and estimate > args.budget_min * 60:
-        print(f"note: the estimate exceeds the {args.budget_min:g}-minute budget of the full suite", flush=True)
+    if mode.budget_min is not None and args.epochs is None and estimate > mode.budget_min * 60:
+        print(f"note: the estimate exceeds the {mode.budget_min:g}-minute budget of the {mode_name} suite", flush=True)
     if args.estimate:
         for spec in specs:
-            print(f"  {spec.id:45s} {spec.epochs:3d} ep {estimate_seconds(spec):6.0f} s")
+            what = f"  {matched_note(spec, by_id={s.id: s for s in specs})}" if spec.matched else ""
+            print(f"  {spec.id:45s} {spec.epochs:3d} ep {estimate_seconds(spec):6.0f} s{what}")
         return 0
     if args.summary:
         if not out.is_dir():
@@ -967,6 +1201,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     out.mkdir(parents=True, exist_ok=True)
+    flop_ratios.save()
     log = out / "train.log"
     ledger_path = out / "times.json"
     ledger: dict[str, dict] = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {}
@@ -975,15 +1210,17 @@ def main(argv: list[str] | None = None) -> int:
     def result_of(spec: Spec) -> dict:
         return {**accuracies(run_dir(out, spec)), **ledger.get(spec.id, {})}
 
-    results = {s.id: result_of(s) for s in specs if (run_dir(out, s) / "student.pt").is_file()}
+    results = {s.id: result_of(s) for s in specs if s.id in finished}
 
     def summarize(reports: dict[str, Path]) -> str:
         summary = write_summary(args, mode_name, mode, specs, results, out, started, load_start,
-                                time.perf_counter() - clock, reports, estimate, notes, ledger)  # fmt: skip
+                                time.perf_counter() - clock, reports, estimate, notes, ledger,
+                                flop_ratios.values)  # fmt: skip
         (out / args.results).write_text(summary)
         return summary
 
     if args.summary:
+        flop_ratios.save()
         print(summarize({}))
         print(f"wrote {out / args.results}: {len(results)} of {len(specs)} runs finished")
         return 0
@@ -993,6 +1230,12 @@ def main(argv: list[str] | None = None) -> int:
         if spec.id in results:
             print(f"[{index}/{len(specs)}] {spec.id}: finished earlier, skipped", flush=True)
         else:
+            if spec.matched == "time" and not spec.resolved:
+                resolve_time_matched(specs, out, set(results))  # its GPD run and baseline finished before it
+                if not spec.resolved:
+                    print(f"accuracy.py: {spec.id} needs {' and '.join(spec.pair)} finished first", file=sys.stderr)
+                    return 1
+                print(f"    {spec.id}: {matched_note(spec, {s.id: s for s in specs})}", flush=True)
             n_threads = threads(args.threads)
             print(f"[{index}/{len(specs)}] {spec.id} ({n_threads} threads) ...", end=" ", flush=True)
             try:

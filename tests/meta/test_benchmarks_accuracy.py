@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -95,14 +96,6 @@ def test_tiny_mode_runs_every_group(tmp_path: Path) -> None:
         assert 0 <= float(row[1]) <= 100 and float(row[1]) <= float(row[2])  # last <= best
     assert (out / "reports" / "digits-scratch" / "accuracy.png").is_file()
     assert "## Per-run times" in results
-
-
-def test_estimate_of_the_full_suite_fits_the_budget() -> None:
-    result = run("--out", "unused", "--estimate", timeout=60)
-    assert result.returncode == 0, result.stderr
-    head = result.stdout.splitlines()[0]
-    assert head.startswith("80 runs (full mode, seeds 0 1 2)")
-    assert "exceeds" not in result.stdout
 
 
 # --- --long: epochs sized to the budget --------------------------------------------------------
@@ -283,3 +276,168 @@ def test_tiny_early_mode(tmp_path: Path) -> None:
         assert float(row[6]) > 0  # the student's first-epoch CE
     assert {r[0] for r in table_rows(text, "Scratch: CE alone vs GPD")} == {"scratch", "scratch + GPD"}
     assert "All 4 planned runs finished." in text
+
+
+# --- cost-matched baselines, the ViT group, the summary table ------------------------------------
+
+RATIOS = {"fashion_mnist/scratch": 5.35, "fashion_mnist/kd": 3.06, "digits/scratch": 10.4, "digits/kd": 5.5}
+
+
+def known_ratios(m, path: Path | None = None):
+    """FLOP ratios given, not measured (the measurement builds models: seconds per scenario)."""
+    ratios = m.FlopRatios(path, measure=lambda gpd, plain: pytest.fail(f"measured {gpd[0]}"))
+    ratios.values = {k: {"ratio": v, "gpd_flops": v, "plain_flops": 1.0} for k, v in RATIOS.items()}
+    return ratios
+
+
+def test_matched_epochs_scale_by_the_cost_ratio() -> None:
+    m = load_script()
+    assert m.matched_epochs(2, 5.35) == 11 and m.matched_epochs(2, 3.06) == 6  # rounded to the nearest epoch
+    assert m.matched_epochs(10, 1.04) == 10 and m.matched_epochs(1, 0.2) == 1  # at least one epoch
+    with pytest.raises(ValueError):
+        m.matched_epochs(2, 0.0)
+    budget = m.time_budget([40.0, 41.0], [8.0, 10.0])  # GPD: 81 s; the baseline: 9 s per epoch
+    assert budget == {"epochs": 9, "gpd_seconds": 81.0, "plain_epoch_seconds": 9.0}
+    # the warm-up stays the same fraction of the longer run; everything else is kept
+    assert m.matched_overrides(["a=1", "train.epochs=2", "train.seed=0"], 11, 2, 0.1) == [
+        "a=1", "train.seed=0", "train.epochs=11", "train.warmup_epochs=0.55"]  # fmt: skip
+
+
+def test_flop_ratios_are_measured_once_and_kept(tmp_path: Path) -> None:
+    m = load_script()
+    calls = []
+
+    def measure(gpd, plain):
+        calls.append((gpd, plain))
+        return 8.0, 2.0
+
+    path = tmp_path / "flop_ratios.json"
+    ratios = m.FlopRatios(path, measure=measure)
+    assert ratios.ratio("d/scratch", ("g", []), ("p", [])) == 4.0
+    assert ratios.ratio("d/scratch", ("g", []), ("p", [])) == 4.0 and len(calls) == 1
+    ratios.save()
+    assert m.FlopRatios(path, measure=measure).ratio("d/scratch", ("g", []), ("p", [])) == 4.0 and len(calls) == 1
+
+
+def test_full_plan_has_the_matched_baselines_and_the_vit_runs() -> None:
+    m = load_script()
+    full = m.MODES["full"]
+    specs = m.build_specs(full, list(full.datasets), list(full.groups), m.seeds_by_group(full), Path("/w"),
+                          known_ratios(m))  # fmt: skip
+    by_id = {s.id: s for s in specs}
+    flops, time_run = by_id["fashion_mnist/s1/scratch_flops"], by_id["fashion_mnist/s1/scratch_time"]
+    plain = by_id["fashion_mnist/s1/scratch"]
+    assert flops.epochs == 11 and "train.epochs=11" in flops.overrides and flops.resolved  # 2 epochs x 5.35
+    assert "train.warmup_epochs=0.55" in flops.overrides  # the bundled 0.1 of 2 epochs, scaled
+    assert flops.config == plain.config == "fashion_mnist/scratch" and "train.seed=1" in flops.overrides
+    assert by_id["fashion_mnist/s0/kd_flops"].epochs == 6 and by_id["digits/s2/scratch_flops"].epochs == 104
+    assert not time_run.resolved and set(time_run.pair) <= set(time_run.needs)  # sized once both have run
+    ids = list(by_id)
+    for spec in specs:  # every run comes after the runs it needs
+        assert all(ids.index(need) < ids.index(spec.id) for need in spec.needs)
+    vit = {s.slug: s for s in specs if s.group == "vit" and s.seed == 0}
+    assert set(vit) == {"vit", "vit_gpd", "vit_kd", "vit_kd_gpd"} and all(
+        s.data == "fashion_mnist" for s in vit.values()
+    )
+    assert vit["vit_kd_gpd"].needs == ["fashion_mnist/teacher"] and vit["vit_gpd"].config == "fashion_mnist/vit_gpd"
+    assert not any(s.group == "vit" for s in specs if s.data == "digits")
+
+
+def test_vit_configs_use_the_transformer_recipe() -> None:
+    from gpd.config import load_config
+
+    for name in ("vit", "vit_gpd", "vit_kd", "vit_kd_gpd"):
+        cfg = load_config(f"fashion_mnist/{name}")
+        t = cfg.train
+        assert cfg.model.student == "timm:vit_tiny_patch16_224" and cfg.model.kwargs["patch_size"] == 7
+        assert (t.optimizer, t.scheduler, t.label_smoothing, t.weight_decay) == ("adamw", "cosine", 0.1, 0.05)
+        assert t.warmup_epochs > 0 and cfg.gpd.enabled == name.endswith("_gpd")
+        assert (cfg.kd.method == "kd") == ("kd" in name)
+
+
+def test_vit_gpd_takes_the_papers_per_layer_steps_under_adamw(tmp_path: Path) -> None:
+    """The trainer gives AdamW Distiller.param_groups(adaptive=True): D's scaled tensors get an lr_scale."""
+    from gpd.config import load_config
+    from gpd.training.trainer import Trainer
+
+    trainer = Trainer(load_config("fashion_mnist/vit_gpd", ["train.device=cpu"]), tmp_path / "run", dry_run=True)
+    groups = trainer.run.optimizer.param_groups
+    assert type(trainer.run.optimizer).__name__ == "AdamW"
+    assert all("lr_scale" in g for g in groups) and {g["lr_scale"] for g in groups} != {1.0}
+
+
+def test_time_matched_epochs_come_from_the_measured_runs(tmp_path: Path) -> None:
+    m = load_script()
+    out = tmp_path / "bench"
+    tiny = m.MODES["tiny"]
+    specs = m.build_specs(tiny, ["digits"], ["matched"], [0], out, known_ratios(m))
+    by_id = {s.id: s for s in specs}
+    spec = by_id["digits/s0/scratch_time"]
+    assert m.resolve_time_matched(specs, out, set()) == [] and not spec.resolved
+    # GPD: 2 epochs of 30 s; the baseline: 1 epoch of 10 s (the tiny plan's 1 epoch) -> 6 epochs
+    fake_run(out / "runs" / "digits" / "s0" / "scratch_gpd", [50.0], 1)
+    (out / "runs" / "digits" / "s0" / "scratch_gpd" / "metrics.csv").write_text(
+        METRICS_HEADER + "\n1,0.1,1,1,50,55,5,,100,30\n2,0.1,1,1,50,55,5,,100,30\n"
+    )
+    fake_run(out / "runs" / "digits" / "s0" / "scratch", [48.0], 1, dynamic=False)
+    (out / "runs" / "digits" / "s0" / "scratch" / "metrics.csv").write_text(
+        METRICS_HEADER + "\n1,0.1,1,1,48,,,,100,10\n"
+    )
+    assert m.resolve_time_matched(specs, out, {"digits/s0/scratch", "digits/s0/scratch_gpd"}) == [
+        "digits/s0/scratch_time"
+    ]
+    assert spec.resolved and spec.epochs == 6 and "train.epochs=6" in spec.overrides and spec.ratio == 6.0
+    # a resumed suite reads the recorded budget back, whatever the runs' files say now
+    again = m.build_specs(tiny, ["digits"], ["matched"], [0], out, known_ratios(m))
+    m.resolve_time_matched(again, out, set())
+    assert next(s for s in again if s.slug == "scratch_time").epochs == 6
+
+
+def test_summary_cells_say_not_measured_yet_and_pair_by_seed() -> None:
+    m = load_script()
+    import accuracy_summary as summary
+
+    class S:
+        def __init__(self, epochs: int) -> None:
+            self.epochs = epochs
+
+    slugs = {"scratch": 2, "scratch_flops": 11, "scratch_time": 9, "scratch_gpd": 2, "vit": 2, "vit_gpd": 2}
+    specs = {f"fashion_mnist/s{s}/{slug}": S(e) for s in (0, 1) for slug, e in slugs.items()}
+    ratios = {"fashion_mnist/scratch": {"ratio": 5.35}}
+    empty = summary.summary_table(["fashion_mnist"], specs, {}, [0, 1], ratios)
+    rows = [line.split(" | ") for line in empty[2:]]
+    assert [r[0].lstrip("| ") for r in rows] == ["ResNet-8 from scratch (CE alone vs GPD), fashion_mnist",
+                                                 "ViT-Ti from scratch (CE alone vs GPD), fashion_mnist"]  # fmt: skip
+    assert rows[0][1:8] == [summary.NOT_MEASURED] * 7 and rows[0][-1] == "Not measured yet. |"
+    assert rows[1][2] == summary.NOT_PLANNED and rows[1][6] == summary.NOT_PLANNED  # no matched ViT runs
+    assert "5.35x FLOPs per step" in rows[0][8]
+
+    acc = {"scratch": (80.0, 81.0), "scratch_flops": (81.0, 81.5), "scratch_time": (80.5, 81.2),
+           "scratch_gpd": (82.0, 82.5)}  # fmt: skip
+    results = {f"fashion_mnist/s{s}/{slug}": {"last": v[s], "seconds": 10.0 * (4 if slug == "scratch_gpd" else 1)}
+               for slug, v in acc.items() for s in (0, 1)}  # fmt: skip
+    row = summary.summary_table(["fashion_mnist"], specs, results, [0, 1], ratios)[2].split(" | ")
+    assert row[1] == "80.50 ± 0.71 (2 ep)" and row[2] == "81.25 ± 0.35 (11 ep)"
+    assert row[5:8] == ["+1.75 ± 0.35", "+1.00 ± 0.00", "+1.40 ± 0.14"]  # GPD - each baseline, seed by seed
+    assert row[8] == "5.35x FLOPs per step; 4.00x time"
+    assert row[9].startswith("Yes: GPD beats the plain student given the same training FLOPs by +1.00 ± 0.00")
+    assert summary.verdict([-1.0, -2.0], [], [], 5.0).startswith("No:")
+    assert summary.verdict([1.0, -1.0], [], [], 5.0).startswith("Not shown")
+    assert summary.verdict([], [], [0.5, 0.7], 4.0).startswith("Unknown: only the equal-epoch baseline ran")
+    assert m.paired_delta({0: 1.0}, {0: 0.5}) == "+0.50"
+
+
+def test_estimate_lists_the_matched_and_vit_runs(tmp_path: Path) -> None:
+    """The acceptance's --estimate, with the FLOP ratios a work dir keeps (measured on its first run)."""
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "flop_ratios.json").write_text(json.dumps({k: {"ratio": v} for k, v in RATIOS.items()}))
+    result = run("--out", str(out), "--estimate", timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("116 runs (full mode, seeds 0 1 2); estimated") and "exceeds" not in result.stdout
+    assert "(from flop_ratios.json; the equal-compute runs' epochs): digits/kd 5.50" in result.stdout
+    line = next(x for x in lines if "fashion_mnist/s0/scratch_flops" in x)
+    assert " 11 ep " in line and "equal compute: 2 epochs x FLOP ratio 5.35" in line
+    assert "equal time: estimated" in next(x for x in lines if "fashion_mnist/s2/kd_time" in x)
+    assert "fashion_mnist/s2/vit_kd_gpd" in result.stdout and "digits/s0/vit" not in result.stdout
