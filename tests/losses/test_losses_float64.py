@@ -104,3 +104,16 @@ def test_float32_results_are_the_former_expressions_bit_for_bit(logits) -> None:
     log_s, log_t = F.log_softmax(student / 4.0, dim=-1), F.log_softmax(teacher / 4.0, dim=-1)
     former_kd = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * 4.0**2
     assert torch.equal(kd(student, teacher, 4.0), former_kd)
+
+
+def test_dkd_float32_result_is_the_former_expression_bit_for_bit(logits) -> None:
+    """dkd() now sums the per-sample helper the per-pixel DKD shares; the batch value is unchanged."""
+    from gpd.losses.dkd import _binary_and_nontarget_log_probs
+
+    student, teacher, target = logits[0].float(), logits[1].float(), logits[2]
+    s_t, s_rest, s_hat = _binary_and_nontarget_log_probs(student, target, 4.0)
+    t_t, t_rest, t_hat = _binary_and_nontarget_log_probs(teacher, target, 4.0)
+    tckd = t_t.exp() * (t_t - s_t) + t_rest.exp() * (t_rest - s_rest)
+    nckd = (t_hat.exp() * (t_hat - s_hat)).sum(dim=1)
+    former = (1.0 * tckd + 8.0 * nckd).mean() * 4.0**2
+    assert torch.equal(dkd(student, teacher, target, 1.0, 8.0, 4.0), former)

@@ -75,6 +75,19 @@ def dkd(
     back to the host (a GPU stall at every call); the trainer checks the data set's labels
     once instead.
     """
+    _check_dkd_arguments(student_logits, teacher_logits, target, temperature, check_targets=check_targets)
+    return dkd_per_sample(student_logits, teacher_logits, target, alpha, beta, temperature).mean() * temperature**2
+
+
+def _check_dkd_arguments(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float,
+    *,
+    check_targets: bool,
+) -> None:
+    """Refuse shapes, dtypes, a temperature or (``check_targets``) labels that :func:`dkd` cannot use."""
     if student_logits.shape != teacher_logits.shape:
         raise ArgumentError(f"logit shapes differ: {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}")
     if student_logits.dim() != 2:
@@ -88,16 +101,26 @@ def dkd(
         raise ArgumentError(f"target must hold integer class indices, got dtype {target.dtype}")
     if temperature <= 0:
         raise ArgumentError(f"temperature must be > 0, got {temperature}")
-    target = target.to(device=student_logits.device, dtype=torch.long)
     if check_targets and batch and (target.min() < 0 or target.max() >= num_classes):
         raise ArgumentError(
             f"target indices must lie in [0, {num_classes}), got range [{int(target.min())}, {int(target.max())}]"
         )
 
+
+def dkd_per_sample(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float,
+    beta: float,
+    temperature: float,
+) -> torch.Tensor:
+    """``alpha * TCKD + beta * NCKD`` per row, before the batch mean and the ``T^2`` (no checks: see :func:`dkd`)."""
+    target = target.to(device=student_logits.device, dtype=torch.long)
     s_log_t, s_log_rest, s_log_hat = _binary_and_nontarget_log_probs(student_logits, target, temperature)
     t_log_t, t_log_rest, t_log_hat = _binary_and_nontarget_log_probs(teacher_logits.detach(), target, temperature)
 
     tckd = t_log_t.exp() * (t_log_t - s_log_t) + t_log_rest.exp() * (t_log_rest - s_log_rest)
     # The target entries of both log_p_hat are 0, so they add exp(0) * (0 - 0) = 0.
     nckd = (t_log_hat.exp() * (t_log_hat - s_log_hat)).sum(dim=1)
-    return (alpha * tckd + beta * nckd).mean() * temperature**2
+    return alpha * tckd + beta * nckd

@@ -31,16 +31,29 @@ def sce(student_logits: torch.Tensor, dynamic_logits: torch.Tensor, eps: float =
         raise ArgumentError(f"logit shapes differ: {tuple(student_logits.shape)} vs {tuple(dynamic_logits.shape)}")
     if not 0.0 <= eps <= 1.0:
         raise ArgumentError(f"eps must be in [0, 1], got {eps}")
+    return sce_per_sample(student_logits, dynamic_logits, eps).mean()
+
+
+def sce_per_sample(student_logits: torch.Tensor, dynamic_logits: torch.Tensor, eps: float) -> torch.Tensor:
+    """:func:`sce` before the batch mean: one value per row (the per-pixel losses mask these)."""
     num_classes = student_logits.shape[-1]
     target = (1.0 - eps) * F.softmax(_at_least_float32(dynamic_logits.detach()), dim=-1) + eps / num_classes
     log_probs = F.log_softmax(_at_least_float32(student_logits), dim=-1)
-    return -(target * log_probs).sum(dim=-1).mean()
+    return -(target * log_probs).sum(dim=-1)
 
 
 def kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """Hinton's KD: ``T^2 KL(softmax(z_T / T) || softmax(z_S / T))``, averaged over the batch."""
     if temperature <= 0:
         raise ArgumentError(f"temperature must be > 0, got {temperature}")
+    log_student, log_teacher = kd_log_probs(student_logits, teacher_logits, temperature)
+    return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
+def kd_log_probs(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log softmax(z_S / T), log softmax(sg(z_T) / T))`` over the last axis, as :func:`kd` uses them."""
     log_student = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=-1)
     log_teacher = F.log_softmax(_at_least_float32(teacher_logits.detach()) / temperature, dim=-1)
-    return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
+    return log_student, log_teacher
