@@ -35,6 +35,7 @@ __all__ = [
     "paper_bias_scale",
     "paper_weight_scale",
     "register_torch_rules",
+    "wide_group_local_maps",
     "wide_group_maps",
 ]
 
@@ -146,10 +147,19 @@ def wide_group_maps(module: GroupedLayer, in_map: ChannelMap, out_map: ChannelMa
     ungrouped conv restricted to the group. Returns the within-group input map, or None
     where the layouts do not group that way.
     """
+    local = wide_group_local_maps(module, in_map, out_map)
+    return local[0] if local is not None else None
+
+
+def wide_group_local_maps(
+    module: GroupedLayer, in_map: ChannelMap, out_map: ChannelMap
+) -> tuple[ChannelMap, ChannelMap] | None:
+    """The within-group input and output maps of :func:`wide_group_maps` (a transposed conv's
+    weight holds the within-group axis on the output side); None where the layouts do not group."""
     groups = module.groups
     local_out = _local_map(out_map, groups, module.out_channels // groups)
     local_in = _local_map(in_map, groups, module.in_channels // groups)
-    return local_in if local_out is not None else None
+    return (local_in, local_out) if local_in is not None and local_out is not None else None
 
 
 def _wide_group_input(
@@ -164,8 +174,10 @@ def _wide_group_input(
 
 def expand_conv(module: nn.modules.conv._ConvNd, ctx: LayerContext) -> ExpandedLayer:
     """Conv1d/2d/3d: ungrouped convs divide by the input copies; grouped convs tile."""
-    if getattr(module, "transposed", False):
-        raise ctx.error(module, "transposed convolutions have no expansion rule yet")
+    if getattr(module, "transposed", False):  # a rule of the user's may hand one here
+        from gpd.expansion.conv_transpose import expand_conv_transpose
+
+        return expand_conv_transpose(module, ctx)
     in_map = ctx.in_map(module.in_channels, 1)
     out_map = identity_map(module.out_channels) if ctx.reads_other_axis(in_map) else ctx.out_map(module.out_channels, 1)
     if module.groups > 1 and not in_map.is_identity:
@@ -341,6 +353,9 @@ def register_torch_rules() -> None:
     """Register the rules above for torch's layers as built-ins (idempotent)."""
     with RULES.builtin_registrations():
         register_expansion_rule(nn.modules.conv._ConvNd, expand_conv)
+        from gpd.expansion.conv_transpose import expand_conv_transpose  # it builds on the helpers here
+
+        register_expansion_rule(nn.modules.conv._ConvTransposeNd, expand_conv_transpose)
         register_expansion_rule(nn.Linear, expand_linear)
         register_expansion_rule(nn.Embedding, expand_embedding)
         register_expansion_rule(nn.modules.batchnorm._NormBase, expand_batchnorm, channelwise=True)
