@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import gpd
-from helpers import rel_err
+from helpers import dynamic_factor, rel_err, student_factor
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -67,20 +67,6 @@ def kind_of(name: str, layout: str) -> str:
     if tensor == "bias":
         return "expanded_bias"  # stem, mid, and the interleaved layout's wide groups
     return "stem" if layer == "stem" else "middle"
-
-
-def student_factor(kind: str, r: int, rule: str) -> float:
-    """The student's step relative to the plain student's, derived on paper: (c / a)**2."""
-    if rule == "plain":
-        return 1.0
-    return {"stem": r * r, "middle": r * r, "expanded_bias": r * r}.get(kind, 1.0)
-
-
-def dynamic_factor(kind: str, r: int, rule: str) -> float:
-    """D's step relative to the plain wide network's (gpd's D), derived on paper: 1 / a**2."""
-    if rule == "plain":
-        return 1.0
-    return {"stem": r * r, "expanded_bias": r * r, "head": 1 / (r * r)}.get(kind, 1.0)
 
 
 def make() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
