@@ -216,3 +216,23 @@ def test_a_model_kwarg_that_is_no_config_field(folders, tmp_path, capsys) -> Non
     args = [f"model.student=hf:{folders['bert']}", "data.name=hf_disk", f"data.root={folders['text']}"]
     err = _train_fails([*args, "model.kwargs.no_such_field=1"], tmp_path, capsys, folders["bert"])
     assert "model.kwargs 'no_such_field' is not a field of its BertConfig" in err
+
+
+def test_the_command_line_example_of_docs_huggingface_runs(tmp_path, monkeypatch, capsys) -> None:
+    """The bash block of docs/huggingface.md, command by command, on a tiny BERT and text set at its paths."""
+    import re
+    import shlex
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "huggingface.md"
+    block = re.search(r"```bash\n(.*?)```", doc.read_text(), flags=re.S)
+    assert block is not None
+    commands = [shlex.split(line.split("#")[0]) for line in block.group(1).splitlines() if line.startswith("gpd ")]
+    assert [c[1] for c in commands] == ["train", "eval", "export", "eval"]
+    monkeypatch.chdir(tmp_path)
+    hf_helpers.save_bert(tmp_path / "models" / "tiny-bert")
+    hf_helpers.save_text_dataset(tmp_path / "data" / "reviews")
+    for command in commands:
+        extra = ["train.batch_size=8", "train.device=cpu", "train.grad_probe_every=0"] if command[1] == "train" else []
+        assert main([*command[1:], *extra]) == 0, command
+    assert "test accuracy" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "bert" / "student_hf" / "config.json").is_file()
