@@ -17,6 +17,7 @@ docs/segmentation.md ("Data").
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from gpd.data.fetch import one_line
 from gpd.data.seg_transforms import segmentation_transform
 from gpd.data.segmentation import SegmentationBundle, SegmentationTensorDataset
 from gpd.errors import DataError
-from gpd.io.atomic import atomic_torch_save
+from gpd.io.atomic import atomic_write_bytes
 
 NAME = "fashion_mnist_seg"
 GARMENT_SIZE = 28  # Fashion-MNIST images are 28 x 28
@@ -189,7 +190,11 @@ def load_split(
     images, masks = compose_canvases(garments, labels, samples, canvas_size, generator)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"settings": settings, "images": images, "masks": masks}, path)
+        # Through a buffer: torch.save names its archive after the file, here a random temporary
+        # name, and the cache should be the same bytes for the same settings.
+        buffer = io.BytesIO()
+        torch.save({"settings": settings, "images": images, "masks": masks}, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
     except OSError as e:
         warnings.warn(
             f"{NAME}: could not cache the {split} split in {folder} ({one_line(e)}); it is rebuilt next time",
