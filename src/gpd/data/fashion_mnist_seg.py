@@ -34,8 +34,7 @@ from gpd.io.atomic import atomic_write_bytes
 NAME = "fashion_mnist_seg"
 GARMENT_SIZE = 28  # Fashion-MNIST images are 28 x 28
 # Intensity (0-255) from which a garment pixel counts as foreground: 1/8 of full scale.
-# It drops the faint anti-aliased rim (about 10% of the non-zero pixels lie below it)
-# and keeps the body of dark garments, which rarely falls under it.
+# It drops the faint anti-aliased rim: about 10% of the non-zero pixels lie below it.
 FOREGROUND_THRESHOLD = 32
 MAX_GARMENTS = 4
 GARMENT_CLASSES = (

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from gpd.data.seg_transforms import apply_joint
+from gpd.errors import ArgumentError
 
 # The label of unlabelled pixels: the value PASCAL VOC and Cityscapes masks use, and the
 # default ``ignore_index`` of the segmentation losses.
@@ -46,9 +47,11 @@ class SegmentationTensorDataset(Dataset):
         self, images: Tensor, masks: Tensor, transform: Callable[..., object], class_names: tuple[str, ...] = ()
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be a (N, C, H, W) uint8 tensor, got {tuple(images.shape)} {images.dtype}")
+            raise ArgumentError(f"images must be a (N, C, H, W) uint8 tensor, got {tuple(images.shape)} {images.dtype}")
         if masks.dim() != 3 or masks.shape[0] != images.shape[0] or masks.shape[1:] != images.shape[2:]:
-            raise ValueError(f"masks must be (N, H, W) matching images {tuple(images.shape)}, got {tuple(masks.shape)}")
+            raise ArgumentError(
+                f"masks must be (N, H, W) matching images {tuple(images.shape)}, got {tuple(masks.shape)}"
+            )
         self.images = images
         self.masks = masks
         self.transform = transform
