@@ -204,7 +204,9 @@ BAD: list[tuple[Callable[[], object], str]] = [
 
 
 @pytest.mark.parametrize(("call", "pattern"), BAD)
-def test_bad_segmentation_model_names_and_arguments_are_one_line_errors(call: Callable[[], object], pattern: str) -> None:
+def test_bad_segmentation_model_names_and_arguments_are_one_line_errors(
+    call: Callable[[], object], pattern: str
+) -> None:
     with pytest.raises(ModelError, match=pattern) as info:
         call()
     assert "\n" not in str(info.value)

@@ -57,7 +57,8 @@ class TimmFPNSegmenter(nn.Module):
         self.backbone = timm.create_model(
             backbone_name, features_only=True, pretrained=pretrained, in_chans=in_chans, **extra
         )
-        channels = list(self.backbone.feature_info.channels())
+        feature_info: Any = self.backbone.feature_info  # timm's FeatureInfo
+        channels = list(feature_info.channels())
         self.laterals = nn.ModuleList(nn.Conv2d(c, fpn_channels, 1) for c in channels)
         self.fuse = nn.Sequential(
             nn.Conv2d(fpn_channels, fpn_channels, 3, padding=1, bias=False),
