@@ -210,3 +210,31 @@ def test_bad_segmentation_model_names_and_arguments_are_one_line_errors(
     with pytest.raises(ModelError, match=pattern) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_pretrained_asks_for_the_backbone_only_and_offline_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.error import URLError
+
+    import timm
+    import torchvision.models as tvm
+
+    asked: list[dict[str, Any]] = []
+
+    def offline_tv(*args: Any, **kwargs: Any) -> nn.Module:
+        asked.append(kwargs)
+        raise URLError("[Errno -2] Name or service not known")
+
+    def offline_timm(*args: Any, **kwargs: Any) -> nn.Module:
+        asked.append(kwargs)
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tvm, "get_model", offline_tv)
+    monkeypatch.setattr(timm, "create_model", offline_timm)
+    for name in ("tv:deeplabv3_mobilenet_v3_large", "timm-seg:resnet18"):
+        with pytest.raises(ModelError, match="pretrained weights are not available offline") as info:
+            create_model(name, num_classes=CLASSES, pretrained=True)
+        assert "\n" not in str(info.value) and name in str(info.value)
+    tv_kwargs, timm_kwargs = asked
+    assert tv_kwargs["weights"] is None and tv_kwargs["weights_backbone"] == "DEFAULT"
+    assert tv_kwargs["num_classes"] == CLASSES
+    assert timm_kwargs["pretrained"] is True and timm_kwargs["features_only"] is True
