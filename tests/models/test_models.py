@@ -19,6 +19,7 @@ BUNDLED = [
     "mobilenetv1",
 ]  # fmt: skip
 TRANSFORMERS = ["rvt_tiny", "rvt_small"]  # tested in test_rvt.py
+SEGMENTATION = ["seg_resnet8", "seg_resnet20", "seg_resnet8x4"]  # tested in test_segmentation_models.py
 
 ALLOWED_LAYERS = (
     nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Flatten,
@@ -31,7 +32,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_list_models_has_all_bundled_names() -> None:
-    assert list_models() == sorted(BUNDLED + TRANSFORMERS)
+    assert list_models() == sorted(BUNDLED + TRANSFORMERS + SEGMENTATION)
 
 
 @pytest.mark.parametrize("name", BUNDLED)

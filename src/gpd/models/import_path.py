@@ -26,8 +26,8 @@ SEPARATOR = ":"
 
 
 def is_import_path(name: str) -> bool:
-    """Whether ``name`` is ``module:factory`` or ``file.py:factory`` (not a bundled, tv:, timm: or hf: name)."""
-    if SEPARATOR not in name or name.startswith(("tv:", "timm:", "hf:")):
+    """Whether ``name`` is ``module:factory`` or ``file.py:factory`` (not a bundled, tv:, timm:, timm-seg: or hf: name)."""
+    if SEPARATOR not in name or name.startswith(("tv:", "timm:", "timm-seg:", "hf:")):
         return False
     module, _, attr = name.rpartition(SEPARATOR)
     return bool(module) and attr.isidentifier()

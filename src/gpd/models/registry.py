@@ -7,8 +7,9 @@ architecture, the head size, the input channels and the extra keyword arguments.
 Names:
 
 * a bundled name such as ``resnet20`` or ``wrn_40_2`` (see :func:`list_models`);
-* ``tv:NAME`` for any torchvision classification model;
+* ``tv:NAME`` for any torchvision classification or segmentation model (``tv:fcn_resnet50``);
 * ``timm:NAME`` for any timm model;
+* ``timm-seg:NAME`` for a timm backbone with an FPN segmentation head (:mod:`gpd.models.timm_fpn`);
 * ``hf:PATH`` for a Hugging Face transformers classifier saved with ``save_pretrained``
   (:mod:`gpd.models.transformers_hub`);
 * ``MODULE:FACTORY`` or ``path/to/file.py:FACTORY`` for a model of your own
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from gpd.errors import ModelError
-from gpd.models import import_path, transformers_hub
+from gpd.models import import_path, timm_fpn, transformers_hub, tv_segmentation
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -85,6 +86,8 @@ def create_model(
         model = _create_torchvision(name[len(TV_PREFIX) :], num_classes, in_chans, pretrained, kwargs)
     elif name.startswith(TIMM_PREFIX):
         model = _create_timm(name[len(TIMM_PREFIX) :], num_classes, in_chans, pretrained, kwargs)
+    elif name.startswith(timm_fpn.PREFIX):
+        model = timm_fpn.create(name[len(timm_fpn.PREFIX) :], num_classes, in_chans, pretrained, kwargs)
     elif transformers_hub.is_hf_name(name):  # its directory's weights load when present, pretrained or not
         name = transformers_hub.canonical(name)
         model = transformers_hub.create(name, num_classes, in_chans, kwargs)
@@ -116,6 +119,8 @@ def check_model_name(name: str) -> None:
         _check_torchvision_name(name[len(TV_PREFIX) :])
     elif name.startswith(TIMM_PREFIX):
         _check_timm_name(name[len(TIMM_PREFIX) :])
+    elif name.startswith(timm_fpn.PREFIX):
+        timm_fpn.check_name(name[len(timm_fpn.PREFIX) :])
     elif transformers_hub.is_hf_name(name):
         transformers_hub.import_transformers(name)
         transformers_hub.check_directory(name)
@@ -227,7 +232,7 @@ def _unknown_name_message(name: str) -> str:
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return (
         f"unknown model {name!r}{hint}; bundled models: {', '.join(bundled)}; "
-        "or use tv:NAME for a torchvision classification model, timm:NAME for a timm model, "
+        "or use tv:NAME for a torchvision model, timm:NAME for a timm model, timm-seg:NAME for a timm segmenter, "
         "hf:PATH for a transformers directory, or MODULE:FACTORY / path/to/file.py:FACTORY for a model of your own"
     )
 
@@ -235,11 +240,11 @@ def _unknown_name_message(name: str) -> str:
 def _check_torchvision_name(arch: str) -> None:
     import torchvision.models as tvm
 
-    known = tvm.list_models(module=tvm)
+    known = tvm.list_models(module=tvm) + tv_segmentation.names()
     if arch not in known:
         close = difflib.get_close_matches(arch, known, n=1)
         hint = f" (did you mean 'tv:{close[0]}'?)" if close else ""
-        raise ModelError(f"unknown torchvision classification model 'tv:{arch}'{hint}")
+        raise ModelError(f"unknown torchvision classification or segmentation model 'tv:{arch}'{hint}")
 
 
 def _check_timm_name(arch: str) -> None:
@@ -278,6 +283,11 @@ def _create_torchvision(
     import torchvision.models as tvm
 
     _check_torchvision_name(arch)
+    if arch in tv_segmentation.names():
+        model = tv_segmentation.create(arch, num_classes, pretrained, kwargs)
+        if in_chans != 3:
+            _replace_first_conv(model, f"tv:{arch}", in_chans, keep_weights=pretrained)
+        return model
     try:
         if pretrained:
             # torchvision cannot resize a pretrained head, so load the 1000-class model
