@@ -18,7 +18,7 @@ from gpd.deprecated import upgrade_distiller_keys
 from gpd.distill import legacy
 from gpd.distill.arguments import DistillerArguments, check_distiller_arguments
 from gpd.distill.kd_methods import KDLoss
-from gpd.distill.method import KDMethod, KDNetworks, RoleNetwork, TapRole, hard_labels
+from gpd.distill.method import KDMethod, TapRole, hard_labels, role_networks
 from gpd.distill.output import DistillerOutput, DynamicPart, LogitsFn, StaticTargets
 from gpd.distill.pair import UnsharedPair
 from gpd.distill.param_groups import decay_groups, no_weight_decay_names, parameter_owners
@@ -144,7 +144,7 @@ class Distiller(nn.Module):
         if example_input is None and input_size is not None:
             example_input = torch.zeros(2, *input_size)
         with unchanged_state(self):  # the method's probing passes leave every mode and buffer as it was
-            method.build(self._networks(example_input))
+            method.build(role_networks(self.student, self.network, self._pair(), self.static_teacher, example_input))
         self.kd_method = method
 
     @classmethod
@@ -203,18 +203,6 @@ class Distiller(nn.Module):
         if isinstance(network, GPDModel):
             return network.student.module
         return network.student if isinstance(network, UnsharedPair) else network
-
-    def _networks(self, example_input: Any) -> KDNetworks:
-        """The networks a KD method builds its heads from (:meth:`KDMethod.build`), not the Distiller."""
-        pair = self._pair()
-        student = RoleNetwork(self.student, pair.forward_student if pair is not None else self.network)
-        teacher = self.static_teacher
-        return KDNetworks(
-            student,
-            RoleNetwork(pair.dynamic, pair.forward_dynamic) if pair is not None else None,
-            RoleNetwork(teacher, teacher) if teacher is not None else None,
-            example_input,
-        )
 
     def _pair(self) -> GPDModel | UnsharedPair | None:
         """The network when it is a dynamic teacher with its student, else None (the baseline)."""
