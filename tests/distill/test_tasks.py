@@ -148,6 +148,10 @@ def test_segmentation_metrics_against_values_by_hand() -> None:
     # class 0: TP 1, FP 0 (the ignored pixel does not count), FN 1 -> 1/2
     # class 1: TP 2, FP 1, FN 1 -> 2/4; class 2: TP 0, FP 1 -> 0; mIoU = (1/2 + 1/2 + 0) / 3
     assert metric.compute() == pytest.approx({"miou": 1 / 3, "pixel_acc": 3 / 5})
+    with pytest.raises(
+        ArgumentError, match=r"^mask holds 3: labels must be classes in \[0, 3\) or the ignore index 255$"
+    ):
+        metric.update(logits, torch.full_like(y, 3))
     metric.reset()
     assert metric.compute()["miou"] != metric.compute()["miou"]  # nan: nothing seen
     # logits of another size are resized to the mask: one pixel saying class 1 -> class 1 everywhere

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gpd.distill.method import hard_labels
+from gpd.errors import ArgumentError
 from gpd.losses.segmentation import IGNORE_INDEX
 
 _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -78,6 +79,12 @@ class SegmentationMetrics(Metric):
         predicted = to_mask_size(logits.detach(), y).argmax(dim=1).cpu()
         labels = y.cpu().long()
         valid = labels != self.ignore_index
+        bad = valid & ((labels < 0) | (labels >= classes))
+        if bool(bad.any()):
+            raise ArgumentError(
+                f"mask holds {int(labels[bad][0])}: labels must be classes in [0, {classes}) "
+                f"or the ignore index {self.ignore_index}"
+            )
         pairs = labels[valid] * classes + predicted[valid]
         counts = torch.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
         self.confusion = counts if self.confusion is None else self.confusion + counts
