@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the same names as _LAZY, for type checkers (``X as X``: re-exported)
     from gpd.distill import Distiller as Distiller
+    from gpd.distill import Task as Task
     from gpd.distill import register_kd_method as register_kd_method
+    from gpd.distill import register_task as register_task
     from gpd.errors import ArgumentError as ArgumentError
     from gpd.errors import CheckpointError as CheckpointError
     from gpd.errors import ConfigError as ConfigError
@@ -44,11 +46,13 @@ _LAZY: dict[str, str] = {
     "GPDError": "gpd.errors",
     "GPDModel": "gpd.expansion.model",
     "ModelError": "gpd.errors",
+    "Task": "gpd.distill",
     "expand": "gpd.expansion",
     "load_student": "gpd.io.student",
     "register_channel_tensors": "gpd.expansion",
     "register_expansion_rule": "gpd.expansion",
     "register_kd_method": "gpd.distill",
+    "register_task": "gpd.distill",
 }
 
 __all__ = sorted(_LAZY)

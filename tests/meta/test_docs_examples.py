@@ -1,4 +1,5 @@
-"""Every Python example of docs/expansion_rules.md runs as written, so the docs cannot rot."""
+"""Every Python example of docs/expansion_rules.md, and of the Tasks section of docs/distillation.md,
+runs as written, so the docs cannot rot."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "expansion_rules.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOC = DOCS / "expansion_rules.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+# the section alone: the KD-method example before it registers a method for the whole process
+TASKS_SECTION = (DOCS / "distillation.md").read_text().split("\n## Tasks")[1].split("\n## ")[0]
+TASK_BLOCKS = re.findall(r"```python\n(.*?)```", TASKS_SECTION, flags=re.S)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -21,3 +26,13 @@ def test_doc_has_python_examples():
 def test_doc_example_runs(index):
     # each block is a complete program: a fresh namespace, as a reader would run it
     exec(compile(BLOCKS[index], f"{DOC.name}[python block {index}]", "exec"), {"__name__": f"doc_example_{index}"})
+
+
+def test_tasks_section_has_python_examples():
+    assert len(TASK_BLOCKS) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(TASK_BLOCKS)))
+def test_tasks_doc_example_runs(index):
+    name = f"distillation.md[Tasks, python block {index}]"
+    exec(compile(TASK_BLOCKS[index], name, "exec"), {"__name__": f"doc_task_example_{index}"})

@@ -1,4 +1,5 @@
-"""Training objectives that return their loss terms and the student's logits, and the KD methods they use."""
+"""Training objectives that return their loss terms and the student's logits, the KD methods they use
+and the tasks (classification, segmentation, a user's) that define their losses and metrics."""
 
 from gpd.distill.distiller import Distiller
 from gpd.distill.kd_methods import DecoupledKD, HintonKD, NoKD
@@ -7,9 +8,12 @@ from gpd.distill.output import DistillerOutput, DynamicPart, StaticTargets, logi
 from gpd.distill.pair import DynamicPair, UnsharedPair
 from gpd.distill.registry import KD_METHODS, kd_method_class, register_kd_method
 from gpd.distill.reviewkd import ReviewKD
+from gpd.distill.tasks import TASKS, ClassificationTask, Metric, SegmentationTask, Task, register_task, task_class
 
 __all__ = [
     "KD_METHODS",
+    "TASKS",
+    "ClassificationTask",
     "DecoupledKD",
     "Distiller",
     "DistillerOutput",
@@ -19,13 +23,18 @@ __all__ = [
     "KDMethod",
     "KDNetworks",
     "KDOptions",
+    "Metric",
     "NoKD",
     "ReviewKD",
     "RoleNetwork",
+    "SegmentationTask",
     "StaticTargets",
+    "Task",
     "UnsharedPair",
     "kd_method_class",
     "logits_of",
     "register_kd_method",
+    "register_task",
+    "task_class",
     "total_loss",
 ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Literal, overload
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpd.choices import BranchInit, BranchKind, LayoutChoice, StepRule
@@ -19,19 +18,19 @@ from gpd.deprecated import upgrade_distiller_keys
 from gpd.distill import legacy
 from gpd.distill.arguments import DistillerArguments, check_distiller_arguments
 from gpd.distill.kd_methods import KDLoss
-from gpd.distill.method import KDMethod, KDNetworks, RoleNetwork, TapRole, hard_labels
-from gpd.distill.output import DistillerOutput, DynamicPart, LogitsFn, StaticTargets, logits_of
+from gpd.distill.method import KDMethod, TapRole, hard_labels, role_networks
+from gpd.distill.output import DistillerOutput, DynamicPart, LogitsFn, StaticTargets
 from gpd.distill.pair import UnsharedPair
-from gpd.distill.param_groups import decay_groups, no_weight_decay_names
+from gpd.distill.param_groups import decay_groups, no_weight_decay_names, parameter_owners
 from gpd.distill.probe import unchanged_state
-from gpd.distill.registry import build_kd_method, kd_method_class
+from gpd.distill.registry import kd_method_class
+from gpd.distill.tasks import Task, make_task
 from gpd.errors import ArgumentError
 from gpd.expansion import expand
 from gpd.expansion.expand import with_branches
 from gpd.expansion.model import GPDModel
 from gpd.expansion.rules import RULES
 from gpd.inputs import Inputs, call_model
-from gpd.losses import sce
 from gpd.sharing.steps import clip_grad_norm_
 
 __all__ = ["Distiller", "DistillerOutput", "DynamicPart", "StaticTargets", "freeze", "hard_labels"]
@@ -78,6 +77,9 @@ class Distiller(nn.Module):
     copies (see :func:`gpd.expand`). ``logits_fn``: how a model's output becomes logits
     (:func:`~gpd.distill.output.logits_of`). Build the optimizer from :meth:`param_groups`;
     ``export_student()`` returns a plain student of the original class, branches merged.
+    ``task``: what the networks predict, with its losses and metrics (:mod:`gpd.distill.tasks`):
+    ``"classification"`` (the default), ``"segmentation"``, a registered name or import path, or
+    a :class:`~gpd.distill.tasks.Task` class (options in ``task_options``) or object.
 
     Targets ``y`` are class indices ``(N,)`` or, after Mixup/CutMix, soft targets ``(N, K)``,
     used by the CE terms as they are (``label_smoothing`` smooths hard labels only). KD
@@ -106,11 +108,14 @@ class Distiller(nn.Module):
         layout: LayoutChoice = "auto",
         logits_fn: LogitsFn | None = None,
         compensate_step: bool | None = None,
+        task: str | Task | type[Task] = "classification",
+        task_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if compensate_step is not None:  # the old boolean name of step_rule
             step_rule = legacy.step_rule_of_keyword(compensate_step, step_rule)  # type: ignore[assignment]
-        method = build_kd_method(kd, kd_options)
+        self.task = make_task(task, task_options, label_smoothing)
+        method = self.task.kd_method(kd, kd_options)
         kd_name = kd if isinstance(kd, str) else method.name or type(method).__name__
         check_distiller_arguments(
             DistillerArguments(teacher is not None, kd_name, method.needs_teacher, dynamic_teacher,
@@ -139,7 +144,7 @@ class Distiller(nn.Module):
         if example_input is None and input_size is not None:
             example_input = torch.zeros(2, *input_size)
         with unchanged_state(self):  # the method's probing passes leave every mode and buffer as it was
-            method.build(self._networks(example_input))
+            method.build(role_networks(self.student, self.network, self._pair(), self.static_teacher, example_input))
         self.kd_method = method
 
     @classmethod
@@ -199,18 +204,6 @@ class Distiller(nn.Module):
             return network.student.module
         return network.student if isinstance(network, UnsharedPair) else network
 
-    def _networks(self, example_input: Any) -> KDNetworks:
-        """The networks a KD method builds its heads from (:meth:`KDMethod.build`), not the Distiller."""
-        pair = self._pair()
-        student = RoleNetwork(self.student, pair.forward_student if pair is not None else self.network)
-        teacher = self.static_teacher
-        return KDNetworks(
-            student,
-            RoleNetwork(pair.dynamic, pair.forward_dynamic) if pair is not None else None,
-            RoleNetwork(teacher, teacher) if teacher is not None else None,
-            example_input,
-        )
-
     def _pair(self) -> GPDModel | UnsharedPair | None:
         """The network when it is a dynamic teacher with its student, else None (the baseline)."""
         network = self.network
@@ -224,14 +217,16 @@ class Distiller(nn.Module):
 
     def student_logits(self, x: Inputs) -> Tensor:
         pair = self._pair()
-        return logits_of(call_model(pair.forward_student if pair is not None else self.network, x), self.logits_fn)
+        return self.task.logits(
+            call_model(pair.forward_student if pair is not None else self.network, x), self.logits_fn
+        )
 
     def dynamic_logits(self, x: Inputs) -> Tensor:
         """D's logits (the dynamic teacher's, not the static teacher's)."""
         pair = self._pair()
         if pair is None:
             raise RuntimeError("this Distiller trains the student alone; it has no dynamic teacher")
-        return logits_of(call_model(pair.forward_dynamic, x), self.logits_fn)
+        return self.task.logits(call_model(pair.forward_dynamic, x), self.logits_fn)
 
     def train(self, mode: bool = True) -> Distiller:
         """Train mode for the student and D; the static teacher stays frozen in eval mode."""
@@ -305,7 +300,7 @@ class Distiller(nn.Module):
         if self.static_teacher is None:
             return StaticTargets(None, [])
         with torch.no_grad(), self.kd_method.taps(self.static_teacher, "teacher") as feats:
-            logits = logits_of(call_model(self.static_teacher, x), self.logits_fn)
+            logits = self.task.logits(call_model(self.static_teacher, x), self.logits_fn)
         return StaticTargets(logits, feats)
 
     def _dynamic_terms(self, x: Inputs, y: Tensor, targets: StaticTargets, epoch: float | None) -> DynamicPart:
@@ -315,29 +310,31 @@ class Distiller(nn.Module):
         if pair is None:
             return DynamicPart({}, None, targets)
         with self.kd_method.taps(pair.dynamic, "dynamic") as feats:
-            dynamic_logits = logits_of(call_model(pair.forward_dynamic, x), self.logits_fn)
-        losses = {"ce_dynamic": self._ce(dynamic_logits, y)}
+            output = call_model(pair.forward_dynamic, x)
+            dynamic_logits = self.task.logits(output, self.logits_fn)
+        losses = self._supervised("dynamic", output, dynamic_logits, y)
         self._add_kd(losses, "dynamic", dynamic_logits, feats, targets, y, epoch)
         return DynamicPart(losses, dynamic_logits, targets)
 
     def _student_output(self, x: Inputs, y: Tensor, dynamic: DynamicPart, epoch: float | None) -> DistillerOutput:
         """The student's loss terms and logits; SCE towards D's logits (no gradient flows into them)."""
+        pair = self._pair()
         with self.kd_method.taps(self.student, "student") as feats:
-            student_logits = self.student_logits(x)
-        losses = {"ce_student": self._ce(student_logits, y)}
+            output = call_model(pair.forward_student if pair is not None else self.network, x)
+            student_logits = self.task.logits(output, self.logits_fn)
+        losses = self._supervised("student", output, student_logits, y)
         self._add_kd(losses, "student", student_logits, feats, dynamic.targets, y, epoch)
         if dynamic.dynamic_logits is not None:
             target = dynamic.dynamic_logits.detach()
-            losses["sce"] = self.sce_weight * sce(student_logits, target, eps=self.sce_eps)
+            consistency = self.task.consistency(student_logits, target, self.sce_eps)
+            losses[self.task.consistency_name] = self.sce_weight * consistency
         return DistillerOutput(losses, student_logits)
 
-    def _ce(self, logits: Tensor, y: Tensor) -> Tensor:
-        """``ce_weight * CE(logits, y)``; ce_weight is the active KD method's (1.0 by default)."""
-        if y.is_floating_point():  # soft targets (Mixup/CutMix): already smoothed there
-            loss = F.cross_entropy(logits, y)
-        else:
-            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        return loss if self.ce_weight == 1.0 else self.ce_weight * loss
+    def _supervised(self, role: TapRole, output: Any, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """The task's supervised terms (``ce_<role>``), each times ``ce_weight`` (the KD method's, 1.0 by default)."""
+        losses = self.task.supervised_losses(role, output, logits, y)
+        weight = self.ce_weight
+        return losses if weight == 1.0 else {name: weight * loss for name, loss in losses.items()}
 
     def _add_kd(
         self,
@@ -366,15 +363,7 @@ class Distiller(nn.Module):
         whose parameter names are the student's (timm's: no decay for 1-D tensors and biases unless
         ``decay_norms_and_biases``; none ever for ``no_weight_decay()`` names); ``adaptive=True`` (Adam-like
         optimizers): the paper's ``lr_scale`` and decay (:func:`~gpd.distill.param_groups.decay_groups`)."""
-        owners: list[tuple[nn.Module, dict[str, float]]] = []
-        pair = self._pair()
-        if pair is not None:
-            owners.append((pair.dynamic, pair.paper_scales))
-            if isinstance(pair, UnsharedPair):
-                owners.append((pair.student, {}))
-        else:
-            owners.append((self.network, {}))
-        owners.append((self, {}))  # the rest (fusion heads): only parameters not listed above
+        owners = parameter_owners(self._pair(), self.network, self)
         exempt = no_weight_decay_names(self.student)
         return decay_groups(
             owners, exempt, weight_decay, adaptive=adaptive, decay_norms_and_biases=decay_norms_and_biases

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import torch
 from torch import nn
@@ -29,10 +29,23 @@ from torch import nn
 from gpd.distill.output import StaticTargets
 from gpd.errors import ArgumentError
 
+if TYPE_CHECKING:  # the pair's protocol: gpd.distill.pair imports the expansion engine
+    from gpd.distill.pair import DynamicPair
+
 TapRole = Literal["student", "dynamic", "teacher"]  # "teacher": the static teacher
 M = TypeVar("M", bound="KDMethod")
 
-__all__ = ["KDMethod", "KDNetworks", "KDOptions", "NoOptions", "RoleNetwork", "StaticTargets", "TapRole", "hard_labels"]
+__all__ = [
+    "KDMethod",
+    "KDNetworks",
+    "KDOptions",
+    "NoOptions",
+    "RoleNetwork",
+    "StaticTargets",
+    "TapRole",
+    "hard_labels",
+    "role_networks",
+]
 
 
 def hard_labels(y: torch.Tensor) -> torch.Tensor:
@@ -71,6 +84,20 @@ class KDNetworks(NamedTuple):
     dynamic: RoleNetwork | None
     teacher: RoleNetwork | None
     example_input: Any
+
+
+def role_networks(
+    student: nn.Module, network: nn.Module, pair: DynamicPair | None, teacher: nn.Module | None, example_input: Any
+) -> KDNetworks:
+    """The networks of a Distiller that a KD method builds its heads from (:meth:`KDMethod.build`):
+    ``student`` (the module its taps hook) run by ``pair`` or, for the baseline, by ``network``;
+    D from ``pair``; the static ``teacher``. Never the Distiller itself."""
+    return KDNetworks(
+        RoleNetwork(student, pair.forward_student if pair is not None else network),
+        RoleNetwork(pair.dynamic, pair.forward_dynamic) if pair is not None else None,
+        RoleNetwork(teacher, teacher) if teacher is not None else None,
+        example_input,
+    )
 
 
 class KDMethod(nn.Module):

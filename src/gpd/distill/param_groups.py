@@ -8,7 +8,26 @@ from typing import Any
 
 from torch import nn
 
+from gpd.distill.pair import UnsharedPair
+from gpd.expansion.model import GPDModel
 from gpd.sharing.steps import adaptive_group_scales
+
+
+def parameter_owners(
+    pair: GPDModel | UnsharedPair | None, network: nn.Module, rest: nn.Module
+) -> list[tuple[nn.Module, dict[str, float]]]:
+    """The modules whose parameters a Distiller's groups list, in order, each with its paper scales:
+    D (with its scales) and an unshared student, or the baseline's ``network``; then ``rest`` (the
+    Distiller: fusion heads), whose parameters not listed before come last."""
+    owners: list[tuple[nn.Module, dict[str, float]]] = []
+    if pair is not None:
+        owners.append((pair.dynamic, pair.paper_scales))
+        if isinstance(pair, UnsharedPair):
+            owners.append((pair.student, {}))
+    else:
+        owners.append((network, {}))
+    owners.append((rest, {}))
+    return owners
 
 
 def no_weight_decay_names(student: nn.Module) -> set[str]:
