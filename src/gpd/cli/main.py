@@ -65,6 +65,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gpd.training.evaluate import evaluate_exported
 
     result = evaluate_exported(args.path, args.overrides)
+    metrics = result.get("metrics") or {}
+    if metrics:  # a non-classification task (segmentation: miou, pixel_acc), in percent
+        shown = ", ".join(f"{'mIoU' if k == 'miou' else k} {v:.2f}%" for k, v in metrics.items())
+        print(f"{result['path']}: {result['model']} test {shown} on {result['images']} {result['data']} images")
+        return 0
     print(
         f"{result['path']}: {result['model']} test accuracy {result['accuracy']:.2f}% "
         f"on {result['images']} {result['data']} {result.get('unit', 'images')}"

@@ -23,6 +23,7 @@ from gpd.config.schema import Config
 from gpd.distill import KD_METHODS, KDMethod
 from gpd.distill.arguments import DistillerArguments, Spelling, check_distiller_arguments
 from gpd.distill.method import option_problems
+from gpd.distill.tasks import task_kd_method_class
 from gpd.errors import ConfigError
 
 KEY = "kd.method"
@@ -45,9 +46,10 @@ CONFIG_SPELLING = Spelling(
 )
 
 
-def method_class(name: str) -> type[KDMethod]:
-    """The class ``kd.method`` names (an import path is loaded and registered); ConfigError otherwise."""
-    return KD_METHODS.lookup(name, KEY, ConfigError)
+def method_class(name: str, task: str = "classification") -> type[KDMethod]:
+    """The class ``kd.method`` names for ``task`` (an import path is loaded and registered; ``cwd``
+    is segmentation's); ConfigError otherwise."""
+    return task_kd_method_class(name, task, KEY, ConfigError)
 
 
 def selected_method(layers: Sequence[DictConfig]) -> str | None:
@@ -66,7 +68,7 @@ def selected_method(layers: Sequence[DictConfig]) -> str | None:
 def schema_for(name: str | None) -> type[Config]:
     """:class:`Config`, with the section of the method ``name`` when it is a user's method with a
     section of its own (a built-in section of the same name must be of the method's options)."""
-    if name is None:
+    if name is None or (name not in KD_METHODS and ":" not in name):  # a task's own method (cwd): a built-in section
         return Config
     cls = method_class(name)
     if cls.section is None:
@@ -97,7 +99,7 @@ def canonical_method(name: str) -> str:
 
 def _sections(cfg: Config) -> Iterator[tuple[str, Any]]:
     """``(section name, options)`` of every registered method and the selected one, that ``cfg`` has."""
-    classes = [*KD_METHODS.values(), method_class(cfg.kd.method)]
+    classes = [*KD_METHODS.values(), method_class(cfg.kd.method, cfg.task)]
     seen = set()
     for cls in classes:
         if cls.section and cls.section not in seen and hasattr(cfg, cls.section):
@@ -108,7 +110,7 @@ def _sections(cfg: Config) -> Iterator[tuple[str, Any]]:
 def validate_kd(cfg: Config, has_teacher: bool) -> None:
     """``kd.method`` (a registered name or an import path), the Distiller's arguments as the config
     gives them (one check with the API's, gpd.distill.arguments) and every method section's ranges."""
-    cls = method_class(cfg.kd.method)
+    cls = method_class(cfg.kd.method, cfg.task)
     g = cfg.gpd
     arguments = DistillerArguments(has_teacher, cfg.kd.method, cls.needs_teacher, g.enabled, g.share,
                                    g.step_rule, g.ratio, g.sce_weight, g.sce_eps, g.noise_std)  # fmt: skip

@@ -17,7 +17,7 @@ from gpd.choices import check_choice, choice_error, literal_of
 from gpd.config.kd_sections import canonical_method, schema_for, selected_method, validate_kd
 from gpd.config.schema import Config
 from gpd.deprecated import upgrade_config_layer, upgrade_overrides
-from gpd.errors import ConfigError, ModelError, first_line
+from gpd.errors import ConfigError, GPDError, ModelError, first_line
 
 DEFAULT_CONFIG = "fashion_mnist/demo"
 
@@ -152,6 +152,7 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
         merged = _merge(merged, layer, where)
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     cfg.kd.method = canonical_method(cfg.kd.method)
+    cfg.task = canonical_method(cfg.task)  # a task's file path made absolute, as kd.method's
     validate(cfg)
     _check_names(cfg)
     return cfg
@@ -216,6 +217,7 @@ def validate(cfg: Config) -> None:
         "teacher.pretrained_file needs teacher.model, the architecture the weights are loaded into",
     )
     has_teacher = cfg.teacher.model is not None or cfg.teacher.checkpoint is not None
+    _validate_task(cfg)
     validate_kd(cfg, has_teacher)  # kd.method, the Distiller's arguments (the API's check) and the method sections
     _require(d.train_subset is None or d.train_subset >= 1, f"data.train_subset must be >= 1, got {d.train_subset}")
     _require(d.image_size is None or d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
@@ -235,6 +237,19 @@ def validate(cfg: Config) -> None:
             f"{' and '.join(f'{role}.{k}' for k in sources)} {'both' if len(sources) == 2 else 'all'} give the "
             f"{role}'s starting weights; set only one of them",
         )
+
+
+def _validate_task(cfg: Config) -> None:
+    """``task`` (a registered name or an import path) and ``task_options``: the task is built once here."""
+    from gpd.distill.tasks import make_task, task_class
+
+    task_class(cfg.task, "task", ConfigError)
+    try:
+        make_task(cfg.task, cfg.task_options, cfg.train.label_smoothing)
+    except ConfigError:
+        raise
+    except GPDError as err:
+        raise ConfigError(f"task_options: {first_line(err)}") from None
 
 
 def _validate_augmentation(cfg: Config) -> None:

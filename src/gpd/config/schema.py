@@ -5,7 +5,7 @@ OmegaConf checks every YAML file and ``key=value`` override against them, so an
 unknown key or a value of the wrong type is an error, not a silent no-op. A key with
 a fixed set of string values is typed with its ``Literal`` alias from
 :mod:`gpd.choices`, which the library's arguments use too. The sections of gpd's KD
-methods (``kd``, ``dkd``, ``reviewkd``) are the methods' own options dataclasses
+methods (``kd``, ``dkd``, ``reviewkd``, and ``cwd`` of segmentation) are the methods' own options dataclasses
 (:mod:`gpd.distill.kd_methods`, :mod:`gpd.distill.reviewkd`); a user's method brings its
 own section (:mod:`gpd.config.kd_sections`). ``kd.method`` is checked against the
 registry of KD methods (:data:`gpd.distill.KD_METHODS`), not a fixed set.
@@ -29,14 +29,17 @@ from gpd.choices import (
 from gpd.deprecated import warn_renamed
 from gpd.distill.kd_methods import DKDOptions, HintonKDOptions
 from gpd.distill.reviewkd import ReviewKDOptions
+from gpd.distill.tasks.dense_kd import CWDOptions
 
 
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"  # fashion_mnist | mnist | digits | cifar10 | cifar100 | imagefolder | hf_disk
+    # segmentation (task=segmentation): fashion_mnist_seg | segfolder (data.root: train/ and test/ of images/, masks/)
     root: str | None = None  # None: $GPD_DATA, ./data, ~/.cache/gpd/data (and Debian's folder)
     train_subset: int | None = None  # keep only this many training samples
     test_subset: int | None = None  # evaluate on only this many test samples (quick runs)
+    canvas_size: int | None = None  # fashion_mnist_seg: the canvas side (null: 64); it generates *_subset canvases
     download: bool = False  # let torchvision download the set (needs internet)
     augment: bool = True  # random crop and flip where the data set uses them
     image_size: int | None = None  # resize; None keeps the native size
@@ -129,6 +132,7 @@ class KDConfig(HintonKDOptions, KDMethodChoice):
 
 DKDConfig = DKDOptions  # the dkd section
 ReviewKDConfig = ReviewKDOptions  # the reviewkd section
+CWDConfig = CWDOptions  # the cwd section (kd.method=cwd, segmentation only)
 
 
 @dataclass
@@ -181,5 +185,8 @@ class Config:
     kd: KDConfig = field(default_factory=KDConfig)
     dkd: DKDConfig = field(default_factory=DKDConfig)
     reviewkd: ReviewKDConfig = field(default_factory=ReviewKDConfig)
+    cwd: CWDConfig = field(default_factory=CWDConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str | None = None  # None: runs/<data>-<student>-<gpd|baseline>-<time>
+    task: str = "classification"  # classification | segmentation | a registered name | module:Class | file.py:Class
+    task_options: dict[str, Any] = field(default_factory=dict)  # the task's keyword options (e.g. aux_weight)

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from torch.utils.data import Dataset
 
-from gpd.data.validation import split_validation
+from gpd.data.validation import split_validation, split_validation_plain
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,9 +38,11 @@ class DataBundle:
     collate: Callable[[list[Any]], Any] | None = None  # the DataLoaders' collate_fn (text: dynamic padding)
     example: Any = None  # an input batch of real samples for the expansion (text); None: zeros of input_size
     preprocessor: str | None = None  # the directory of the tokenizer / image processor the data were prepared by
+    targets: str = "label"  # what a sample's target is: "label" (a class index) or "mask" (per-pixel classes, checked)
 
     def hold_out_validation(self, val_split: float | None, seed: int) -> None:
         """Move ``val_split`` of the training samples (a fraction or a count, stratified by
-        class, seeded) into :attr:`val`, read like the test set."""
+        class, seeded; masks: a plain seeded split) into :attr:`val`, read like the test set."""
         if val_split is not None:
-            self.train, self.val = split_validation(self.train, self.test, val_split, seed, self.mean, self.std)
+            split = split_validation_plain if self.targets == "mask" else split_validation
+            self.train, self.val = split(self.train, self.test, val_split, seed, self.mean, self.std)

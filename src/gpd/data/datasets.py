@@ -23,6 +23,7 @@ from gpd.data import locate
 from gpd.data.augment import AugmentRecipe
 from gpd.data.bundle import IMAGENET_MEAN, IMAGENET_STD, DataBundle, num_samples
 from gpd.data.cifar import CIFAR_SETS, build_cifar, cifar_recipe_dataset
+from gpd.data.dense import SEGMENTATION_SETS, build_segmentation_set
 from gpd.data.fetch import active_recipe, download_into, load_splits, one_line, where
 from gpd.data.hf_text import TextOptions
 from gpd.data.imagefolder import build_imagefolder
@@ -60,7 +61,7 @@ _IDX_SETS = {
 DIGITS_TEST_SAMPLES = 360  # of scikit-learn's 1797 digits; the other 1437 train
 DIGITS_SPLIT_SEED = 0  # the split is fixed: train.seed changes the training, not the test set
 DIGITS_HINT = "pip install scikit-learn (or pip install 'gpd[bench]'): the digits ship inside it"
-KNOWN_DATASETS = (*_IDX_SETS, "digits", *CIFAR_SETS, "imagefolder", "hf_disk")
+KNOWN_DATASETS = (*_IDX_SETS, "digits", *CIFAR_SETS, "imagefolder", "hf_disk", *SEGMENTATION_SETS)
 
 
 def build_datasets(
@@ -78,6 +79,7 @@ def build_datasets(
     val_split: float | None = None,
     val_seed: int = 0,
     text: TextOptions | None = None,
+    canvas_size: int | None = None,
 ) -> DataBundle:
     """Load the named data set's train and test splits.
 
@@ -93,6 +95,8 @@ def build_datasets(
     ``bundle.val``, stratified by class and seeded by ``val_seed`` (see
     :meth:`DataBundle.hold_out_validation`). ``text``: how an ``hf_disk`` set's text column is
     tokenized (:mod:`gpd.data.hf_text`); a set with such a column and no image column is text.
+    Segmentation sets (:mod:`gpd.data.dense`) give ``(image, mask)`` samples; ``fashion_mnist_seg``
+    generates ``train_subset`` / ``test_subset`` canvases of ``canvas_size`` pixels.
     """
     key = name.lower().replace("-", "_")
     if train_subset is not None and train_subset <= 0:
@@ -117,6 +121,16 @@ def build_datasets(
         from gpd.data.hf_disk import build_hf_disk_bundle  # datasets is optional: imported only here
 
         bundle = build_hf_disk_bundle(roots[0] if roots else None, image_key, label_key, augment, image_size, text)
+    elif key in SEGMENTATION_SETS:
+        if recipe is not None:
+            raise DataError("the timm augmentations (data.randaugment ...) are for classification images, not masks")
+        generated = key == "fashion_mnist_seg"  # the subsets are the numbers of canvases it generates
+        bundle = build_segmentation_set(
+            key, roots, augment, image_size, train_subset if generated else None,
+            test_subset if generated else None, canvas_size,
+        )  # fmt: skip
+        if generated:
+            train_subset = test_subset = None
     else:
         raise DataError(f"unknown data set {name!r}; known data sets: {', '.join(KNOWN_DATASETS)}")
     if train_subset is not None:

@@ -93,3 +93,15 @@ def split_validation(
     count = val_count(val_split, len(targets))
     train_idx, val_idx = stratified_split(targets, count, seed)
     return take(train, train_idx), take(evaluation_view(train, test, mean, std), val_idx)
+
+
+def split_validation_plain(
+    train: Dataset, test: Dataset, val_split: float, seed: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[Dataset, Dataset]:
+    """As :func:`split_validation`, for sets without one label per sample (segmentation masks):
+    the held-out samples are the first of a permutation seeded by ``seed``, not stratified."""
+    total = len(train)  # type: ignore[arg-type]
+    count = val_count(val_split, total)
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = order[:count].sort().values, order[count:].sort().values
+    return take(train, train_idx), take(evaluation_view(train, test, mean, std), val_idx)

@@ -23,8 +23,7 @@ from gpd.distill.output import DistillerOutput, DynamicPart, LogitsFn, StaticTar
 from gpd.distill.pair import UnsharedPair
 from gpd.distill.param_groups import decay_groups, no_weight_decay_names, parameter_owners
 from gpd.distill.probe import unchanged_state
-from gpd.distill.registry import kd_method_class
-from gpd.distill.tasks import Task, make_task
+from gpd.distill.tasks import Task, make_task, task_kd_method_class
 from gpd.errors import ArgumentError
 from gpd.expansion import expand
 from gpd.expansion.expand import with_branches
@@ -158,10 +157,11 @@ class Distiller(nn.Module):
         example_input: Any = None,
     ) -> Distiller:
         """The Distiller of a run config (a :class:`gpd.config.Config`, read by attribute): ``kd.method``
-        with its section's options (``kd.*``, ``dkd.*``, ``reviewkd.*`` or a user method's),
-        ``gpd.*`` and ``train.label_smoothing``."""
+        with its section's options (``kd.*``, ``dkd.*``, ``reviewkd.*``, ``cwd.*`` or a user method's),
+        ``gpd.*``, ``train.label_smoothing`` and ``task`` with ``task_options``."""
         g = cfg.gpd
-        method = kd_method_class(cfg.kd.method, "kd.method")
+        task = getattr(cfg, "task", "classification")
+        method = task_kd_method_class(cfg.kd.method, task, "kd.method")
         return cls(
             student,
             teacher,
@@ -179,6 +179,8 @@ class Distiller(nn.Module):
             share_parameters=g.share,
             step_rule=g.step_rule,
             layout=g.layout,
+            task=task,
+            task_options=dict(getattr(cfg, "task_options", None) or {}),
         )
 
     @property

@@ -9,6 +9,7 @@ exist yet.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,7 @@ from gpd.training.hf_data import prepare as prepare_hf_data
 from gpd.training.model_setup import build_student
 from gpd.training.policy import RunPolicy
 from gpd.training.pretrained import load_pretrained_file
-from gpd.training.static_teacher import build_static_teacher, check_fits
+from gpd.training.static_teacher import build_static_teacher, check_fits, task_of
 
 Log = Callable[[str], None]
 
@@ -68,7 +69,7 @@ def build_data(cfg: Config, ctx: DistContext, policy: RunPolicy, log: Log) -> Da
     if policy.val_fraction is not None and cfg.data.val_split is not None:  # of a small data set's few samples
         bundle.hold_out_validation(policy.val_fraction, cfg.data.val_seed)
     for what, split in (("training", bundle.train), ("test", bundle.test), ("validation", bundle.val)):
-        if split is not None:
+        if split is not None and bundle.targets == "label":  # masks: checked by the data set
             check_labels(split, bundle.num_classes, what)
     return bundle
 
@@ -82,6 +83,7 @@ def _load_data(cfg: Config, ctx: DistContext, policy: RunPolicy, log: Log) -> Da
             d.name, root=d.root, train_subset=d.train_subset, augment=d.augment, image_size=d.image_size or hf.image_size,
             download=d.download, seed=cfg.train.seed, test_subset=d.test_subset, recipe=recipe,
             image_key=d.image_key, label_key=d.label_key, val_split=d.val_split, val_seed=d.val_seed, text=hf.text,
+            canvas_size=d.canvas_size,
         ), log)  # fmt: skip
     size = d.image_size or hf.image_size or SHAPES.get(d.name, (0, 32))[1]
     size = size if policy.max_image_size is None else min(size, policy.max_image_size)
@@ -89,7 +91,7 @@ def _load_data(cfg: Config, ctx: DistContext, policy: RunPolicy, log: Log) -> Da
     try:
         return hf.apply(build_datasets(
             d.name, root=d.root, train_subset=samples, image_size=size, test_subset=samples, recipe=recipe,
-            image_key=d.image_key, label_key=d.label_key, text=hf.text,
+            image_key=d.image_key, label_key=d.label_key, text=hf.text, canvas_size=d.canvas_size,
         ), log)  # fmt: skip
     except DataError as err:
         if not policy.stand_ins or hf.task == "text":  # random images stand in for images, never for text
@@ -116,12 +118,33 @@ def build_distiller(cfg: Config, data: DataBundle, dry_run: bool, log: Log) -> t
     elif cfg.student.pretrained_file is not None:  # weights from another task, adapted to this data
         if _present(cfg.student.pretrained_file, "student.pretrained_file", dry_run, log):
             log(load_pretrained_file(student, cfg.student.pretrained_file, "student.pretrained_file"))
-    check_fits(student, data, "student")
+    _check_task_data(cfg, data)
+    check_fits(student, data, "student", task_of(cfg))
     static_teacher = build_static_teacher(cfg, data, allow_missing_checkpoint=dry_run)
     student_params = count_parameters(student)
     example = {"example_input": data.example} if data.example is not None else {"input_size": data.input_size}
-    distiller = Distiller.from_config(cfg, student, static_teacher, **example)
+    distiller = Distiller.from_config(_checked_targets(cfg, data), student, static_teacher, **example)
     return distiller, student_params
+
+
+def _check_task_data(cfg: Config, data: DataBundle) -> None:
+    """gpd's two tasks need their kind of targets: segmentation masks, classification labels."""
+    if cfg.task == "segmentation" and data.targets != "mask":
+        raise ConfigError(
+            f"task=segmentation needs masks; {data.name} has class labels: use data.name=fashion_mnist_seg or segfolder"
+        )
+    if cfg.task == "classification" and data.targets == "mask":
+        raise ConfigError(f"{data.name} has segmentation masks: set task=segmentation")
+
+
+def _checked_targets(cfg: Config, data: DataBundle) -> Config:
+    """``cfg`` with ``task_options.check_targets=false`` where the data set checked its masks and
+    the task takes that option (no read of the masks back from the device at each step)."""
+    from gpd.distill.tasks import task_class, task_options
+
+    if data.targets != "mask" or "check_targets" not in task_options(task_class(cfg.task)):
+        return cfg
+    return dataclasses.replace(cfg, task_options={"check_targets": False, **cfg.task_options})
 
 
 def canonical_strides(module: nn.Module) -> None:

@@ -32,11 +32,12 @@ from tqdm import tqdm
 from gpd.choices import MemoryMode, NonfinitePolicy
 from gpd.data.mixing import mix_batch
 from gpd.distill import DistillerOutput, total_loss
+from gpd.distill.tasks import ClassificationTask, SegmentationTask
 from gpd.inputs import Inputs, batch_to_device
 from gpd.sharing.steps import clip_grad_norm_, grad_norm
 from gpd.training.backward import joint_backward, probed_backward, sequential_backward
 from gpd.training.distributed import DistContext, all_reduce_sum
-from gpd.training.evaluate import models_of_run, split_accuracy
+from gpd.training.evaluate import models_of_run, split_accuracy, split_metrics
 from gpd.training.policy import FULL_RUN, RunPolicy
 from gpd.training.progress import ProgressLines, wants_progress_lines
 from gpd.training.rng import restore_rng
@@ -114,6 +115,11 @@ class TrainLoop:
         self.ctx = ctx or DistContext()
         self.device = device or torch.device("cpu")
         self.progress_lines = wants_progress_lines(sys.stdout, sys.stderr) if progress_lines is None else progress_lines
+        self.counts_top1 = isinstance(distiller.task, ClassificationTask)  # else: the task's metrics (split_metrics)
+        self.headline = "accuracy" if self.counts_top1 else "metric (the task's first)"  # segmentation: mIoU
+        if isinstance(distiller.task, SegmentationTask):
+            self.headline = "mIoU"
+        self.static_teacher_metrics: dict[str, float] = {}  # its task metrics (static_teacher:miou ...), kept
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.trainable = [p for p in distiller.parameters() if p.requires_grad]
         # D's tensors that the paper's parameterisation stores differently: their gradient counts
@@ -186,18 +192,19 @@ class TrainLoop:
                 skipped += 1
             else:
                 losses = out.losses
-                correct += (out.student_logits.argmax(-1) == y).sum()
+                if self.counts_top1:  # top-1 of a classifier; other tasks' metrics are evaluated, not trained
+                    correct += (out.student_logits.argmax(-1) == y).sum()
                 step_loss = total_loss(losses)
                 for name, value in losses.items():
-                    sums[name] += value * y.numel()
-                sums["loss"] += step_loss * y.numel()
-                seen += y.numel()
+                    sums[name] += value * len(y)
+                sums["loss"] += step_loss * len(y)
+                seen += len(y)
             if self.guard.due():
                 self.guard.raise_if_flagged()  # the periodic read; the loss shown is the epoch's running mean
                 bar.set_postfix(loss=f"{float(sums['loss'] / seen.clamp(min=1)):.3f}")
-            bar.update(y.numel() * self.ctx.world_size)
+            bar.update(len(y) * self.ctx.world_size)
             if lines is not None:  # the loss shown: this process's running mean, read when a line is due
-                lines.step(y.numel() * self.ctx.world_size, partial(running_loss, sums, seen))
+                lines.step(len(y) * self.ctx.world_size, partial(running_loss, sums, seen))
             if s.policy.last_step(step):
                 break
         bar.close()
@@ -207,7 +214,8 @@ class TrainLoop:
         totals = all_reduce_sum(torch.stack([sums[n] for n in names] + [correct, seen]), self.ctx).tolist()
         total_seen = max(totals[-1], 1.0)
         result = {name: value / total_seen for name, value in zip(names, totals)}
-        result["train_acc"] = 100.0 * totals[-2] / total_seen
+        if self.counts_top1:
+            result["train_acc"] = 100.0 * totals[-2] / total_seen
         result.update(train_seconds=seconds, img_per_s=totals[-1] / seconds, skipped_steps=skipped)
         result.update(self.grad_stats.epoch_means())
         return result
@@ -284,11 +292,16 @@ class TrainLoop:
             models["static_teacher"] = self.distiller.static_teacher
         result.update(self._accuracy(models, self.loaders.test))
         self.state.static_teacher_acc = result.pop("static_teacher", self.state.static_teacher_acc)
+        self.static_teacher_metrics.update({k: v for k, v in result.items() if k.startswith("static_teacher:")})
+        result.update(self.static_teacher_metrics)
         return result
 
     def _accuracy(self, models: dict[str, Any], loader: Any) -> dict[str, float]:
         n = self.settings.policy.max_eval_batches
         batches = loader if n is None else islice(loader, n)
+        if not self.counts_top1:
+            task, channels_last = self.distiller.task, self.settings.channels_last
+            return split_metrics(models, batches, task, self.device, channels_last, self.precision.autocast)
         return split_accuracy(
             models, batches, self.ctx, self.device, self.settings.channels_last, self.precision.autocast
         )

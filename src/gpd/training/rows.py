@@ -34,6 +34,13 @@ def epoch_row(
         "gap": acc["dynamic"] - acc["student"] if "dynamic" in acc else "",
         "static_teacher_acc": static_teacher_acc if static_teacher_acc is not None else "",
     }
+    # a non-classification task's metrics (split_metrics' "model:metric" keys, in percent): miou_student,
+    # pixel_acc_dynamic, val_miou_student ...; the *_acc columns above then hold the first (headline) metric
+    for key, value in acc.items():
+        if ":" in key:
+            model, metric = key.split(":", 1)
+            prefix, model = ("val_", model[4:]) if model.startswith("val_") else ("", model)
+            row[f"{prefix}{metric}_{model}"] = value
     if has_ema:
         row["ema_student_acc"] = acc["ema_student"]
         row["ema_dynamic_acc"] = acc.get("ema_dynamic", "")
@@ -51,8 +58,9 @@ def epoch_row(
 def summary_line(
     epoch: int, epochs: int, row: dict[str, Any], acc: dict[str, float], static_teacher_acc: float | None, has_ema: bool
 ) -> str:
-    """The line printed after each epoch."""
-    line = f"epoch {epoch}/{epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  student {acc['student']:.2f}%"
+    """The line printed after each epoch (a non-classification task: its headline metric, e.g. miou, named)."""
+    metric = next((f" {k.split(':', 1)[1]}" for k in acc if k.startswith("student:")), "")
+    line = f"epoch {epoch}/{epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  student{metric} {acc['student']:.2f}%"
     if "dynamic" in acc:
         line += f"  dynamic teacher {acc['dynamic']:.2f}%  gap {row['gap']:+.2f}"
     if has_ema:
@@ -66,7 +74,7 @@ def summary_line(
 
 def tensorboard_tag(column: str) -> str:
     """Group metrics.csv columns into TensorBoard sections."""
-    if column.endswith("_acc"):
+    if column.endswith("_acc") or column.startswith(("miou_", "pixel_acc_", "val_miou_", "val_pixel_acc_")):
         return f"accuracy/{column.removesuffix('_acc')}"
     if column.startswith("loss_") or column == "train_loss":
         return f"loss/{column.removeprefix('loss_')}"

@@ -10,6 +10,7 @@ from torch import nn
 
 from gpd.config import Config
 from gpd.data import DataBundle
+from gpd.distill.tasks import ClassificationTask, Task, make_task
 from gpd.errors import CheckpointError, ConfigError, first_line
 from gpd.inputs import call_model
 from gpd.io.student import is_student_payload, load_weights, read_checkpoint, student_from_payload
@@ -36,7 +37,7 @@ def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint
         teacher = create_for_data(
             t.model, data, t.kwargs, role="teacher", trust_remote_code=cfg.model.trust_remote_code
         )
-        check_fits(teacher, data, "teacher")
+        check_fits(teacher, data, "teacher", task_of(cfg))
         return teacher
     if t.checkpoint is not None and t.model is None:
         path, payload = read_checkpoint(t.checkpoint, "teacher.checkpoint")  # missing or unreadable: one line
@@ -64,23 +65,40 @@ def build_static_teacher(cfg: Config, data: DataBundle, allow_missing_checkpoint
                 print(f"dry run: teacher.pretrained_file {t.pretrained_file} does not exist -> random weights stand in")
             else:
                 print(load_pretrained_file(teacher, t.pretrained_file, "teacher.pretrained_file"))
-    check_fits(teacher, data, "teacher")
+    check_fits(teacher, data, "teacher", task_of(cfg))
     return teacher
 
 
 @torch.no_grad()
-def check_fits(model: nn.Module, data: DataBundle, role: str) -> None:
-    """Run one example through ``model``; refuse another input size or class count."""
+def task_of(cfg: Config) -> Task:
+    """The run's task (``task``, ``task_options``), to check the models' outputs against."""
+    return make_task(cfg.task, cfg.task_options, cfg.train.label_smoothing)
+
+
+def check_fits(model: nn.Module, data: DataBundle, role: str, task: Task | None = None) -> None:
+    """Run one example through ``model``; refuse another input size or class count, and logits of
+    a shape the task refuses (a classifier's for segmentation, a dense map's for classification)."""
     was_training = model.training
     model.eval()
     try:
         example = data.example if data.example is not None else torch.zeros(2, *data.input_size)
-        logits = logits_of(call_model(model, example))
+        output = call_model(model, example)
     except Exception as err:
         samples = "texts" if data.task == "text" else f"images of size {'x'.join(map(str, data.input_size))}"
         raise CheckpointError(f"the {role} does not run on {data.name} {samples}: {first_line(err)}") from None
     finally:
         model.train(was_training)
+    if task is not None and not isinstance(task, ClassificationTask):
+        logits = task.logits(output)  # a shape the task refuses: its one-line ArgumentError
+        if logits.ndim > 2 and data.targets == "mask" and logits.shape[1] != data.num_classes:
+            raise ConfigError(
+                f"the {role} predicts {logits.shape[1]} classes but {data.name} has {data.num_classes}; "
+                f"give a {role} made for this data set"
+            )
+        return
+    if task is not None:
+        task.check_logits(logits_of(output))
+    logits = logits_of(output)
     if logits.ndim != 2 or logits.shape[-1] != data.num_classes:
         raise ConfigError(
             f"the {role} predicts {logits.shape[-1]} classes but {data.name} has {data.num_classes}; "

@@ -165,7 +165,7 @@ class Trainer:
         exported = "EMA" if choice.weights == "ema" else "final"
         self.log(
             f"done in {total:.1f} s: exported the {exported} weights of epoch {choice.epoch} to "
-            f"{self.layout.student} (student test accuracy {choice.test_acc:.2f}%"
+            f"{self.layout.student} (student test {self.loop.headline} {choice.test_acc:.2f}%"
             + (f", validation {choice.val_acc:.2f}%" if choice.val_acc is not None else "")
             + f"; {selection.rule})"
         )

@@ -6,7 +6,7 @@ from gpd.distill.tasks.base import Task, build_task, task_options
 from gpd.distill.tasks.classification import ClassificationTask
 from gpd.distill.tasks.dense_kd import ChannelWiseKD, CWDOptions, PixelDKD, PixelKD, PixelKDOptions
 from gpd.distill.tasks.metrics import Metric, SegmentationMetrics, TopOneAccuracy, to_mask_size
-from gpd.distill.tasks.registry import TASKS, make_task, register_task, task_class
+from gpd.distill.tasks.registry import TASKS, make_task, register_task, task_class, task_kd_method_class
 from gpd.distill.tasks.segmentation import SegmentationTask
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "make_task",
     "register_task",
     "task_class",
+    "task_kd_method_class",
     "task_options",
     "to_mask_size",
 ]

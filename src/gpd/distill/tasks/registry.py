@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpd.distill.class_registry import ClassRegistry
+from gpd.distill.method import KDMethod
+from gpd.distill.registry import KD_METHODS
 from gpd.distill.tasks.base import Task, build_task, task_options
 from gpd.distill.tasks.classification import ClassificationTask
 from gpd.distill.tasks.segmentation import SegmentationTask
@@ -24,6 +26,21 @@ def register_task(name: str, cls: type[Task], *, override: bool = False) -> None
 def task_class(name: str, key: str = "task", error: type[Exception] = ArgumentError) -> type[Task]:
     """The task class called ``name`` (a registered name or an import path); any other name is refused."""
     return TASKS.lookup(name, key, error)
+
+
+def task_kd_method_class(
+    kd: str, task: str = "classification", key: str = "kd", error: type[Exception] = ArgumentError
+) -> type[KDMethod]:
+    """The KD method class ``kd`` names for the task ``task``: a method of :data:`KD_METHODS` (or an
+    import path) as for classification; else a name only the task offers (``cwd`` of segmentation)."""
+    if kd not in KD_METHODS and ":" not in kd:
+        cls = task_class(task, "task", error)
+        if kd in cls.refused_kd:
+            raise error(f"{key}: {cls.refused_kd[kd]}")
+        own = cls.kd_methods.get(kd)
+        if own is not None:
+            return own
+    return KD_METHODS.lookup(kd, key, error)
 
 
 def make_task(
@@ -54,4 +71,4 @@ def make_task(
     return build_task(cls, given)
 
 
-__all__ = ["TASKS", "make_task", "register_task", "task_class"]
+__all__ = ["TASKS", "make_task", "register_task", "task_class", "task_kd_method_class"]
