@@ -67,6 +67,16 @@ class CifarResNet(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
+        w3 = self._add_encoder(depth, widths, in_chans)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc = nn.Linear(w3, num_classes)
+        kaiming_init_(self)
+
+    def _add_encoder(self, depth: int, widths: tuple[int, int, int, int], in_chans: int) -> int:
+        """Register the stem and the three stages (conv1, bn1, relu, layer1..layer3) on ``self``, in that
+        order (the order decides the initialisation's random draws); the last stage's width. Shared
+        with the segmentation models' encoder (gpd.models.seg_resnet)."""
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
         n = (depth - 2) // 6
@@ -74,13 +84,10 @@ class CifarResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_chans, stem, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU()
-        self.layer1 = self._make_stage(stem, w1, n, stride=1)
-        self.layer2 = self._make_stage(w1, w2, n, stride=2)
-        self.layer3 = self._make_stage(w2, w3, n, stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.fc = nn.Linear(w3, num_classes)
-        kaiming_init_(self)
+        self.layer1 = CifarResNet._make_stage(stem, w1, n, stride=1)
+        self.layer2 = CifarResNet._make_stage(w1, w2, n, stride=2)
+        self.layer3 = CifarResNet._make_stage(w2, w3, n, stride=2)
+        return w3
 
     @staticmethod
     def _make_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:

@@ -42,6 +42,12 @@ class SegResNet(nn.Module):
     """A CIFAR ResNet encoder (``conv1`` ... ``layer3``), decoder ``up3`` and ``up2``, a 1x1 ``classifier``."""
 
     stage_names: tuple[str, ...] = ("layer1", "layer2", "layer3")
+    conv1: nn.Conv2d  # the encoder's modules, registered by CifarResNet._add_encoder
+    bn1: nn.BatchNorm2d
+    relu: nn.ReLU
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
 
     def __init__(
         self,
@@ -51,16 +57,8 @@ class SegResNet(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        if depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
-        n = (depth - 2) // 6
-        stem, w1, w2, w3 = widths
-        self.conv1 = nn.Conv2d(in_chans, stem, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem)
-        self.relu = nn.ReLU()
-        self.layer1 = CifarResNet._make_stage(stem, w1, n, stride=1)
-        self.layer2 = CifarResNet._make_stage(w1, w2, n, stride=2)
-        self.layer3 = CifarResNet._make_stage(w2, w3, n, stride=2)
+        _, w1, w2, w3 = widths
+        CifarResNet._add_encoder(self, depth, widths, in_chans)  # type: ignore[arg-type]  # the same modules, in order
         self.up3 = UpBlock(w3, w2, w2)
         self.up2 = UpBlock(w2, w1, w1)
         self.classifier = nn.Conv2d(w1, num_classes, 1)
