@@ -19,9 +19,10 @@ from typing import cast
 from torch import nn
 
 from gpd.channel_maps import identity_map
-from gpd.expansion.rules import ExpandedLayer, LayerContext, replace_tensors
+from gpd.expansion.rules import ExpandedLayer, LayerContext
 from gpd.expansion.torch_rules import (
     check_groups,
+    conv_layer,
     grouped_out_map,
     paper_bias_scale,
     paper_weight_scale,
@@ -74,11 +75,4 @@ def expand_conv_transpose(module: nn.modules.conv._ConvNd, ctx: LayerContext) ->
         weight = in_map.expand(module.weight, INPUT_AXIS)
         weight_slice = ParamSlice({INPUT_AXIS: in_map})
         bias_scale = 1.0
-    params = {"weight": weight}
-    slices = {"weight": weight_slice}
-    if module.bias is not None:
-        params["bias"] = out_map.expand(module.bias, 0)
-        slices["bias"] = ParamSlice({0: out_map}, paper_scale=bias_scale)
-    new = replace_tensors(module, params)
-    new.in_channels, new.out_channels, new.groups = in_map.dynamic_size, out_map.dynamic_size, groups
-    return ExpandedLayer(new, slices, output_map=out_map)
+    return conv_layer(module, weight, weight_slice, in_map, out_map, groups, bias_scale)

@@ -203,6 +203,20 @@ def expand_conv(module: nn.modules.conv._ConvNd, ctx: LayerContext) -> ExpandedL
         weight = out_map.expand(module.weight, 0)
         weight_slice = ParamSlice({0: out_map})
         bias_scale = 1.0
+    return conv_layer(module, weight, weight_slice, in_map, out_map, groups, bias_scale)
+
+
+def conv_layer(
+    module: nn.modules.conv._ConvNd,
+    weight: torch.Tensor,
+    weight_slice: ParamSlice,
+    in_map: ChannelMap,
+    out_map: ChannelMap,
+    groups: int,
+    bias_scale: float,
+) -> ExpandedLayer:
+    """D's copy of a convolution (plain or transposed) from its expanded weight: the bias tiled on the
+    output channels, and the size attributes set."""
     params = {"weight": weight}
     slices = {"weight": weight_slice}
     if module.bias is not None:

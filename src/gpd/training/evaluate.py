@@ -6,7 +6,7 @@ that processes can sum them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -96,15 +96,23 @@ def correct_counts(
     :func:`~gpd.outputs.logits_of` reads (a tensor, a transformers ``ModelOutput``, ...)."""
     correct = {name: torch.zeros((), dtype=torch.long, device=device) for name in models}
     total = torch.zeros((), dtype=torch.long, device=device)
-    for x, y in batches:
-        x, y = to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for x, y in _on_device(batches, device, channels_last):
         with autocast():
             for name, model in models.items():
                 correct[name] += (logits_of(call_model(model, x)).argmax(dim=-1) == y).sum()
         total += y.numel()
     return correct, total
+
+
+def _on_device(
+    batches: Iterable[tuple[Any, torch.Tensor]], device: torch.device, channels_last: bool
+) -> Iterator[tuple[Any, torch.Tensor]]:
+    """Each batch on ``device``; 4-D float images channels-last where asked."""
+    for x, y in batches:
+        x, y = to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, y
 
 
 @torch.no_grad()
@@ -121,10 +129,7 @@ def split_metrics(
     mIoU for segmentation), ``name:metric`` every metric. Single process only: each process would
     count its own share."""
     metrics = {name: task.metric() for name in models}
-    for x, y in batches:
-        x, y = to_device(x, device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for x, y in _on_device(batches, device, channels_last):
         with autocast():
             for name, model in models.items():
                 metrics[name].update(task.logits(call_model(model, x)).float(), y)
