@@ -301,7 +301,7 @@ class TrainLoop:
         batches = loader if n is None else islice(loader, n)
         if not self.counts_top1:
             task, channels_last = self.distiller.task, self.settings.channels_last
-            return split_metrics(models, batches, task, self.device, channels_last, self.precision.autocast)
+            return split_metrics(models, batches, task, self.device, channels_last, self.precision.autocast, self.ctx)
         return split_accuracy(
             models, batches, self.ctx, self.device, self.settings.channels_last, self.precision.autocast
         )
