@@ -257,3 +257,34 @@ def test_gradient_norms_are_plotted_when_the_run_logged_them(tmp_path: Path) -> 
     assert main(["report", str(run), "--output", str(out)]) == 0
     assert_png(out / "gradients.png")
     assert "(gradients.png)" in (out / "report.md").read_text()
+
+
+def test_classification_figures_say_accuracy(three_runs) -> None:
+    from gpd.reporting.report import build_figures
+    from gpd.reporting.runs import read_runs
+
+    runs, _, _, text = three_runs
+    figures, _ = build_figures(read_runs(runs))
+    assert figures["accuracy.png"].axes[0].get_ylabel() == "test accuracy (%)"
+    assert figures["gap.png"].axes[0].get_ylabel() == "dynamic teacher − student accuracy (points)"
+    assert "metrics.png" not in figures and "### Test accuracy per epoch" in text
+
+
+def test_a_users_task_is_reported_by_its_first_metric(tmp_path: Path) -> None:
+    """A user's task (config task: FILE.py:Class): the *_acc columns hold its first metric."""
+    run = write_run(tmp_path, "gpd_ema", ["bce_student", "mse"], config="task: my_task.py:MultiLabel\n")
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    header = list(rows[0])
+    at = header.index("static_teacher_acc") + 1
+    extra = ["brier_student", "hamming_student", "brier_dynamic", "hamming_dynamic"]
+    with open(run / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header[:at] + extra + header[at:])
+        writer.writeheader()
+        writer.writerows([row | dict.fromkeys(extra, 12.5) | {"brier_student": row["student_acc"]} for row in rows])
+    out = tmp_path / "report"
+    assert main(["report", str(run), "--output", str(out)]) == 0
+    row = table_rows((out / "report.md").read_text())["gpd_ema"]
+    assert row["final student brier (%)"] == f"{STUDENT['gpd_ema'][-1]:.2f}"
+    assert row["final dyn. teacher hamming (%)"] == "12.50" and row["static teacher hamming (%)"] == "—"
+    assert_png(out / "metrics.png")

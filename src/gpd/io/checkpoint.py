@@ -46,6 +46,7 @@ class Progress(Protocol):
     num_updates: int
     rows: list[dict[str, Any]]
     static_teacher_acc: float | None
+    static_teacher_metrics: dict[str, float] | None
     static_teacher_fingerprint: str | None
     rng: dict[str, Any] | None
 
@@ -82,6 +83,7 @@ def save_training_state(
             "selection": objects.selection.state_dict(),
             "metrics": progress.rows,
             "static_teacher_acc": progress.static_teacher_acc,
+            "static_teacher_metrics": progress.static_teacher_metrics,
             "static_teacher_fingerprint": progress.static_teacher_fingerprint,
             "model": model,
             "optimizer": objects.optimizer.state_dict(),
@@ -129,6 +131,7 @@ def load_training_state(
     if state.get("selection") is not None:
         objects.selection.load_state_dict(state["selection"])
     progress.static_teacher_acc = state.get("static_teacher_acc")
+    progress.static_teacher_metrics = state.get("static_teacher_metrics")  # older checkpoints: none
     rng_states = state["rng"]
     if len(rng_states) == world_size:
         progress.rng = rng_states[rank]

@@ -23,7 +23,9 @@ class ReportLayout:
     root: Path
 
     REPORT: ClassVar[str] = "report.md"
-    FIGURES: ClassVar[tuple[str, ...]] = ("accuracy.png", "gap.png", "losses.png", "lr.png", "gradients.png")
+    FIGURES: ClassVar[tuple[str, ...]] = (
+        "accuracy.png", "gap.png", "losses.png", "lr.png", "gradients.png", "metrics.png",
+    )  # fmt: skip
 
     @property
     def report(self) -> Path:

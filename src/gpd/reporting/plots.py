@@ -1,4 +1,5 @@
-"""The report's figures: accuracy, gap, losses and learning rate per epoch.
+"""The report's figures: accuracy (a task's headline metric: mIoU), gap, losses, learning rate and a
+task's other metrics (pixel accuracy) per epoch.
 
 Every figure is a standalone :class:`matplotlib.figure.Figure` on an Agg canvas,
 never pyplot, so no global figure state is shared between plots, with tests, or with
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from gpd.io.atomic import atomic_write
-from gpd.reporting.runs import RunRecord
+from gpd.reporting.runs import RunRecord, headline_of, metric_label, other_metrics
 
 LineStyle = Literal["-", "--", "-.", ":"] | tuple[float, Sequence[float]]
 
@@ -49,6 +50,11 @@ ROLES = [
     Role("ema_student_acc", "EMA student", ":", "C3"),
     Role("ema_dynamic_acc", "EMA dynamic teacher", (0, (3, 1, 1, 1, 1, 1)), "C4"),
 ]
+
+
+def metric_roles(metric: str) -> list[Role]:
+    """:data:`ROLES` for a task metric's columns (``pixel_acc_student``, ``pixel_acc_dynamic`` ...)."""
+    return [replace(role, column=f"{metric}_{role.column.removesuffix('_acc')}") for role in ROLES]
 
 
 def run_colour(index: int) -> str:
@@ -102,18 +108,20 @@ def _legend_room(labels: Sequence[str]) -> float:
     return 0.9 + 0.065 * max((len(label) for label in labels), default=0)
 
 
-def _plot_accuracies(ax: Axes, runs: Sequence[RunRecord], first_epoch: float = 0.0) -> list[Role]:
+def _plot_accuracies(
+    ax: Axes, runs: Sequence[RunRecord], first_epoch: float = 0.0, roles: Sequence[Role] = ROLES
+) -> list[Role]:
     """Draw every role of every run from ``first_epoch`` on; returns the roles drawn, in legend order."""
     single = len(runs) == 1
     drawn: list[Role] = []
     for i, run in enumerate(runs):
         pairs = [(e, row) for e, row in zip(run.epochs, run.rows) if e is not None and e >= first_epoch]
-        for role in ROLES:
+        for role in roles:
             if not run.has(role.column):
                 continue
             if role not in drawn:
                 drawn.append(role)
-            static = role.column == "static_teacher_acc"
+            static = role.name == "static teacher"
             ax.plot(
                 [e for e, _ in pairs],
                 [math.nan if (v := row.get(role.column)) is None else v for _, row in pairs],
@@ -123,7 +131,7 @@ def _plot_accuracies(ax: Axes, runs: Sequence[RunRecord], first_epoch: float = 0
                 marker=None if static and len(pairs) > 1 else _marker(run),
                 markersize=3,
             )
-    return [role for role in ROLES if role in drawn]
+    return [role for role in roles if role in drawn]
 
 
 def _zoom_start(runs: Sequence[RunRecord]) -> float | None:
@@ -134,6 +142,7 @@ def _zoom_start(runs: Sequence[RunRecord]) -> float | None:
 
 def accuracy_figure(runs: Sequence[RunRecord]) -> Figure:
     """Test accuracy per epoch of every model a run evaluates: one colour per run, one line style per role.
+    A task's headline metric (the ``*_acc`` columns: mIoU for segmentation) is named as such.
 
     Runs of several epochs get a second panel zoomed on the second half of training,
     where runs differ by fractions of a point that the full range flattens.
@@ -143,24 +152,54 @@ def accuracy_figure(runs: Sequence[RunRecord]) -> Figure:
     labels = [r.name for r in ROLES] + ([] if single else [run.label for run in runs])
     fig = _new_figure(7.5 + _legend_room(labels), 8.0 if zoom_from else 5.0)
     axes = fig.subplots(2 if zoom_from else 1, 1, squeeze=False)[:, 0]
+    headline = headline_of(runs)
     roles = _plot_accuracies(axes[0], runs)
-    axes[0].set_title(_title(runs, "Test accuracy per epoch"))
+    axes[0].set_title(_title(runs, f"Test {headline} per epoch"))
     if zoom_from is not None:
         _plot_accuracies(axes[1], runs, first_epoch=zoom_from)
         axes[1].set_title(f"zoom: epochs {zoom_from:g} and later", fontsize="medium")
     for ax in axes:
         _epoch_axis(ax)
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"test {headline} (%)")
+    _role_legends(axes[0], axes[-1], runs, roles, upper=zoom_from is not None)
+    return fig
+
+
+def _role_legends(first: Axes, last: Axes, runs: Sequence[RunRecord], roles: Sequence[Role], upper: bool) -> None:
+    """The legend of the models (line styles) and, for several runs, of the runs (colours)."""
+    single = len(runs) == 1
     role_handles = [
         Line2D([], [], color=r.colour if single else "0.2", linestyle=r.linestyle, linewidth=1.8, label=r.name)
         for r in roles
     ]
     if single:
-        _legend_outside(axes[0], role_handles, "model")
+        _legend_outside(first, role_handles, "model")
     else:
         run_handles = [Line2D([], [], color=run_colour(i), linewidth=3, label=run.label) for i, run in enumerate(runs)]
-        _legend_outside(axes[0], run_handles, "run")
-        _legend_outside(axes[-1], role_handles, "model", upper=zoom_from is not None)
+        _legend_outside(first, run_handles, "run")
+        _legend_outside(last, role_handles, "model", upper=upper)
+
+
+def metrics_figure(runs: Sequence[RunRecord]) -> Figure | None:
+    """A task's metrics besides its headline (segmentation: pixel accuracy) per epoch, one panel
+    each, drawn as the accuracy figure; ``None`` for runs without (classification)."""
+    others = other_metrics(runs)
+    if not others:
+        return None
+    labels = [r.name for r in ROLES] + ([] if len(runs) == 1 else [run.label for run in runs])
+    fig = _new_figure(7.5 + _legend_room(labels), 1.0 + 4.0 * len(others))
+    axes = fig.subplots(len(others), 1, squeeze=False)[:, 0]
+    drawn: list[Role] = []
+    for ax, metric in zip(axes, others):
+        drawn += [
+            r for r in _plot_accuracies(ax, runs, roles=metric_roles(metric)) if r.name not in {d.name for d in drawn}
+        ]
+        ax.set_title(_title(runs, f"Test {metric_label(metric)} per epoch"), fontsize="medium")
+        ax.set_ylabel(f"test {metric_label(metric)} (%)")
+        _epoch_axis(ax)
+    _role_legends(
+        axes[0], axes[-1], runs, [r for r in ROLES if r.name in {d.name for d in drawn}], upper=len(others) > 1
+    )
     return fig
 
 
@@ -185,8 +224,9 @@ def gap_figure(runs: Sequence[RunRecord]) -> Figure | None:
     if len(runs) > 1:
         _legend_outside(ax, handles, "run")
     _epoch_axis(ax)
-    ax.set_ylabel("dynamic teacher − student accuracy (points)")
-    ax.set_title(_title([r for _, r in with_dynamic], "Gap: dynamic teacher − student test accuracy"))
+    headline = headline_of(runs)
+    ax.set_ylabel(f"dynamic teacher − student {headline} (points)")
+    ax.set_title(_title([r for _, r in with_dynamic], f"Gap: dynamic teacher − student test {headline}"))
     return fig
 
 

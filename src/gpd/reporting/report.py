@@ -17,9 +17,17 @@ from matplotlib.figure import Figure
 from gpd.errors import ConfigError
 from gpd.io.atomic import atomic_write_text
 from gpd.io.layout import ReportLayout, RunLayout
-from gpd.reporting.plots import accuracy_figure, gap_figure, gradients_figure, losses_figure, lr_figure, save_figure
+from gpd.reporting.plots import (
+    accuracy_figure,
+    gap_figure,
+    gradients_figure,
+    losses_figure,
+    lr_figure,
+    metrics_figure,
+    save_figure,
+)
 from gpd.reporting.runs import RunRecord, read_runs
-from gpd.reporting.summary import FIGURE_CAPTIONS, render_report
+from gpd.reporting.summary import figure_captions, render_report
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ def build_figures(runs: Sequence[RunRecord]) -> tuple[dict[str, Figure], list[st
         "losses.png": losses_figure(runs),
         "lr.png": lr_figure(runs),
         "gradients.png": gradients_figure(runs),
+        "metrics.png": metrics_figure(runs),  # a task's other metrics: segmentation's pixel accuracy
     }
     for name, fig in optional.items():
         if fig is not None:
@@ -89,6 +98,7 @@ def write_report(
     target.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
         save_figure(fig, layout.figure(name))
-    text = render_report(runs, {name: FIGURE_CAPTIONS[name] for name in figures}, notes)
+    captions = figure_captions(runs)
+    text = render_report(runs, {name: captions[name] for name in figures}, notes)
     atomic_write_text(layout.report, text)
     return ReportResult(output=target, files=files, notes=notes)

@@ -25,6 +25,14 @@ LOSS_PREFIX = "loss_"
 
 Row = dict[str, float | None]
 
+NOT_TASK_METRICS = ("loss_", "val_", "grad_")  # columns ending in _student that are no task metric
+METRIC_LABELS = {"miou": "mIoU", "pixel_acc": "pixel accuracy", "top1": "accuracy"}
+
+
+def metric_label(metric: str) -> str:
+    """A task metric's name as a report writes it (``miou`` -> ``mIoU``); a user's metric: its own name."""
+    return METRIC_LABELS.get(metric, metric)
+
 
 @dataclass
 class RunRecord:
@@ -83,6 +91,30 @@ class RunRecord:
         numbers = [v for v in self.values(column) if _is_number(v)]
         return sum(numbers) if numbers else None
 
+    @property
+    def task_metrics(self) -> list[str]:
+        """The task's metrics that metrics.csv has columns for (``miou``, ``pixel_acc`` for
+        segmentation; a user's task: its own), headline first; empty for classification, whose
+        ``*_acc`` columns hold top-1 accuracy. Read from the header: gpd train writes the
+        ``<metric>_student`` columns right after ``static_teacher_acc``, in the task's order."""
+        columns = self.columns
+        start = columns.index("static_teacher_acc") + 1 if "static_teacher_acc" in columns else 0
+        return [
+            c.removesuffix("_student")
+            for c in columns[start:]
+            if c.endswith("_student") and not c.startswith(NOT_TASK_METRICS) and not c.endswith("_ema_student")
+        ]
+
+    @property
+    def headline(self) -> str:
+        """What the ``*_acc`` columns hold, as people read it: ``accuracy`` (classification),
+        ``mIoU`` (segmentation), or a user's task's first metric."""
+        metrics = self.task_metrics
+        if metrics:
+            return metric_label(metrics[0])
+        task = self.setting("task")
+        return "mIoU" if task == "segmentation" else "accuracy"
+
     def setting(self, dotted: str, default: Any = None) -> Any:
         """A config value by dotted key (``"gpd.ratio"``), or ``default`` when absent."""
         node: Any = self.config
@@ -91,6 +123,24 @@ class RunRecord:
                 return default
             node = node[key]
         return node
+
+
+def headline_of(runs: Sequence[RunRecord]) -> str:
+    """What the runs' ``*_acc`` columns hold (:attr:`RunRecord.headline`): ``accuracy``, ``mIoU``
+    or a user's metric; runs of several tasks: their headlines joined by " / "."""
+    found: list[str] = []
+    for run in runs:
+        if run.headline not in found:
+            found.append(run.headline)
+    return " / ".join(found)
+
+
+def other_metrics(runs: Sequence[RunRecord]) -> list[str]:
+    """The task metrics besides the headline (segmentation: ``pixel_acc``) of any run, in order."""
+    found: list[str] = []
+    for run in runs:
+        found += [m for m in run.task_metrics[1:] if m not in found]
+    return found
 
 
 def _is_number(value: float | None) -> TypeGuard[float]:

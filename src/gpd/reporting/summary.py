@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from gpd.reporting.runs import RunRecord
+from gpd.reporting.runs import RunRecord, headline_of, metric_label, other_metrics
 
 MISSING = "—"
 MAX_EPOCH_ROWS = 25  # longer runs show every k-th epoch, plus the best and the last
@@ -21,7 +21,24 @@ FIGURE_CAPTIONS = {
     "losses.png": "Training loss terms per epoch",
     "lr.png": "Learning rate per epoch",
     "gradients.png": "Gradient norms and clipped steps per epoch",
+    "metrics.png": "The task's other test metrics per epoch",
 }
+
+
+def figure_captions(runs: Sequence[RunRecord]) -> dict[str, str]:
+    """:data:`FIGURE_CAPTIONS` in the runs' words: "Test mIoU per epoch" for segmentation."""
+    headline, others = headline_of(runs), other_metrics(runs)
+    captions = dict(FIGURE_CAPTIONS)
+    captions["accuracy.png"] = f"Test {headline} per epoch"
+    if others:
+        captions["metrics.png"] = f"Test {', '.join(metric_label(m) for m in others)} per epoch"
+    return captions
+
+
+def _short(headline: str) -> str:
+    """The headline in a column header: "acc" for accuracy (the headers classification reports have)."""
+    return "acc" if headline == "accuracy" else headline
+
 
 # (column, header) of the per-epoch tables; columns without any value are left out
 EPOCH_COLUMNS = [
@@ -107,21 +124,26 @@ def _best(run: RunRecord) -> str:
 
 
 def comparison_table(runs: Sequence[RunRecord]) -> list[str]:
-    """One row per run: settings, final and best accuracies, gap, time."""
+    """One row per run: settings, final and best accuracies (a task's headline metric: mIoU), gap,
+    the task's other metrics (pixel accuracy) of the student, D and the static teacher, time."""
     with_ema = any(run.has("ema_student_acc") for run in runs)
+    short, others = _short(headline_of(runs)), other_metrics(runs)
     header = [
         "run",
         "student",
         "GPD",
         "KD",
         "epochs",
-        "final student acc (%)",
-        "best student acc (%)",
-        "final dyn. teacher acc (%)",
+        f"final student {short} (%)",
+        f"best student {short} (%)",
+        f"final dyn. teacher {short} (%)",
         "final gap",
-        "static teacher acc (%)",
+        f"static teacher {short} (%)",
     ]
-    header += ["final EMA student acc (%)"] if with_ema else []
+    for metric in others:
+        label = metric_label(metric)
+        header += [f"final student {label} (%)", f"final dyn. teacher {label} (%)", f"static teacher {label} (%)"]
+    header += [f"final EMA student {short} (%)"] if with_ema else []
     header += ["training time"]
     rows = []
     for run in runs:
@@ -138,6 +160,8 @@ def comparison_table(runs: Sequence[RunRecord]) -> list[str]:
             MISSING if gap is None else f"{gap:+.2f}",
             acc(run.last("static_teacher_acc")),
         ]
+        for metric in others:
+            row += [acc(run.last(f"{metric}_{model}")) for model in ("student", "dynamic", "static_teacher")]
         row += [acc(run.last("ema_student_acc"))] if with_ema else []
         row += [duration(run.total("seconds"))]
         rows.append(row)
@@ -157,7 +181,7 @@ def _shown_epochs(run: RunRecord) -> list[int]:
     return sorted(keep)
 
 
-def _format(column: str, value: float | None) -> str:
+def _format(column: str, value: float | None, percent: bool = False) -> str:
     if value is None or math.isnan(value):
         return MISSING
     if column == "epoch":
@@ -168,15 +192,30 @@ def _format(column: str, value: float | None) -> str:
         return f"{value:+.2f}"
     if column in ("img_per_s", "seconds"):
         return f"{value:.0f}" if column == "img_per_s" else f"{value:.1f}"
-    if column.endswith("_acc"):
+    if percent or column.endswith("_acc"):
         return f"{value:.2f}"
     return f"{value:.4f}"
 
 
+def _epoch_columns(run: RunRecord) -> list[tuple[str, str]]:
+    """:data:`EPOCH_COLUMNS` with the run's headline metric in the headers ("student mIoU (%)"),
+    and its task's other metrics of the student and D before the speed columns."""
+    short = _short(run.headline)
+    columns = [(c, h.replace(" acc (%)", f" {short} (%)")) for c, h in EPOCH_COLUMNS]
+    extra = [
+        (f"{metric}_{model}", f"{who} {metric_label(metric)} (%)")
+        for metric in run.task_metrics[1:]
+        for model, who in (("student", "student"), ("dynamic", "dyn. teacher"))
+    ]
+    at = [c for c, _ in columns].index("img_per_s")
+    return [(c, h) for c, h in columns[:at] + extra + columns[at:] if run.has(c)]
+
+
 def epoch_table(run: RunRecord) -> list[str]:
-    columns = [(c, h) for c, h in EPOCH_COLUMNS if run.has(c)]
+    columns = _epoch_columns(run)
+    metrics = {f"{m}_{model}" for m in run.task_metrics for model in ("student", "dynamic")}
     shown = _shown_epochs(run)
-    rows = [[_format(c, run.rows[i].get(c)) for c, _ in columns] for i in shown]
+    rows = [[_format(c, run.rows[i].get(c), c in metrics) for c, _ in columns] for i in shown]
     lines = _table([h for _, h in columns], rows)
     if len(shown) < len(run.rows):
         step = shown[1] - shown[0]
@@ -189,9 +228,14 @@ def render_report(runs: Sequence[RunRecord], figures: Mapping[str, str], notes: 
     title = f"Training report: {runs[0].label}" if len(runs) == 1 else f"Training report: {len(runs)} runs"
     lines = [f"# {title}", ""]
     lines += comparison_table(runs)
+    headline = headline_of(runs)
+    names = [headline] + [metric_label(m) for m in other_metrics(runs)]
+    labels = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else headline
+    what = "Accuracies are test accuracies in percent" if headline == "accuracy" else f"Test {labels} in percent"
+    gap = "" if headline == "accuracy" else f" {headline}"
     lines += [
         "",
-        "Accuracies are test accuracies in percent; gap = dynamic teacher − student at the last epoch; "
+        f"{what}; gap = dynamic teacher − student{gap} at the last epoch; "
         "training time is the sum of the epochs' times.",
         "",
         "## Figures",

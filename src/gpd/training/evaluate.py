@@ -6,6 +6,7 @@ that processes can sum them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -23,12 +24,19 @@ from gpd.data.augment import AugmentRecipe
 from gpd.data.bundle import num_samples
 from gpd.distill import Distiller
 from gpd.distill.pair import DynamicPair
-from gpd.distill.tasks import ClassificationTask, Task, make_task
+from gpd.distill.tasks import ClassificationTask, Metric, Task, make_task
+from gpd.distill.tasks.metrics import merge_states
 from gpd.inputs import Inputs, ModelInput, call_model, to_device
 from gpd.io.layout import RunLayout, student_file_of
 from gpd.io.student import read_student_file, student_from_payload
 from gpd.outputs import logits_of
-from gpd.training.distributed import DistContext, all_reduce_sum, broadcast_buffers, resolve_device
+from gpd.training.distributed import (
+    DistContext,
+    all_reduce_sum,
+    broadcast_buffers,
+    gather_objects,
+    resolve_device,
+)
 from gpd.training.hf_data import prepare as prepare_hf_data
 
 Model = Callable[..., Any]  # a forward pass: its output's logits are read by gpd.outputs.logits_of
@@ -123,22 +131,52 @@ def split_metrics(
     device: torch.device,
     channels_last: bool = False,
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ctx: DistContext | None = None,
 ) -> dict[str, float]:
     """The task's metrics (:meth:`gpd.Task.metric`) of each model, in percent, in one pass over the data:
     ``name`` holds the first metric (the headline one, which selection and the ``*_acc`` columns use:
-    mIoU for segmentation), ``name:metric`` every metric. Single process only: each process would
-    count its own share."""
+    mIoU for segmentation), ``name:metric`` every metric. Under torchrun (``ctx``) each process
+    passes its own share of the split, and the metrics' counts are summed over the processes first
+    (:func:`merge_metrics`)."""
     metrics = {name: task.metric() for name in models}
     for x, y in _on_device(batches, device, channels_last):
         with autocast():
             for name, model in models.items():
                 metrics[name].update(task.logits(call_model(model, x)).float(), y)
+    merge_metrics(metrics, ctx or DistContext())
     result: dict[str, float] = {}
     for name, metric in metrics.items():
         values = {k: 100.0 * v for k, v in metric.compute().items()}
         result[name] = next(iter(values.values()), float("nan"))
         result.update({f"{name}:{k}": v for k, v in values.items()})
     return result
+
+
+def merge_metrics(metrics: dict[str, Metric], ctx: DistContext) -> None:
+    """Give every process's metric objects the counts of all processes (:attr:`Metric.summed`,
+    added up by :func:`~gpd.distill.tasks.metrics.merge_states`); nothing alone. A metric that
+    declares nothing to sum keeps its own share, with a warning (rank 0, once per metric class)."""
+    if not ctx.enabled:
+        return
+    states = gather_objects({name: _on_host(metric.state()) for name, metric in metrics.items()}, ctx)
+    for name, metric in metrics.items():
+        shares = [state[name] for state in states]
+        if shares[0] is not None:
+            metric.load_state(merge_states(shares))
+        elif ctx.is_main and metric.compute():
+            warnings.warn(
+                f"{type(metric).__name__} declares no counts to sum over processes (Metric.summed, or "
+                "state()/load_state()): under torchrun its metrics cover rank 0's share of the data only",
+                UserWarning,
+                stacklevel=2,
+            )
+
+
+def _on_host(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A metric's state with its tensors on the CPU, to be sent to the other processes."""
+    if state is None:
+        return None
+    return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
 def accuracy(

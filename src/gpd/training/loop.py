@@ -119,7 +119,6 @@ class TrainLoop:
         self.headline = "accuracy" if self.counts_top1 else "metric (the task's first)"  # segmentation: mIoU
         if isinstance(distiller.task, SegmentationTask):
             self.headline = "mIoU"
-        self.static_teacher_metrics: dict[str, float] = {}  # its task metrics (static_teacher:miou ...), kept
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.trainable = [p for p in distiller.parameters() if p.requires_grad]
         # D's tensors that the paper's parameterisation stores differently: their gradient counts
@@ -288,20 +287,30 @@ class TrainLoop:
         result: dict[str, float] = {}
         if self.loaders.val is not None:
             result.update({f"val_{k}": v for k, v in self._accuracy(models, self.loaders.val).items()})
-        if self.distiller.static_teacher is not None and self.state.static_teacher_acc is None:
+        state = self.state
+        if self.distiller.static_teacher is not None and self._static_teacher_due():
             models["static_teacher"] = self.distiller.static_teacher
         result.update(self._accuracy(models, self.loaders.test))
-        self.state.static_teacher_acc = result.pop("static_teacher", self.state.static_teacher_acc)
-        self.static_teacher_metrics.update({k: v for k, v in result.items() if k.startswith("static_teacher:")})
-        result.update(self.static_teacher_metrics)
+        if "static_teacher" in result:  # measured once, kept in the state (and the checkpoint)
+            state.static_teacher_acc = result.pop("static_teacher")
+            if not self.counts_top1:
+                found = {k: v for k, v in result.items() if k.startswith("static_teacher:")}
+                state.static_teacher_metrics = found
+        result.update(state.static_teacher_metrics or {})
         return result
+
+    def _static_teacher_due(self) -> bool:
+        """Whether this evaluation measures the static teacher: once, or again for a task's metrics
+        that a checkpoint of an older gpd did not keep."""
+        state = self.state
+        return state.static_teacher_acc is None or (not self.counts_top1 and state.static_teacher_metrics is None)
 
     def _accuracy(self, models: dict[str, Any], loader: Any) -> dict[str, float]:
         n = self.settings.policy.max_eval_batches
         batches = loader if n is None else islice(loader, n)
         if not self.counts_top1:
             task, channels_last = self.distiller.task, self.settings.channels_last
-            return split_metrics(models, batches, task, self.device, channels_last, self.precision.autocast)
+            return split_metrics(models, batches, task, self.device, channels_last, self.precision.autocast, self.ctx)
         return split_accuracy(
             models, batches, self.ctx, self.device, self.settings.channels_last, self.precision.autocast
         )

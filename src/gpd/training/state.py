@@ -1,7 +1,7 @@
 """A run's progress and what its callbacks may read of it.
 
 :class:`TrainState` is what the loop advances (epoch, optimisation steps, the metrics rows,
-the static teacher's accuracy) and the checkpoint records (:mod:`gpd.io.checkpoint`);
+the static teacher's accuracy and task metrics) and the checkpoint records (:mod:`gpd.io.checkpoint`);
 :class:`RunView` is the declared rest of a run that the callbacks read: the objects the
 checkpoint saves, the trained network and its EMA, the weight selection. Neither knows the
 config: the trainer builds both from it once.
@@ -34,6 +34,9 @@ class TrainState:
     num_updates: int = 0  # optimisation steps so far: the scheduler's and the EMA's step
     rows: list[dict[str, Any]] = field(default_factory=list)  # every epoch's metrics row
     static_teacher_acc: float | None = None  # measured once: the static teacher is frozen
+    # its task metrics ("static_teacher:miou" ... in percent), measured with it; None: not measured
+    # (classification, or a checkpoint of an older gpd, whose resumed run measures them again)
+    static_teacher_metrics: dict[str, float] | None = None
     static_teacher_fingerprint: str | None = None  # of the static teacher's weights (a resume checks it)
     rng: dict[str, Any] | None = None  # a resumed process's random state, restored before its first step
 

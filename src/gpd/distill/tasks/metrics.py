@@ -1,10 +1,15 @@
 """A task's metrics, accumulated over batches: ``update(logits, y)`` per batch, ``compute()`` at the end.
 
 A metric object sums counts (integers on the host), never per-batch means, so the result over
-a data set does not depend on how it was cut into batches.
+a data set does not depend on how it was cut into batches, nor on how many processes shared it:
+the attributes named in :attr:`Metric.summed` are the counts that processes add up under
+torchrun (:func:`merge_states`) before ``compute()``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +22,26 @@ _INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 class Metric:
-    """No metric: the base of a task's metrics (a user's task without metrics returns this)."""
+    """No metric: the base of a task's metrics (a user's task without metrics returns this).
+
+    ``summed``: the names of the attributes that hold counts or sums (ints, floats or tensors; None
+    before the first batch): under torchrun each process counts its own share of the data and gpd
+    adds these up over the processes before :meth:`compute`. A metric that is no sum of counts
+    (a median, say) leaves ``summed`` empty, or overrides :meth:`state` and :meth:`load_state`;
+    left empty, a run of several processes warns that the metric covers one process's share only.
+    """
+
+    summed: ClassVar[tuple[str, ...]] = ()
+
+    def state(self) -> dict[str, Any] | None:
+        """What processes add up: the ``summed`` attributes by name, or None where this metric
+        cannot be merged (no ``summed``)."""
+        return {name: getattr(self, name) for name in self.summed} if self.summed else None
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take the merged counts (:func:`merge_states` of every process's :meth:`state`)."""
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def reset(self) -> None:
         """Forget every batch seen so far."""
@@ -32,6 +56,8 @@ class Metric:
 
 class TopOneAccuracy(Metric):
     """``top1``: the fraction of samples whose largest logit is the label (soft targets: their argmax)."""
+
+    summed = ("correct", "total")
 
     def __init__(self) -> None:
         self.reset()
@@ -64,8 +90,11 @@ class SegmentationMetrics(Metric):
     that occur, in the labels or the predictions (a class absent from both has no IoU and is
     left out, as in mmsegmentation's ``nanmean``). ``pixel_acc`` is the fraction of labelled
     pixels predicted right. Pixels labelled ``ignore_index`` count for neither. Logits of
-    another size than the masks are resized to them first (:func:`to_mask_size`).
+    another size than the masks are resized to them first (:func:`to_mask_size`). Processes add
+    up their confusion matrices (``summed``).
     """
+
+    summed = ("confusion",)
 
     def __init__(self, num_classes: int | None = None, ignore_index: int = IGNORE_INDEX) -> None:
         self.num_classes, self.ignore_index = num_classes, ignore_index
@@ -102,4 +131,21 @@ class SegmentationMetrics(Metric):
         }
 
 
-__all__ = ["Metric", "SegmentationMetrics", "TopOneAccuracy", "to_mask_size"]
+def merge_states(states: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """The sum of several processes' :meth:`Metric.state`, name by name; a None value (nothing
+    counted yet on that process) adds nothing. Tensors are summed on the host."""
+    merged: dict[str, Any] = {}
+    for state in states:
+        for name, value in (state or {}).items():
+            if isinstance(value, torch.Tensor):
+                value = value.cpu()
+            if value is None:
+                merged.setdefault(name, None)
+            elif merged.get(name) is None:
+                merged[name] = value
+            else:
+                merged[name] = merged[name] + value
+    return merged
+
+
+__all__ = ["Metric", "SegmentationMetrics", "TopOneAccuracy", "merge_states", "to_mask_size"]
