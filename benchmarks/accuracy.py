@@ -15,9 +15,10 @@ six-branch blocks, as in the paper and the bundled configs):
     finetune  from the scratch baseline's student (same seed): plain fine-tuning vs
               fine-tuning with GPD, equally long (same epochs, same steps)
     matched   the scratch and KD baselines given GPD's training compute (epochs x the measured ratio
-              of training FLOPs per step, benchmarks/step_flops.py) and GPD's wall-clock time (epochs
-              from the GPD run's and the equal-epoch baseline's measured seconds, once both ran),
-              next to the equal-epoch runs (benchmarks/accuracy_matched.py explains the choices)
+              of training FLOPs per step, benchmarks/step_flops.py) and GPD's time on this machine
+              (epochs x the ratio of seconds per training step, both steps timed side by side when
+              the suite starts, benchmarks/step_times.py), next to the equal-epoch runs
+              (benchmarks/accuracy_matched.py explains the choices)
     vit       (Fashion-MNIST) a transformer student, timm's ViT-Ti with 7 px patches and its usual
               recipe (AdamW, warm-up + cosine, label smoothing; the paper's per-layer steps under
               Adam): CE alone, GPD, KD from the ResNet-20 teacher, KD + GPD (fashion_mnist/vit*)
@@ -85,17 +86,20 @@ from accuracy_matched import (
     FLOP_RATIOS_FILE,
     KINDS,
     MATCHED_SCENARIOS,
-    TIME_BUDGETS_FILE,
+    TIME_RATIOS_FILE,
     FlopRatios,
+    TimeRatios,
     config_warmup,
     matched_epochs,
     matched_overrides,
-    time_budget,
 )
 from accuracy_summary import summary_table
 
-GROUPS = ("early", "scratch", "distill", "finetune", "matched", "vit", "ablation")  # the order of the summary's tables
-DATASETS = ("fashion_mnist", "digits")
+GROUPS = ("early", "scratch", "distill", "finetune", "matched", "vit", "segmentation", "ablation")  # the tables' order
+DATASETS = ("fashion_mnist", "digits", "fashion_mnist_seg")
+# fashion_mnist_seg (garments on a canvas, per-pixel labels) hosts the segmentation group alone, and that group
+# runs on it alone: its runs are the bundled fashion_mnist_seg/* configs, scored by mean IoU
+SEGMENTATION_DATA = "fashion_mnist_seg"
 DEFAULT_SEEDS = (0, 1, 2)
 BUDGET_MIN = 90  # the long suite must fit in this on the reference machine (2 cores, otherwise idle)
 # The full suite: 80 runs in 65 minutes, then the matched group (25 min by the cost model) and the
@@ -116,7 +120,7 @@ class Plan:
     batch_size: int = 128
 
 
-ALL_GROUPS = ("scratch", "distill", "finetune", "matched", "vit", "ablation")
+ALL_GROUPS = ("scratch", "distill", "finetune", "matched", "vit", "segmentation", "ablation")
 
 
 @dataclass(frozen=True)
@@ -136,17 +140,26 @@ class Mode:
     budget_min: float | None = None  # the estimate of the mode's whole suite should fit this (None: no check)
 
 
+STUDENTS = {"fashion_mnist": "resnet8", "digits": "resnet8", SEGMENTATION_DATA: "seg_resnet8"}
+TEACHERS = {"fashion_mnist": "resnet20", "digits": "resnet20", SEGMENTATION_DATA: "seg_resnet20"}
 ALL_ABLATIONS = ("no_branches", "ratio1.5", "ratio3", "unshared", "compensated", "lambda1")
 METHODS = ("kd", "dkd", "reviewkd")
 FULL_PLANS = {
     "fashion_mnist": Plan(train_subset=12500, test_subset=None, epochs=2, finetune_epochs=1, teacher_epochs=3),
     "digits": Plan(train_subset=None, test_subset=None, epochs=10, finetune_epochs=5, teacher_epochs=15, batch_size=64),
+    # the bundled fashion_mnist_seg/demo's sizes: 2000 and 500 canvases of 40x40, 8 epochs of batch 32
+    SEGMENTATION_DATA: Plan(
+        train_subset=2000, test_subset=500, epochs=8, finetune_epochs=1, teacher_epochs=8, batch_size=32
+    ),
 }
 TINY_PLANS = {
     "fashion_mnist": Plan(
         train_subset=256, test_subset=128, epochs=1, finetune_epochs=1, teacher_epochs=1, batch_size=64
     ),
     "digits": Plan(train_subset=128, test_subset=64, epochs=1, finetune_epochs=1, teacher_epochs=1, batch_size=64),
+    SEGMENTATION_DATA: Plan(
+        train_subset=32, test_subset=16, epochs=1, finetune_epochs=1, teacher_epochs=1, batch_size=16
+    ),
 }
 # The early group: `gpd train data.train_subset=2000 train.epochs=1`, i.e. the bundled demo
 # for 2000 // 128 = 15 steps (gpd train drops the last partial batch), evaluated on the whole test split.
@@ -168,6 +181,9 @@ MODES = {
             "fashion_mnist": Plan(train_subset=2000, test_subset=1000, epochs=1, finetune_epochs=1, teacher_epochs=2),
             "digits": Plan(
                 train_subset=None, test_subset=None, epochs=3, finetune_epochs=1, teacher_epochs=4, batch_size=64
+            ),
+            SEGMENTATION_DATA: Plan(
+                train_subset=256, test_subset=128, epochs=1, finetune_epochs=1, teacher_epochs=1, batch_size=32
             ),
         },
         seeds=(0,),
@@ -222,6 +238,7 @@ def long_mode(epochs: int, groups: tuple[str, ...] = LONG_GROUPS) -> Mode:
         ablation_data=(),
         groups=groups,
         optional_groups=tuple(g for g in ("matched", "vit") if g not in groups),
+        datasets=("fashion_mnist", "digits"),
     )
 
 
@@ -261,12 +278,23 @@ MS_PER_IMAGE = {
     "vit_static": 7.5,  # ViT-Ti, KD from the ResNet-20 (its forward pass)
     "vit_gpd": 34.6,  # ViT-Ti + GPD, r = 2
     "vit_gpd_static": 34.9,
+    # seg_resnet8 on 40x40 canvases, batch 32 (2026-12-07: 330 img/s alone, 130 img/s with GPD, one thread
+    # of a busy machine); CWD adds the seg_resnet20 teacher's forward pass; the teacher trains 3x the student
+    "seg": 3.8,
+    "seg_static": 6.0,
+    "seg_gpd": 8.6,
+    "seg_gpd_static": 11.0,
+    "seg_teacher": 10.0,
 }
 EVAL_FRACTION = 1.1  # a test image's cost, in training images of the run's table cost (see CALIBRATION)
 # The ViT's test pass is compute-bound, unlike the tiny ResNet-8's: a test image costs the forward
 # pass of the student (and D), about a third of a training image's table cost.
 EVAL_MS_PER_IMAGE = {"vit": 7.3 / 3, "vit_static": 7.3 / 3, "vit_gpd": 34.6 / 3, "vit_gpd_static": 34.6 / 3}
-PIXEL_SCALE = {"fashion_mnist": 1.0, "digits": 0.25}  # 8x8 images: overhead-bound, not 12x cheaper
+PIXEL_SCALE = {
+    "fashion_mnist": 1.0,
+    "digits": 0.25,
+    SEGMENTATION_DATA: 1.0,
+}  # segmentation: its own costs  # 8x8 images: overhead-bound, not 12x cheaper
 STARTUP_S = 6.0  # python, torch, timm and gpd imports, model building and verification, per run
 
 
@@ -290,7 +318,7 @@ class Spec:
     matched: str | None = None  # a cost-matched baseline: "flops" (equal compute) or "time" (equal time)
     pair: tuple[str, str] = ("", "")  # a matched run's GPD run and equal-epoch baseline (ids)
     ratio: float | None = None  # its cost ratio: the measured FLOP ratio, or the GPD run's time / the baseline's
-    resolved: bool = True  # False: a time-matched run whose epochs are still the cost model's estimate
+    resolved: bool = True  # False: a time-matched run whose epochs are the cost model's estimate (not timed yet)
 
     @property
     def id(self) -> str:
@@ -299,7 +327,7 @@ class Spec:
 
 def split_sizes(data: str, plan: Plan) -> tuple[int, int]:
     """Training and test images per epoch of a run on ``data`` under ``plan``."""
-    full = {"fashion_mnist": (60000, 10000), "digits": (1437, 360)}[data]
+    full = {"fashion_mnist": (60000, 10000), "digits": (1437, 360), SEGMENTATION_DATA: (10000, 2000)}[data]
     train = full[0] if plan.train_subset is None else min(plan.train_subset, full[0])
     test = full[1] if plan.test_subset is None else min(plan.test_subset, full[1])
     return train, test
@@ -312,12 +340,13 @@ def seeds_by_group(mode: Mode, forced: list[int] | None = None) -> dict[str, lis
 
 def build_specs(
     mode: Mode, datasets: list[str], groups: list[str], seeds: list[int] | dict[str, list[int]], out: Path,
-    flop_ratios: FlopRatios | None = None,
+    flop_ratios: FlopRatios | None = None, time_ratios: TimeRatios | None = None,
 ) -> list[Spec]:  # fmt: skip
     """Every run of the selected groups, plus the runs they depend on, in an order that respects dependencies.
 
     ``seeds``: the same for every group, or per group (``seeds_by_group``). ``flop_ratios``: where
-    the matched group's FLOP ratios come from (default: measured now, kept nowhere)."""
+    the matched group's FLOP ratios come from (default: measured now, kept nowhere);
+    ``time_ratios``: its step-time ratios (None: the cost model's estimate, for a plan not run yet)."""
     ratios = flop_ratios if flop_ratios is not None else FlopRatios(None)
     if not isinstance(seeds, dict):
         seeds = {g: list(seeds) for g in GROUPS}
@@ -331,7 +360,7 @@ def build_specs(
         return specs[spec.id]
 
     all_seeds = sorted({seed for g in groups for seed in seeds.get(g, [])})
-    for data in datasets:
+    for data in [d for d in datasets if d in mode.plans]:
         plan = mode.plans[data]
         common = [f"data.name={data}", f"train.batch_size={plan.batch_size}"]
         if plan.train_subset is not None:
@@ -346,15 +375,18 @@ def build_specs(
             return add(Spec(data, group, slug, label, config, overrides, seed, cost, gpd, list(needs or [])))
 
         def teacher() -> Spec:
-            # the bundled fashion_mnist/teacher (ResNet-20, CE alone), on this data set's plan
+            # the bundled fashion_mnist/teacher (ResNet-20, CE alone), on this data set's plan; segmentation's own
             overrides = [*common, f"train.epochs={plan.teacher_epochs}", "train.seed=0"]
-            return add(Spec(data, "teacher", "teacher", "static teacher (resnet20)", "fashion_mnist/teacher",
-                            overrides, None, "teacher", False))  # fmt: skip
+            seg = data == SEGMENTATION_DATA
+            return add(Spec(data, "teacher", "teacher", f"static teacher ({TEACHERS[data]})",
+                            f"{data}/teacher" if seg else "fashion_mnist/teacher", overrides, None,
+                            "seg_teacher" if seg else "teacher", False))  # fmt: skip
 
         for seed in all_seeds:
 
             def on(group: str) -> bool:
-                return group in groups and seed in seeds.get(group, [])
+                on_its_data = (group == "segmentation") == (data == SEGMENTATION_DATA)
+                return on_its_data and group in groups and seed in seeds.get(group, [])
 
             if on("early") and data == "fashion_mnist" and mode.early_plan is not None:
                 # exactly `gpd train data.train_subset=N train.epochs=E` (the demo), with and without GPD
@@ -427,9 +459,9 @@ def build_specs(
                                run("distill", "kd_gpd", "KD + GPD", "fashion_mnist/kd_gpd", at, seed, "gpd_static",
                                    True, [t.id]))  # fmt: skip
                 for scenario, (plain, gpd) in pairs.items():
-                    ratio = ratios.ratio(f"{data}/{scenario}", (gpd.config, gpd.overrides),
-                                         (plain.config, plain.overrides))  # fmt: skip
-                    for spec in matched_specs(plain, gpd, ratio):
+                    key, runs = f"{data}/{scenario}", ((gpd.config, gpd.overrides), (plain.config, plain.overrides))
+                    time_ratio = time_ratios.ratio(key, *runs) if time_ratios is not None else None
+                    for spec in matched_specs(plain, gpd, ratios.ratio(key, *runs), time_ratio):
                         add(spec)
             if on("vit") and data in mode.vit_data:
                 run("vit", "vit", "ViT-Ti, CE alone", "fashion_mnist/vit", [], seed, "vit", False)
@@ -440,6 +472,17 @@ def build_specs(
                     "vit_static", False, [t.id])  # fmt: skip
                 run("vit", "vit_kd_gpd", "ViT-Ti, KD + GPD", "fashion_mnist/vit_kd_gpd", at, seed,
                     "vit_gpd_static", True, [t.id])  # fmt: skip
+            if on("segmentation"):
+                run("segmentation", "seg", "seg_resnet8, CE alone (fashion_mnist_seg/scratch)", f"{data}/scratch", [],
+                    seed, "seg", False)  # fmt: skip
+                run("segmentation", "seg_gpd", "seg_resnet8 + GPD (fashion_mnist_seg/demo)", f"{data}/demo", [], seed,
+                    "seg_gpd", True)  # fmt: skip
+                t = teacher()
+                at = [f"teacher.checkpoint={teacher_dir}"]
+                run("segmentation", "seg_cwd", "CWD from the seg_resnet20 alone", f"{data}/kd_gpd",
+                    [*at, "gpd.enabled=false"], seed, "seg_static", False, [t.id])  # fmt: skip
+                run("segmentation", "seg_cwd_gpd", "CWD + GPD (fashion_mnist_seg/kd_gpd)", f"{data}/kd_gpd", at, seed,
+                    "seg_gpd_static", True, [t.id])  # fmt: skip
             if on("ablation") and data in mode.ablation_data:
                 run("scratch", "scratch_gpd", "scratch + GPD", "fashion_mnist/scratch_gpd", [], seed, "gpd", True)
                 variants = {
@@ -458,22 +501,21 @@ def build_specs(
     return ordered
 
 
-def matched_specs(plain: Spec, gpd: Spec, flop_ratio: float) -> list[Spec]:
+def matched_specs(plain: Spec, gpd: Spec, flop_ratio: float, time_ratio: float | None = None) -> list[Spec]:
     """The equal-compute and equal-time baselines of ``plain`` (the equal-epoch baseline) against ``gpd``.
 
-    The equal-time run's epochs are the cost model's estimate until both runs have finished
-    (``resolve_time_matched``)."""
+    ``time_ratio``: seconds per training step, GPD / plain, timed side by side (None: the cost
+    model's estimate, for a plan that has not been run; the run measures it first)."""
     warmup = config_warmup(plain.config)
     per_epoch = (estimate_seconds(plain) - STARTUP_S) / plain.epochs
     estimated_time_ratio = (estimate_seconds(gpd) - STARTUP_S) / (per_epoch * plain.epochs)
     specs = []
-    for kind, ratio in (("flops", flop_ratio), ("time", estimated_time_ratio)):
+    for kind, ratio in (("flops", flop_ratio), ("time", time_ratio or estimated_time_ratio)):
         epochs = matched_epochs(plain.epochs, ratio)
-        label = matched_label(plain, kind, epochs if kind == "flops" else None)
-        spec = replace(plain, group="matched", slug=f"{plain.slug}_{kind}", label=label,
+        spec = replace(plain, group="matched", slug=f"{plain.slug}_{kind}", label=matched_label(plain, kind, epochs),
                        overrides=matched_overrides(plain.overrides, epochs, plain.epochs, warmup), matched=kind,
-                       pair=(gpd.id, plain.id), ratio=ratio, resolved=kind == "flops", epochs=epochs,
-                       needs=[*plain.needs, gpd.id, plain.id] if kind == "time" else list(plain.needs))  # fmt: skip
+                       pair=(gpd.id, plain.id), ratio=ratio, resolved=kind == "flops" or time_ratio is not None,
+                       epochs=epochs, needs=list(plain.needs))  # fmt: skip
         specs.append(spec)
     return specs
 
@@ -484,43 +526,14 @@ def matched_note(spec: Spec, by_id: dict[str, Spec]) -> str:
     if spec.matched == "flops":
         return f"equal compute: {plain.epochs} epochs x FLOP ratio {spec.ratio:.2f}"
     if not spec.resolved:
-        return f"equal time: estimated ({spec.ratio:.2f} x {plain.epochs} epochs by the cost model) until both runs ran"
-    return f"equal time: the GPD run's seconds / the baseline's per epoch = {spec.ratio:.2f} x {plain.epochs} epochs"
+        return (f"equal time: {plain.epochs} epochs x {spec.ratio:.2f}, the cost model's estimate (the suite times "
+                "both steps side by side first)")  # fmt: skip
+    return f"equal time: {plain.epochs} epochs x step-time ratio {spec.ratio:.2f} (timed side by side)"
 
 
-def matched_label(plain: Spec, kind: str, epochs: int | None) -> str:
-    """The row label of a matched run; ``epochs`` None: not known yet (an equal-time run before its pair ran)."""
-    return (
-        f"{plain.label}, {KINDS[kind]} ({epochs} epochs)"
-        if epochs
-        else f"{plain.label}, {KINDS[kind]} (epochs set once GPD and the baseline ran)"
-    )
-
-
-def resolve_time_matched(specs: list[Spec], out: Path, finished: set[str]) -> list[str]:
-    """Give each equal-time run its epochs once its GPD run and equal-epoch baseline have finished:
-    from their measured seconds (metrics.csv), recorded in time_budgets.json so that a resumed
-    suite keeps them; returns the ids resolved now."""
-    path = out / TIME_BUDGETS_FILE
-    budgets: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.is_file() else {}
-    by_id, now = {s.id: s for s in specs}, []
-    for spec in specs:
-        if spec.matched != "time" or spec.resolved:
-            continue
-        if spec.id not in budgets:
-            gpd_id, plain_id = spec.pair
-            if not {gpd_id, plain_id} <= finished:
-                continue
-            seconds = [[float(r["seconds"]) for r in read_metrics(run_dir(out, by_id[i]))] for i in spec.pair]
-            budgets[spec.id] = time_budget(*seconds)
-            path.write_text(json.dumps(budgets, indent=1))
-            now.append(spec.id)
-        plain = by_id[spec.pair[1]]
-        epochs = int(budgets[spec.id]["epochs"])
-        spec.overrides = matched_overrides(plain.overrides, epochs, plain.epochs, config_warmup(plain.config))
-        spec.epochs, spec.resolved, spec.label = epochs, True, matched_label(plain, "time", epochs)
-        spec.ratio = budgets[spec.id]["gpd_seconds"] / (budgets[spec.id]["plain_epoch_seconds"] * plain.epochs)
-    return now
+def matched_label(plain: Spec, kind: str, epochs: int) -> str:
+    """The row label of a matched run."""
+    return f"{plain.label}, {KINDS[kind]} ({epochs} epochs)"
 
 
 def estimate_seconds(spec: Spec) -> float:
@@ -797,6 +810,7 @@ TABLE_ROWS = {
         )
     ],
     "vit": [("vit", None), ("vit_gpd", None), ("vit_kd", None), ("vit_kd_gpd", None)],
+    "segmentation": [("seg", None), ("seg_gpd", None), ("seg_cwd", None), ("seg_cwd_gpd", None)],
     "ablation": [
         ("scratch_gpd", "GPD as in the other groups: r = 2, branches on, sharing on, λ = 3"),
         ("ablation_no_branches", None),
@@ -814,6 +828,7 @@ GROUP_TITLES = {
     "finetune": "Fine-tuning the scratch baseline's student: plain vs GPD, equally long",
     "matched": "Cost-matched baselines: the plain student given GPD's training compute or time",
     "vit": "A transformer student: ViT-Ti (7 px patches), with and without GPD, from scratch and with KD",
+    "segmentation": "Segmentation (test mIoU, %): seg_resnet8 with and without GPD, from scratch and with CWD",
     "ablation": "Ablations (scratch scenario)",
 }
 
@@ -864,10 +879,10 @@ SUMMARY_INTRO = [
     "Last-epoch test accuracy (%), mean ± std over seeds, with each run's epochs. The baselines are the",
     "plain student (GPD off, same config otherwise) at GPD's epochs, at GPD's training compute (epochs",
     "times the measured ratio of training FLOPs per step) and at GPD's time on this machine (epochs",
-    "from the GPD run's seconds and the equal-epoch baseline's seconds per epoch); the longer runs",
+    "times the ratio of seconds per training step, the two steps timed side by side); the longer runs",
     "keep the schedule's shape and each epoch's data order. Δ: GPD minus the baseline, seed by seed,",
-    "then mean ± std. Cost: GPD's training FLOPs per step and its training-plus-evaluation time over",
-    "the equal-epoch baseline's.",
+    "then mean ± std. Cost: GPD's training FLOPs and seconds per step (side by side) over the plain",
+    "student's, and the whole runs' training-plus-evaluation time over the equal-epoch baseline's.",
 ]
 
 
@@ -895,7 +910,7 @@ def write_summary(
     args: argparse.Namespace, mode_name: str, mode: Mode, specs: list[Spec], results: dict[str, dict], out: Path,
     started: dt.datetime, load_start: str, wall: float, reports: dict[str, Path], estimate: float,
     notes: list[str] | None = None, ledger: dict[str, dict] | None = None,
-    flop_ratios: dict[str, dict[str, float]] | None = None,
+    flop_ratios: dict[str, dict[str, float]] | None = None, time_ratios: dict[str, dict[str, float]] | None = None,
 ) -> str:  # fmt: skip
     by_id = {s.id: s for s in specs}
     seeds = sorted({s.seed for s in specs if s.seed is not None})
@@ -941,7 +956,7 @@ def write_summary(
         "",
     ]  # fmt: skip
     summary = summary_table([d for d in DATASETS if any(s.data == d for s in specs)], by_id, results, seeds,
-                            flop_ratios or {})  # fmt: skip
+                            flop_ratios or {}, time_ratios or {})  # fmt: skip
     if summary:
         text += ["## Does GPD pay for its compute?", "", *SUMMARY_INTRO, "", *summary, ""]
     for data in [d for d in DATASETS if any(s.data == d for s in specs)]:
@@ -959,10 +974,16 @@ def write_summary(
             epochs_text = f"{plan.epochs} ({', '.join(others)})" if others else str(plan.epochs)
             text += [
                 f"{train_n} training images ({'all' if plan.train_subset is None else 'a seeded subset'}), {test_n} "
-                f"test images, batch {plan.batch_size}; epochs: {epochs_text}; student resnet8"
-                f"{', static teacher resnet20' if has_teacher else ''}.",
+                f"test images, batch {plan.batch_size}; epochs: {epochs_text}; student {STUDENTS[data]}"
+                f"{f', static teacher {TEACHERS[data]}' if has_teacher else ''}.",
                 "",
             ]
+            if data == SEGMENTATION_DATA:
+                text += [
+                    "On fashion_mnist_seg every figure is the test **mean IoU** (%) over the 11 classes (background",
+                    "and the 10 garments; docs/segmentation.md), not top-1 accuracy: the runs' headline metric.",
+                    "",
+                ]
         early_ids = [s.id for s in specs if s.data == data and s.slug == "early_gpd"]
         if mode.early_plan is not None and early_ids:
             ep = mode.early_plan
@@ -977,9 +998,9 @@ def write_summary(
             ]  # fmt: skip
         teacher = results.get(f"{data}/teacher")
         if teacher:
-            text += [f"Static teacher (resnet20, CE, seed 0): {teacher['last']:.2f}% (last epoch).", ""]
+            text += [f"Static teacher ({TEACHERS[data]}, CE, seed 0): {teacher['last']:.2f}% (last epoch).", ""]
         elif f"{data}/teacher" in by_id:
-            text += ["Static teacher (resnet20, CE, seed 0): not finished yet.", ""]
+            text += [f"Static teacher ({TEACHERS[data]}, CE, seed 0): not finished yet.", ""]
         for group in GROUPS:
             table = group_table(group, data, by_id, results, seeds, mode.show_ce)
             if table:
@@ -1165,13 +1186,21 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     seeds = seeds_by_group(mode, args.seeds)
-    specs = build_specs(mode, datasets, groups, seeds, out, flop_ratios)
+    # step times are measured when the suite runs (the runs' threads, side by side); --estimate uses a
+    # work dir's recorded ones, else the cost model
+    time_ratios = TimeRatios(out / TIME_RATIOS_FILE, threads=args.threads or cores())
+    timed_before = set(time_ratios.values)
+    use_times = not args.estimate or bool(time_ratios.values)
+    specs = build_specs(mode, datasets, groups, seeds, out, flop_ratios, time_ratios if use_times else None)
     finished = {s.id for s in specs if (run_dir(out, s) / "student.pt").is_file()}
-    resolve_time_matched(specs, out, finished)  # the equal-time runs whose budgets are known
-    if flop_ratios.values:
-        source = "measured now" if set(flop_ratios.values) - measured_before else f"from {FLOP_RATIOS_FILE}"
-        notes.append(f"Training FLOPs per step, GPD / plain ({source}; the equal-compute runs' epochs): "
-                     + ", ".join(f"{k} {v['ratio']:.2f}" for k, v in sorted(flop_ratios.values.items())) + ".")  # fmt: skip
+    for ratios, before, what, file in (
+        (flop_ratios, measured_before, "Training FLOPs per step", FLOP_RATIOS_FILE),
+        (time_ratios, timed_before, "Seconds per training step, timed side by side", TIME_RATIOS_FILE),
+    ):
+        if ratios.values:
+            source = "measured now" if set(ratios.values) - before else f"from {file}"
+            notes.append(f"{what}, GPD / plain ({source}; the matched runs' epochs): "
+                         + ", ".join(f"{k} {v['ratio']:.2f}" for k, v in sorted(ratios.values.items())) + ".")  # fmt: skip
     estimate = sum(estimate_seconds(s) for s in specs)
     all_seeds = sorted({s.seed for s in specs if s.seed is not None})
     per_group = {g: seeds[g] for g in groups if seeds[g] != all_seeds}
@@ -1202,6 +1231,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     flop_ratios.save()
+    time_ratios.save()
     log = out / "train.log"
     ledger_path = out / "times.json"
     ledger: dict[str, dict] = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {}
@@ -1215,7 +1245,7 @@ def main(argv: list[str] | None = None) -> int:
     def summarize(reports: dict[str, Path]) -> str:
         summary = write_summary(args, mode_name, mode, specs, results, out, started, load_start,
                                 time.perf_counter() - clock, reports, estimate, notes, ledger,
-                                flop_ratios.values)  # fmt: skip
+                                flop_ratios.values, time_ratios.values)  # fmt: skip
         (out / args.results).write_text(summary)
         return summary
 
@@ -1230,11 +1260,7 @@ def main(argv: list[str] | None = None) -> int:
         if spec.id in results:
             print(f"[{index}/{len(specs)}] {spec.id}: finished earlier, skipped", flush=True)
         else:
-            if spec.matched == "time" and not spec.resolved:
-                resolve_time_matched(specs, out, set(results))  # its GPD run and baseline finished before it
-                if not spec.resolved:
-                    print(f"accuracy.py: {spec.id} needs {' and '.join(spec.pair)} finished first", file=sys.stderr)
-                    return 1
+            if spec.matched:
                 print(f"    {spec.id}: {matched_note(spec, {s.id: s for s in specs})}", flush=True)
             n_threads = threads(args.threads)
             print(f"[{index}/{len(specs)}] {spec.id} ({n_threads} threads) ...", end=" ", flush=True)

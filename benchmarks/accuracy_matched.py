@@ -8,13 +8,13 @@ training compute. Two more baselines answer whether GPD pays for that compute:
   torch's FlopCounterMode over one step of the objects ``gpd train`` builds from the two
   configs), rounded to the nearest epoch. Both runs take the same batch, so FLOPs per step
   times steps is the training compute; the evaluation passes are not training compute.
-* **equal time** (slug ``<plain>_time``): as many epochs as the plain student trains in the
-  GPD run's time on the same machine, in the same suite. The calibration is the equal-epoch
-  baseline itself, which runs before it: epochs = the GPD run's training-plus-evaluation
-  seconds (metrics.csv) / the plain run's seconds per epoch, rounded to the nearest epoch
-  (at least 1). ``gpd train`` is then given those epochs, so its cosine schedule is sized to
-  the budget and ends at its minimum, rather than being cut off by a clock mid-schedule.
-  The figures behind the choice are kept in ``time_budgets.json`` of the work dir.
+* **equal time** (slug ``<plain>_time``): the plain run's epochs times the ratio of seconds
+  per training step, GPD step over plain step, timed side by side on this machine when the
+  suite starts (benchmarks/step_times.py: alternating steps in one process, medians), rounded
+  to the nearest epoch. Whole runs are not used as the clock: on a shared machine a run that
+  meets a busy minute looks several times slower than its baseline. ``gpd train`` is given
+  those epochs, so its cosine schedule is sized to the budget and ends at its minimum, rather
+  than being cut off by a clock mid-schedule. The whole runs' times are reported next to it.
 
 Both keep the schedule's shape: the same scheduler, the warm-up the same fraction of the run
 (``train.warmup_epochs`` scaled by the epoch ratio), the same data order in every epoch
@@ -35,7 +35,7 @@ from pathlib import Path
 MATCHED_SCENARIOS = {"scratch": ("scratch_gpd", "scratch"), "kd": ("kd_gpd", "kd")}
 KINDS = {"flops": "equal compute", "time": "equal time"}
 FLOP_RATIOS_FILE = "flop_ratios.json"
-TIME_BUDGETS_FILE = "time_budgets.json"
+TIME_RATIOS_FILE = "time_ratios.json"
 
 
 def matched_epochs(epochs: int, ratio: float) -> int:
@@ -43,11 +43,6 @@ def matched_epochs(epochs: int, ratio: float) -> int:
     if ratio <= 0:
         raise ValueError(f"a cost ratio must be positive, got {ratio}")
     return max(1, round(epochs * ratio))
-
-
-def time_matched_epochs(gpd_seconds: float, plain_epoch_seconds: float) -> int:
-    """Epochs of the plain run that take the GPD run's seconds, at the plain run's measured seconds per epoch."""
-    return matched_epochs(1, gpd_seconds / plain_epoch_seconds)
 
 
 def matched_overrides(overrides: list[str], epochs: int, base_epochs: int, base_warmup: float) -> list[str]:
@@ -65,15 +60,18 @@ def config_warmup(config: str) -> float:
     return float(load_config(config).train.warmup_epochs)
 
 
-class FlopRatios:
-    """Measured FLOP ratios (GPD step / plain step) by scenario key ("fashion_mnist/scratch"),
-    kept in ``flop_ratios.json`` of the work dir so that a resumed suite keeps its plan.
+class MeasuredRatios:
+    """Measured cost ratios (GPD step / plain step) by scenario key ("fashion_mnist/scratch"), kept
+    in a JSON file of the work dir so that a resumed suite keeps its plan.
 
-    ``measure(gpd, plain)``: FLOPs of the two steps, each given as (config, overrides)."""
+    ``measure(gpd, plain)``: the costs of the two steps, each run given as (config, overrides);
+    ``unit`` names them in the file (``gpd_<unit>``, ``plain_<unit>``)."""
 
-    def __init__(self, path: Path | None, measure: Callable[..., tuple[float, float]] | None = None) -> None:
+    unit = "cost"
+
+    def __init__(self, path: Path | None, measure: Callable[..., tuple[float, float]]) -> None:
         self.path = path
-        self.measure = measure or measure_flops
+        self.measure = measure
         self.values: dict[str, dict[str, float]] = {}
         if path is not None and path.is_file():
             self.values = json.loads(path.read_text())
@@ -81,14 +79,36 @@ class FlopRatios:
     def ratio(self, key: str, gpd: tuple[str, list[str]], plain: tuple[str, list[str]]) -> float:
         if key not in self.values:
             with contextlib.redirect_stdout(io.StringIO()):  # the builders' log ("random weights stand in")
-                gpd_flops, plain_flops = self.measure(gpd, plain)
-            self.values[key] = {"ratio": gpd_flops / plain_flops, "gpd_flops": gpd_flops, "plain_flops": plain_flops}
+                gpd_cost, plain_cost = self.measure(gpd, plain)
+            self.values[key] = {"ratio": gpd_cost / plain_cost, f"gpd_{self.unit}": gpd_cost,
+                                f"plain_{self.unit}": plain_cost}  # fmt: skip
         return self.values[key]["ratio"]
 
     def save(self) -> None:
         if self.path is not None and self.values:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps(self.values, indent=1))
+
+
+class FlopRatios(MeasuredRatios):
+    """Training FLOPs per step, GPD / plain (benchmarks/step_flops.py), in ``flop_ratios.json``."""
+
+    unit = "flops"
+
+    def __init__(self, path: Path | None, measure: Callable[..., tuple[float, float]] | None = None) -> None:
+        super().__init__(path, measure or measure_flops)
+
+
+class TimeRatios(MeasuredRatios):
+    """Seconds per training step, GPD / plain, timed side by side with ``threads`` threads
+    (benchmarks/step_times.py), in ``time_ratios.json``."""
+
+    unit = "step_seconds"
+
+    def __init__(
+        self, path: Path | None, threads: int | None = None, measure: Callable[..., tuple[float, float]] | None = None
+    ) -> None:
+        super().__init__(path, measure or functools.partial(measure_step_seconds, threads=threads))
 
 
 def measure_flops(gpd: tuple[str, list[str]], plain: tuple[str, list[str]]) -> tuple[float, float]:
@@ -98,9 +118,10 @@ def measure_flops(gpd: tuple[str, list[str]], plain: tuple[str, list[str]]) -> t
     return step_flops(*gpd), step_flops(*plain)
 
 
-def time_budget(gpd_seconds: list[float], plain_seconds: list[float]) -> dict[str, float]:
-    """The time-matched epochs from the GPD run's and the equal-epoch baseline's per-epoch seconds
-    (metrics.csv: training and evaluation of each epoch)."""
-    total = sum(gpd_seconds)
-    per_epoch = sum(plain_seconds) / len(plain_seconds)
-    return {"epochs": time_matched_epochs(total, per_epoch), "gpd_seconds": total, "plain_epoch_seconds": per_epoch}
+def measure_step_seconds(
+    gpd: tuple[str, list[str]], plain: tuple[str, list[str]], threads: int | None = None
+) -> tuple[float, float]:
+    """Seconds per training step of the two runs, timed alternately (benchmarks/step_times.py)."""
+    from step_times import step_seconds
+
+    return step_seconds(gpd, plain, threads=threads)

@@ -23,6 +23,12 @@ SCENARIOS = {
     "finetune": ("ResNet-8 fine-tuning (plain vs GPD, equally long)", "finetune", "finetune_gpd"),
     "vit": ("ViT-Ti from scratch (CE alone vs GPD)", "vit", "vit_gpd"),
     "vit_kd": ("ViT-Ti, KD from the ResNet-20 (KD alone vs KD + GPD)", "vit_kd", "vit_kd_gpd"),
+    "seg": ("seg_resnet8 segmentation from scratch, test mIoU (CE alone vs GPD)", "seg", "seg_gpd"),
+    "seg_cwd": (
+        "seg_resnet8 segmentation, CWD from the seg_resnet20, test mIoU (CWD alone vs CWD + GPD)",
+        "seg_cwd",
+        "seg_cwd_gpd",
+    ),
 }
 HEADER = [
     "| scenario | baseline, equal epochs | baseline, equal compute | baseline, equal time | GPD "
@@ -75,17 +81,17 @@ def verdict(compute: list[float], time: list[float], epochs: list[float], flop_r
 
 def summary_table(
     datasets: list[str], specs: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]], seeds: list[int],
-    flop_ratios: Mapping[str, Mapping[str, float]],
+    flop_ratios: Mapping[str, Mapping[str, float]], time_ratios: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[str]:  # fmt: skip
     """The table's lines: a row per (data set, scenario) with a planned run; empty if none.
 
     ``specs``: planned runs by id ("fashion_mnist/s0/scratch"), each with ``epochs``;
     ``results``: finished runs by id, each with ``last`` (last-epoch accuracy) and ``seconds``;
-    ``flop_ratios``: measured ratios by "data/scenario" (``ratio``)."""
+    ``flop_ratios``, ``time_ratios``: measured ratios per step by "data/scenario" (``ratio``)."""
     lines = list(HEADER)
     for data in datasets:
         for scenario in SCENARIOS:
-            row = scenario_row(data, scenario, specs, results, seeds, flop_ratios)
+            row = scenario_row(data, scenario, specs, results, seeds, flop_ratios, time_ratios or {})
             if row is not None:
                 lines.append("| " + " | ".join(row) + " |")
     return lines if len(lines) > len(HEADER) else []
@@ -93,7 +99,7 @@ def summary_table(
 
 def scenario_row(
     data: str, scenario: str, specs: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]], seeds: list[int],
-    flop_ratios: Mapping[str, Mapping[str, float]],
+    flop_ratios: Mapping[str, Mapping[str, float]], time_ratios: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[str] | None:  # fmt: skip
     """The cells of one scenario's row on ``data`` (None if the plan has neither its baseline nor its GPD run)."""
     title, base, gpd = SCENARIOS[scenario]
@@ -121,7 +127,7 @@ def scenario_row(
     (d_epochs, epochs), (d_compute, compute), (d_time, time) = (delta(base), delta(f"{base}_flops"),
                                                                 delta(f"{base}_time"))  # fmt: skip
     ratio = flop_ratios.get(f"{data}/{scenario}", {}).get("ratio")
-    time_ratios = [
+    run_times = [
         results[g]["seconds"] / results[b]["seconds"]
         for s in seeds
         if (g := f"{data}/s{s}/{gpd}") in results and (b := f"{data}/s{s}/{base}") in results
@@ -131,6 +137,9 @@ def scenario_row(
         if ratio
         else f"FLOPs {NOT_MEASURED if planned(f'{base}_flops') else NOT_PLANNED}"
     )
-    seconds = f"{statistics.mean(time_ratios):.2f}x time" if time_ratios else f"time {NOT_MEASURED}"
+    step_time = (time_ratios or {}).get(f"{data}/{scenario}", {}).get("ratio")
+    seconds = f"{statistics.mean(run_times):.2f}x time" if run_times else f"time {NOT_MEASURED}"
+    if step_time:
+        seconds = f"{step_time:.2f}x step time side by side, {seconds} of the whole runs"
     return [f"{title}, {data}", cell(base), cell(f"{base}_flops"), cell(f"{base}_time"), cell(gpd), d_epochs,
             d_compute, d_time, f"{flops}; {seconds}", verdict(compute, time, epochs, ratio)]  # fmt: skip

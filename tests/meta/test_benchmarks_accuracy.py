@@ -296,8 +296,6 @@ def test_matched_epochs_scale_by_the_cost_ratio() -> None:
     assert m.matched_epochs(10, 1.04) == 10 and m.matched_epochs(1, 0.2) == 1  # at least one epoch
     with pytest.raises(ValueError):
         m.matched_epochs(2, 0.0)
-    budget = m.time_budget([40.0, 41.0], [8.0, 10.0])  # GPD: 81 s; the baseline: 9 s per epoch
-    assert budget == {"epochs": 9, "gpd_seconds": 81.0, "plain_epoch_seconds": 9.0}
     # the warm-up stays the same fraction of the longer run; everything else is kept
     assert m.matched_overrides(["a=1", "train.epochs=2", "train.seed=0"], 11, 2, 0.1) == [
         "a=1", "train.seed=0", "train.epochs=11", "train.warmup_epochs=0.55"]  # fmt: skip
@@ -331,7 +329,7 @@ def test_full_plan_has_the_matched_baselines_and_the_vit_runs() -> None:
     assert "train.warmup_epochs=0.55" in flops.overrides  # the bundled 0.1 of 2 epochs, scaled
     assert flops.config == plain.config == "fashion_mnist/scratch" and "train.seed=1" in flops.overrides
     assert by_id["fashion_mnist/s0/kd_flops"].epochs == 6 and by_id["digits/s2/scratch_flops"].epochs == 104
-    assert not time_run.resolved and set(time_run.pair) <= set(time_run.needs)  # sized once both have run
+    assert not time_run.resolved and time_run.needs == plain.needs  # the cost model's guess until timed
     ids = list(by_id)
     for spec in specs:  # every run comes after the runs it needs
         assert all(ids.index(need) < ids.index(spec.id) for need in spec.needs)
@@ -341,6 +339,16 @@ def test_full_plan_has_the_matched_baselines_and_the_vit_runs() -> None:
     )
     assert vit["vit_kd_gpd"].needs == ["fashion_mnist/teacher"] and vit["vit_gpd"].config == "fashion_mnist/vit_gpd"
     assert not any(s.group == "vit" for s in specs if s.data == "digits")
+    # segmentation: the bundled fashion_mnist_seg configs on their own data set, which hosts nothing else
+    seg = {s.slug: s for s in specs if s.data == "fashion_mnist_seg" and s.seed == 0}
+    assert set(seg) == {"seg", "seg_gpd", "seg_cwd", "seg_cwd_gpd"} and {s.group for s in seg.values()} == {
+        "segmentation"
+    }
+    assert (seg["seg"].config, seg["seg_gpd"].config) == ("fashion_mnist_seg/scratch", "fashion_mnist_seg/demo")
+    assert seg["seg_cwd"].config == seg["seg_cwd_gpd"].config == "fashion_mnist_seg/kd_gpd"
+    assert "gpd.enabled=false" in seg["seg_cwd"].overrides and seg["seg_cwd_gpd"].needs == ["fashion_mnist_seg/teacher"]
+    assert by_id["fashion_mnist_seg/teacher"].config == "fashion_mnist_seg/teacher" and seg["seg"].epochs == 8
+    assert not any(s.group == "segmentation" for s in specs if s.data != "fashion_mnist_seg")
 
 
 def test_vit_configs_use_the_transformer_recipe() -> None:
@@ -366,31 +374,39 @@ def test_vit_gpd_takes_the_papers_per_layer_steps_under_adamw(tmp_path: Path) ->
     assert all("lr_scale" in g for g in groups) and {g["lr_scale"] for g in groups} != {1.0}
 
 
-def test_time_matched_epochs_come_from_the_measured_runs(tmp_path: Path) -> None:
+def test_time_matched_epochs_come_from_the_step_times_measured_once(tmp_path: Path) -> None:
+    """Equal time: the plain epochs x the GPD/plain ratio of seconds per step, timed side by side once per
+    work dir and kept in time_ratios.json (a resumed suite keeps its plan)."""
     m = load_script()
     out = tmp_path / "bench"
+    calls = []
+
+    def timed(gpd, plain):
+        calls.append((gpd[0], plain[0]))
+        return 0.75, 0.125  # seconds per step: GPD 6 times the plain step (exact in binary)
+
     tiny = m.MODES["tiny"]
-    specs = m.build_specs(tiny, ["digits"], ["matched"], [0], out, known_ratios(m))
-    by_id = {s.id: s for s in specs}
-    spec = by_id["digits/s0/scratch_time"]
-    assert m.resolve_time_matched(specs, out, set()) == [] and not spec.resolved
-    # GPD: 2 epochs of 30 s; the baseline: 1 epoch of 10 s (the tiny plan's 1 epoch) -> 6 epochs
-    fake_run(out / "runs" / "digits" / "s0" / "scratch_gpd", [50.0], 1)
-    (out / "runs" / "digits" / "s0" / "scratch_gpd" / "metrics.csv").write_text(
-        METRICS_HEADER + "\n1,0.1,1,1,50,55,5,,100,30\n2,0.1,1,1,50,55,5,,100,30\n"
-    )
-    fake_run(out / "runs" / "digits" / "s0" / "scratch", [48.0], 1, dynamic=False)
-    (out / "runs" / "digits" / "s0" / "scratch" / "metrics.csv").write_text(
-        METRICS_HEADER + "\n1,0.1,1,1,48,,,,100,10\n"
-    )
-    assert m.resolve_time_matched(specs, out, {"digits/s0/scratch", "digits/s0/scratch_gpd"}) == [
-        "digits/s0/scratch_time"
-    ]
+    times = m.TimeRatios(out / m.TIME_RATIOS_FILE, measure=timed)
+    specs = m.build_specs(tiny, ["digits"], ["matched"], [0], out, known_ratios(m), times)
+    spec = next(s for s in specs if s.slug == "scratch_time")
     assert spec.resolved and spec.epochs == 6 and "train.epochs=6" in spec.overrides and spec.ratio == 6.0
-    # a resumed suite reads the recorded budget back, whatever the runs' files say now
-    again = m.build_specs(tiny, ["digits"], ["matched"], [0], out, known_ratios(m))
-    m.resolve_time_matched(again, out, set())
-    assert next(s for s in again if s.slug == "scratch_time").epochs == 6
+    assert spec.needs == [] and calls[0] == ("fashion_mnist/scratch_gpd", "fashion_mnist/scratch")
+    assert times.values["digits/scratch"] == {"ratio": 6.0, "gpd_step_seconds": 0.75, "plain_step_seconds": 0.125}
+    times.save()
+    again = m.TimeRatios(out / m.TIME_RATIOS_FILE, measure=lambda gpd, plain: pytest.fail("timed again"))
+    specs = m.build_specs(tiny, ["digits"], ["matched"], [0], out, known_ratios(m), again)
+    assert next(s for s in specs if s.slug == "scratch_time").epochs == 6 and len(calls) == 2  # scratch and kd
+
+
+def test_step_times_are_timed_side_by_side() -> None:
+    """benchmarks/step_times.py on the real runs: both steps of a tiny digits plan, GPD's the slower."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from step_times import step_seconds
+
+    common = ["data.name=digits", "data.train_subset=64", "train.batch_size=32"]
+    gpd, plain = step_seconds(("fashion_mnist/scratch_gpd", common), ("fashion_mnist/scratch", common), threads=1,
+                              steps=3)  # fmt: skip
+    assert 0 < plain < gpd
 
 
 def test_summary_cells_say_not_measured_yet_and_pair_by_seed() -> None:
@@ -435,9 +451,9 @@ def test_estimate_lists_the_matched_and_vit_runs(tmp_path: Path) -> None:
     result = run("--out", str(out), "--estimate", timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("116 runs (full mode, seeds 0 1 2); estimated") and "exceeds" not in result.stdout
-    assert "(from flop_ratios.json; the equal-compute runs' epochs): digits/kd 5.50" in result.stdout
+    assert lines[0].startswith("129 runs (full mode, seeds 0 1 2); estimated") and "exceeds" not in result.stdout
+    assert "(from flop_ratios.json; the matched runs' epochs): digits/kd 5.50" in result.stdout
     line = next(x for x in lines if "fashion_mnist/s0/scratch_flops" in x)
     assert " 11 ep " in line and "equal compute: 2 epochs x FLOP ratio 5.35" in line
-    assert "equal time: estimated" in next(x for x in lines if "fashion_mnist/s2/kd_time" in x)
+    assert "the cost model's estimate" in next(x for x in lines if "fashion_mnist/s2/kd_time" in x)
     assert "fashion_mnist/s2/vit_kd_gpd" in result.stdout and "digits/s0/vit" not in result.stdout
