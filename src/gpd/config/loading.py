@@ -153,6 +153,7 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
     cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     cfg.kd.method = canonical_method(cfg.kd.method)
     cfg.task = canonical_method(cfg.task)  # a task's file path made absolute, as kd.method's
+    cfg.data.name = canonical_method(cfg.data.name)  # and a data builder's (gpd.data.user)
     validate(cfg)
     _check_names(cfg)
     return cfg
@@ -161,11 +162,17 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
 def _check_names(cfg: Config) -> None:
     """Refuse an unknown data set or model name now, before a run directory is made or data is loaded."""
     from gpd.data.datasets import KNOWN_DATASETS  # not at the top: these import much of gpd
-    from gpd.models import check_model_name
+    from gpd.models import check_model_name, import_path
 
-    if cfg.data.name.lower().replace("-", "_") not in KNOWN_DATASETS:
+    if import_path.is_import_path(cfg.data.name):  # a builder of the user's own: its file and function exist
+        try:
+            import_path.resolve_factory(cfg.data.name, what="data set")
+        except ModelError as err:
+            raise ConfigError(f"data.name: {err}") from None
+    elif cfg.data.name.lower().replace("-", "_") not in KNOWN_DATASETS:
         raise ConfigError(
-            f"data.name: unknown data set '{cfg.data.name}'; known data sets: {', '.join(KNOWN_DATASETS)}"
+            f"data.name: unknown data set '{cfg.data.name}'; known data sets: {', '.join(KNOWN_DATASETS)}, or a "
+            "builder of your own as path/to/file.py:FUNCTION or MODULE:FUNCTION"
         )
     for key, name in (("model.student", cfg.model.student), ("teacher.model", cfg.teacher.model)):
         if name is not None:

@@ -38,11 +38,13 @@ class DataBundle:
     collate: Callable[[list[Any]], Any] | None = None  # the DataLoaders' collate_fn (text: dynamic padding)
     example: Any = None  # an input batch of real samples for the expansion (text); None: zeros of input_size
     preprocessor: str | None = None  # the directory of the tokenizer / image processor the data were prepared by
-    targets: str = "label"  # what a sample's target is: "label" (a class index) or "mask" (per-pixel classes, checked)
+    # what a sample's target is: "label" (a class index, checked), "mask" (per-pixel classes, checked) or
+    # "values" (anything else, for a task of the user's: regression values, multi-hot vectors; gpd.data.user)
+    targets: str = "label"
 
     def hold_out_validation(self, val_split: float | None, seed: int) -> None:
         """Move ``val_split`` of the training samples (a fraction or a count, stratified by
-        class, seeded; masks: a plain seeded split) into :attr:`val`, read like the test set."""
+        class, seeded; masks and other targets: a plain seeded split) into :attr:`val`, read like the test set."""
         if val_split is not None:
-            split = split_validation_plain if self.targets == "mask" else split_validation
+            split = split_validation if self.targets == "label" else split_validation_plain
             self.train, self.val = split(self.train, self.test, val_split, seed, self.mean, self.std)

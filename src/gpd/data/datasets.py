@@ -28,6 +28,7 @@ from gpd.data.fetch import active_recipe, download_into, load_splits, one_line, 
 from gpd.data.hf_text import TextOptions
 from gpd.data.imagefolder import build_imagefolder
 from gpd.data.tensor_dataset import TensorImageDataset
+from gpd.data.user import build_user_data
 from gpd.data.validation import take
 from gpd.errors import DataError
 
@@ -131,14 +132,28 @@ def build_datasets(
         )  # fmt: skip
         if generated:
             train_subset = test_subset = None
+    elif _is_import_path(name):  # a builder of the user's own (gpd.data.user)
+        bundle, taken = build_user_data(name, root=root, train_subset=train_subset, test_subset=test_subset,
+                                        seed=seed, image_size=image_size, augment=augment)  # fmt: skip
+        train_subset = None if "train_subset" in taken else train_subset
+        test_subset = None if "test_subset" in taken else test_subset
     else:
-        raise DataError(f"unknown data set {name!r}; known data sets: {', '.join(KNOWN_DATASETS)}")
+        raise DataError(
+            f"unknown data set {name!r}; known data sets: {', '.join(KNOWN_DATASETS)}, or a builder of your own as "
+            "path/to/file.py:FUNCTION or MODULE:FUNCTION"
+        )
     if train_subset is not None:
         bundle.train = _subset(bundle.train, train_subset, seed)
     if test_subset is not None:
         bundle.test = _subset(bundle.test, test_subset, seed)
     bundle.hold_out_validation(val_split, val_seed)
     return bundle
+
+
+def _is_import_path(name: str) -> bool:
+    from gpd.models.import_path import is_import_path  # the model zoo is imported for import paths only
+
+    return is_import_path(name)
 
 
 def _subset(ds: Dataset, n: int, seed: int) -> Dataset:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from gpd.data.augment import PILTransformDataset
 from gpd.data.labels import dataset_targets
@@ -60,7 +60,7 @@ def evaluation_view(train: Dataset, test: Dataset, mean: tuple[float, ...], std:
         return Subset(evaluation_view(train.dataset, test, mean, std), train.indices)
     from gpd.data.hf_text import TokenizedText  # here: hf_text imports the bundle, which imports this module
 
-    if isinstance(train, TokenizedText):  # text is never augmented
+    if isinstance(train, TokenizedText | TensorDataset):  # text is never augmented, nor torch's tensor pairs
         return train
     if isinstance(train, TensorImageDataset):
         view = copy.copy(train)

@@ -128,13 +128,21 @@ def build_distiller(cfg: Config, data: DataBundle, dry_run: bool, log: Log) -> t
 
 
 def _check_task_data(cfg: Config, data: DataBundle) -> None:
-    """gpd's two tasks need their kind of targets: segmentation masks, classification labels."""
+    """gpd's two tasks need their kind of targets: segmentation masks, classification labels (a user's
+    task takes whatever its data set gives)."""
+    kinds = {"label": "class labels", "values": "targets of its own (targets='values')"}
     if cfg.task == "segmentation" and data.targets != "mask":
         raise ConfigError(
-            f"task=segmentation needs masks; {data.name} has class labels: use data.name=fashion_mnist_seg or segfolder"
+            f"task=segmentation needs masks; {data.name} has {kinds[data.targets]}: use data.name=fashion_mnist_seg "
+            "or segfolder"
         )
     if cfg.task == "classification" and data.targets == "mask":
         raise ConfigError(f"{data.name} has segmentation masks: set task=segmentation")
+    if cfg.task == "classification" and data.targets == "values":
+        raise ConfigError(
+            f"{data.name} has targets of its own (targets='values'), not class labels: set task= to a task of your "
+            "own (task=my_task.py:MyTask)"
+        )
 
 
 def _checked_targets(cfg: Config, data: DataBundle) -> Config:

@@ -50,7 +50,8 @@ class Metric:
         """Count one batch: the model's ``logits`` and the targets ``y``."""
 
     def compute(self) -> dict[str, float]:
-        """The metrics over the batches seen since the last :meth:`reset`, by name."""
+        """The metrics over the batches seen since the last :meth:`reset`, by name, as fractions (gpd's
+        metrics.csv, logs and reports show them in percent: 100 x the value)."""
         return {}
 
 
