@@ -944,7 +944,8 @@ def write_summary(
     else:
         text += [f"All {len(specs)} planned runs finished.", ""]
     text += [
-        "Accuracy is top-1 on the test split, mean ± sample std over seeds. *Best epoch* picks the",
+        "Accuracy is top-1 on the test split (on fashion_mnist_seg: mean IoU), mean ± sample std over seeds. *Best",
+        "epoch* picks the",
         "epoch with the highest test accuracy, so it is an optimistic (test-selected) number;",
         "*last epoch* is the honest one. D is the dynamic teacher, *gap* its last-epoch accuracy",
         "minus the student's. *Δ* is the GPD run's last-epoch",

@@ -32,3 +32,13 @@ def test_config_keys_in_the_readme_exist():
     assert len(keys) > 20
     missing = [key for key in sorted(keys) if OmegaConf.select(schema, key, default="MISSING!") == "MISSING!"]
     assert not missing, missing
+
+
+def test_the_front_door_is_short():
+    """A newcomer meets the first command within 25 lines; the Quick start stays at most 40 lines."""
+    lines = README.read_text().splitlines()
+    first_command = next(i for i, line in enumerate(lines, 1) if line.startswith(("make ", "gpd ", "pip ")))
+    assert first_command <= 25, first_command
+    start = lines.index("## Quick start")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("## "))
+    assert end - start <= 40, end - start
