@@ -72,6 +72,9 @@ def verdict(compute: list[float], time: list[float], epochs: list[float], flop_r
         if mean + std < 0:
             return f"No: the plain student given {what} does better ({text} points for GPD)."
         return f"Not shown: against the plain student given {what}, GPD's {text} points are within the seed spread."
+    if len(epochs) > 1 and statistics.mean(epochs) + statistics.stdev(epochs) < 0:
+        return (f"No: GPD does worse than the plain student even at equal epochs ({fmt_delta(epochs)} points), "
+                "where the plain student gets less compute.")  # fmt: skip
     if epochs:
         cost = f"{1 / flop_ratio:.2f} of" if flop_ratio else "less than"
         return (f"Unknown: only the equal-epoch baseline ran (Δ {fmt_delta(epochs)}), and it gets {cost} "

@@ -440,6 +440,7 @@ def test_summary_cells_say_not_measured_yet_and_pair_by_seed() -> None:
     assert summary.verdict([-1.0, -2.0], [], [], 5.0).startswith("No:")
     assert summary.verdict([1.0, -1.0], [], [], 5.0).startswith("Not shown")
     assert summary.verdict([], [], [0.5, 0.7], 4.0).startswith("Unknown: only the equal-epoch baseline ran")
+    assert summary.verdict([], [], [-14.0, -13.0], None).startswith("No: GPD does worse than the plain student even")
     assert m.paired_delta({0: 1.0}, {0: 0.5}) == "+0.50"
 
 
